@@ -1,0 +1,94 @@
+//! Google Cloud AI Platform (API `ml` v1) batch prediction jobs, on your own
+//! machine, with your own model.
+//!
+//! This crate speaks the `projects.jobs` API's JSON exactly and owns the rules
+//! around it:
+//!
+//! - **Wire models**: [`Job`], [`PredictionInput`], [`PredictionOutput`],
+//!   [`DataFormat`], [`State`], the [`ModelVersion`] union and [`Etag`], read
+//!   and written as the REST API does (int64 as strings, RFC 3339 UTC times,
+//!   base64 etags, unknown fields kept), with errors that name the field.
+//! - **Resource names**: [`ProjectName`], [`ModelName`], [`VersionName`],
+//!   [`JobName`], checked segment by segment.
+//! - **Validation**: [`Job::validate`] lists every rule a `jobs.create`
+//!   request breaks, each with its field path.
+//! - **State machine**: [`Job::apply`] moves a job through
+//!   QUEUED → PREPARING → RUNNING → SUCCEEDED / FAILED / CANCELLED and keeps
+//!   its timestamps consistent, from an injectable [`Clock`].
+//! - **Errors**: every [`Error`] maps to a canonical [`Code`] and renders as
+//!   the API's error body through [`Status`].
+//!
+//! It does not talk to Google: it is for services and tests that run or
+//! emulate batch prediction themselves.
+//!
+//! # Quick start
+//! ```
+//! use batch_prediction::{DataFormat, Job, ManualClock, ModelVersion, PredictionInput, State, Transition};
+//!
+//! // A create request, as a client would send it.
+//! let job = Job::from_json(r#"{
+//!     "jobId": "census_batch_1",
+//!     "labels": {"team": "engineering"},
+//!     "predictionInput": {
+//!         "dataFormat": "JSON",
+//!         "inputPaths": ["gs://b/in/*"],
+//!         "outputPath": "gs://b/out",
+//!         "region": "us-central1",
+//!         "versionName": "projects/my-proj/models/census/versions/v1",
+//!         "batchSize": 64
+//!     }
+//! }"#)?;
+//! job.validate()?;
+//!
+//! // The same job, built in code.
+//! let built = Job::new(
+//!     "census_batch_1",
+//!     PredictionInput::new(
+//!         DataFormat::Json,
+//!         ["gs://b/in/*"],
+//!         "gs://b/out",
+//!         "us-central1",
+//!         ModelVersion::version("projects/my-proj/models/census/versions/v1")?,
+//!     )
+//!     .set_batch_size(64),
+//! )
+//! .set_label("team", "engineering");
+//! assert_eq!(built, job);
+//!
+//! // Move it through its life with a test clock.
+//! let clock = ManualClock::new("2026-01-01T00:00:00Z".parse()?);
+//! let mut job = job;
+//! job.apply(Transition::Queue, &clock)?;
+//! assert_eq!(job.state(), State::Queued);
+//! assert_eq!(job.to_json()["createTime"], "2026-01-01T00:00:00Z");
+//! assert_eq!(job.to_json()["predictionInput"]["batchSize"], "64"); // int64 as a string
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! # Modules
+//! Everything is exported at the root. [`state`] documents the transition
+//! diagram.
+
+#![deny(missing_docs, rustdoc::broken_intra_doc_links)]
+#![warn(missing_debug_implementations)]
+#![forbid(unsafe_code)]
+
+mod clock;
+mod error;
+mod model;
+mod name;
+pub mod state;
+mod validate;
+
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use error::{
+    Code, Error, ErrorKind, InvalidName, InvalidTransition, MalformedStatus, NameKind, Result,
+    Status, UnknownCode, ValidationError, Violation,
+};
+pub use model::{
+    DataFormat, Etag, InvalidEtag, Job, ModelVersion, PredictionInput, PredictionOutput, State,
+    UnknownEnumValue,
+};
+pub use name::{JobName, MAX_ID_LEN, ModelName, ProjectName, VersionName};
+pub use state::Transition;
+pub use validate::{MAX_LABEL_LEN, MAX_LABELS};

@@ -1,0 +1,229 @@
+//! [`Job::validate`]: the rules a `jobs.create` request must satisfy.
+//!
+//! Each rule and its source in the reference (jobs-api.md):
+//!
+//! | field | rule | source |
+//! |---|---|---|
+//! | `jobId` | required; `^[A-Za-z][A-Za-z0-9_]{0,127}$` | §5.1 |
+//! | `labels` | at most 64 | §5.2 |
+//! | label key | 1–63 characters; starts with a lowercase letter; lowercase letters, other letters without case (`\p{Lo}`), digits, `_`, `-` | §5.2 |
+//! | label value | 0–63 characters of the same set | §5.2 |
+//! | `predictionInput` | required; a training job (`trainingInput`) is not run by this crate | §2.1 |
+//! | `predictionInput.dataFormat` | required; `JSON`, `TEXT` (deprecated JSON), `TF_RECORD`, `TF_RECORD_GZIP` | §2.2, §10 |
+//! | `predictionInput.outputDataFormat` | if set: `JSON`, `TEXT`, `CSV` | §2.2, §10 |
+//! | `predictionInput.inputPaths` | at least one; none empty | §2.2 |
+//! | `predictionInput.outputPath`, `.region` | required, non-empty | §2.2 |
+//! | `modelName` / `versionName` / `uri` | exactly one (several is a parse error); `uri` non-empty | §2.2 |
+//! | `predictionInput.batchSize`, `.maxWorkerCount` | if set, positive; no upper bound | §5.6 |
+//!
+//! Label lengths are counted in characters (Unicode scalar values), as the
+//! English reference states; the Korean page's "(bytes)" is not followed.
+//! Output-only fields (`createTime`, `state`, `predictionOutput`, …) are not
+//! checked: a service ignores them on create, as the API does.
+
+use std::sync::OnceLock;
+
+use regex::Regex;
+
+use crate::error::{ValidationError, Violation};
+use crate::model::{DataFormat, Job, ModelVersion, PredictionInput};
+use crate::name::id_problem;
+
+/// The most labels a job may have.
+pub const MAX_LABELS: usize = 64;
+/// The longest label key or value, in characters.
+pub const MAX_LABEL_LEN: usize = 63;
+
+struct Violations(Vec<Violation>);
+
+impl Violations {
+    fn add(&mut self, field: impl Into<String>, description: impl Into<String>) {
+        self.0.push(Violation {
+            field: field.into(),
+            description: description.into(),
+        });
+    }
+}
+
+/// A character that may not appear in a label key or value.
+fn label_char_regex() -> &'static Regex {
+    static RE: OnceLock<Regex> = OnceLock::new();
+    RE.get_or_init(|| Regex::new(r"[^\p{Ll}\p{Lo}\p{N}_-]").expect("valid regex"))
+}
+
+fn label_first_char_ok(c: char) -> bool {
+    static RE: OnceLock<Regex> = OnceLock::new();
+    let re = RE.get_or_init(|| Regex::new(r"^\p{Ll}$").expect("valid regex"));
+    let mut buf = [0u8; 4];
+    re.is_match(c.encode_utf8(&mut buf))
+}
+
+/// Why a label key or value (`what`) is invalid, or `None`.
+fn label_part_problem(what: &str, s: &str) -> Option<String> {
+    let len = s.chars().count();
+    if len > MAX_LABEL_LEN {
+        return Some(format!(
+            "{what} {s:?} is {len} characters long: at most {MAX_LABEL_LEN} are allowed"
+        ));
+    }
+    if what == "key" {
+        match s.chars().next() {
+            None => return Some("key is empty".to_owned()),
+            Some(c) if !label_first_char_ok(c) => {
+                return Some(format!("key {s:?} must start with a lowercase letter"));
+            }
+            Some(_) => {}
+        }
+    }
+    label_char_regex().find(s).map(|m| {
+        let c = s[m.start()..].chars().next().unwrap_or_default();
+        let i = s[..m.start()].chars().count();
+        format!(
+            "{what} {s:?} has {c:?} at position {i}: only lowercase letters, digits, underscores and dashes are allowed"
+        )
+    })
+}
+
+fn check_labels(job: &Job, v: &mut Violations) {
+    if job.labels.len() > MAX_LABELS {
+        v.add(
+            "labels",
+            format!(
+                "has {} labels: at most {MAX_LABELS} are allowed",
+                job.labels.len()
+            ),
+        );
+    }
+    for (key, value) in &job.labels {
+        let field = format!("labels[{key:?}]");
+        for problem in [
+            label_part_problem("key", key),
+            label_part_problem("value", value),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            v.add(&field, problem);
+        }
+    }
+}
+
+fn check_prediction_input(input: &PredictionInput, v: &mut Violations) {
+    const P: &str = "predictionInput.";
+    match input.data_format {
+        None => v.add(format!("{P}dataFormat"), "required"),
+        Some(f) if !f.is_input() => v.add(
+            format!("{P}dataFormat"),
+            format!(
+                "{f} is {}: expected one of JSON, TEXT, TF_RECORD, TF_RECORD_GZIP",
+                if f == DataFormat::Csv {
+                    "an output format only"
+                } else {
+                    "not a format"
+                }
+            ),
+        ),
+        Some(_) => {}
+    }
+    if let Some(f) = input.output_data_format.filter(|f| !f.is_output()) {
+        v.add(
+            format!("{P}outputDataFormat"),
+            format!(
+                "{f} is {}: expected one of JSON, TEXT, CSV",
+                if f.is_input() {
+                    "an input format only"
+                } else {
+                    "not a format"
+                }
+            ),
+        );
+    }
+    if input.input_paths.is_empty() {
+        v.add(format!("{P}inputPaths"), "required: at least one path");
+    }
+    for (i, path) in input.input_paths.iter().enumerate() {
+        if path.is_empty() {
+            v.add(format!("{P}inputPaths[{i}]"), "is empty");
+        }
+    }
+    if input.output_path.as_deref().is_none_or(str::is_empty) {
+        v.add(format!("{P}outputPath"), "required");
+    }
+    if input.region.as_deref().is_none_or(str::is_empty) {
+        v.add(format!("{P}region"), "required");
+    }
+    match &input.model {
+        None => v.add(
+            "predictionInput",
+            "one of modelName, versionName, uri is required",
+        ),
+        Some(ModelVersion::Uri(uri)) if uri.is_empty() => v.add(format!("{P}uri"), "is empty"),
+        Some(_) => {}
+    }
+    for (name, value) in [
+        ("batchSize", input.batch_size),
+        ("maxWorkerCount", input.max_worker_count),
+    ] {
+        if let Some(n) = value.filter(|&n| n <= 0) {
+            v.add(format!("{P}{name}"), format!("must be positive, got {n}"));
+        }
+    }
+}
+
+impl Job {
+    /// Checks everything a `jobs.create` request for a batch prediction job
+    /// must satisfy (the table in this module's source lists each rule and
+    /// its reference).
+    ///
+    /// # Errors
+    /// A [`ValidationError`] listing every violation with its field path, in
+    /// wire order.
+    ///
+    /// # Example
+    /// ```
+    /// use batch_prediction::Job;
+    ///
+    /// let job = Job::from_json(r#"{
+    ///     "jobId": "1st-try",
+    ///     "labels": {"Team": "ml"},
+    ///     "predictionInput": {"dataFormat": "CSV", "inputPaths": ["in.json"],
+    ///                         "outputPath": "out", "region": "local",
+    ///                         "uri": "model", "batchSize": "0"}
+    /// }"#)?;
+    /// let err = job.validate().unwrap_err();
+    /// let fields: Vec<&str> = err.fields().collect();
+    /// assert_eq!(fields, ["jobId", "labels[\"Team\"]", "predictionInput.dataFormat", "predictionInput.batchSize"]);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn validate(&self) -> Result<(), ValidationError> {
+        let mut v = Violations(Vec::new());
+        match self.job_id.as_deref() {
+            None | Some("") => v.add("jobId", "required"),
+            Some(id) => {
+                if let Some(problem) = id_problem(id) {
+                    v.add("jobId", problem);
+                }
+            }
+        }
+        check_labels(self, &mut v);
+        match (&self.prediction_input, &self.training_input) {
+            (Some(input), None) => check_prediction_input(input, &mut v),
+            (Some(input), Some(_)) => {
+                check_prediction_input(input, &mut v);
+                v.add(
+                    "trainingInput",
+                    "must not be set with predictionInput: a job is either a training or a prediction job",
+                );
+            }
+            (None, Some(_)) => v.add(
+                "predictionInput",
+                "required: training jobs (trainingInput) are not run by this crate",
+            ),
+            (None, None) => v.add("predictionInput", "required"),
+        }
+        match ValidationError::from_violations(v.0) {
+            None => Ok(()),
+            Some(e) => Err(e),
+        }
+    }
+}
