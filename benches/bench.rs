@@ -1,1 +1,16 @@
-fn main() {}
+//! Criterion benchmarks, one module per area; names are `area/case`.
+//!
+//! Run with `cargo bench`; `cargo bench -- wire/` runs one area.
+
+use criterion::{Criterion, criterion_group, criterion_main};
+
+mod name;
+mod wire;
+
+fn all(c: &mut Criterion) {
+    name::define(c);
+    wire::define(c);
+}
+
+criterion_group!(benches, all);
+criterion_main!(benches);

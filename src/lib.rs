@@ -92,3 +92,8 @@ pub use model::{
 pub use name::{JobName, MAX_ID_LEN, ModelName, ProjectName, VersionName};
 pub use state::Transition;
 pub use validate::{MAX_LABEL_LEN, MAX_LABELS};
+
+/// The README's examples, compiled and run as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

@@ -217,8 +217,10 @@ mod tests {
     #[test]
     fn timestamps_and_messages_follow_the_path() {
         let clock = ManualClock::new(at("2026-01-01T00:00:00Z"));
-        let mut job = Job::default();
-        job.job_position = Some(3);
+        let mut job = Job {
+            job_position: Some(3),
+            ..Job::default()
+        };
         job.apply(Transition::Queue, &clock).unwrap();
         assert_eq!(job.create_time, Some(at("2026-01-01T00:00:00Z")));
         assert_eq!(job.job_position, Some(3));

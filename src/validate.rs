@@ -6,7 +6,7 @@
 //! |---|---|---|
 //! | `jobId` | required; `^[A-Za-z][A-Za-z0-9_]{0,127}$` | §5.1 |
 //! | `labels` | at most 64 | §5.2 |
-//! | label key | 1–63 characters; starts with a lowercase letter; lowercase letters, other letters without case (`\p{Lo}`), digits, `_`, `-` | §5.2 |
+//! | label key | 1–63 characters; starts with a lowercase letter or a letter without case (international, `\p{Lo}`); lowercase letters, other letters without case (`\p{Lo}`), digits, `_`, `-` | §5.2 |
 //! | label value | 0–63 characters of the same set | §5.2 |
 //! | `predictionInput` | required; a training job (`trainingInput`) is not run by this crate | §2.1 |
 //! | `predictionInput.dataFormat` | required; `JSON`, `TEXT` (deprecated JSON), `TF_RECORD`, `TF_RECORD_GZIP` | §2.2, §10 |
@@ -53,7 +53,7 @@ fn label_char_regex() -> &'static Regex {
 
 fn label_first_char_ok(c: char) -> bool {
     static RE: OnceLock<Regex> = OnceLock::new();
-    let re = RE.get_or_init(|| Regex::new(r"^\p{Ll}$").expect("valid regex"));
+    let re = RE.get_or_init(|| Regex::new(r"^[\p{Ll}\p{Lo}]$").expect("valid regex"));
     let mut buf = [0u8; 4];
     re.is_match(c.encode_utf8(&mut buf))
 }
@@ -70,7 +70,9 @@ fn label_part_problem(what: &str, s: &str) -> Option<String> {
         match s.chars().next() {
             None => return Some("key is empty".to_owned()),
             Some(c) if !label_first_char_ok(c) => {
-                return Some(format!("key {s:?} must start with a lowercase letter"));
+                return Some(format!(
+                    "key {s:?} must start with a lowercase letter or an international character"
+                ));
             }
             Some(_) => {}
         }

@@ -332,6 +332,32 @@ impl Job {
         self.state.unwrap_or(State::Unspecified)
     }
 
+    /// Clears the output-only fields — `createTime`, `startTime`, `endTime`,
+    /// `state`, `errorMessage`, `jobPosition`, `predictionOutput` and
+    /// `trainingOutput` — which a service ignores in a `jobs.create` request,
+    /// as the API does. Everything the client may set is kept.
+    ///
+    /// # Example
+    /// ```
+    /// use batch_prediction::Job;
+    ///
+    /// let mut job = Job::from_json(r#"{"jobId": "j", "state": "SUCCEEDED", "etag": "AAE=",
+    ///                                  "predictionOutput": {"predictionCount": "5"}}"#)?;
+    /// job.clear_output_only();
+    /// assert_eq!(job.to_json(), serde_json::json!({"jobId": "j", "etag": "AAE="}));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn clear_output_only(&mut self) {
+        self.create_time = None;
+        self.start_time = None;
+        self.end_time = None;
+        self.state = None;
+        self.error_message = None;
+        self.job_position = None;
+        self.prediction_output = None;
+        self.training_output = None;
+    }
+
     /// Sets `jobId`.
     #[must_use]
     pub fn set_job_id(mut self, v: impl Into<String>) -> Self {

@@ -1,1 +1,16 @@
+//! The integration tests: one binary, one module per area.
 
+mod discovery;
+mod props;
+mod state;
+mod validation;
+mod wire;
+
+use std::path::PathBuf;
+
+/// A file under `tests/data`.
+pub fn data_path(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data")
+        .join(name)
+}
