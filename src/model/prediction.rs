@@ -524,9 +524,13 @@ impl Message for PredictionInput {
                 .iter()
                 .map(|m| format!("{prefix}{}", m.wire_key()))
                 .collect();
+            let (last, rest) = keys.split_last().expect("more than one key");
+            let (listed, verb) = match rest {
+                [one] => (format!("{one} and {last}"), "both"),
+                _ => (format!("{} and {last}", rest.join(", ")), "all"),
+            };
             return Err(de::Error::custom(format_args!(
-                "{} are all set: set exactly one of modelName, versionName, uri",
-                keys.join(", ")
+                "{listed} are {verb} set: set exactly one of modelName, versionName, uri"
             )));
         }
         out.model = models.pop();

@@ -232,7 +232,11 @@ fn bad_inputs_name_the_field() {
         ),
         (
             r#"{"predictionInput": {"modelName": "projects/my-proj/models/m", "uri": "gs://m"}}"#,
-            "predictionInput.modelName, predictionInput.uri are all set: set exactly one of modelName, versionName, uri at line 1 column 79",
+            "predictionInput.modelName and predictionInput.uri are both set: set exactly one of modelName, versionName, uri at line 1 column 79",
+        ),
+        (
+            r#"{"predictionInput": {"uri": "a", "versionName": "projects/my-proj/models/m/versions/v", "modelName": "projects/my-proj/models/m"}}"#,
+            "predictionInput.uri, predictionInput.versionName and predictionInput.modelName are all set: set exactly one of modelName, versionName, uri at line 1 column 129",
         ),
         (
             r#"{"predictionInput": {"versionName": "projects/my-proj/models/m"}}"#,
