@@ -77,7 +77,9 @@ mod clock;
 mod error;
 mod model;
 mod name;
+mod record;
 pub mod state;
+mod storage;
 mod validate;
 
 pub use clock::{Clock, ManualClock, SystemClock};
@@ -90,7 +92,18 @@ pub use model::{
     UnknownEnumValue,
 };
 pub use name::{JobName, MAX_ID_LEN, ModelName, ProjectName, VersionName};
+pub use record::{
+    CSV_HEADER_FILE, CsvResultWriter, CsvRowError, CsvWriteError, DEFAULT_MAX_RECORD_BYTES,
+    ERRORS_FILE_PREFIX, ERRORS_STATS_FILE_PREFIX, ErrorRecordWriter, ErrorStats, Instance,
+    InstanceReader, JsonLinesWriter, LineReader, NotAnInputFormat, Position, RESULTS_FILE_PREFIX,
+    ReadOptions, Record, RecordError, RecordErrorKind, TfRecordReader, bytes_to_json,
+    csv_header_bytes, masked_crc32c, shard_file_name,
+};
 pub use state::Transition;
+pub use storage::{
+    DynStorage, InMemoryStorage, LocalStorage, ObjectMeta, ObjectWriter, Storage, StorageError,
+    StorageErrorKind, StorageExt, join_location,
+};
 pub use validate::{MAX_LABEL_LEN, MAX_LABELS};
 
 /// The README's examples, compiled and run as doc tests.

@@ -1,0 +1,132 @@
+//! Line framing for JSON and TEXT files.
+
+use std::io::{self, BufRead, BufReader, Read};
+use std::sync::Arc;
+
+use super::{Position, ReadOptions, RecordError, RecordErrorKind};
+
+/// The read buffer of line and TFRecord readers.
+pub(crate) const READ_BUFFER: usize = 256 * 1024;
+
+/// Splits a stream into lines: LF or CRLF endings (the CR is dropped), and a
+/// last line without a newline is still a line. A line longer than the limit
+/// is skipped without being stored and reported as a record-level error.
+pub struct LineReader {
+    source: Arc<str>,
+    inner: Box<dyn BufRead + Send>,
+    limit: usize,
+    line: u64,
+    offset: u64,
+}
+
+impl std::fmt::Debug for LineReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LineReader")
+            .field("source", &self.source)
+            .field("line", &self.line)
+            .field("offset", &self.offset)
+            .finish_non_exhaustive()
+    }
+}
+
+impl LineReader {
+    /// A line reader over `reader`; `source` names the file in errors.
+    pub fn new(
+        source: impl Into<Arc<str>>,
+        reader: impl Read + Send + 'static,
+        options: ReadOptions,
+    ) -> Self {
+        LineReader {
+            source: source.into(),
+            inner: Box::new(BufReader::with_capacity(READ_BUFFER, reader)),
+            limit: options.max_record_bytes,
+            line: 0,
+            offset: 0,
+        }
+    }
+
+    /// The file name used in errors.
+    pub fn source(&self) -> &Arc<str> {
+        &self.source
+    }
+
+    /// Reads the next line into `buf` (without its line ending) and returns
+    /// its position, or `None` at the end of the stream.
+    ///
+    /// # Errors
+    /// A record-level [`RecordErrorKind::TooLarge`] for a line over the limit
+    /// (the reader moves past it), or a fatal [`RecordErrorKind::Io`].
+    pub fn read_line(&mut self, buf: &mut Vec<u8>) -> Result<Option<Position>, RecordError> {
+        buf.clear();
+        let position = Position {
+            record: 0,
+            line: Some(self.line + 1),
+            byte: self.offset,
+        };
+        let mut total: u64 = 0;
+        let mut too_long = false;
+        let mut newline = false;
+        loop {
+            let available = match self.inner.fill_buf() {
+                Ok(b) => b,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    return Err(RecordError {
+                        source: Arc::clone(&self.source),
+                        position,
+                        kind: RecordErrorKind::Io(e.to_string()),
+                        raw: None,
+                    });
+                }
+            };
+            if available.is_empty() {
+                if total == 0 {
+                    return Ok(None);
+                }
+                break;
+            }
+            let (take, found) = match memchr::memchr(b'\n', available) {
+                Some(i) => (i + 1, true),
+                None => (available.len(), false),
+            };
+            if !too_long {
+                // Room for the limit plus a CRLF ending.
+                if buf.len() + take > self.limit.saturating_add(2) {
+                    too_long = true;
+                    buf.clear();
+                    buf.shrink_to(READ_BUFFER);
+                } else {
+                    buf.extend_from_slice(&available[..take]);
+                }
+            }
+            total += take as u64;
+            self.inner.consume(take);
+            if found {
+                newline = true;
+                break;
+            }
+        }
+        self.line += 1;
+        self.offset += total;
+        if newline && !too_long {
+            buf.pop();
+            if buf.last() == Some(&b'\r') {
+                buf.pop();
+            }
+        }
+        let content = total - u64::from(newline);
+        if too_long || content > self.limit as u64 {
+            buf.clear();
+            return Err(RecordError {
+                source: Arc::clone(&self.source),
+                position,
+                kind: RecordErrorKind::TooLarge {
+                    size: content,
+                    limit: self.limit,
+                },
+                raw: None,
+            });
+        }
+        Ok(Some(position))
+    }
+}

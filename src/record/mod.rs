@@ -1,0 +1,465 @@
+//! Reading instances and writing results: the record formats of a job.
+//!
+//! Readers stream one file at a time in bounded memory and account for every
+//! record: each is either an [`Instance`] or a [`RecordError`] with its
+//! [`Position`]; nothing is dropped silently.
+//!
+//! | `dataFormat` | a record is | an instance is |
+//! |---|---|---|
+//! | `JSON` | a line (LF or CRLF; the last may lack a newline; blank lines skipped) | the line's JSON value; `{"b64": "…"}` alone decodes to bytes |
+//! | `TEXT` | a line, as for JSON; an empty line is a record | the line as a JSON string |
+//! | `TF_RECORD` | a TFRecord frame, both CRC-32C checksums verified | the record's bytes |
+//! | `TF_RECORD_GZIP` | the same inside a gzip stream (several members allowed) | the record's bytes |
+//!
+//! A damaged record (a malformed line, invalid UTF-8, a bad data checksum, a
+//! record over the size limit) is a record-level error and the file goes on.
+//! Damage to the framing (a bad length checksum, a truncated file, a corrupt
+//! gzip stream, an I/O error) is a *fatal* error that ends the file: it gives
+//! the byte offset and how many bytes were left unread.
+
+mod lines;
+mod output;
+mod tfrecord;
+
+use std::fmt;
+use std::io::Read;
+use std::sync::Arc;
+
+use base64::Engine as _;
+use serde_json::{Value, json};
+
+pub use lines::LineReader;
+pub use output::{
+    CSV_HEADER_FILE, CsvResultWriter, CsvRowError, CsvWriteError, ERRORS_FILE_PREFIX,
+    ERRORS_STATS_FILE_PREFIX, ErrorRecordWriter, ErrorStats, JsonLinesWriter, RESULTS_FILE_PREFIX,
+    csv_header_bytes, shard_file_name,
+};
+pub use tfrecord::{TfRecordReader, masked_crc32c};
+
+use crate::model::DataFormat;
+
+/// The default limit on one record's size: 64 MiB.
+pub const DEFAULT_MAX_RECORD_BYTES: usize = 64 << 20;
+
+/// One input instance, as the predictor receives it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Instance {
+    /// A JSON value (a JSON line, or a TEXT line as a string).
+    Json(Value),
+    /// Bytes: a TFRecord record, or a JSON line that was exactly `{"b64": "…"}`.
+    Bytes(Vec<u8>),
+}
+
+impl Instance {
+    /// The instance as JSON, bytes as `{"b64": "…"}` (the API's convention).
+    ///
+    /// ```
+    /// use batch_prediction::Instance;
+    /// use serde_json::json;
+    ///
+    /// assert_eq!(Instance::Bytes(b"hi".to_vec()).to_json(), json!({"b64": "aGk="}));
+    /// assert_eq!(Instance::Json(json!([1, 2])).to_json(), json!([1, 2]));
+    /// ```
+    pub fn to_json(&self) -> Value {
+        match self {
+            Instance::Json(v) => v.clone(),
+            Instance::Bytes(b) => bytes_to_json(b),
+        }
+    }
+
+    /// An instance from a parsed JSON line: an object whose only key is
+    /// `"b64"` with a string value becomes the decoded bytes.
+    ///
+    /// # Errors
+    /// A message when the `b64` value is not valid base64.
+    pub fn from_json(value: Value) -> Result<Instance, String> {
+        if let Value::Object(map) = &value {
+            if map.len() == 1 {
+                if let Some(Value::String(s)) = map.get("b64") {
+                    return crate::model::wire::decode_base64(s)
+                        .map(Instance::Bytes)
+                        .ok_or_else(|| {
+                            format!(
+                                "invalid base64 in {{\"b64\": …}} instance: {:?}",
+                                shorten(s)
+                            )
+                        });
+                }
+            }
+        }
+        Ok(Instance::Json(value))
+    }
+}
+
+/// `{"b64": "…"}` for bytes.
+pub fn bytes_to_json(bytes: &[u8]) -> Value {
+    json!({ "b64": base64::engine::general_purpose::STANDARD.encode(bytes) })
+}
+
+fn shorten(s: &str) -> String {
+    if s.chars().count() <= 40 {
+        s.to_owned()
+    } else {
+        let cut: String = s.chars().take(40).collect();
+        format!("{cut}…")
+    }
+}
+
+/// Where a record is in its file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct Position {
+    /// The record's index in the file, from 0, counting every record the
+    /// reader saw (good or bad; blank JSON lines are not records).
+    pub record: u64,
+    /// The 1-based line number, for JSON and TEXT files.
+    pub line: Option<u64>,
+    /// The offset of the record's first byte (in the uncompressed stream for gzip).
+    pub byte: u64,
+}
+
+impl fmt::Display for Position {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.line {
+            Some(line) => write!(f, "line {line}"),
+            None => write!(f, "record {} at byte {}", self.record, self.byte),
+        }
+    }
+}
+
+/// What is wrong with a record, or with a file's framing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RecordErrorKind {
+    /// A JSON line that does not parse.
+    InvalidJson(String),
+    /// A line that is not valid UTF-8.
+    InvalidUtf8 {
+        /// The offset in the line of the first invalid byte.
+        column: usize,
+    },
+    /// A `{"b64": …}` instance that is not valid base64.
+    InvalidBase64(String),
+    /// A record larger than the reader's limit; it was skipped, not stored.
+    TooLarge {
+        /// The record's size in bytes.
+        size: u64,
+        /// The limit.
+        limit: usize,
+    },
+    /// A TFRecord whose data does not match its checksum.
+    DataChecksum {
+        /// The checksum stored in the file.
+        stored: u32,
+        /// The checksum of the data read.
+        computed: u32,
+    },
+    /// Fatal: a TFRecord whose length does not match its checksum; the framing is lost.
+    LengthChecksum {
+        /// The checksum stored in the file.
+        stored: u32,
+        /// The checksum of the length read.
+        computed: u32,
+        /// Bytes from the record's start to the end of the file, not read as records.
+        unread: u64,
+    },
+    /// Fatal: the file ends inside a record.
+    Truncated {
+        /// The bytes of the incomplete record.
+        unread: u64,
+    },
+    /// Fatal: the gzip stream is corrupt or truncated.
+    Gzip(String),
+    /// Fatal: reading failed.
+    Io(String),
+}
+
+/// A record that could not become an instance, or damage that ends a file.
+///
+/// [`message`](RecordError::message) is the description without the
+/// location, which is what error statistics group by; `Display` puts the
+/// source and position in front:
+/// `data/in.jsonl: line 3: invalid JSON: expected value at line 1 column 5`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordError {
+    /// The file the record came from.
+    pub source: Arc<str>,
+    /// Where in the file.
+    pub position: Position,
+    /// What is wrong.
+    pub kind: RecordErrorKind,
+    /// The record's raw bytes, where they were read (for the error file).
+    pub raw: Option<Vec<u8>>,
+}
+
+impl RecordError {
+    /// Whether the error ends the file (the framing is lost); otherwise
+    /// reading goes on with the next record.
+    pub fn is_fatal(&self) -> bool {
+        matches!(
+            self.kind,
+            RecordErrorKind::LengthChecksum { .. }
+                | RecordErrorKind::Truncated { .. }
+                | RecordErrorKind::Gzip(_)
+                | RecordErrorKind::Io(_)
+        )
+    }
+
+    /// The description without the location.
+    pub fn message(&self) -> String {
+        match &self.kind {
+            RecordErrorKind::InvalidJson(e) => format!("invalid JSON: {e}"),
+            RecordErrorKind::InvalidUtf8 { column } => {
+                format!("invalid UTF-8 at byte {column} of the line")
+            }
+            RecordErrorKind::InvalidBase64(e) => e.clone(),
+            RecordErrorKind::TooLarge { size, limit } => {
+                format!("record of {size} bytes is over the limit of {limit} bytes")
+            }
+            RecordErrorKind::DataChecksum { stored, computed } => {
+                format!("data checksum mismatch: stored {stored:#010x}, computed {computed:#010x}")
+            }
+            RecordErrorKind::LengthChecksum {
+                stored,
+                computed,
+                unread,
+            } => format!(
+                "length checksum mismatch: stored {stored:#010x}, computed {computed:#010x}; \
+                 the framing is lost, {unread} bytes left unread"
+            ),
+            RecordErrorKind::Truncated { unread } => {
+                format!("file ends inside a record; {unread} bytes left unread")
+            }
+            RecordErrorKind::Gzip(e) => format!("corrupt or truncated gzip stream: {e}"),
+            RecordErrorKind::Io(e) => format!("read error: {e}"),
+        }
+    }
+
+    /// The instance as the error file shows it: the raw line as a string
+    /// when it is UTF-8, else `{"b64": …}`; `null` when nothing was kept.
+    pub fn raw_json(&self) -> Value {
+        match &self.raw {
+            None => Value::Null,
+            Some(raw) => match std::str::from_utf8(raw) {
+                Ok(s) if self.position.line.is_some() => Value::String(s.to_owned()),
+                _ => bytes_to_json(raw),
+            },
+        }
+    }
+}
+
+impl fmt::Display for RecordError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}: {}", self.source, self.position, self.message())
+    }
+}
+
+impl std::error::Error for RecordError {}
+
+/// Settings for reading records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ReadOptions {
+    /// The largest record accepted; larger ones are record-level errors.
+    pub max_record_bytes: usize,
+}
+
+impl Default for ReadOptions {
+    fn default() -> Self {
+        ReadOptions {
+            max_record_bytes: DEFAULT_MAX_RECORD_BYTES,
+        }
+    }
+}
+
+impl ReadOptions {
+    /// Sets [`max_record_bytes`](Self::max_record_bytes).
+    #[must_use]
+    pub fn with_max_record_bytes(mut self, limit: usize) -> Self {
+        self.max_record_bytes = limit;
+        self
+    }
+}
+
+/// An instance and where it came from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Record {
+    /// Where in its file.
+    pub position: Position,
+    /// The instance.
+    pub instance: Instance,
+}
+
+enum Framing {
+    Lines(LineReader),
+    TfRecord(TfRecordReader),
+}
+
+/// Reads the instances of one file in any input format.
+///
+/// An iterator of `Result<Record, RecordError>`: after a fatal error (see
+/// [`RecordError::is_fatal`]) it ends.
+///
+/// # Example
+/// ```
+/// use batch_prediction::{DataFormat, Instance, InstanceReader, ReadOptions};
+/// use serde_json::json;
+///
+/// let data = b"{\"x\": 1}\r\n\nnot json\n{\"b64\": \"aGk=\"}";
+/// let reader = InstanceReader::new(DataFormat::Json, "in.jsonl", Box::new(&data[..]), ReadOptions::default())?;
+/// let items: Vec<_> = reader.collect();
+/// assert_eq!(items.len(), 3);
+/// assert_eq!(items[0].as_ref().unwrap().instance, Instance::Json(json!({"x": 1})));
+/// assert_eq!(
+///     items[1].as_ref().unwrap_err().to_string(),
+///     "in.jsonl: line 3: invalid JSON: expected ident at line 1 column 2"
+/// );
+/// assert_eq!(items[2].as_ref().unwrap().instance, Instance::Bytes(b"hi".to_vec()));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub struct InstanceReader {
+    format: DataFormat,
+    framing: Framing,
+    buf: Vec<u8>,
+    records: u64,
+    done: bool,
+}
+
+impl fmt::Debug for InstanceReader {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("InstanceReader")
+            .field("format", &self.format)
+            .field("done", &self.done)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The error of asking for a reader of a format that is not an input format.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0} is not an input format: expected one of JSON, TEXT, TF_RECORD, TF_RECORD_GZIP")]
+pub struct NotAnInputFormat(pub DataFormat);
+
+impl InstanceReader {
+    /// A reader of `reader`'s records in `format`; `source` names the file in errors.
+    ///
+    /// # Errors
+    /// [`NotAnInputFormat`] for `CSV` and `DATA_FORMAT_UNSPECIFIED`.
+    pub fn new(
+        format: DataFormat,
+        source: &str,
+        reader: Box<dyn Read + Send>,
+        options: ReadOptions,
+    ) -> Result<Self, NotAnInputFormat> {
+        let source: Arc<str> = Arc::from(source);
+        let framing = match format {
+            DataFormat::Json | DataFormat::Text => {
+                Framing::Lines(LineReader::new(source, reader, options))
+            }
+            DataFormat::TfRecord => Framing::TfRecord(TfRecordReader::new(source, reader, options)),
+            DataFormat::TfRecordGzip => {
+                Framing::TfRecord(TfRecordReader::gzip(source, reader, options))
+            }
+            other => return Err(NotAnInputFormat(other)),
+        };
+        Ok(InstanceReader {
+            format,
+            framing,
+            buf: Vec::new(),
+            records: 0,
+            done: false,
+        })
+    }
+
+    /// The next instance or error; `None` at the end of the file or after a
+    /// fatal error.
+    pub fn next_record(&mut self) -> Option<Result<Record, RecordError>> {
+        if self.done {
+            return None;
+        }
+        let result = match &mut self.framing {
+            Framing::TfRecord(r) => r.read_record(&mut self.buf).map(|found| {
+                found.map(|position| Record {
+                    position,
+                    instance: Instance::Bytes(std::mem::take(&mut self.buf)),
+                })
+            }),
+            Framing::Lines(r) => loop {
+                match r.read_line(&mut self.buf) {
+                    Ok(Some(_)) if self.format == DataFormat::Json && is_blank(&self.buf) => {}
+                    Ok(Some(position)) => {
+                        break decode_line(self.format, &self.buf, position, r.source()).map(Some);
+                    }
+                    other => break other.map(|_| None),
+                }
+            },
+        };
+        let record = self.records;
+        match result {
+            Ok(Some(mut item)) => {
+                item.position.record = record;
+                self.records += 1;
+                Some(Ok(item))
+            }
+            Ok(None) => {
+                self.done = true;
+                None
+            }
+            Err(mut e) => {
+                e.position.record = record;
+                self.records += 1;
+                self.done |= e.is_fatal();
+                Some(Err(e))
+            }
+        }
+    }
+}
+
+impl Iterator for InstanceReader {
+    type Item = Result<Record, RecordError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        self.next_record()
+    }
+}
+
+fn is_blank(line: &[u8]) -> bool {
+    line.iter().all(u8::is_ascii_whitespace)
+}
+
+fn decode_line(
+    format: DataFormat,
+    line: &[u8],
+    position: Position,
+    source: &Arc<str>,
+) -> Result<Record, RecordError> {
+    let error = |kind| RecordError {
+        source: Arc::clone(source),
+        position,
+        kind,
+        raw: Some(line.to_vec()),
+    };
+    let instance = if format == DataFormat::Text {
+        match std::str::from_utf8(line) {
+            Ok(s) => Instance::Json(Value::String(s.to_owned())),
+            Err(e) => {
+                return Err(error(RecordErrorKind::InvalidUtf8 {
+                    column: e.valid_up_to(),
+                }));
+            }
+        }
+    } else {
+        match serde_json::from_slice::<Value>(line) {
+            Ok(value) => {
+                Instance::from_json(value).map_err(|e| error(RecordErrorKind::InvalidBase64(e)))?
+            }
+            Err(e) => {
+                return Err(error(match std::str::from_utf8(line) {
+                    Err(u) => RecordErrorKind::InvalidUtf8 {
+                        column: u.valid_up_to(),
+                    },
+                    Ok(_) => RecordErrorKind::InvalidJson(e.to_string()),
+                }));
+            }
+        }
+    };
+    Ok(Record { position, instance })
+}

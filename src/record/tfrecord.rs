@@ -1,0 +1,231 @@
+//! TFRecord framing, plain and gzip-compressed.
+//!
+//! A record is `u64` little-endian length, masked CRC-32C of those 8 bytes,
+//! the data, masked CRC-32C of the data (TensorFlow's
+//! `tensorflow/core/lib/io/record_writer.cc`).
+
+use std::io::{self, BufRead, BufReader, Read};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use flate2::bufread::MultiGzDecoder;
+
+use super::lines::READ_BUFFER;
+use super::{Position, ReadOptions, RecordError, RecordErrorKind};
+
+/// TensorFlow's masked CRC-32C: the checksum rotated right by 15 bits plus
+/// `0xa282ead8`, so that a checksum of data holding checksums stays strong.
+///
+/// ```
+/// // 0xE3069283 is the CRC-32C check value of "123456789".
+/// let masked = 0xE306_9283_u32.rotate_right(15).wrapping_add(0xa282_ead8);
+/// assert_eq!(batch_prediction::masked_crc32c(b"123456789"), masked);
+/// ```
+pub fn masked_crc32c(data: &[u8]) -> u32 {
+    let crc = crc32c::crc32c(data);
+    crc.rotate_right(15).wrapping_add(0xa282_ead8)
+}
+
+/// Counts the bytes read through it, shared with the reader for messages.
+struct Counting<R> {
+    inner: R,
+    count: Arc<AtomicU64>,
+}
+
+impl<R: Read> Read for Counting<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.count.fetch_add(n as u64, Ordering::Relaxed);
+        Ok(n)
+    }
+}
+
+/// Reads TFRecord frames, verifying both checksums.
+///
+/// A bad data checksum or an oversized record is a record-level error and
+/// reading goes on; a bad length checksum, a truncated frame, a gzip or I/O
+/// error is fatal and gives the offset and the bytes left unread.
+pub struct TfRecordReader {
+    source: Arc<str>,
+    inner: Box<dyn BufRead + Send>,
+    /// Compressed bytes consumed, for gzip streams.
+    compressed: Option<Arc<AtomicU64>>,
+    limit: usize,
+    offset: u64,
+}
+
+impl std::fmt::Debug for TfRecordReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TfRecordReader")
+            .field("source", &self.source)
+            .field("gzip", &self.compressed.is_some())
+            .field("offset", &self.offset)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Reads until `buf` is full or the stream ends; returns the bytes read.
+fn read_full(reader: &mut dyn BufRead, buf: &mut [u8]) -> io::Result<usize> {
+    let mut got = 0;
+    while got < buf.len() {
+        match reader.read(&mut buf[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(got)
+}
+
+/// Skips up to `n` bytes; returns how many there were.
+fn skip(reader: &mut dyn BufRead, n: u64) -> io::Result<u64> {
+    io::copy(&mut reader.take(n), &mut io::sink())
+}
+
+impl TfRecordReader {
+    /// A reader of plain TFRecord frames; `source` names the file in errors.
+    pub fn new(
+        source: impl Into<Arc<str>>,
+        reader: impl Read + Send + 'static,
+        options: ReadOptions,
+    ) -> Self {
+        TfRecordReader {
+            source: source.into(),
+            inner: Box::new(BufReader::with_capacity(READ_BUFFER, reader)),
+            compressed: None,
+            limit: options.max_record_bytes,
+            offset: 0,
+        }
+    }
+
+    /// A reader of gzip-compressed TFRecord frames (one or more gzip members).
+    pub fn gzip(
+        source: impl Into<Arc<str>>,
+        reader: impl Read + Send + 'static,
+        options: ReadOptions,
+    ) -> Self {
+        let count = Arc::new(AtomicU64::new(0));
+        let counting = Counting {
+            inner: reader,
+            count: Arc::clone(&count),
+        };
+        let decoder = MultiGzDecoder::new(BufReader::with_capacity(READ_BUFFER, counting));
+        TfRecordReader {
+            source: source.into(),
+            inner: Box::new(BufReader::with_capacity(READ_BUFFER, decoder)),
+            compressed: Some(count),
+            limit: options.max_record_bytes,
+            offset: 0,
+        }
+    }
+
+    fn error(&self, byte: u64, kind: RecordErrorKind, raw: Option<Vec<u8>>) -> RecordError {
+        RecordError {
+            source: Arc::clone(&self.source),
+            position: Position {
+                record: 0,
+                line: None,
+                byte,
+            },
+            kind,
+            raw,
+        }
+    }
+
+    fn io_error(&self, byte: u64, e: &io::Error) -> RecordError {
+        let kind = match &self.compressed {
+            Some(count) => RecordErrorKind::Gzip(format!(
+                "{e} (after {} compressed bytes)",
+                count.load(Ordering::Relaxed)
+            )),
+            None => RecordErrorKind::Io(e.to_string()),
+        };
+        self.error(byte, kind, None)
+    }
+
+    /// Reads the next record's data into `buf` and returns its position, or
+    /// `None` at a clean end of the stream (between records).
+    ///
+    /// # Errors
+    /// See the type's documentation; [`RecordError::is_fatal`] tells whether
+    /// reading may go on.
+    pub fn read_record(&mut self, buf: &mut Vec<u8>) -> Result<Option<Position>, RecordError> {
+        let start = self.offset;
+        let position = Position {
+            record: 0,
+            line: None,
+            byte: start,
+        };
+        let mut header = [0u8; 12];
+        let got = read_full(&mut *self.inner, &mut header).map_err(|e| self.io_error(start, &e))?;
+        if got == 0 {
+            return Ok(None);
+        }
+        if got < header.len() {
+            self.offset += got as u64;
+            return Err(self.error(
+                start,
+                RecordErrorKind::Truncated { unread: got as u64 },
+                None,
+            ));
+        }
+        let len = u64::from_le_bytes(header[..8].try_into().expect("8 bytes"));
+        let stored = u32::from_le_bytes(header[8..].try_into().expect("4 bytes"));
+        let computed = masked_crc32c(&header[..8]);
+        if stored != computed {
+            // The framing is lost: count what is left, without keeping it.
+            let rest = skip(&mut *self.inner, u64::MAX).unwrap_or(0);
+            self.offset += 12 + rest;
+            let kind = RecordErrorKind::LengthChecksum {
+                stored,
+                computed,
+                unread: 12 + rest,
+            };
+            return Err(self.error(start, kind, None));
+        }
+        if len > self.limit as u64 {
+            let want = len.saturating_add(4);
+            let skipped = skip(&mut *self.inner, want).map_err(|e| self.io_error(start, &e))?;
+            self.offset += 12 + skipped;
+            if skipped < want {
+                let kind = RecordErrorKind::Truncated {
+                    unread: 12 + skipped,
+                };
+                return Err(self.error(start, kind, None));
+            }
+            let kind = RecordErrorKind::TooLarge {
+                size: len,
+                limit: self.limit,
+            };
+            return Err(self.error(start, kind, None));
+        }
+        buf.clear();
+        buf.reserve_exact(len as usize);
+        let got = (&mut *self.inner)
+            .take(len)
+            .read_to_end(buf)
+            .map_err(|e| self.io_error(start, &e))? as u64;
+        if got < len {
+            self.offset += 12 + got;
+            return Err(self.error(start, RecordErrorKind::Truncated { unread: 12 + got }, None));
+        }
+        let mut footer = [0u8; 4];
+        let got = read_full(&mut *self.inner, &mut footer).map_err(|e| self.io_error(start, &e))?;
+        if got < footer.len() {
+            self.offset += 12 + len + got as u64;
+            let kind = RecordErrorKind::Truncated {
+                unread: 12 + len + got as u64,
+            };
+            return Err(self.error(start, kind, None));
+        }
+        self.offset += 16 + len;
+        let stored = u32::from_le_bytes(footer);
+        let computed = masked_crc32c(buf);
+        if stored != computed {
+            let kind = RecordErrorKind::DataChecksum { stored, computed };
+            return Err(self.error(start, kind, Some(std::mem::take(buf))));
+        }
+        Ok(Some(position))
+    }
+}
