@@ -80,6 +80,8 @@ mod name;
 mod record;
 pub mod state;
 mod storage;
+#[cfg(feature = "testing")]
+pub mod testing;
 mod validate;
 
 pub use clock::{Clock, ManualClock, SystemClock};

@@ -73,19 +73,18 @@ impl Instance {
     /// # Errors
     /// A message when the `b64` value is not valid base64.
     pub fn from_json(value: Value) -> Result<Instance, String> {
-        if let Value::Object(map) = &value {
-            if map.len() == 1 {
-                if let Some(Value::String(s)) = map.get("b64") {
-                    return crate::model::wire::decode_base64(s)
-                        .map(Instance::Bytes)
-                        .ok_or_else(|| {
-                            format!(
-                                "invalid base64 in {{\"b64\": …}} instance: {:?}",
-                                shorten(s)
-                            )
-                        });
-                }
-            }
+        if let Value::Object(map) = &value
+            && map.len() == 1
+            && let Some(Value::String(s)) = map.get("b64")
+        {
+            return crate::model::wire::decode_base64(s)
+                .map(Instance::Bytes)
+                .ok_or_else(|| {
+                    format!(
+                        "invalid base64 in {{\"b64\": …}} instance: {:?}",
+                        shorten(s)
+                    )
+                });
         }
         Ok(Instance::Json(value))
     }

@@ -40,6 +40,40 @@ impl<R: Read> Read for Counting<R> {
     }
 }
 
+/// A gzip decoder that reads an empty (0-byte) file as an empty stream, as
+/// TensorFlow does, instead of as a missing gzip header.
+enum LazyGzip<R: BufRead> {
+    Start(R),
+    Gzip(Box<MultiGzDecoder<R>>),
+    Empty,
+    Moved,
+}
+
+impl<R: BufRead> Read for LazyGzip<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        loop {
+            match self {
+                LazyGzip::Gzip(d) => return d.read(buf),
+                LazyGzip::Empty => return Ok(0),
+                LazyGzip::Moved => {
+                    return Err(io::Error::other("gzip reader used after a failure"));
+                }
+                LazyGzip::Start(r) => {
+                    let empty = r.fill_buf()?.is_empty();
+                    let LazyGzip::Start(r) = std::mem::replace(self, LazyGzip::Moved) else {
+                        unreachable!("matched Start above");
+                    };
+                    *self = if empty {
+                        LazyGzip::Empty
+                    } else {
+                        LazyGzip::Gzip(Box::new(MultiGzDecoder::new(r)))
+                    };
+                }
+            }
+        }
+    }
+}
+
 /// Reads TFRecord frames, verifying both checksums.
 ///
 /// A bad data checksum or an oversized record is a record-level error and
@@ -110,7 +144,7 @@ impl TfRecordReader {
             inner: reader,
             count: Arc::clone(&count),
         };
-        let decoder = MultiGzDecoder::new(BufReader::with_capacity(READ_BUFFER, counting));
+        let decoder = LazyGzip::Start(BufReader::with_capacity(READ_BUFFER, counting));
         TfRecordReader {
             source: source.into(),
             inner: Box::new(BufReader::with_capacity(READ_BUFFER, decoder)),

@@ -2,7 +2,9 @@
 
 mod discovery;
 mod props;
+mod records;
 mod state;
+mod storage;
 mod validation;
 mod wire;
 
