@@ -5,8 +5,9 @@
 //!
 //! - a **project** segment is a project ID — 6 to 30 characters, lowercase
 //!   ASCII letters, digits and hyphens, starting with a letter and not ending
-//!   with a hyphen — or a project number (ASCII digits only, as the API's path
-//!   pattern `projects/[^/]+` lets clients address a project by number);
+//!   with a hyphen — optionally scoped by a domain (`example.com:my-project`),
+//!   or a project number (ASCII digits only, as the API's path pattern
+//!   `projects/[^/]+` lets clients address a project by number);
 //! - a **model**, **version** or **job** ID has 1 to 128 characters, ASCII
 //!   letters, digits and underscores only, and starts with a letter
 //!   (`^[A-Za-z][A-Za-z0-9_]{0,127}$`); IDs are case-sensitive.
@@ -35,7 +36,8 @@ pub(crate) fn id_problem(id: &str) -> Option<String> {
     let len = id.chars().count();
     if len > MAX_ID_LEN {
         return Some(format!(
-            "{id:?} is {len} characters long: at most {MAX_ID_LEN} are allowed"
+            "{id:?} is {} long: at most {MAX_ID_LEN} are allowed",
+            characters(len)
         ));
     }
     if !first.is_ascii_alphabetic() {
@@ -64,30 +66,56 @@ fn project_problem(project: &str) -> Option<String> {
     if project.bytes().all(|b| b.is_ascii_digit()) {
         return None; // a project number
     }
-    let len = project.chars().count();
+    // A domain-scoped project ID, `example.com:my-project`.
+    let id = match project.split_once(':') {
+        None => project,
+        Some((domain, id)) => {
+            let domain_ok = !domain.is_empty()
+                && domain.bytes().all(|b| {
+                    b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'-'
+                });
+            if !domain_ok {
+                return Some(format!(
+                    "project ID {project:?} has an invalid domain {domain:?}: expected lowercase letters, digits, '.' and '-'"
+                ));
+            }
+            id
+        }
+    };
+    let len = id.chars().count();
     if !(6..=30).contains(&len) {
         return Some(format!(
-            "project ID {project:?} is {len} characters long: expected 6 to 30"
+            "project ID {id:?} is {} long: expected 6 to 30",
+            characters(len)
         ));
     }
-    if !project.starts_with(|c: char| c.is_ascii_lowercase()) {
+    if !id.starts_with(|c: char| c.is_ascii_lowercase()) {
         return Some(format!(
-            "project ID {project:?} must start with a lowercase letter"
+            "project ID {id:?} must start with a lowercase letter"
         ));
     }
-    if let Some((i, c)) = project
+    if let Some((i, c)) = id
         .chars()
         .enumerate()
         .find(|(_, c)| !(c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '-'))
     {
         return Some(format!(
-            "project ID {project:?} has {c:?} at position {i}: only lowercase letters, digits and hyphens are allowed"
+            "project ID {id:?} has {c:?} at position {i}: only lowercase letters, digits and hyphens are allowed"
         ));
     }
-    if project.ends_with('-') {
-        return Some(format!("project ID {project:?} must not end with a hyphen"));
+    if id.ends_with('-') {
+        return Some(format!("project ID {id:?} must not end with a hyphen"));
     }
     None
+}
+
+/// `"1 character"`, `"5 characters"`.
+pub(crate) fn characters(n: usize) -> String {
+    if n == 1 {
+        "1 character".to_owned()
+    } else {
+        format!("{n} characters")
+    }
 }
 
 /// Splits `input` along `template`'s literal segments, e.g.
@@ -539,6 +567,7 @@ mod tests {
     #[test]
     fn valid_names_round_trip() {
         let projects = [
+            "projects/google.com:my-proj",
             "projects/my-proj",
             "projects/abcdef",
             "projects/123456789012",
@@ -583,12 +612,14 @@ mod tests {
             (NameKind::Project, "projects/1abcdef".into(), Some(NameKind::Project), "invalid project name \"projects/1abcdef\": project ID \"1abcdef\" must start with a lowercase letter".into()),
             (NameKind::Project, "projects/my_proj".into(), Some(NameKind::Project), "invalid project name \"projects/my_proj\": project ID \"my_proj\" has '_' at position 2: only lowercase letters, digits and hyphens are allowed".into()),
             (NameKind::Project, "projects/My-proj".into(), Some(NameKind::Project), "invalid project name \"projects/My-proj\": project ID \"My-proj\" must start with a lowercase letter".into()),
+            (NameKind::Project, "projects/Google.com:my-proj".into(), Some(NameKind::Project), "invalid project name \"projects/Google.com:my-proj\": project ID \"Google.com:my-proj\" has an invalid domain \"Google.com\": expected lowercase letters, digits, '.' and '-'".into()),
+            (NameKind::Project, "projects/example.com:x".into(), Some(NameKind::Project), "invalid project name \"projects/example.com:x\": project ID \"x\" is 1 character long: expected 6 to 30".into()),
             (NameKind::Project, "projects/my-proj-".into(), Some(NameKind::Project), "invalid project name \"projects/my-proj-\": project ID \"my-proj-\" must not end with a hyphen".into()),
             (NameKind::Model, "projects/my-proj/models".into(), None, "invalid model name \"projects/my-proj/models\": expected projects/{project}/models/{model}".into()),
             (NameKind::Model, "projects/my-proj/model/m".into(), None, "invalid model name \"projects/my-proj/model/m\": expected projects/{project}/models/{model}".into()),
             (NameKind::Model, "projects/my-proj/models/".into(), Some(NameKind::Model), "invalid model name \"projects/my-proj/models/\": model name is empty".into()),
             (NameKind::Model, "projects/my-proj/models/_m".into(), Some(NameKind::Model), "invalid model name \"projects/my-proj/models/_m\": model name \"_m\" must start with a letter".into()),
-            (NameKind::Model, "projects/x/models/m".into(), Some(NameKind::Project), "invalid model name \"projects/x/models/m\": project ID \"x\" is 1 characters long: expected 6 to 30".into()),
+            (NameKind::Model, "projects/x/models/m".into(), Some(NameKind::Project), "invalid model name \"projects/x/models/m\": project ID \"x\" is 1 character long: expected 6 to 30".into()),
             (NameKind::Version, "projects/my-proj/models/m/versions/v.1".into(), Some(NameKind::Version), "invalid version name \"projects/my-proj/models/m/versions/v.1\": version name \"v.1\" has '.' at position 1: only letters, digits and underscores are allowed".into()),
             (NameKind::Version, "projects/my-proj/models/m-1/versions/v1".into(), Some(NameKind::Model), "invalid version name \"projects/my-proj/models/m-1/versions/v1\": model name \"m-1\" has '-' at position 1: only letters, digits and underscores are allowed".into()),
             (NameKind::Version, "projects/my-proj/models/m".into(), None, "invalid version name \"projects/my-proj/models/m\": expected projects/{project}/models/{model}/versions/{version}".into()),

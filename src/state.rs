@@ -7,7 +7,7 @@
 //!                        │  │        │           │
 //!                        │  └────────┴───────────┴─▶ CANCELLING ─▶ CANCELLED
 //!                        └──────────────────────────────────────▶ CANCELLED
-//! every non-final state ─▶ FAILED          SUCCEEDED, FAILED, CANCELLED are final
+//! QUEUED, PREPARING, RUNNING, CANCELLING ─▶ FAILED   SUCCEEDED, FAILED, CANCELLED are final
 //! ```
 
 use chrono::{DateTime, Utc};
@@ -35,16 +35,16 @@ impl State {
     /// ```
     pub fn can_transition_to(self, next: State) -> bool {
         use State::*;
-        match (self, next) {
-            (Unspecified, Queued) => true,
-            (Queued, Preparing) => true,
-            (Preparing, Running) => true,
-            (Running, Succeeded) => true,
-            (Queued | Preparing | Running, Cancelling) => true,
-            (Queued | Cancelling, Cancelled) => true,
-            (from, Failed) => !from.is_terminal(),
-            _ => false,
-        }
+        matches!(
+            (self, next),
+            (Unspecified, Queued)
+                | (Queued, Preparing)
+                | (Preparing, Running)
+                | (Running, Succeeded)
+                | (Queued | Preparing | Running, Cancelling)
+                | (Queued | Cancelling, Cancelled)
+                | (Queued | Preparing | Running | Cancelling, Failed)
+        )
     }
 
     /// Every state this one may move to, in wire order.
@@ -60,7 +60,8 @@ impl State {
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Transition {
-    /// To `QUEUED`: the job was created.
+    /// To `QUEUED`: the job was created. Clears every output-only field the
+    /// request carried and sets `createTime`.
     Queue,
     /// To `PREPARING`.
     Prepare,
@@ -68,17 +69,22 @@ pub enum Transition {
     Run,
     /// To `SUCCEEDED`.
     Succeed,
-    /// To `FAILED`, with the message that explains the failure.
+    /// To `FAILED`, with the message that explains the failure (an empty one
+    /// becomes [`Transition::FAILED_MESSAGE`]).
     Fail(String),
     /// To `CANCELLING`: a cancel was asked for while the job is not yet stopped.
     RequestCancel,
-    /// To `CANCELLED`, with the reason.
+    /// To `CANCELLED`, with the reason (an empty one becomes
+    /// [`Transition::CANCELLED_MESSAGE`]).
     Cancel(String),
 }
 
 impl Transition {
     /// The message a cancelled job gets from [`Transition::cancel`].
     pub const CANCELLED_MESSAGE: &'static str = "Job cancelled by request";
+
+    /// The message a failed job gets when [`Transition::Fail`] carries none.
+    pub const FAILED_MESSAGE: &'static str = "Job failed for an unknown reason";
 
     /// A [`Transition::Cancel`] with [`Transition::CANCELLED_MESSAGE`].
     pub fn cancel() -> Self {
@@ -108,11 +114,12 @@ impl Job {
     /// Moves the job to the transition's target state, if the state machine
     /// allows it, and sets the fields that go with it:
     ///
-    /// - `QUEUED`: `createTime` (unless already set);
+    /// - `QUEUED` (creation): clears the output-only fields a request may
+    ///   carry ([`Job::clear_output_only`]) and sets `createTime`;
     /// - `PREPARING` or `RUNNING`: `startTime` (unless already set);
     ///   leaving `QUEUED` clears `jobPosition`, which only means something there;
     /// - `SUCCEEDED`: `endTime`, and no `errorMessage`;
-    /// - `FAILED` and `CANCELLED`: `endTime` and `errorMessage`.
+    /// - `FAILED` and `CANCELLED`: `endTime` and a non-empty `errorMessage`.
     ///
     /// Times come from `clock`, never earlier than a time the job already
     /// has, so `createTime ≤ startTime ≤ endTime` holds even when the clock
@@ -148,14 +155,15 @@ impl Job {
         if !from.can_transition_to(to) {
             return Err(InvalidTransition { from, to });
         }
+        if transition == Transition::Queue {
+            self.clear_output_only();
+        }
         let now = [self.create_time, self.start_time, self.end_time]
             .into_iter()
             .flatten()
             .fold(clock.now(), DateTime::<Utc>::max);
         match transition {
-            Transition::Queue => {
-                self.create_time.get_or_insert(now);
-            }
+            Transition::Queue => self.create_time = Some(now),
             Transition::Prepare | Transition::Run => {
                 self.start_time.get_or_insert(now);
             }
@@ -164,9 +172,13 @@ impl Job {
                 self.end_time = Some(now);
                 self.error_message = None;
             }
-            Transition::Fail(message) | Transition::Cancel(message) => {
+            Transition::Fail(message) => {
                 self.end_time = Some(now);
-                self.error_message = Some(message);
+                self.error_message = Some(non_empty(message, Transition::FAILED_MESSAGE));
+            }
+            Transition::Cancel(message) => {
+                self.end_time = Some(now);
+                self.error_message = Some(non_empty(message, Transition::CANCELLED_MESSAGE));
             }
         }
         if from == State::Queued {
@@ -174,6 +186,14 @@ impl Job {
         }
         self.state = Some(to);
         Ok(())
+    }
+}
+
+fn non_empty(message: String, default: &str) -> String {
+    if message.is_empty() {
+        default.to_owned()
+    } else {
+        message
     }
 }
 
@@ -187,7 +207,7 @@ mod tests {
     fn transition_table() {
         use State::*;
         let table: [(State, &[State]); 8] = [
-            (Unspecified, &[Queued, Failed]),
+            (Unspecified, &[Queued]),
             (Queued, &[Preparing, Failed, Cancelling, Cancelled]),
             (Preparing, &[Running, Failed, Cancelling]),
             (Running, &[Succeeded, Failed, Cancelling]),
@@ -218,12 +238,24 @@ mod tests {
     fn timestamps_and_messages_follow_the_path() {
         let clock = ManualClock::new(at("2026-01-01T00:00:00Z"));
         let mut job = Job {
-            job_position: Some(3),
+            create_time: Some(at("2999-01-01T00:00:00Z")),
+            state: None,
+            error_message: Some("sent by a client".into()),
+            job_position: Some(9),
             ..Job::default()
         };
         job.apply(Transition::Queue, &clock).unwrap();
-        assert_eq!(job.create_time, Some(at("2026-01-01T00:00:00Z")));
-        assert_eq!(job.job_position, Some(3));
+        assert_eq!(
+            job.create_time,
+            Some(at("2026-01-01T00:00:00Z")),
+            "a client's createTime is ignored"
+        );
+        assert_eq!(
+            (job.error_message.as_deref(), job.job_position),
+            (None, None),
+            "output-only fields cleared"
+        );
+        job.job_position = Some(3);
         clock.advance(std::time::Duration::from_secs(60));
         job.apply(Transition::Prepare, &clock).unwrap();
         assert_eq!(job.start_time, Some(at("2026-01-01T00:01:00Z")));

@@ -10,10 +10,10 @@
 //! | label value | 0–63 characters of the same set | §5.2 |
 //! | `predictionInput` | required; a training job (`trainingInput`) is not run by this crate | §2.1 |
 //! | `predictionInput.dataFormat` | required; `JSON`, `TEXT` (deprecated JSON), `TF_RECORD`, `TF_RECORD_GZIP` | §2.2, §10 |
-//! | `predictionInput.outputDataFormat` | if set: `JSON`, `TEXT`, `CSV` | §2.2, §10 |
+//! | `predictionInput.outputDataFormat` | if set: `JSON`, `TEXT`, `CSV` (`DATA_FORMAT_UNSPECIFIED` is proto3's unset value: JSON) | §2.2, §10 |
 //! | `predictionInput.inputPaths` | at least one; none empty | §2.2 |
 //! | `predictionInput.outputPath`, `.region` | required, non-empty | §2.2 |
-//! | `modelName` / `versionName` / `uri` | exactly one (several is a parse error); `uri` non-empty | §2.2 |
+//! | `modelName` / `versionName` / `uri` | exactly one; names by the rules of [`ModelName`](crate::ModelName), [`VersionName`](crate::VersionName); `uri` non-empty | §2.2, §5.1 |
 //! | `predictionInput.batchSize`, `.maxWorkerCount` | if set, positive; no upper bound | §5.6 |
 //!
 //! Label lengths are counted in characters (Unicode scalar values), as the
@@ -27,7 +27,7 @@ use regex::Regex;
 
 use crate::error::{ValidationError, Violation};
 use crate::model::{DataFormat, Job, ModelVersion, PredictionInput};
-use crate::name::id_problem;
+use crate::name::{ModelName, VersionName, id_problem};
 
 /// The most labels a job may have.
 pub const MAX_LABELS: usize = 64;
@@ -63,7 +63,8 @@ fn label_part_problem(what: &str, s: &str) -> Option<String> {
     let len = s.chars().count();
     if len > MAX_LABEL_LEN {
         return Some(format!(
-            "{what} {s:?} is {len} characters long: at most {MAX_LABEL_LEN} are allowed"
+            "{what} {s:?} is {} long: at most {MAX_LABEL_LEN} are allowed",
+            crate::name::characters(len)
         ));
     }
     if what == "key" {
@@ -97,7 +98,7 @@ fn check_labels(job: &Job, v: &mut Violations) {
         );
     }
     for (key, value) in &job.labels {
-        let field = format!("labels[{key:?}]");
+        let field = format!("labels[{}]", serde_json::Value::from(key.as_str()));
         for problem in [
             label_part_problem("key", key),
             label_part_problem("value", value),
@@ -127,16 +128,16 @@ fn check_prediction_input(input: &PredictionInput, v: &mut Violations) {
         ),
         Some(_) => {}
     }
-    if let Some(f) = input.output_data_format.filter(|f| !f.is_output()) {
+    // DATA_FORMAT_UNSPECIFIED is proto3's unset value: the default, JSON.
+    if let Some(f) = input
+        .output_data_format
+        .filter(|f| !f.is_output() && *f != DataFormat::Unspecified)
+    {
         v.add(
             format!("{P}outputDataFormat"),
             format!(
                 "{f} is {}: expected one of JSON, TEXT, CSV",
-                if f.is_input() {
-                    "an input format only"
-                } else {
-                    "not a format"
-                }
+                "an input format only"
             ),
         );
     }
@@ -154,13 +155,36 @@ fn check_prediction_input(input: &PredictionInput, v: &mut Violations) {
     if input.region.as_deref().is_none_or(str::is_empty) {
         v.add(format!("{P}region"), "required");
     }
-    match &input.model {
-        None => v.add(
+    let keys = input.union_keys();
+    match keys.as_slice() {
+        [] => v.add(
             "predictionInput",
             "one of modelName, versionName, uri is required",
         ),
-        Some(ModelVersion::Uri(uri)) if uri.is_empty() => v.add(format!("{P}uri"), "is empty"),
-        Some(_) => {}
+        [_] => {}
+        [rest @ .., last] => v.add(
+            "predictionInput",
+            format!(
+                "{} and {last} are {} set: set exactly one of modelName, versionName, uri",
+                rest.join(", "),
+                if rest.len() == 1 { "both" } else { "all" }
+            ),
+        ),
+    }
+    if let Some(ModelVersion::Uri(uri)) = &input.model
+        && uri.is_empty()
+    {
+        v.add(format!("{P}uri"), "is empty");
+    }
+    for (key, raw) in input.rejected_model() {
+        let problem = match *key {
+            "modelName" => raw.parse::<ModelName>().err().map(|e| e.to_string()),
+            "versionName" => raw.parse::<VersionName>().err().map(|e| e.to_string()),
+            _ => raw.is_empty().then(|| "is empty".to_owned()),
+        };
+        if let Some(problem) = problem {
+            v.add(format!("{P}{key}"), problem);
+        }
     }
     for (name, value) in [
         ("batchSize", input.batch_size),

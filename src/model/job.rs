@@ -6,6 +6,7 @@ use std::str::FromStr;
 
 use chrono::{DateTime, Utc};
 use serde::de::{self, MapAccess};
+use serde::ser::SerializeMap;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::{Map, Value};
 
@@ -158,6 +159,13 @@ pub struct InvalidEtag {
     input: String,
 }
 
+impl InvalidEtag {
+    /// The text that was not base64.
+    pub fn input(&self) -> &str {
+        &self.input
+    }
+}
+
 impl FromStr for Etag {
     type Err = InvalidEtag;
 
@@ -193,10 +201,14 @@ impl<'de> Deserialize<'de> for Etag {
 ///   times are RFC 3339, read with any offset and up to nanosecond
 ///   fractions, written in UTC with `Z`; `etag` is base64.
 /// - `trainingInput`, `trainingOutput` and every field this crate does not
-///   know are kept as JSON and written back unchanged.
+///   know are kept as JSON and written back unchanged (numbers in them as
+///   serde_json holds them: integers in the i64/u64 range exactly, others as
+///   the nearest double; inside them, a repeated key keeps its last value).
 /// - Reading fails, naming the field and quoting the value, on a wrong type, a
-///   bad int64, time, base64, enum value or resource name, a duplicate key, or
-///   more than one of `modelName`, `versionName`, `uri`.
+///   bad int64, time, base64 or enum value, or a duplicate key. Breaches of the
+///   API's rules that a well-formed request can still carry — several of
+///   `modelName`, `versionName`, `uri`, or a model name that breaks its rules —
+///   are kept and reported by [`Job::validate`] with every other violation.
 ///
 /// # Example
 /// ```
@@ -221,68 +233,105 @@ impl<'de> Deserialize<'de> for Etag {
 /// assert_eq!(Job::from_json(&json.to_string())?, job);
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
-#[derive(Debug, Clone, PartialEq, Default, Serialize)]
-#[serde(rename_all = "camelCase")]
+#[derive(Debug, Clone, PartialEq, Default)]
 #[non_exhaustive]
 pub struct Job {
     /// `jobId`: the user-chosen ID, unique in the project. Required on create.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub job_id: Option<String>,
     /// `createTime`: output only.
-    #[serde(
-        skip_serializing_if = "Option::is_none",
-        serialize_with = "wire::ser_timestamp"
-    )]
     pub create_time: Option<DateTime<Utc>>,
     /// `startTime`: output only; set when processing starts.
-    #[serde(
-        skip_serializing_if = "Option::is_none",
-        serialize_with = "wire::ser_timestamp"
-    )]
     pub start_time: Option<DateTime<Utc>>,
     /// `endTime`: output only; set when the job reaches a final state.
-    #[serde(
-        skip_serializing_if = "Option::is_none",
-        serialize_with = "wire::ser_timestamp"
-    )]
     pub end_time: Option<DateTime<Utc>>,
     /// `state`: output only.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub state: Option<State>,
     /// `errorMessage`: output only; why the job failed or was cancelled.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub error_message: Option<String>,
     /// `labels`: at most 64 key/value pairs.
-    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,
     /// `etag`: optimistic concurrency token.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub etag: Option<Etag>,
     /// `jobPosition` (int64): output only; the queue position while `QUEUED`.
-    #[serde(
-        skip_serializing_if = "Option::is_none",
-        serialize_with = "wire::ser_int64"
-    )]
     pub job_position: Option<i64>,
     /// `predictionInput`: the batch prediction request.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub prediction_input: Option<PredictionInput>,
     /// `predictionOutput`: output only; the current result.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub prediction_output: Option<PredictionOutput>,
     /// `trainingInput`: a training job's input, kept as JSON.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub training_input: Option<Value>,
     /// `trainingOutput`: a training job's output, kept as JSON.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub training_output: Option<Value>,
-    /// Fields this crate does not know, kept and written back unchanged. Keys
-    /// must not be names of the fields above.
-    #[serde(flatten)]
+    /// Fields this crate does not know, kept and written back unchanged.
+    /// Entries named like a field above are not written.
     pub unknown_fields: Map<String, Value>,
 }
 
+impl Serialize for Job {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut m = s.serialize_map(None)?;
+        if let Some(v) = &self.job_id {
+            m.serialize_entry("jobId", v)?;
+        }
+        for (key, time) in [
+            ("createTime", &self.create_time),
+            ("startTime", &self.start_time),
+            ("endTime", &self.end_time),
+        ] {
+            if let Some(t) = time {
+                m.serialize_entry(key, &wire::Time(t))?;
+            }
+        }
+        if let Some(v) = &self.state {
+            m.serialize_entry("state", v)?;
+        }
+        if let Some(v) = &self.error_message {
+            m.serialize_entry("errorMessage", v)?;
+        }
+        if !self.labels.is_empty() {
+            m.serialize_entry("labels", &self.labels)?;
+        }
+        if let Some(v) = &self.etag {
+            m.serialize_entry("etag", v)?;
+        }
+        if let Some(v) = self.job_position {
+            m.serialize_entry("jobPosition", &wire::Int64(v))?;
+        }
+        if let Some(v) = &self.prediction_input {
+            m.serialize_entry("predictionInput", v)?;
+        }
+        if let Some(v) = &self.prediction_output {
+            m.serialize_entry("predictionOutput", v)?;
+        }
+        if let Some(v) = &self.training_input {
+            m.serialize_entry("trainingInput", v)?;
+        }
+        if let Some(v) = &self.training_output {
+            m.serialize_entry("trainingOutput", v)?;
+        }
+        wire::unknown_entries(&mut m, &self.unknown_fields, Self::FIELDS)?;
+        m.end()
+    }
+}
+
 impl Job {
+    /// The wire names of this message's fields.
+    const FIELDS: &'static [&'static str] = &[
+        "jobId",
+        "createTime",
+        "startTime",
+        "endTime",
+        "state",
+        "errorMessage",
+        "labels",
+        "etag",
+        "jobPosition",
+        "predictionInput",
+        "predictionOutput",
+        "trainingInput",
+        "trainingOutput",
+    ];
+
     /// A batch prediction job with its ID and input.
     pub fn new(job_id: impl Into<String>, prediction_input: PredictionInput) -> Self {
         Job {

@@ -4,6 +4,7 @@ use std::fmt;
 use std::str::FromStr;
 
 use serde::de::{self, DeserializeSeed, MapAccess, Visitor};
+use serde::ser::SerializeMap;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::{Map, Value};
 
@@ -83,6 +84,13 @@ pub struct UnknownEnumValue {
     pub(crate) what: &'static str,
     pub(crate) input: String,
     pub(crate) expected: String,
+}
+
+impl UnknownEnumValue {
+    /// The value that was not recognised.
+    pub fn input(&self) -> &str {
+        &self.input
+    }
 }
 
 impl FromStr for DataFormat {
@@ -226,51 +234,39 @@ impl From<VersionName> for ModelVersion {
 /// assert_eq!(input.effective_signature_name(), "serving_default");
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
-#[derive(Debug, Clone, PartialEq, Default, Serialize)]
-#[serde(rename_all = "camelCase")]
+#[derive(Debug, Clone, PartialEq, Default)]
 #[non_exhaustive]
 pub struct PredictionInput {
     /// `dataFormat`: the input format. Required.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub data_format: Option<DataFormat>,
     /// `outputDataFormat`: the output format; JSON when absent.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub output_data_format: Option<DataFormat>,
     /// `inputPaths`: input files or patterns. Required, non-empty. An empty
     /// list is written as absent, as proto3 JSON does.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub input_paths: Vec<String>,
     /// `outputPath`: where the result files go. Required.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub output_path: Option<String>,
     /// `region`: the Compute Engine region. Required.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub region: Option<String>,
-    /// `modelName`, `versionName` or `uri`: the model to run. Exactly one is required.
-    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    /// `modelName`, `versionName` or `uri`: the model to run. Exactly one is
+    /// required. When a request sets several, or a name that breaks its
+    /// rules, this holds the first valid one and [`Job::validate`](crate::Job::validate)
+    /// reports the rest (which are written back unchanged).
     pub model: Option<ModelVersion>,
     /// `runtimeVersion`: the runtime to run the model with.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub runtime_version: Option<String>,
     /// `signatureName`: the SavedModel signature; `serving_default` when absent.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub signature_name: Option<String>,
     /// `batchSize` (int64): instances per model call; 64 when absent.
-    #[serde(
-        skip_serializing_if = "Option::is_none",
-        serialize_with = "wire::ser_int64"
-    )]
     pub batch_size: Option<i64>,
     /// `maxWorkerCount` (int64): the most workers to use; 10 when absent.
-    #[serde(
-        skip_serializing_if = "Option::is_none",
-        serialize_with = "wire::ser_int64"
-    )]
     pub max_worker_count: Option<i64>,
-    /// Fields this crate does not know, kept and written back unchanged. Keys
-    /// must not be names of the fields above.
-    #[serde(flatten)]
+    /// Fields this crate does not know, kept and written back unchanged.
+    /// Entries named like a field above are not written.
     pub unknown_fields: Map<String, Value>,
+    /// Union entries read that did not become `model`: further keys when
+    /// several were set, and names that break their rules, as (key, value).
+    pub(crate) rejected_model: Vec<(&'static str, String)>,
 }
 
 impl PredictionInput {
@@ -344,11 +340,46 @@ impl PredictionInput {
         self
     }
 
-    /// Sets the model union.
+    /// Sets the model union (and forgets any other union keys a request had).
     #[must_use]
     pub fn set_model(mut self, v: impl Into<ModelVersion>) -> Self {
         self.model = Some(v.into());
+        self.rejected_model.clear();
         self
+    }
+
+    /// The wire names of this message's fields.
+    pub(crate) const FIELDS: &'static [&'static str] = &[
+        "dataFormat",
+        "outputDataFormat",
+        "inputPaths",
+        "outputPath",
+        "region",
+        "modelName",
+        "versionName",
+        "uri",
+        "runtimeVersion",
+        "signatureName",
+        "batchSize",
+        "maxWorkerCount",
+    ];
+
+    /// The union keys the request set, valid or not, in the order
+    /// `modelName`, `versionName`, `uri`, with the raw values of those that
+    /// did not become [`model`](Self::model).
+    pub(crate) fn union_keys(&self) -> Vec<&'static str> {
+        ModelVersion::WIRE_KEYS
+            .into_iter()
+            .filter(|k| {
+                self.model.as_ref().is_some_and(|m| m.wire_key() == *k)
+                    || self.rejected_model.iter().any(|(r, _)| r == k)
+            })
+            .collect()
+    }
+
+    /// The union entries that did not become [`model`](Self::model).
+    pub(crate) fn rejected_model(&self) -> &[(&'static str, String)] {
+        &self.rejected_model
     }
 
     /// Sets `runtimeVersion`.
@@ -379,11 +410,14 @@ impl PredictionInput {
         self
     }
 
-    /// The output format the job writes: `outputDataFormat`, JSON when absent,
-    /// and JSON for the deprecated `TEXT`.
+    /// The output format the job writes: `outputDataFormat`; JSON when absent
+    /// or `DATA_FORMAT_UNSPECIFIED` (proto3's unset value), and JSON for the
+    /// deprecated `TEXT`.
     pub fn effective_output_data_format(&self) -> DataFormat {
         match self.output_data_format {
-            None | Some(DataFormat::Text) => Self::DEFAULT_OUTPUT_DATA_FORMAT,
+            None | Some(DataFormat::Unspecified | DataFormat::Text) => {
+                Self::DEFAULT_OUTPUT_DATA_FORMAT
+            }
             Some(f) => f,
         }
     }
@@ -486,7 +520,6 @@ impl Message for PredictionInput {
     fn read<'de, A: MapAccess<'de>>(prefix: &str, mut map: A) -> Result<Self, A::Error> {
         let mut out = PredictionInput::default();
         let mut seen = Seen::default();
-        let mut models: Vec<ModelVersion> = Vec::new();
         while let Some(key) = map.next_key::<String>()? {
             seen.insert(prefix, &key)?;
             let path = Path { prefix, name: &key };
@@ -502,12 +535,15 @@ impl Message for PredictionInput {
                     let Some(s) = wire::string(map.next_value()?, path)? else {
                         continue;
                     };
-                    let model = match key.as_str() {
-                        "modelName" => ModelVersion::model(&s),
-                        "versionName" => ModelVersion::version(&s),
-                        _ => Ok(ModelVersion::Uri(s)),
+                    let (key, parsed) = match key.as_str() {
+                        "modelName" => ("modelName", ModelVersion::model(&s).ok()),
+                        "versionName" => ("versionName", ModelVersion::version(&s).ok()),
+                        _ => ("uri", Some(ModelVersion::Uri(s.clone()))),
                     };
-                    models.push(model.map_err(|e| wire::error::<A::Error>(path, e))?);
+                    match parsed {
+                        Some(model) if out.model.is_none() => out.model = Some(model),
+                        _ => out.rejected_model.push((key, s)),
+                    }
                 }
                 "runtimeVersion" => out.runtime_version = wire::string(map.next_value()?, path)?,
                 "signatureName" => out.signature_name = wire::string(map.next_value()?, path)?,
@@ -519,22 +555,51 @@ impl Message for PredictionInput {
                 }
             }
         }
-        if models.len() > 1 {
-            let keys: Vec<String> = models
-                .iter()
-                .map(|m| format!("{prefix}{}", m.wire_key()))
-                .collect();
-            let (last, rest) = keys.split_last().expect("more than one key");
-            let (listed, verb) = match rest {
-                [one] => (format!("{one} and {last}"), "both"),
-                _ => (format!("{} and {last}", rest.join(", ")), "all"),
-            };
-            return Err(de::Error::custom(format_args!(
-                "{listed} are {verb} set: set exactly one of modelName, versionName, uri"
-            )));
-        }
-        out.model = models.pop();
         Ok(out)
+    }
+}
+
+impl Serialize for PredictionInput {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut m = s.serialize_map(None)?;
+        if let Some(v) = &self.data_format {
+            m.serialize_entry("dataFormat", v)?;
+        }
+        if let Some(v) = &self.output_data_format {
+            m.serialize_entry("outputDataFormat", v)?;
+        }
+        if !self.input_paths.is_empty() {
+            m.serialize_entry("inputPaths", &self.input_paths)?;
+        }
+        if let Some(v) = &self.output_path {
+            m.serialize_entry("outputPath", v)?;
+        }
+        if let Some(v) = &self.region {
+            m.serialize_entry("region", v)?;
+        }
+        let model_key = self.model.as_ref().map(ModelVersion::wire_key);
+        if let Some(model) = &self.model {
+            m.serialize_entry(model.wire_key(), &model.to_string())?;
+        }
+        for (key, value) in &self.rejected_model {
+            if model_key != Some(*key) {
+                m.serialize_entry(key, value)?;
+            }
+        }
+        if let Some(v) = &self.runtime_version {
+            m.serialize_entry("runtimeVersion", v)?;
+        }
+        if let Some(v) = &self.signature_name {
+            m.serialize_entry("signatureName", v)?;
+        }
+        if let Some(v) = self.batch_size {
+            m.serialize_entry("batchSize", &wire::Int64(v))?;
+        }
+        if let Some(v) = self.max_worker_count {
+            m.serialize_entry("maxWorkerCount", &wire::Int64(v))?;
+        }
+        wire::unknown_entries(&mut m, &self.unknown_fields, Self::FIELDS)?;
+        m.end()
     }
 }
 
@@ -547,34 +612,44 @@ impl<'de> Deserialize<'de> for PredictionInput {
 /// The result of a batch prediction job (`GoogleCloudMlV1__PredictionOutput`).
 ///
 /// Counts are `None` when absent on the wire; the accessors read them as 0.
-#[derive(Debug, Clone, PartialEq, Default, Serialize)]
-#[serde(rename_all = "camelCase")]
+#[derive(Debug, Clone, PartialEq, Default)]
 #[non_exhaustive]
 pub struct PredictionOutput {
     /// `outputPath`: the output path given at creation.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub output_path: Option<String>,
     /// `predictionCount` (int64): the number of predictions made.
-    #[serde(
-        skip_serializing_if = "Option::is_none",
-        serialize_with = "wire::ser_int64"
-    )]
     pub prediction_count: Option<i64>,
     /// `errorCount` (int64): the number of instances that failed.
-    #[serde(
-        skip_serializing_if = "Option::is_none",
-        serialize_with = "wire::ser_int64"
-    )]
     pub error_count: Option<i64>,
     /// `nodeHours` (double): node hours used.
-    #[serde(
-        skip_serializing_if = "Option::is_none",
-        serialize_with = "wire::ser_double"
-    )]
     pub node_hours: Option<f64>,
     /// Fields this crate does not know, kept and written back unchanged.
-    #[serde(flatten)]
+    /// Entries named like a field above are not written.
     pub unknown_fields: Map<String, Value>,
+}
+
+impl Serialize for PredictionOutput {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut m = s.serialize_map(None)?;
+        if let Some(v) = &self.output_path {
+            m.serialize_entry("outputPath", v)?;
+        }
+        if let Some(v) = self.prediction_count {
+            m.serialize_entry("predictionCount", &wire::Int64(v))?;
+        }
+        if let Some(v) = self.error_count {
+            m.serialize_entry("errorCount", &wire::Int64(v))?;
+        }
+        if let Some(v) = self.node_hours {
+            m.serialize_entry("nodeHours", &wire::Double(v))?;
+        }
+        wire::unknown_entries(
+            &mut m,
+            &self.unknown_fields,
+            &["outputPath", "predictionCount", "errorCount", "nodeHours"],
+        )?;
+        m.end()
+    }
 }
 
 impl PredictionOutput {
@@ -602,6 +677,27 @@ impl PredictionOutput {
     /// `nodeHours`, or 0 when absent.
     pub fn node_hours(&self) -> f64 {
         self.node_hours.unwrap_or(0.0)
+    }
+
+    /// Sets `predictionCount`.
+    #[must_use]
+    pub fn set_prediction_count(mut self, v: i64) -> Self {
+        self.prediction_count = Some(v);
+        self
+    }
+
+    /// Sets `errorCount`.
+    #[must_use]
+    pub fn set_error_count(mut self, v: i64) -> Self {
+        self.error_count = Some(v);
+        self
+    }
+
+    /// Sets `nodeHours`.
+    #[must_use]
+    pub fn set_node_hours(mut self, v: f64) -> Self {
+        self.node_hours = Some(v);
+        self
     }
 }
 

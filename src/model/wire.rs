@@ -11,9 +11,10 @@ use std::fmt;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD};
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::{DateTime, Datelike, SecondsFormat, Timelike, Utc};
 use serde::de::{self, DeserializeSeed, MapAccess, Visitor};
-use serde::{Deserializer, Serializer};
+use serde::ser::SerializeMap;
+use serde::{Deserializer, Serialize, Serializer};
 use serde_json::Value;
 
 /// The path of a field for messages: a prefix such as `predictionInput.` and
@@ -49,16 +50,23 @@ pub(crate) fn show(value: &Value) -> String {
 
 /// Keys seen so far in one JSON object, to refuse duplicates.
 #[derive(Default)]
-pub(crate) struct Seen(Vec<String>);
+pub(crate) struct Seen(std::collections::HashSet<String>);
 
 impl Seen {
     pub(crate) fn insert<E: de::Error>(&mut self, prefix: &str, key: &str) -> Result<(), E> {
-        if self.0.iter().any(|k| k == key) {
-            return Err(E::custom(format_args!("duplicate field \"{prefix}{key}\"")));
+        if !self.0.insert(key.to_owned()) {
+            return Err(E::custom(format_args!(
+                "duplicate field {}",
+                quote(&format!("{prefix}{key}"))
+            )));
         }
-        self.0.push(key.to_owned());
         Ok(())
     }
+}
+
+/// A string quoted for a message, cut after 60 characters.
+pub(crate) fn quote(s: &str) -> String {
+    show(&Value::String(s.to_owned()))
 }
 
 pub(crate) fn string<E: de::Error>(value: Value, path: Path<'_>) -> Result<Option<String>, E> {
@@ -72,24 +80,47 @@ pub(crate) fn string<E: de::Error>(value: Value, path: Path<'_>) -> Result<Optio
     }
 }
 
-/// Parses a proto3 JSON int64: a decimal string or a JSON integer.
+/// Parses a proto3 JSON int64: a decimal string, or a JSON number with an
+/// integral value (`64`, `64.0`, `6.4e1`; exact up to 2^53 when not written
+/// as an integer).
 pub(crate) fn int64<E: de::Error>(value: Value, path: Path<'_>) -> Result<Option<i64>, E> {
     const EXPECTED: &str = "expected an int64 as a decimal string or an integer";
+    /// The largest magnitude a double holds every integer up to.
+    const EXACT: f64 = 9_007_199_254_740_992.0;
     match &value {
         Value::Null => Ok(None),
-        Value::Number(n) => match n.as_i64() {
-            Some(i) => Ok(Some(i)),
-            None if n.is_u64() => Err(error(path, format_args!("{n} is out of the int64 range"))),
-            None => Err(error(path, format_args!("invalid int64 {n}: {EXPECTED}"))),
-        },
+        Value::Number(n) => {
+            if let Some(i) = n.as_i64() {
+                return Ok(Some(i));
+            }
+            if n.is_u64() {
+                return Err(error(path, format_args!("{n} is out of the int64 range")));
+            }
+            let f = n.as_f64().unwrap_or(f64::NAN);
+            if f.fract() != 0.0 || !f.is_finite() {
+                Err(error(path, format_args!("invalid int64 {n}: {EXPECTED}")))
+            } else if f.abs() > EXACT {
+                Err(error(
+                    path,
+                    format_args!(
+                        "{n} is out of the int64 range that a JSON number holds exactly (±2^53): send it as a string"
+                    ),
+                ))
+            } else {
+                Ok(Some(f as i64))
+            }
+        }
         Value::String(s) => {
             let digits = s.strip_prefix('-').unwrap_or(s);
             if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
-                return Err(error(path, format_args!("invalid int64 {s:?}: {EXPECTED}")));
+                return Err(error(
+                    path,
+                    format_args!("invalid int64 {}: {EXPECTED}", quote(s)),
+                ));
             }
             s.parse::<i64>()
                 .map(Some)
-                .map_err(|_| error(path, format_args!("{s:?} is out of the int64 range")))
+                .map_err(|_| error(path, format_args!("{} is out of the int64 range", quote(s))))
         }
         other => Err(error(
             path,
@@ -113,7 +144,7 @@ pub(crate) fn double<E: de::Error>(value: Value, path: Path<'_>) -> Result<Optio
                 Ok(n) => Ok(n.as_f64()),
                 Err(_) => Err(error(
                     path,
-                    format_args!("invalid double {s:?}: {EXPECTED}"),
+                    format_args!("invalid double {}: {EXPECTED}", quote(s)),
                 )),
             },
         },
@@ -124,24 +155,44 @@ pub(crate) fn double<E: de::Error>(value: Value, path: Path<'_>) -> Result<Optio
     }
 }
 
-/// Parses an RFC 3339 timestamp with any offset and up to nanosecond fractions.
+/// Parses an RFC 3339 timestamp with any offset and up to nanosecond
+/// fractions, within the range proto3 JSON allows once in UTC:
+/// 0001-01-01T00:00:00Z to 9999-12-31T23:59:59.999999999Z. Leap seconds
+/// (`:60`) are refused, as `google.protobuf.Timestamp` has none.
 pub(crate) fn timestamp<E: de::Error>(
     value: Value,
     path: Path<'_>,
 ) -> Result<Option<DateTime<Utc>>, E> {
-    match string(value, path)? {
-        None => Ok(None),
-        Some(s) => DateTime::parse_from_rfc3339(&s)
-            .map(|t| Some(t.with_timezone(&Utc)))
-            .map_err(|_| {
-                error(
-                    path,
-                    format_args!(
-                        "invalid timestamp {s:?}: expected RFC 3339 such as \"2014-10-02T15:01:23.045123456Z\""
-                    ),
-                )
-            }),
+    let Some(s) = string(value, path)? else {
+        return Ok(None);
+    };
+    parse_timestamp(&s)
+        .map(Some)
+        .map_err(|why| error(path, format_args!("invalid timestamp {}: {why}", quote(&s))))
+}
+
+/// [`timestamp`]'s rules, with the reason for a refusal.
+pub(crate) fn parse_timestamp(s: &str) -> Result<DateTime<Utc>, &'static str> {
+    const EXPECTED: &str = "expected RFC 3339 such as \"2014-10-02T15:01:23.045123456Z\"";
+    let t = DateTime::parse_from_rfc3339(s)
+        .map_err(|_| EXPECTED)?
+        .with_timezone(&Utc);
+    // chrono drops fraction digits past the ninth; refuse them rather than lose them.
+    let fraction_digits = s
+        .find('.')
+        .map(|dot| s[dot + 1..].bytes().take_while(u8::is_ascii_digit).count());
+    if fraction_digits.is_some_and(|n| n > 9) {
+        return Err("more than 9 fraction digits: expected at most nanoseconds");
     }
+    if t.nanosecond() >= 1_000_000_000 {
+        return Err("leap seconds are not allowed");
+    }
+    if !(1..=9999).contains(&t.year()) {
+        return Err(
+            "out of range: expected 0001-01-01T00:00:00Z to 9999-12-31T23:59:59.999999999Z in UTC",
+        );
+    }
+    Ok(t)
 }
 
 /// Decodes base64 in any of the alphabets proto3 JSON parsers accept:
@@ -158,7 +209,7 @@ pub(crate) fn bytes<E: de::Error>(value: Value, path: Path<'_>) -> Result<Option
         Some(s) => decode_base64(&s).map(Some).ok_or_else(|| {
             error(
                 path,
-                format_args!("invalid base64 {s:?}: expected bytes in base64"),
+                format_args!("invalid base64 {}: expected bytes in base64", quote(&s)),
             )
         }),
     }
@@ -211,7 +262,11 @@ pub(crate) fn enumeration<T: WireEnum, E: de::Error>(
         Some(s) => parse_enum(&s).map(Some).ok_or_else(|| {
             error(
                 path,
-                format_args!("unknown value {s:?}: expected one of {}", enum_names::<T>()),
+                format_args!(
+                    "unknown value {}: expected one of {}",
+                    quote(&s),
+                    enum_names::<T>()
+                ),
             )
         }),
     }
@@ -297,36 +352,59 @@ impl<'de> Visitor<'de> for StringMapSeed<'_> {
 
 // ---- writing ----
 
-pub(crate) fn ser_int64<S: Serializer>(v: &Option<i64>, s: S) -> Result<S::Ok, S::Error> {
-    match v {
-        Some(v) => s.collect_str(v),
-        None => s.serialize_none(),
+/// An int64, written as a decimal string.
+pub(crate) struct Int64(pub(crate) i64);
+
+impl Serialize for Int64 {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&self.0)
     }
 }
 
-pub(crate) fn ser_double<S: Serializer>(v: &Option<f64>, s: S) -> Result<S::Ok, S::Error> {
-    match v {
-        None => s.serialize_none(),
-        Some(v) if v.is_nan() => s.serialize_str("NaN"),
-        Some(v) if v.is_infinite() && *v > 0.0 => s.serialize_str("Infinity"),
-        Some(v) if v.is_infinite() => s.serialize_str("-Infinity"),
-        Some(v) => s.serialize_f64(*v),
+/// A double, with proto3's strings for the non-finite values.
+pub(crate) struct Double(pub(crate) f64);
+
+impl Serialize for Double {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let v = self.0;
+        if v.is_nan() {
+            s.serialize_str("NaN")
+        } else if v == f64::INFINITY {
+            s.serialize_str("Infinity")
+        } else if v == f64::NEG_INFINITY {
+            s.serialize_str("-Infinity")
+        } else {
+            s.serialize_f64(v)
+        }
     }
+}
+
+/// A timestamp, as [`format_timestamp`] writes it.
+pub(crate) struct Time<'a>(pub(crate) &'a DateTime<Utc>);
+
+impl Serialize for Time<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&format_timestamp(self.0))
+    }
+}
+
+/// Writes the unknown fields, except those named like a known field.
+pub(crate) fn unknown_entries<M: SerializeMap>(
+    m: &mut M,
+    unknown: &serde_json::Map<String, Value>,
+    known: &[&str],
+) -> Result<(), M::Error> {
+    for (key, value) in unknown {
+        if !known.contains(&key.as_str()) {
+            m.serialize_entry(key, value)?;
+        }
+    }
+    Ok(())
 }
 
 /// RFC 3339 in UTC with `Z` and 0, 3, 6 or 9 fraction digits, as proto3 JSON writes it.
 pub(crate) fn format_timestamp(t: &DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::AutoSi, true)
-}
-
-pub(crate) fn ser_timestamp<S: Serializer>(
-    v: &Option<DateTime<Utc>>,
-    s: S,
-) -> Result<S::Ok, S::Error> {
-    match v {
-        Some(t) => s.serialize_str(&format_timestamp(t)),
-        None => s.serialize_none(),
-    }
 }
 
 pub(crate) fn encode_base64(bytes: &[u8]) -> String {

@@ -29,8 +29,8 @@ fn label_value() -> impl Strategy<Value = String> {
 }
 
 fn timestamp() -> impl Strategy<Value = DateTime<Utc>> {
-    // 1970 to 2200, with nanoseconds.
-    (0i64..7_258_118_400, 0u32..1_000_000_000)
+    // The whole range proto3 allows, 0001-01-01 to 9999-12-31, with nanoseconds.
+    (-62_135_596_800i64..253_402_300_800, 0u32..1_000_000_000)
         .prop_map(|(s, n)| DateTime::from_timestamp(s, n).unwrap())
 }
 
@@ -173,10 +173,13 @@ enum Breakage {
     NoModel,
     ZeroBatch,
     NegativeWorkers,
+    LabelKeyTooLong,
+    EmptyInputPath,
+    SecondModelKey,
 }
 
 impl Breakage {
-    const ALL: [Breakage; 14] = [
+    const ALL: [Breakage; 17] = [
         Breakage::JobIdMissing,
         Breakage::JobIdHyphen,
         Breakage::LabelKeyUpper,
@@ -191,6 +194,9 @@ impl Breakage {
         Breakage::NoModel,
         Breakage::ZeroBatch,
         Breakage::NegativeWorkers,
+        Breakage::LabelKeyTooLong,
+        Breakage::EmptyInputPath,
+        Breakage::SecondModelKey,
     ];
 
     /// Breaks `job`, returning the field paths that must be reported.
@@ -256,6 +262,29 @@ impl Breakage {
                 input.max_worker_count = Some(-7);
                 field("predictionInput.maxWorkerCount")
             }
+            Breakage::LabelKeyTooLong => {
+                let key = "k".repeat(64);
+                job.labels.insert(key.clone(), "v".into());
+                field(&format!("labels[\"{key}\"]"))
+            }
+            Breakage::EmptyInputPath => {
+                input.input_paths.push(String::new());
+                field(&format!(
+                    "predictionInput.inputPaths[{}]",
+                    input.input_paths.len() - 1
+                ))
+            }
+            Breakage::SecondModelKey => {
+                // Only a request can carry two union keys: add one on the wire.
+                let second = match input.model {
+                    Some(ModelVersion::Uri(_)) => ("modelName", "projects/my-proj/models/m"),
+                    _ => ("uri", "gs://second"),
+                };
+                let mut value = job.to_json();
+                value["predictionInput"][second.0] = json!(second.1);
+                *job = Job::from_value(value).unwrap();
+                field("predictionInput")
+            }
         }
     }
 }
@@ -268,6 +297,8 @@ fn breakages() -> impl Strategy<Value = Vec<Breakage>> {
             let count = |pred: fn(&Breakage) -> bool| b.iter().filter(|x| pred(x)).count();
             count(|x| matches!(x, Breakage::JobIdMissing | Breakage::JobIdHyphen)) <= 1
                 && count(|x| matches!(x, Breakage::NoInputFormat | Breakage::CsvInput)) <= 1
+                && count(|x| matches!(x, Breakage::NoModel | Breakage::SecondModelKey)) <= 1
+                && count(|x| matches!(x, Breakage::NoInputPaths | Breakage::EmptyInputPath)) <= 1
         },
     )
 }
@@ -325,7 +356,8 @@ proptest! {
             // Invariants after every step.
             let s = job.state();
             prop_assert_eq!(job.end_time.is_some(), s.is_terminal());
-            prop_assert_eq!(job.error_message.is_some(), matches!(s, State::Failed | State::Cancelled));
+            let has_message = job.error_message.as_deref().is_some_and(|m| !m.is_empty());
+            prop_assert_eq!(has_message, matches!(s, State::Failed | State::Cancelled));
             was_queued |= s == State::Queued;
             prop_assert_eq!(job.create_time.is_some(), was_queued);
             let times: Vec<_> = [job.create_time, job.start_time, job.end_time].into_iter().flatten().collect();

@@ -51,6 +51,8 @@ fn valid_jobs_pass() {
         with(|j| j["predictionInput"]["dataFormat"] = json!("TF_RECORD_GZIP")),
         with(|j| j["predictionInput"]["outputDataFormat"] = json!("CSV")),
         with(|j| j["predictionInput"]["outputDataFormat"] = json!("TEXT")),
+        // proto3's unset value: the default, JSON.
+        with(|j| j["predictionInput"]["outputDataFormat"] = json!("DATA_FORMAT_UNSPECIFIED")),
         with(|j| j["predictionInput"]["batchSize"] = json!("1")),
         with(|j| j["predictionInput"]["maxWorkerCount"] = json!("1000000")), // no upper bound
         with(|j| j["predictionInput"]["batchSize"] = json!(i64::MAX)),
@@ -232,13 +234,6 @@ fn each_rule_reports_its_field() {
             )],
         ),
         (
-            with(|j| j["predictionInput"]["outputDataFormat"] = json!("DATA_FORMAT_UNSPECIFIED")),
-            &[(
-                "predictionInput.outputDataFormat",
-                "DATA_FORMAT_UNSPECIFIED is not a format: expected one of JSON, TEXT, CSV",
-            )],
-        ),
-        (
             with(|j| j["predictionInput"]["inputPaths"] = json!([])),
             &[("predictionInput.inputPaths", "required: at least one path")],
         ),
@@ -280,6 +275,50 @@ fn each_rule_reports_its_field() {
                 j["predictionInput"]["uri"] = json!("");
             }),
             &[("predictionInput.uri", "is empty")],
+        ),
+        (
+            with(|j| j["predictionInput"]["uri"] = json!("gs://m")),
+            &[(
+                "predictionInput",
+                "versionName and uri are both set: set exactly one of modelName, versionName, uri",
+            )],
+        ),
+        (
+            with(|j| {
+                j["predictionInput"]["uri"] = json!("gs://m");
+                j["predictionInput"]["modelName"] = json!("projects/my-proj/models/m");
+            }),
+            &[(
+                "predictionInput",
+                "modelName, versionName and uri are all set: set exactly one of modelName, versionName, uri",
+            )],
+        ),
+        (
+            with(|j| j["predictionInput"]["versionName"] = json!("projects/my-proj/models/m")),
+            &[(
+                "predictionInput.versionName",
+                "invalid version name \"projects/my-proj/models/m\": expected projects/{project}/models/{model}/versions/{version}",
+            )],
+        ),
+        (
+            with(|j| j["predictionInput"]["modelName"] = json!("projects/my-proj/models/m-1")),
+            &[
+                (
+                    "predictionInput",
+                    "modelName and versionName are both set: set exactly one of modelName, versionName, uri",
+                ),
+                (
+                    "predictionInput.modelName",
+                    "invalid model name \"projects/my-proj/models/m-1\": model name \"m-1\" has '-' at position 1: only letters, digits and underscores are allowed",
+                ),
+            ],
+        ),
+        (
+            with(|j| j["labels"] = json!({"a\u{7}": "v"})),
+            &[(
+                "labels[\"a\\u0007\"]",
+                "key \"a\\u{7}\" has '\\u{7}' at position 1: only lowercase letters, digits, underscores and dashes are allowed",
+            )],
         ),
         (
             with(|j| j["predictionInput"]["batchSize"] = json!("0")),

@@ -231,20 +231,28 @@ fn bad_inputs_name_the_field() {
             "duplicate field \"predictionInput.region\" at line 1 column 44",
         ),
         (
-            r#"{"predictionInput": {"modelName": "projects/my-proj/models/m", "uri": "gs://m"}}"#,
-            "predictionInput.modelName and predictionInput.uri are both set: set exactly one of modelName, versionName, uri at line 1 column 79",
+            r#"{"predictionInput": {"batchSize": 1e300}}"#,
+            "predictionInput.batchSize: 1e+300 is out of the int64 range that a JSON number holds exactly (±2^53): send it as a string at line 1 column 40",
         ),
         (
-            r#"{"predictionInput": {"uri": "a", "versionName": "projects/my-proj/models/m/versions/v", "modelName": "projects/my-proj/models/m"}}"#,
-            "predictionInput.uri, predictionInput.versionName and predictionInput.modelName are all set: set exactly one of modelName, versionName, uri at line 1 column 129",
+            r#"{"predictionInput": {"batchSize": 123456789012345678901234567890}}"#,
+            "predictionInput.batchSize: 1.2345678901234568e+29 is out of the int64 range that a JSON number holds exactly (±2^53): send it as a string at line 1 column 65",
         ),
         (
-            r#"{"predictionInput": {"versionName": "projects/my-proj/models/m"}}"#,
-            "predictionInput.versionName: invalid version name \"projects/my-proj/models/m\": expected projects/{project}/models/{model}/versions/{version} at line 1 column 64",
+            r#"{"endTime": "9999-12-31T23:59:59-01:00"}"#,
+            "endTime: invalid timestamp \"9999-12-31T23:59:59-01:00\": out of range: expected 0001-01-01T00:00:00Z to 9999-12-31T23:59:59.999999999Z in UTC at line 1 column 40",
         ),
         (
-            r#"{"predictionInput": {"modelName": "projects/my-proj/models/m-1"}}"#,
-            "predictionInput.modelName: invalid model name \"projects/my-proj/models/m-1\": model name \"m-1\" has '-' at position 1: only letters, digits and underscores are allowed at line 1 column 64",
+            r#"{"endTime": "0000-01-01T00:00:00Z"}"#,
+            "endTime: invalid timestamp \"0000-01-01T00:00:00Z\": out of range: expected 0001-01-01T00:00:00Z to 9999-12-31T23:59:59.999999999Z in UTC at line 1 column 35",
+        ),
+        (
+            r#"{"endTime": "2016-12-31T23:59:60Z"}"#,
+            "endTime: invalid timestamp \"2016-12-31T23:59:60Z\": leap seconds are not allowed at line 1 column 35",
+        ),
+        (
+            r#"{"endTime": "2016-12-31T23:59:59.1234567891Z"}"#,
+            "endTime: invalid timestamp \"2016-12-31T23:59:59.1234567891Z\": more than 9 fraction digits: expected at most nanoseconds at line 1 column 46",
         ),
         (
             r#"{"predictionInput": 5}"#,
@@ -270,6 +278,71 @@ fn bad_inputs_name_the_field() {
         }
     }
     assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}
+
+#[test]
+fn int64_accepts_integral_numbers_in_any_notation() {
+    for (sent, written) in [
+        (json!(64.0), "64"),
+        (json!(6.4e1), "64"),
+        (json!(-0.0), "0"),
+        (json!(9007199254740992.0), "9007199254740992"),
+    ] {
+        let job = Job::from_value(json!({"predictionInput": {"batchSize": sent}})).unwrap();
+        assert_eq!(
+            job.to_json()["predictionInput"]["batchSize"],
+            written,
+            "{sent}"
+        );
+    }
+    let job = Job::from_json(r#"{"jobPosition": 1e3}"#).unwrap();
+    assert_eq!(job.job_position, Some(1000));
+}
+
+#[test]
+fn long_values_are_cut_in_messages() {
+    let long = "x".repeat(100_000);
+    let err = Job::from_value(json!({"state": long}))
+        .unwrap_err()
+        .to_string();
+    assert!(err.len() < 300, "{}", err.len());
+    assert!(
+        err.starts_with(&format!(
+            "invalid job JSON: state: unknown value \"{}…: expected one of",
+            "x".repeat(59)
+        )),
+        "{err}"
+    );
+}
+
+#[test]
+fn model_union_breaches_are_kept_for_validation_and_written_back() {
+    let cases = [
+        json!({"modelName": "projects/my-proj/models/m", "uri": "gs://m"}),
+        json!({"uri": "a", "versionName": "projects/my-proj/models/m/versions/v", "modelName": "projects/my-proj/models/m"}),
+        json!({"versionName": "projects/my-proj/models/m"}),
+        json!({"modelName": "projects/my-proj/models/m-1", "versionName": "bad"}),
+    ];
+    for input in cases {
+        let job = json!({"predictionInput": input});
+        assert_eq!(Job::from_value(job.clone()).unwrap().to_json(), job);
+    }
+}
+
+#[test]
+fn unknown_fields_never_shadow_known_ones() {
+    let mut job = Job::new("j", PredictionInput::default()).set_label("a", "b");
+    job.unknown_fields.insert("jobId".into(), json!("evil"));
+    job.unknown_fields.insert("labels".into(), json!({}));
+    job.unknown_fields.insert("extra".into(), json!(1));
+    let input = job.prediction_input.as_mut().unwrap();
+    input.unknown_fields.insert("batchSize".into(), json!("1"));
+    input.unknown_fields.insert("uri".into(), json!("x"));
+    let text = serde_json::to_string(&job).unwrap();
+    assert_eq!(
+        text,
+        r#"{"jobId":"j","labels":{"a":"b"},"predictionInput":{},"extra":1}"#
+    );
 }
 
 #[test]
