@@ -4,10 +4,12 @@
 
 use criterion::{Criterion, criterion_group, criterion_main};
 
+mod io;
 mod name;
 mod wire;
 
 fn all(c: &mut Criterion) {
+    io::define(c);
     name::define(c);
     wire::define(c);
 }

@@ -34,7 +34,7 @@ pub use output::{
     ERRORS_STATS_FILE_PREFIX, ErrorRecordWriter, ErrorStats, JsonLinesWriter, RESULTS_FILE_PREFIX,
     csv_header_bytes, shard_file_name,
 };
-pub use tfrecord::{TfRecordReader, masked_crc32c};
+pub use tfrecord::{TfRecordReader, TfRecordWriter, masked_crc32c};
 
 use crate::model::DataFormat;
 

@@ -448,3 +448,16 @@ fn csv_is_not_an_input_format() {
         "CSV is not an input format: expected one of JSON, TEXT, TF_RECORD, TF_RECORD_GZIP"
     );
 }
+
+#[test]
+fn tfrecord_writer_writes_what_tensorflow_writes() {
+    let mut w = batch_prediction::TfRecordWriter::new(Vec::new());
+    for record in tensorflow_records() {
+        w.write(&record).unwrap();
+    }
+    assert_eq!(
+        w.into_inner(),
+        fixture("examples.tfrecord"),
+        "byte for byte"
+    );
+}

@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Runs every fuzz target for SECONDS each (default 300) with libFuzzer on
+# stable Rust (cargo fuzz -s none: no sanitizer, debug assertions on), seeded
+# with the test fixtures, and prints each target's exec count.
+# A crash is saved under fuzz/artifacts/TARGET/; turn it into a test in
+# tests/integration/fuzz_regressions.rs with the input in tests/data/fuzz/.
+#   bash fuzz/run.sh [SECONDS] [TARGET...]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+seconds=${1:-300}
+shift || true
+targets=("$@")
+[ ${#targets[@]} -gt 0 ] || targets=(json_lines text_lines tfrecord tfrecord_gzip job_json)
+command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
+
+mkdir -p fuzz/corpus/{json_lines,text_lines,tfrecord,tfrecord_gzip,job_json}
+cp tests/data/tensorflow/examples.jsonl fuzz/corpus/json_lines/
+cp tests/data/tensorflow/examples.jsonl fuzz/corpus/text_lines/
+cp tests/data/tensorflow/examples.tfrecord fuzz/corpus/tfrecord/
+cp tests/data/tensorflow/examples.tfrecord.gz fuzz/corpus/tfrecord_gzip/
+cp examples/sample/job.json fuzz/corpus/job_json/
+for f in tests/data/fuzz/*; do [ -f "$f" ] && cp "$f" "fuzz/corpus/$(basename "$f" | cut -d- -f1)/" 2>/dev/null || true; done
+
+status=0
+for t in "${targets[@]}"; do
+  log=$(mktemp)
+  if cargo fuzz run -s none "$t" "fuzz/corpus/$t" -- -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 >"$log" 2>&1; then
+    result=ok
+  else
+    result=CRASH; status=1
+    grep -E "panicked|ERROR|artifact" "$log" | head -5
+  fi
+  execs=$(grep -oP 'stat::number_of_executed_units: \K[0-9]+' "$log" || echo "?")
+  cov=$(grep -oP '^#[0-9]+\s+DONE\s+cov: \K[0-9]+' "$log" || echo "?")
+  echo "$t: $result, $execs execs in ${seconds}s, coverage $cov edges"
+  rm -f "$log"
+done
+exit $status
