@@ -461,3 +461,43 @@ fn tfrecord_writer_writes_what_tensorflow_writes() {
         "byte for byte"
     );
 }
+
+/// Results written through a storage's atomic commit read back as the same
+/// instances; an uncommitted writer leaves nothing.
+#[test]
+fn results_written_through_storage_read_back() {
+    use batch_prediction::{
+        ERRORS_STATS_FILE_PREFIX, ErrorStats, InMemoryStorage, JsonLinesWriter,
+        RESULTS_FILE_PREFIX, Storage, StorageExt, join_location, shard_file_name,
+    };
+    let storage = InMemoryStorage::new();
+    let results = join_location("gs://b/out", &shard_file_name(RESULTS_FILE_PREFIX, 0, 2));
+    assert_eq!(results, "gs://b/out/prediction.results-00000-of-00002");
+    let predictions: Vec<Value> = (0..100)
+        .map(|i| json!({"key": i, "p": [0.5, 0.25]}))
+        .collect();
+    let mut w = JsonLinesWriter::new(storage.create(&results).unwrap());
+    for p in &predictions {
+        w.write(p).unwrap();
+    }
+    assert!(storage.head(&results).is_err(), "not visible before commit");
+    w.into_inner().commit().unwrap();
+    let items = read(DataFormat::Json, storage.read_bytes(&results).unwrap());
+    let back: Vec<Value> = items
+        .into_iter()
+        .map(|r| r.unwrap().instance.to_json())
+        .collect();
+    assert_eq!(back, predictions);
+
+    let mut stats = ErrorStats::default();
+    stats.add("Unexpected tensor name: x", 3);
+    let location = join_location(
+        "gs://b/out",
+        &shard_file_name(ERRORS_STATS_FILE_PREFIX, 1, 2),
+    );
+    storage.put_bytes(&location, &stats.to_bytes()).unwrap();
+    assert_eq!(
+        storage.read_bytes(&location).unwrap(),
+        b"('Unexpected tensor name: x', 3)\n"
+    );
+}
