@@ -98,8 +98,8 @@ pub use record::{
     CSV_HEADER_FILE, CsvResultWriter, CsvRowError, CsvWriteError, DEFAULT_MAX_RECORD_BYTES,
     ERRORS_FILE_PREFIX, ERRORS_STATS_FILE_PREFIX, ErrorRecordWriter, ErrorStats, Instance,
     InstanceReader, JsonLinesWriter, LineReader, NotAnInputFormat, Position, RESULTS_FILE_PREFIX,
-    ReadOptions, Record, RecordError, RecordErrorKind, TfRecordReader, TfRecordWriter,
-    bytes_to_json, csv_header_bytes, masked_crc32c, shard_file_name,
+    RawReader, ReadOptions, Record, RecordError, RecordErrorKind, TfRecordReader, TfRecordWriter,
+    bytes_to_json, csv_header_bytes, decode, masked_crc32c, shard_file_name,
 };
 pub use state::Transition;
 pub use storage::{

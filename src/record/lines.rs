@@ -50,14 +50,15 @@ impl LineReader {
         &self.source
     }
 
-    /// Reads the next line into `buf` (without its line ending) and returns
-    /// its position, or `None` at the end of the stream.
+    /// Appends the next line to `buf` (without its line ending) and returns
+    /// its position, or `None` at the end of the stream. On an error, `buf`
+    /// is as it was.
     ///
     /// # Errors
     /// A record-level [`RecordErrorKind::TooLarge`] for a line over the limit
     /// (the reader moves past it), or a fatal [`RecordErrorKind::Io`].
     pub fn read_line(&mut self, buf: &mut Vec<u8>) -> Result<Option<Position>, RecordError> {
-        buf.clear();
+        let start = buf.len();
         let position = Position {
             record: 0,
             line: Some(self.line + 1),
@@ -71,6 +72,7 @@ impl LineReader {
                 Ok(b) => b,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
+                    buf.truncate(start);
                     return Err(RecordError {
                         source: Arc::clone(&self.source),
                         position,
@@ -91,10 +93,9 @@ impl LineReader {
             };
             if !too_long {
                 // Room for the limit plus a CRLF ending.
-                if buf.len() + take > self.limit.saturating_add(2) {
+                if buf.len() - start + take > self.limit.saturating_add(2) {
                     too_long = true;
-                    buf.clear();
-                    buf.shrink_to(READ_BUFFER);
+                    buf.truncate(start);
                 } else {
                     buf.extend_from_slice(&available[..take]);
                 }
@@ -110,13 +111,13 @@ impl LineReader {
         self.offset += total;
         if newline && !too_long {
             buf.pop();
-            if buf.last() == Some(&b'\r') {
+            if buf.len() > start && buf.last() == Some(&b'\r') {
                 buf.pop();
             }
         }
         let content = total - u64::from(newline);
         if too_long || content > self.limit as u64 {
-            buf.clear();
+            buf.truncate(start);
             return Err(RecordError {
                 source: Arc::clone(&self.source),
                 position,

@@ -293,6 +293,137 @@ enum Framing {
     TfRecord(TfRecordReader),
 }
 
+/// The error of asking for a reader of a format that is not an input format.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0} is not an input format: expected one of JSON, TEXT, TF_RECORD, TF_RECORD_GZIP")]
+pub struct NotAnInputFormat(pub DataFormat);
+
+/// Splits one file into raw records (the framing stage, without decoding):
+/// lines for JSON and TEXT (blank lines skipped for JSON), frames for
+/// TFRecords. Records are numbered from 0 across instances and errors.
+///
+/// [`InstanceReader`] is this plus [`decode`]; the executor frames records in
+/// one thread and decodes them in its workers.
+pub struct RawReader {
+    format: DataFormat,
+    framing: Framing,
+    records: u64,
+    done: bool,
+}
+
+impl fmt::Debug for RawReader {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RawReader")
+            .field("format", &self.format)
+            .field("records", &self.records)
+            .field("done", &self.done)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RawReader {
+    /// A reader of `reader`'s records in `format`; `source` names the file in errors.
+    ///
+    /// # Errors
+    /// [`NotAnInputFormat`] for `CSV` and `DATA_FORMAT_UNSPECIFIED`.
+    pub fn new(
+        format: DataFormat,
+        source: &str,
+        reader: Box<dyn Read + Send>,
+        options: ReadOptions,
+    ) -> Result<Self, NotAnInputFormat> {
+        let source: Arc<str> = Arc::from(source);
+        let framing = match format {
+            DataFormat::Json | DataFormat::Text => {
+                Framing::Lines(LineReader::new(source, reader, options))
+            }
+            DataFormat::TfRecord => Framing::TfRecord(TfRecordReader::new(source, reader, options)),
+            DataFormat::TfRecordGzip => {
+                Framing::TfRecord(TfRecordReader::gzip(source, reader, options))
+            }
+            other => return Err(NotAnInputFormat(other)),
+        };
+        Ok(RawReader {
+            format,
+            framing,
+            records: 0,
+            done: false,
+        })
+    }
+
+    /// The format being read.
+    pub fn format(&self) -> DataFormat {
+        self.format
+    }
+
+    /// Appends the next record's raw bytes to `buf` and returns its
+    /// position; `None` at the end of the file or after a fatal error. On an
+    /// error `buf` is unchanged.
+    pub fn read_into(&mut self, buf: &mut Vec<u8>) -> Option<Result<Position, RecordError>> {
+        if self.done {
+            return None;
+        }
+        let result = match &mut self.framing {
+            Framing::TfRecord(r) => r.read_record(buf),
+            Framing::Lines(r) => loop {
+                let start = buf.len();
+                match r.read_line(buf) {
+                    Ok(Some(_)) if self.format == DataFormat::Json && is_blank(&buf[start..]) => {
+                        buf.truncate(start);
+                    }
+                    other => break other,
+                }
+            },
+        };
+        let record = self.records;
+        match result {
+            Ok(Some(mut position)) => {
+                position.record = record;
+                self.records += 1;
+                Some(Ok(position))
+            }
+            Ok(None) => {
+                self.done = true;
+                None
+            }
+            Err(mut e) => {
+                e.position.record = record;
+                self.records += 1;
+                self.done |= e.is_fatal();
+                Some(Err(e))
+            }
+        }
+    }
+}
+
+/// Decodes one raw record of `format` into an instance: a JSON line is
+/// parsed (`{"b64": …}` alone becomes bytes), a TEXT line becomes a JSON
+/// string, a TFRecord's data is the bytes.
+///
+/// # Errors
+/// The reason a line is not an instance: invalid JSON, invalid UTF-8,
+/// invalid base64 in `{"b64": …}`.
+pub fn decode(format: DataFormat, raw: &[u8]) -> Result<Instance, RecordErrorKind> {
+    match format {
+        DataFormat::TfRecord | DataFormat::TfRecordGzip => Ok(Instance::Bytes(raw.to_vec())),
+        DataFormat::Text => match std::str::from_utf8(raw) {
+            Ok(s) => Ok(Instance::Json(Value::String(s.to_owned()))),
+            Err(e) => Err(RecordErrorKind::InvalidUtf8 {
+                column: e.valid_up_to(),
+            }),
+        },
+        _ => match serde_json::from_slice::<Value>(raw) {
+            Ok(value) => Instance::from_json(value).map_err(RecordErrorKind::InvalidBase64),
+            Err(e) => Err(match std::str::from_utf8(raw) {
+                Err(u) => RecordErrorKind::InvalidUtf8 {
+                    column: u.valid_up_to(),
+                },
+                Ok(_) => RecordErrorKind::InvalidJson(e.to_string()),
+            }),
+        },
+    }
+}
+
 /// Reads the instances of one file in any input format.
 ///
 /// An iterator of `Result<Record, RecordError>`: after a fatal error (see
@@ -315,27 +446,12 @@ enum Framing {
 /// assert_eq!(items[2].as_ref().unwrap().instance, Instance::Bytes(b"hi".to_vec()));
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
+#[derive(Debug)]
 pub struct InstanceReader {
-    format: DataFormat,
-    framing: Framing,
+    raw: RawReader,
+    source: Arc<str>,
     buf: Vec<u8>,
-    records: u64,
-    done: bool,
 }
-
-impl fmt::Debug for InstanceReader {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("InstanceReader")
-            .field("format", &self.format)
-            .field("done", &self.done)
-            .finish_non_exhaustive()
-    }
-}
-
-/// The error of asking for a reader of a format that is not an input format.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0} is not an input format: expected one of JSON, TEXT, TF_RECORD, TF_RECORD_GZIP")]
-pub struct NotAnInputFormat(pub DataFormat);
 
 impl InstanceReader {
     /// A reader of `reader`'s records in `format`; `source` names the file in errors.
@@ -348,67 +464,37 @@ impl InstanceReader {
         reader: Box<dyn Read + Send>,
         options: ReadOptions,
     ) -> Result<Self, NotAnInputFormat> {
-        let source: Arc<str> = Arc::from(source);
-        let framing = match format {
-            DataFormat::Json | DataFormat::Text => {
-                Framing::Lines(LineReader::new(source, reader, options))
-            }
-            DataFormat::TfRecord => Framing::TfRecord(TfRecordReader::new(source, reader, options)),
-            DataFormat::TfRecordGzip => {
-                Framing::TfRecord(TfRecordReader::gzip(source, reader, options))
-            }
-            other => return Err(NotAnInputFormat(other)),
-        };
         Ok(InstanceReader {
-            format,
-            framing,
+            raw: RawReader::new(format, source, reader, options)?,
+            source: Arc::from(source),
             buf: Vec::new(),
-            records: 0,
-            done: false,
         })
     }
 
     /// The next instance or error; `None` at the end of the file or after a
     /// fatal error.
     pub fn next_record(&mut self) -> Option<Result<Record, RecordError>> {
-        if self.done {
-            return None;
-        }
-        let result = match &mut self.framing {
-            Framing::TfRecord(r) => r.read_record(&mut self.buf).map(|found| {
-                found.map(|position| Record {
-                    position,
-                    instance: Instance::Bytes(std::mem::take(&mut self.buf)),
-                })
-            }),
-            Framing::Lines(r) => loop {
-                match r.read_line(&mut self.buf) {
-                    Ok(Some(_)) if self.format == DataFormat::Json && is_blank(&self.buf) => {}
-                    Ok(Some(position)) => {
-                        break decode_line(self.format, &self.buf, position, r.source()).map(Some);
-                    }
-                    other => break other.map(|_| None),
-                }
-            },
+        self.buf.clear();
+        let position = match self.raw.read_into(&mut self.buf)? {
+            Ok(position) => position,
+            Err(e) => return Some(Err(e)),
         };
-        let record = self.records;
-        match result {
-            Ok(Some(mut item)) => {
-                item.position.record = record;
-                self.records += 1;
-                Some(Ok(item))
+        let decoded = match self.raw.format() {
+            // The frame's bytes are the instance: hand over the buffer, no copy.
+            DataFormat::TfRecord | DataFormat::TfRecordGzip => {
+                Ok(Instance::Bytes(std::mem::take(&mut self.buf)))
             }
-            Ok(None) => {
-                self.done = true;
-                None
-            }
-            Err(mut e) => {
-                e.position.record = record;
-                self.records += 1;
-                self.done |= e.is_fatal();
-                Some(Err(e))
-            }
-        }
+            format => decode(format, &self.buf),
+        };
+        Some(match decoded {
+            Ok(instance) => Ok(Record { position, instance }),
+            Err(kind) => Err(RecordError {
+                source: Arc::clone(&self.source),
+                position,
+                kind,
+                raw: Some(self.buf.clone()),
+            }),
+        })
     }
 }
 
@@ -422,43 +508,4 @@ impl Iterator for InstanceReader {
 
 fn is_blank(line: &[u8]) -> bool {
     line.iter().all(u8::is_ascii_whitespace)
-}
-
-fn decode_line(
-    format: DataFormat,
-    line: &[u8],
-    position: Position,
-    source: &Arc<str>,
-) -> Result<Record, RecordError> {
-    let error = |kind| RecordError {
-        source: Arc::clone(source),
-        position,
-        kind,
-        raw: Some(line.to_vec()),
-    };
-    let instance = if format == DataFormat::Text {
-        match std::str::from_utf8(line) {
-            Ok(s) => Instance::Json(Value::String(s.to_owned())),
-            Err(e) => {
-                return Err(error(RecordErrorKind::InvalidUtf8 {
-                    column: e.valid_up_to(),
-                }));
-            }
-        }
-    } else {
-        match serde_json::from_slice::<Value>(line) {
-            Ok(value) => {
-                Instance::from_json(value).map_err(|e| error(RecordErrorKind::InvalidBase64(e)))?
-            }
-            Err(e) => {
-                return Err(error(match std::str::from_utf8(line) {
-                    Err(u) => RecordErrorKind::InvalidUtf8 {
-                        column: u.valid_up_to(),
-                    },
-                    Ok(_) => RecordErrorKind::InvalidJson(e.to_string()),
-                }));
-            }
-        }
-    };
-    Ok(Record { position, instance })
 }

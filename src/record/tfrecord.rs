@@ -178,8 +178,9 @@ impl TfRecordReader {
         self.error(byte, kind, None)
     }
 
-    /// Reads the next record's data into `buf` and returns its position, or
-    /// `None` at a clean end of the stream (between records).
+    /// Appends the next record's data to `buf` and returns its position, or
+    /// `None` at a clean end of the stream (between records). On an error,
+    /// `buf` is as it was.
     ///
     /// # Errors
     /// See the type's documentation; [`RecordError::is_fatal`] tells whether
@@ -234,19 +235,31 @@ impl TfRecordReader {
             };
             return Err(self.error(start, kind, None));
         }
-        buf.clear();
-        buf.reserve_exact(len as usize);
-        let got = (&mut *self.inner)
-            .take(len)
-            .read_to_end(buf)
-            .map_err(|e| self.io_error(start, &e))? as u64;
+        let at = buf.len();
+        buf.reserve(len as usize);
+        let read = (&mut *self.inner).take(len).read_to_end(buf);
+        let got = match read {
+            Ok(n) => n as u64,
+            Err(e) => {
+                buf.truncate(at);
+                return Err(self.io_error(start, &e));
+            }
+        };
         if got < len {
+            buf.truncate(at);
             self.offset += 12 + got;
             return Err(self.error(start, RecordErrorKind::Truncated { unread: 12 + got }, None));
         }
         let mut footer = [0u8; 4];
-        let got = read_full(&mut *self.inner, &mut footer).map_err(|e| self.io_error(start, &e))?;
+        let got = match read_full(&mut *self.inner, &mut footer) {
+            Ok(n) => n,
+            Err(e) => {
+                buf.truncate(at);
+                return Err(self.io_error(start, &e));
+            }
+        };
         if got < footer.len() {
+            buf.truncate(at);
             self.offset += 12 + len + got as u64;
             let kind = RecordErrorKind::Truncated {
                 unread: 12 + len + got as u64,
@@ -255,10 +268,11 @@ impl TfRecordReader {
         }
         self.offset += 16 + len;
         let stored = u32::from_le_bytes(footer);
-        let computed = masked_crc32c(buf);
+        let computed = masked_crc32c(&buf[at..]);
         if stored != computed {
             let kind = RecordErrorKind::DataChecksum { stored, computed };
-            return Err(self.error(start, kind, Some(std::mem::take(buf))));
+            let raw = buf.split_off(at);
+            return Err(self.error(start, kind, Some(raw)));
         }
         Ok(Some(position))
     }
