@@ -523,6 +523,9 @@ pub enum ErrorKind {
         /// The resource, e.g. `job "projects/p/jobs/j"`.
         resource: String,
     },
+    /// A storage failure: which object, what operation, why.
+    #[error(transparent)]
+    Storage(#[from] crate::storage::StorageError),
     /// An error from user code: a custom store, storage or predictor.
     #[error("{message}: {source}")]
     External {
@@ -549,6 +552,7 @@ impl ErrorKind {
             ErrorKind::EtagMismatch { .. } => Code::Aborted,
             ErrorKind::FailedPrecondition { .. } => Code::FailedPrecondition,
             ErrorKind::PermissionDenied { .. } => Code::PermissionDenied,
+            ErrorKind::Storage(e) => e.code(),
             ErrorKind::External { code, .. } => *code,
         }
     }
@@ -674,7 +678,12 @@ macro_rules! into_error {
         }
     )*};
 }
-into_error!(InvalidName, ValidationError, InvalidTransition);
+into_error!(
+    InvalidName,
+    ValidationError,
+    InvalidTransition,
+    crate::storage::StorageError
+);
 
 #[cfg(test)]
 mod tests {

@@ -75,8 +75,10 @@
 
 mod clock;
 mod error;
+mod executor;
 mod model;
 mod name;
+mod predict;
 mod record;
 pub mod state;
 mod storage;
@@ -89,11 +91,19 @@ pub use error::{
     Code, Error, ErrorKind, InvalidName, InvalidTransition, MalformedStatus, NameKind, Result,
     Status, UnknownCode, ValidationError, Violation,
 };
+pub use executor::{
+    BatchExecutor, ExecutorConfig, Plan, PlannedShard, Progress, ProgressObserver, ResumeMode,
+    RunSummary, SHARD_TARGET_BYTES, SUMMARY_FILE_PREFIX, ShardProgress,
+};
 pub use model::{
     DataFormat, Etag, InvalidEtag, Job, ModelVersion, PredictionInput, PredictionOutput, State,
     UnknownEnumValue,
 };
 pub use name::{JobName, MAX_ID_LEN, ModelName, ProjectName, VersionName};
+pub use predict::{
+    CancelHandle, EchoPredictor, EchoResolver, FaultyPredictor, FnPredictor, ModelRegistry,
+    ModelResolver, PredictContext, PredictError, Predictor, predictor_fn,
+};
 pub use record::{
     CSV_HEADER_FILE, CsvResultWriter, CsvRowError, CsvWriteError, DEFAULT_MAX_RECORD_BYTES,
     ERRORS_FILE_PREFIX, ERRORS_STATS_FILE_PREFIX, ErrorRecordWriter, ErrorStats, Instance,

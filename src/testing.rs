@@ -1,6 +1,7 @@
 //! Test support for users of the crate (cargo feature `testing`): a
 //! conformance suite that checks a [`Storage`] backend against the trait's
-//! contract.
+//! contract, and [`FaultyStorage`], which fails chosen operations so a test
+//! can prove that nothing is lost when storage breaks.
 //!
 //! ```
 //! # #[cfg(feature = "testing")] {
@@ -11,9 +12,14 @@
 //! # }
 //! ```
 
-use std::io::{Read, Write};
+use std::fmt;
+use std::io::{self, Read, Write};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::storage::{Storage, StorageErrorKind, StorageExt, join_location};
+use crate::storage::{
+    ObjectMeta, ObjectWriter, Storage, StorageError, StorageErrorKind, StorageExt, join_location,
+};
 
 fn locations(storage: &dyn Storage, prefix: &str) -> Vec<String> {
     storage
@@ -159,5 +165,222 @@ pub fn storage_conformance(storage: &dyn Storage, base: &str) {
 
     for location in locations(storage, &at("")) {
         storage.delete(&location).expect("clean up");
+    }
+}
+
+/// An operation [`FaultyStorage`] can fail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Fault {
+    /// `list` fails.
+    List,
+    /// `open` fails.
+    Open,
+    /// Reading an opened object fails after this many bytes.
+    ReadAfter(u64),
+    /// `create` fails.
+    Create,
+    /// Writing fails after this many bytes.
+    WriteAfter(u64),
+    /// `commit` fails (nothing is published).
+    Commit,
+}
+
+/// Wraps a storage and fails chosen operations on locations that contain
+/// a given text; everything else passes through.
+///
+/// ```
+/// use batch_prediction::{InMemoryStorage, Storage, StorageExt};
+/// use batch_prediction::testing::{Fault, FaultyStorage};
+///
+/// let inner = InMemoryStorage::new();
+/// inner.put("gs://b/in/a.json", b"{}\n".to_vec());
+/// let storage = FaultyStorage::new(inner).fail(Fault::Open, "in/a.json");
+/// assert_eq!(storage.open("gs://b/in/a.json").err().unwrap().to_string(), "injected open failure \"gs://b/in/a.json\"");
+/// assert_eq!(storage.faults_hit(), 1);
+/// ```
+pub struct FaultyStorage<S> {
+    inner: S,
+    faults: Mutex<Vec<(Fault, String)>>,
+    hits: AtomicU64,
+}
+
+impl<S: Storage> fmt::Debug for FaultyStorage<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FaultyStorage")
+            .field("inner", &self.inner)
+            .field("faults", &self.faults)
+            .finish()
+    }
+}
+
+impl<S: Storage> FaultyStorage<S> {
+    /// Wraps `inner`, failing nothing yet.
+    pub fn new(inner: S) -> Self {
+        FaultyStorage {
+            inner,
+            faults: Mutex::new(Vec::new()),
+            hits: AtomicU64::new(0),
+        }
+    }
+
+    /// Fails `fault` on every location that contains `pattern`.
+    #[must_use]
+    pub fn fail(self, fault: Fault, pattern: &str) -> Self {
+        self.faults
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((fault, pattern.to_owned()));
+        self
+    }
+
+    /// Removes every fault.
+    pub fn heal(&self) {
+        self.faults
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+    }
+
+    /// How many injected failures happened.
+    pub fn faults_hit(&self) -> u64 {
+        self.hits.load(Ordering::Relaxed)
+    }
+
+    /// The wrapped storage.
+    pub fn inner(&self) -> &S {
+        &self.inner
+    }
+
+    fn find(&self, location: &str, matches: impl Fn(Fault) -> bool) -> Option<Fault> {
+        self.faults
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .find(|(fault, pattern)| matches(*fault) && location.contains(pattern.as_str()))
+            .map(|(fault, _)| *fault)
+    }
+
+    fn injected(&self, operation: &str, location: &str) -> StorageError {
+        self.hits.fetch_add(1, Ordering::Relaxed);
+        StorageError::new(
+            StorageErrorKind::Other,
+            location,
+            format!("injected {operation} failure"),
+        )
+    }
+}
+
+impl<S: Storage> Storage for FaultyStorage<S> {
+    fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StorageError> {
+        if self.find(prefix, |f| f == Fault::List).is_some() {
+            return Err(self.injected("list", prefix));
+        }
+        self.inner.list(prefix)
+    }
+
+    fn head(&self, location: &str) -> Result<ObjectMeta, StorageError> {
+        self.inner.head(location)
+    }
+
+    fn open(&self, location: &str) -> Result<Box<dyn Read + Send>, StorageError> {
+        if self.find(location, |f| f == Fault::Open).is_some() {
+            return Err(self.injected("open", location));
+        }
+        let reader = self.inner.open(location)?;
+        match self.find(location, |f| matches!(f, Fault::ReadAfter(_))) {
+            Some(Fault::ReadAfter(n)) => {
+                self.hits.fetch_add(1, Ordering::Relaxed);
+                Ok(Box::new(FailingRead {
+                    inner: reader,
+                    left: n,
+                }))
+            }
+            _ => Ok(reader),
+        }
+    }
+
+    fn create(&self, location: &str) -> Result<Box<dyn ObjectWriter>, StorageError> {
+        if self.find(location, |f| f == Fault::Create).is_some() {
+            return Err(self.injected("create", location));
+        }
+        let inner = self.inner.create(location)?;
+        let write_after = match self.find(location, |f| matches!(f, Fault::WriteAfter(_))) {
+            Some(Fault::WriteAfter(n)) => Some(n),
+            _ => None,
+        };
+        let fail_commit = self.find(location, |f| f == Fault::Commit).is_some();
+        if write_after.is_some() || fail_commit {
+            self.hits.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(Box::new(FailingWrite {
+            inner,
+            left: write_after,
+            fail_commit,
+            location: location.to_owned(),
+        }))
+    }
+
+    fn delete(&self, location: &str) -> Result<(), StorageError> {
+        self.inner.delete(location)
+    }
+}
+
+struct FailingRead {
+    inner: Box<dyn Read + Send>,
+    left: u64,
+}
+
+impl Read for FailingRead {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.left == 0 {
+            return Err(io::Error::other("injected read failure"));
+        }
+        let max = buf
+            .len()
+            .min(usize::try_from(self.left).unwrap_or(usize::MAX));
+        let n = self.inner.read(&mut buf[..max])?;
+        self.left -= n as u64;
+        Ok(n)
+    }
+}
+
+struct FailingWrite {
+    inner: Box<dyn ObjectWriter>,
+    left: Option<u64>,
+    fail_commit: bool,
+    location: String,
+}
+
+impl Write for FailingWrite {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = match self.left {
+            Some(0) => return Err(io::Error::other("injected write failure")),
+            Some(left) => buf.len().min(usize::try_from(left).unwrap_or(usize::MAX)),
+            None => buf.len(),
+        };
+        let written = self.inner.write(&buf[..n])?;
+        if let Some(left) = &mut self.left {
+            *left -= written as u64;
+        }
+        Ok(written)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+impl ObjectWriter for FailingWrite {
+    fn commit(self: Box<Self>) -> Result<ObjectMeta, StorageError> {
+        if self.fail_commit {
+            // Dropping the inner writer abandons it: nothing is published.
+            return Err(StorageError::new(
+                StorageErrorKind::Other,
+                self.location,
+                "injected commit failure",
+            ));
+        }
+        self.inner.commit()
     }
 }

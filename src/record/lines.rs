@@ -50,6 +50,11 @@ impl LineReader {
         &self.source
     }
 
+    /// Bytes consumed so far.
+    pub fn offset(&self) -> u64 {
+        self.offset
+    }
+
     /// Appends the next line to `buf` (without its line ending) and returns
     /// its position, or `None` at the end of the stream. On an error, `buf`
     /// is as it was.

@@ -356,6 +356,14 @@ impl RawReader {
         self.format
     }
 
+    /// Bytes of the (uncompressed) stream consumed so far.
+    pub fn bytes_read(&self) -> u64 {
+        match &self.framing {
+            Framing::Lines(r) => r.offset(),
+            Framing::TfRecord(r) => r.offset(),
+        }
+    }
+
     /// Appends the next record's raw bytes to `buf` and returns its
     /// position; `None` at the end of the file or after a fatal error. On an
     /// error `buf` is unchanged.

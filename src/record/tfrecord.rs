@@ -154,6 +154,11 @@ impl TfRecordReader {
         }
     }
 
+    /// Bytes of the (uncompressed) stream consumed so far.
+    pub fn offset(&self) -> u64 {
+        self.offset
+    }
+
     fn error(&self, byte: u64, kind: RecordErrorKind, raw: Option<Vec<u8>>) -> RecordError {
         RecordError {
             source: Arc::clone(&self.source),

@@ -1,6 +1,7 @@
 //! The integration tests: one binary, one module per area.
 
 mod discovery;
+mod executor;
 mod props;
 mod records;
 mod state;

@@ -1,0 +1,1447 @@
+//! The batch executor: runs a prediction [`Job`] over its inputs with a
+//! user's model, and never loses or miscounts a record.
+//!
+//! # How a run goes
+//! 1. **PREPARING**: the job is validated, its `inputPaths` expanded
+//!    ([`BatchExecutor::plan`]), and its model resolved and loaded once.
+//! 2. **RUNNING**: one thread frames the input files into batches of
+//!    `batchSize` instances (and, beyond the API, at most
+//!    [`ExecutorConfig::max_batch_bytes`]); up to `maxWorkerCount` worker
+//!    threads (capped by [`ExecutorConfig::max_threads`]) decode and predict
+//!    them; the calling thread writes the results in input order. At most a
+//!    few batches per worker are in flight, so memory stays bounded whatever
+//!    the input size.
+//! 3. **SUCCEEDED**, **FAILED** or **CANCELLED**, with `predictionOutput`.
+//!
+//! # Output
+//! The inputs (sorted by location) are cut into shards of consecutive files:
+//! a shard takes files until it holds at least
+//! [`ExecutorConfig::shard_target_bytes`] (64 MiB unless set). Shard `S` of
+//! `N` writes, under
+//! `outputPath`, `prediction.results-SSSSS-of-NNNNN` (`.csv` for CSV
+//! output), `prediction.errors_stats-SSSSS-of-NNNNN`,
+//! `prediction.errors-SSSSS-of-NNNNN` and, last, its summary
+//! `prediction.summary-SSSSS-of-NNNNN.json` (see the record module for the
+//! formats). Each file is committed atomically when its shard is complete.
+//! The shards and every byte of the results, errors and errors_stats files
+//! depend only on the job, its inputs, the shard size and the model's
+//! predictions — not on the number of threads or their timing.
+//!
+//! # Nothing lost, nothing miscounted
+//! - A batch whose `predict` call fails, panics or returns the wrong number
+//!   of predictions is split in halves, recursively, until the failing
+//!   instances are isolated; the others still get their predictions.
+//! - Every damaged record is a located error ([`RecordError`]).
+//! - `instances read = predictionCount + errorCount`, and `predictionCount`
+//!   is the number of lines in the committed result files — also when the
+//!   job fails or is cancelled, since only complete shards are counted.
+//! - Files that cannot be listed, opened or written end the job FAILED with
+//!   a message naming the file.
+//!
+//! # Resume
+//! A shard whose summary is in `outputPath` from an earlier run of the same
+//! plan — the same input files with the same sizes, modification times and
+//! etags, the same formats, model and signature — is not run again; its
+//! counts are taken from the summary. Files of the output families that do
+//! not belong to the current plan are deleted. [`ResumeMode::Fresh`] runs
+//! everything again.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::io::Write;
+use std::ops::Range;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, sync_channel};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use regex::Regex;
+use serde_json::{Value, json};
+
+use crate::clock::{Clock, SystemClock};
+use crate::error::{Error, InvalidTransition};
+use crate::model::{DataFormat, Job, PredictionOutput, State};
+use crate::predict::{CancelHandle, ModelResolver, PredictContext, Predictor};
+use crate::record::{
+    CSV_HEADER_FILE, CsvResultWriter, CsvWriteError, ERRORS_FILE_PREFIX, ERRORS_STATS_FILE_PREFIX,
+    ErrorRecordWriter, ErrorStats, Instance, Position, RESULTS_FILE_PREFIX, RawReader, ReadOptions,
+    RecordError, csv_header_bytes, decode, shard_file_name,
+};
+use crate::state::Transition;
+use crate::storage::{ObjectMeta, ObjectWriter, Storage, StorageError, StorageExt, join_location};
+
+/// The default of [`ExecutorConfig::shard_target_bytes`]: 64 MiB.
+pub const SHARD_TARGET_BYTES: u64 = 64 << 20;
+
+/// The base name of per-shard summaries.
+pub const SUMMARY_FILE_PREFIX: &str = "prediction.summary";
+
+/// How long a blocked thread waits before it checks for a stop.
+const POLL: Duration = Duration::from_millis(20);
+
+/// Whether a run reuses the shards an earlier run of the same plan finished.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum ResumeMode {
+    /// Skip shards whose summary matches the plan; run the rest.
+    #[default]
+    Auto,
+    /// Delete earlier output and run every shard.
+    Fresh,
+}
+
+/// Settings of a [`BatchExecutor`], beyond what the job itself says.
+#[derive(Clone)]
+#[non_exhaustive]
+pub struct ExecutorConfig {
+    /// The most worker threads, whatever the job's `maxWorkerCount`; 0 means
+    /// the machine's available parallelism.
+    pub max_threads: usize,
+    /// Beyond the API: a batch also ends once its records hold this many bytes.
+    pub max_batch_bytes: Option<usize>,
+    /// Record reading settings (the record size limit).
+    pub read_options: ReadOptions,
+    /// Fail the job once more instances than this have failed.
+    pub max_error_count: Option<u64>,
+    /// Fail the job when, at the end, more than this fraction of instances failed.
+    pub max_error_ratio: Option<f64>,
+    /// Resume finished shards, or start afresh.
+    pub resume: ResumeMode,
+    /// A shard takes consecutive input files until it holds at least this
+    /// many bytes. Keep it fixed for a job: output names depend on it.
+    pub shard_target_bytes: u64,
+    /// Where state changes take their times from.
+    pub clock: Arc<dyn Clock>,
+}
+
+impl fmt::Debug for ExecutorConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ExecutorConfig")
+            .field("max_threads", &self.max_threads)
+            .field("max_batch_bytes", &self.max_batch_bytes)
+            .field("read_options", &self.read_options)
+            .field("max_error_count", &self.max_error_count)
+            .field("max_error_ratio", &self.max_error_ratio)
+            .field("resume", &self.resume)
+            .field("shard_target_bytes", &self.shard_target_bytes)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for ExecutorConfig {
+    fn default() -> Self {
+        ExecutorConfig {
+            max_threads: 0,
+            max_batch_bytes: None,
+            read_options: ReadOptions::default(),
+            max_error_count: None,
+            max_error_ratio: None,
+            resume: ResumeMode::Auto,
+            shard_target_bytes: SHARD_TARGET_BYTES,
+            clock: Arc::new(SystemClock),
+        }
+    }
+}
+
+impl ExecutorConfig {
+    /// Sets [`max_threads`](Self::max_threads).
+    #[must_use]
+    pub fn with_max_threads(mut self, n: usize) -> Self {
+        self.max_threads = n;
+        self
+    }
+
+    /// Sets [`max_batch_bytes`](Self::max_batch_bytes).
+    #[must_use]
+    pub fn with_max_batch_bytes(mut self, bytes: usize) -> Self {
+        self.max_batch_bytes = Some(bytes);
+        self
+    }
+
+    /// Sets [`read_options`](Self::read_options).
+    #[must_use]
+    pub fn with_read_options(mut self, options: ReadOptions) -> Self {
+        self.read_options = options;
+        self
+    }
+
+    /// Sets [`max_error_count`](Self::max_error_count).
+    #[must_use]
+    pub fn with_max_error_count(mut self, n: u64) -> Self {
+        self.max_error_count = Some(n);
+        self
+    }
+
+    /// Sets [`max_error_ratio`](Self::max_error_ratio).
+    #[must_use]
+    pub fn with_max_error_ratio(mut self, ratio: f64) -> Self {
+        self.max_error_ratio = Some(ratio);
+        self
+    }
+
+    /// Sets [`resume`](Self::resume).
+    #[must_use]
+    pub fn with_resume(mut self, mode: ResumeMode) -> Self {
+        self.resume = mode;
+        self
+    }
+
+    /// Sets [`shard_target_bytes`](Self::shard_target_bytes).
+    #[must_use]
+    pub fn with_shard_target_bytes(mut self, bytes: u64) -> Self {
+        self.shard_target_bytes = bytes;
+        self
+    }
+
+    /// Sets [`clock`](Self::clock).
+    #[must_use]
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    fn threads(&self) -> usize {
+        match self.max_threads {
+            0 => std::thread::available_parallelism().map_or(1, usize::from),
+            n => n,
+        }
+    }
+}
+
+/// One shard of a [`Plan`]: consecutive input files and the files it writes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PlannedShard {
+    /// The shard's number, from 0.
+    pub index: usize,
+    /// Its input files, as indexes into [`Plan::inputs`].
+    pub inputs: Range<usize>,
+    /// The size of its input files.
+    pub bytes: u64,
+    /// Its results file.
+    pub results_file: String,
+    /// Its error statistics file.
+    pub errors_stats_file: String,
+    /// Its per-instance error file.
+    pub errors_file: String,
+    /// Its summary, written last.
+    pub summary_file: String,
+}
+
+/// What a job would do: its inputs, shards and output files
+/// ([`BatchExecutor::plan`], a dry run).
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct Plan {
+    /// The job's `outputPath`.
+    pub output_path: String,
+    /// The input format.
+    pub data_format: DataFormat,
+    /// The output format (JSON or CSV).
+    pub output_format: DataFormat,
+    /// The matched input files, sorted by location, with their sizes and versions.
+    pub inputs: Vec<ObjectMeta>,
+    /// The shards.
+    pub shards: Vec<PlannedShard>,
+    /// The size of all inputs.
+    pub total_bytes: u64,
+    /// Instances per batch.
+    pub batch_size: usize,
+    /// Worker threads.
+    pub workers: usize,
+}
+
+/// What [`BatchExecutor::run`] did.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct RunSummary {
+    /// The job's final state.
+    pub state: State,
+    /// Predictions in the committed result files.
+    pub prediction_count: u64,
+    /// Failed instances in the committed shards.
+    pub error_count: u64,
+    /// Records read, committed or not, with those of resumed shards.
+    pub records_read: u64,
+    /// Shards in the plan (0 when planning failed).
+    pub shards: usize,
+    /// Shards taken from an earlier run.
+    pub shards_resumed: usize,
+    /// Worker busy time, in seconds (for `nodeHours`).
+    pub node_seconds: f64,
+    /// Failed instances by message, in the committed shards.
+    pub error_stats: ErrorStats,
+    /// Wall time of the run.
+    pub elapsed: Duration,
+}
+
+/// The progress of one shard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct ShardProgress {
+    /// Records read (instances and damaged records).
+    pub records: u64,
+    /// Predictions made.
+    pub predictions: u64,
+    /// Failed instances.
+    pub errors: u64,
+    /// Input bytes read.
+    pub bytes: u64,
+    /// The size of the shard's inputs.
+    pub total_bytes: u64,
+    /// Whether the shard is committed (or was resumed).
+    pub done: bool,
+}
+
+/// A snapshot of a running job, for a progress bar or a service's status.
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct Progress<'a> {
+    /// Records read so far (instances and damaged records).
+    pub records_read: u64,
+    /// Predictions made so far.
+    pub predictions: u64,
+    /// Instances failed so far.
+    pub errors: u64,
+    /// Input bytes read so far (uncompressed for gzip inputs).
+    pub bytes_read: u64,
+    /// The size of all inputs (compressed for gzip inputs).
+    pub total_bytes: u64,
+    /// Time since the run started.
+    pub elapsed: Duration,
+    /// Shards committed or resumed.
+    pub shards_done: usize,
+    /// Every shard's progress.
+    pub shards: &'a [ShardProgress],
+}
+
+/// Receives progress from the writing thread, after every batch and shard.
+///
+/// Closures `Fn(&Progress)` are observers. Keep them quick: they run on the
+/// thread that writes the results.
+pub trait ProgressObserver: Send + Sync {
+    /// Called with the current progress.
+    fn on_progress(&self, progress: &Progress<'_>);
+}
+
+impl<F: Fn(&Progress<'_>) + Send + Sync> ProgressObserver for F {
+    fn on_progress(&self, progress: &Progress<'_>) {
+        self(progress)
+    }
+}
+
+/// Runs batch prediction jobs against a [`Storage`] with models from a
+/// [`ModelResolver`].
+///
+/// # Example
+/// ```
+/// use std::sync::Arc;
+/// use batch_prediction::{
+///     BatchExecutor, CancelHandle, DataFormat, EchoResolver, InMemoryStorage, Job, ModelVersion,
+///     PredictionInput, State, StorageExt, SystemClock, Transition,
+/// };
+///
+/// let storage = InMemoryStorage::new();
+/// storage.put("gs://b/in/1.jsonl", "{\"x\": 1}\n{\"x\": 2}\nnot json\n");
+/// let mut job = Job::new(
+///     "echo_1",
+///     PredictionInput::new(DataFormat::Json, ["gs://b/in/*"], "gs://b/out", "local", ModelVersion::uri("echo")),
+/// );
+/// job.apply(Transition::Queue, &SystemClock)?;
+///
+/// let executor = BatchExecutor::new(Arc::new(storage.clone()), Arc::new(EchoResolver));
+/// let summary = executor.run(&mut job, &CancelHandle::new())?;
+/// assert_eq!(summary.state, State::Succeeded);
+/// let output = job.prediction_output.as_ref().unwrap();
+/// assert_eq!((output.prediction_count(), output.error_count()), (2, 1));
+/// assert_eq!(storage.read_bytes("gs://b/out/prediction.results-00000-of-00001")?, b"{\"x\":1}\n{\"x\":2}\n");
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub struct BatchExecutor {
+    storage: Arc<dyn Storage>,
+    resolver: Arc<dyn ModelResolver>,
+    config: ExecutorConfig,
+    observer: Option<Arc<dyn ProgressObserver>>,
+}
+
+impl fmt::Debug for BatchExecutor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BatchExecutor")
+            .field("storage", &self.storage)
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why a run stopped early.
+enum Stop {
+    Failed(String),
+    Cancelled,
+}
+
+impl BatchExecutor {
+    /// An executor over `storage`, loading models with `resolver`.
+    pub fn new(storage: Arc<dyn Storage>, resolver: Arc<dyn ModelResolver>) -> Self {
+        BatchExecutor {
+            storage,
+            resolver,
+            config: ExecutorConfig::default(),
+            observer: None,
+        }
+    }
+
+    /// Replaces the configuration.
+    #[must_use]
+    pub fn with_config(mut self, config: ExecutorConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// Reports progress to `observer`.
+    #[must_use]
+    pub fn with_observer(mut self, observer: Arc<dyn ProgressObserver>) -> Self {
+        self.observer = Some(observer);
+        self
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &ExecutorConfig {
+        &self.config
+    }
+
+    /// A dry run: validates the job, expands its input patterns, and tells
+    /// which files, shards and output files it would have, without loading
+    /// the model or writing anything.
+    ///
+    /// # Errors
+    /// The job's [`ValidationError`](crate::ValidationError), or the
+    /// storage's error for a pattern that matches nothing or cannot be listed.
+    pub fn plan(&self, job: &Job) -> Result<Plan, Error> {
+        job.validate()?;
+        let input = job.prediction_input.as_ref().expect("validated");
+        let inputs = self
+            .storage
+            .expand(&input.input_paths)
+            .map_err(storage_error)?;
+        let output_path = input
+            .output_path
+            .as_deref()
+            .expect("validated")
+            .trim_end_matches('/')
+            .to_owned();
+        let output_format = input.effective_output_data_format();
+        let mut ranges: Vec<(Range<usize>, u64)> = Vec::new();
+        for (i, meta) in inputs.iter().enumerate() {
+            match ranges.last_mut() {
+                Some((range, bytes)) if *bytes < self.config.shard_target_bytes => {
+                    range.end = i + 1;
+                    *bytes += meta.size;
+                }
+                _ => ranges.push((i..i + 1, meta.size)),
+            }
+        }
+        let count = ranges.len();
+        let shards = ranges
+            .into_iter()
+            .enumerate()
+            .map(|(index, (inputs, bytes))| {
+                let at = |prefix: &str, suffix: &str| {
+                    join_location(
+                        &output_path,
+                        &format!("{}{suffix}", shard_file_name(prefix, index, count)),
+                    )
+                };
+                PlannedShard {
+                    index,
+                    inputs,
+                    bytes,
+                    results_file: at(
+                        RESULTS_FILE_PREFIX,
+                        if output_format == DataFormat::Csv {
+                            ".csv"
+                        } else {
+                            ""
+                        },
+                    ),
+                    errors_stats_file: at(ERRORS_STATS_FILE_PREFIX, ""),
+                    errors_file: at(ERRORS_FILE_PREFIX, ""),
+                    summary_file: at(SUMMARY_FILE_PREFIX, ".json"),
+                }
+            })
+            .collect();
+        let batch_size = usize::try_from(input.effective_batch_size()).unwrap_or(usize::MAX);
+        let workers = usize::try_from(input.effective_max_worker_count())
+            .unwrap_or(usize::MAX)
+            .min(self.config.threads())
+            .max(1);
+        Ok(Plan {
+            output_path,
+            data_format: input.data_format.expect("validated"),
+            output_format,
+            total_bytes: inputs.iter().map(|m| m.size).sum(),
+            inputs,
+            shards,
+            batch_size,
+            workers,
+        })
+    }
+
+    /// Runs a `QUEUED` job to its end: `SUCCEEDED`, `FAILED` (with an
+    /// `errorMessage` saying which file and why, or which threshold) or
+    /// `CANCELLED` (when `cancel` is used). The job is updated in place —
+    /// state, times and `predictionOutput` — and a summary returned.
+    ///
+    /// # Errors
+    /// Only [`InvalidTransition`] when the job is not `QUEUED`; every other
+    /// failure is the job's, recorded in it.
+    pub fn run(&self, job: &mut Job, cancel: &CancelHandle) -> Result<RunSummary, Error> {
+        let started = Instant::now();
+        if job.state() != State::Queued {
+            return Err(InvalidTransition {
+                from: job.state(),
+                to: State::Preparing,
+            }
+            .into());
+        }
+        let clock = &*self.config.clock;
+        job.apply(Transition::Prepare, clock)?;
+        let mut totals = Totals::default();
+        let plan = match self.plan(job) {
+            Ok(plan) => plan,
+            Err(e) => {
+                return Ok(self.finish(
+                    job,
+                    None,
+                    Some(Stop::Failed(e.to_string())),
+                    totals,
+                    started,
+                ));
+            }
+        };
+        totals.shards = plan.shards.len();
+        let model = job
+            .prediction_input
+            .as_ref()
+            .and_then(|i| i.model.clone())
+            .expect("validated");
+        let predictor = match self.resolver.resolve(&model, job) {
+            Ok(p) => p,
+            Err(e) => {
+                let stop = Stop::Failed(format!("model \"{model}\" failed to load: {e}"));
+                return Ok(self.finish(job, Some(&plan), Some(stop), totals, started));
+            }
+        };
+        if cancel.is_cancelled() {
+            return Ok(self.finish(job, Some(&plan), Some(Stop::Cancelled), totals, started));
+        }
+        job.apply(Transition::Run, clock)?;
+        let settings = settings(job, &plan, &self.config);
+        let resumed = match self.prepare_output(&plan, &settings) {
+            Ok(resumed) => resumed,
+            Err(e) => {
+                let stop = Stop::Failed(e.to_string());
+                return Ok(self.finish(job, Some(&plan), Some(stop), totals, started));
+            }
+        };
+        let signature = job
+            .prediction_input
+            .as_ref()
+            .map(|i| i.effective_signature_name().to_owned())
+            .unwrap_or_default();
+        let run = Run {
+            executor: self,
+            plan: &plan,
+            settings,
+            predictor,
+            signature,
+            cancel,
+            stop: AtomicBool::new(false),
+            started,
+        };
+        let stop = run.execute(resumed, &mut totals);
+        Ok(self.finish(job, Some(&plan), stop, totals, started))
+    }
+
+    /// Sets `predictionOutput` and the final state.
+    fn finish(
+        &self,
+        job: &mut Job,
+        plan: Option<&Plan>,
+        stop: Option<Stop>,
+        totals: Totals,
+        started: Instant,
+    ) -> RunSummary {
+        let clock = &*self.config.clock;
+        let output_path = plan.map(|p| p.output_path.clone()).or_else(|| {
+            job.prediction_input
+                .as_ref()
+                .and_then(|i| i.output_path.clone())
+        });
+        job.prediction_output = Some(PredictionOutput {
+            output_path,
+            prediction_count: Some(totals.committed_predictions as i64),
+            error_count: Some(totals.committed_errors as i64),
+            node_hours: Some(totals.node_seconds / 3600.0),
+            ..PredictionOutput::default()
+        });
+        let stop = stop.or_else(|| self.ratio_exceeded(&totals));
+        // Each move below is legal from RUNNING or PREPARING; a refusal would be a bug here.
+        let moved = match stop {
+            None => job.apply(Transition::Succeed, clock),
+            Some(Stop::Failed(message)) => job.apply(Transition::Fail(message), clock),
+            Some(Stop::Cancelled) => job
+                .apply(Transition::RequestCancel, clock)
+                .and_then(|()| job.apply(Transition::cancel(), clock)),
+        };
+        debug_assert!(moved.is_ok(), "{moved:?}");
+        RunSummary {
+            state: job.state(),
+            prediction_count: totals.committed_predictions,
+            error_count: totals.committed_errors,
+            records_read: totals.records_read,
+            shards: totals.shards,
+            shards_resumed: totals.shards_resumed,
+            node_seconds: totals.node_seconds,
+            error_stats: totals.committed_stats,
+            elapsed: started.elapsed(),
+        }
+    }
+
+    fn ratio_exceeded(&self, totals: &Totals) -> Option<Stop> {
+        let limit = self.config.max_error_ratio?;
+        let instances = totals.committed_predictions + totals.committed_errors;
+        let ratio = if instances == 0 {
+            0.0
+        } else {
+            totals.committed_errors as f64 / instances as f64
+        };
+        (ratio > limit).then(|| {
+            Stop::Failed(format!(
+                "error ratio {ratio:.4} ({} of {instances} instances failed) is over the limit of {limit}",
+                totals.committed_errors
+            ))
+        })
+    }
+
+    /// Reads the summaries an earlier run left, decides which shards are
+    /// done, and deletes output files that do not belong to this plan.
+    fn prepare_output(
+        &self,
+        plan: &Plan,
+        settings: &Value,
+    ) -> Result<BTreeMap<usize, ShardSummary>, Error> {
+        let prefix = join_location(&plan.output_path, "prediction.");
+        let existing = self.storage.list(&prefix).map_err(storage_error)?;
+        let ours: Vec<&ObjectMeta> = existing
+            .iter()
+            .filter(|m| {
+                m.location
+                    .strip_prefix(&plan.output_path)
+                    .and_then(|rest| rest.strip_prefix('/'))
+                    .is_some_and(is_output_file_name)
+            })
+            .collect();
+        let mut resumed = BTreeMap::new();
+        if self.config.resume == ResumeMode::Auto {
+            for shard in &plan.shards {
+                if !ours.iter().any(|m| m.location == shard.summary_file) {
+                    continue;
+                }
+                let bytes = self
+                    .storage
+                    .read_bytes(&shard.summary_file)
+                    .map_err(storage_error)?;
+                if let Some(summary) = ShardSummary::parse(&bytes)
+                    .filter(|s| s.matches(shard_identity(plan, shard, settings)))
+                {
+                    resumed.insert(shard.index, summary);
+                }
+            }
+        }
+        let mut keep: Vec<&str> = Vec::new();
+        for shard in plan
+            .shards
+            .iter()
+            .filter(|s| resumed.contains_key(&s.index))
+        {
+            keep.extend([
+                shard.results_file.as_str(),
+                shard.errors_file.as_str(),
+                shard.errors_stats_file.as_str(),
+                shard.summary_file.as_str(),
+            ]);
+        }
+        let header = join_location(&plan.output_path, CSV_HEADER_FILE);
+        if plan.output_format == DataFormat::Csv && !resumed.is_empty() {
+            keep.push(&header);
+        }
+        for meta in ours {
+            if !keep.contains(&meta.location.as_str()) {
+                self.storage.delete(&meta.location).map_err(storage_error)?;
+            }
+        }
+        Ok(resumed)
+    }
+}
+
+/// Whether `name` is one of the files a run writes into `outputPath`.
+fn is_output_file_name(name: &str) -> bool {
+    static RE: OnceLock<Regex> = OnceLock::new();
+    RE.get_or_init(|| {
+        Regex::new(
+            r"^prediction\.(?:(?:results|errors_stats|errors)-\d{5}-of-\d{5}|results-\d{5}-of-\d{5}\.csv|summary-\d{5}-of-\d{5}\.json|results_header\.csv)$",
+        )
+        .expect("valid regex")
+    })
+    .is_match(name)
+}
+
+fn storage_error(e: StorageError) -> Error {
+    e.into()
+}
+
+/// What a shard's output depends on besides its inputs.
+fn settings(job: &Job, plan: &Plan, config: &ExecutorConfig) -> Value {
+    let input = job.prediction_input.as_ref().expect("validated");
+    json!({
+        "dataFormat": plan.data_format.as_str(),
+        "outputDataFormat": plan.output_format.as_str(),
+        "model": input.model.as_ref().map(ToString::to_string),
+        "signatureName": input.effective_signature_name(),
+        "maxRecordBytes": config.read_options.max_record_bytes,
+        "shardCount": plan.shards.len(),
+    })
+}
+
+/// The part of a summary that must match for a shard to be resumed.
+fn shard_identity(plan: &Plan, shard: &PlannedShard, settings: &Value) -> Value {
+    let inputs: Vec<Value> = plan.inputs[shard.inputs.clone()]
+        .iter()
+        .map(|m| {
+            json!({
+                "location": m.location,
+                "size": m.size,
+                "lastModified": m.last_modified.map(|t| crate::model::wire::format_timestamp(&t)),
+                "etag": m.etag,
+            })
+        })
+        .collect();
+    json!({"shard": shard.index, "inputs": inputs, "settings": settings})
+}
+
+/// A committed shard's record of what it read and wrote.
+#[derive(Debug, Clone)]
+struct ShardSummary {
+    identity: Value,
+    predictions: u64,
+    errors: u64,
+    records: u64,
+    bytes: u64,
+    node_seconds: f64,
+    stats: ErrorStats,
+    csv_header: Option<Vec<String>>,
+}
+
+impl ShardSummary {
+    fn to_bytes(&self) -> Vec<u8> {
+        let stats: Vec<Value> = self.stats.counts().map(|(m, c)| json!([m, c])).collect();
+        let mut value = self.identity.clone();
+        let object = value.as_object_mut().expect("identity is an object");
+        object.insert("predictionCount".into(), self.predictions.into());
+        object.insert("errorCount".into(), self.errors.into());
+        object.insert("recordsRead".into(), self.records.into());
+        object.insert("bytesRead".into(), self.bytes.into());
+        object.insert("nodeSeconds".into(), self.node_seconds.into());
+        object.insert("errorStats".into(), stats.into());
+        object.insert("csvHeader".into(), json!(self.csv_header));
+        let mut out = serde_json::to_vec_pretty(&value).expect("JSON");
+        out.push(b'\n');
+        out
+    }
+
+    fn parse(bytes: &[u8]) -> Option<ShardSummary> {
+        let value: Value = serde_json::from_slice(bytes).ok()?;
+        let mut stats = ErrorStats::default();
+        for entry in value.get("errorStats")?.as_array()? {
+            stats.add(entry.get(0)?.as_str()?, entry.get(1)?.as_u64()?);
+        }
+        let csv_header = match value.get("csvHeader") {
+            Some(Value::Array(names)) => Some(
+                names
+                    .iter()
+                    .map(|n| n.as_str().map(str::to_owned))
+                    .collect::<Option<Vec<_>>>()?,
+            ),
+            _ => None,
+        };
+        Some(ShardSummary {
+            identity: json!({
+                "shard": value.get("shard")?,
+                "inputs": value.get("inputs")?,
+                "settings": value.get("settings")?,
+            }),
+            predictions: value.get("predictionCount")?.as_u64()?,
+            errors: value.get("errorCount")?.as_u64()?,
+            records: value.get("recordsRead")?.as_u64()?,
+            bytes: value.get("bytesRead")?.as_u64()?,
+            node_seconds: value.get("nodeSeconds")?.as_f64()?,
+            stats,
+            csv_header,
+        })
+    }
+
+    fn matches(&self, identity: Value) -> bool {
+        self.identity == identity
+    }
+}
+
+#[derive(Default)]
+struct Totals {
+    shards: usize,
+    shards_resumed: usize,
+    committed_predictions: u64,
+    committed_errors: u64,
+    committed_stats: ErrorStats,
+    records_read: u64,
+    node_seconds: f64,
+}
+
+/// A batch of raw records from one file, framed but not decoded.
+struct RawBatch {
+    seq: u64,
+    source: Arc<str>,
+    data: Vec<u8>,
+    items: Vec<RawItem>,
+    instances: usize,
+    bytes: u64,
+}
+
+enum RawItem {
+    Record {
+        position: Position,
+        range: Range<usize>,
+    },
+    Damaged(RecordError),
+}
+
+/// What a worker made of a batch.
+#[derive(Default)]
+struct BatchOutput {
+    /// JSON output: the result lines, ready to write.
+    results: Vec<u8>,
+    /// CSV output: (prediction, instance, source, position), formatted by the writer.
+    csv: Vec<(Value, Value, Arc<str>, Position)>,
+    /// Error file lines, ready to write.
+    error_lines: Vec<u8>,
+    /// The message of each failed instance, for errors_stats.
+    error_messages: Vec<String>,
+    predictions: u64,
+    records: u64,
+    bytes: u64,
+    busy: Duration,
+}
+
+/// What reaches the writing thread, in input order by `seq`.
+enum Event {
+    ShardStart { shard: usize },
+    Batch(BatchOutput),
+    ShardEnd { shard: usize },
+    Fatal(String),
+}
+
+/// One run's shared state.
+struct Run<'a> {
+    executor: &'a BatchExecutor,
+    plan: &'a Plan,
+    settings: Value,
+    predictor: Arc<dyn Predictor>,
+    signature: String,
+    cancel: &'a CancelHandle,
+    /// Set when the run must stop early (cancel, failure).
+    stop: AtomicBool,
+    started: Instant,
+}
+
+impl Run<'_> {
+    fn stopping(&self) -> bool {
+        self.stop.load(Ordering::Relaxed) || self.cancel.is_cancelled()
+    }
+
+    fn execute(&self, resumed: BTreeMap<usize, ShardSummary>, totals: &mut Totals) -> Option<Stop> {
+        let window = self.plan.workers * 2 + 2;
+        let (work_tx, work_rx) = sync_channel::<RawBatch>(self.plan.workers);
+        let (done_tx, done_rx) = sync_channel::<(u64, Event)>(window + 4);
+        let (token_tx, token_rx) = sync_channel::<()>(window);
+        for _ in 0..window {
+            token_tx.send(()).expect("room for every token");
+        }
+        // Owned by the workers alone: when the last one leaves, the receiver
+        // goes with it and a reader blocked on a full queue is released.
+        let work_rx = Arc::new(Mutex::new(work_rx));
+        let to_run: Vec<usize> = (0..self.plan.shards.len())
+            .filter(|i| !resumed.contains_key(i))
+            .collect();
+        std::thread::scope(|scope| {
+            let reader_done = done_tx.clone();
+            scope.spawn(move || self.read(&to_run, work_tx, reader_done, token_rx));
+            for worker in 0..self.plan.workers {
+                let done = done_tx.clone();
+                let work = Arc::clone(&work_rx);
+                scope.spawn(move || self.work(worker, &work, done));
+            }
+            drop(done_tx);
+            drop(work_rx);
+            let stop = Writer::new(self, resumed, totals).write(done_rx, token_tx);
+            // Whatever happened, let every thread see it and leave.
+            self.stop.store(true, Ordering::Relaxed);
+            stop
+        })
+    }
+
+    /// The framing thread: reads the shards' files into batches.
+    fn read(
+        &self,
+        shards: &[usize],
+        work: SyncSender<RawBatch>,
+        done: SyncSender<(u64, Event)>,
+        tokens: Receiver<()>,
+    ) {
+        let mut seq = 0u64;
+        let send_event = |seq: &mut u64, event: Event| {
+            let ok = done.send((*seq, event)).is_ok();
+            *seq += 1;
+            ok
+        };
+        let options = self.executor.config.read_options;
+        let max_bytes = self.executor.config.max_batch_bytes.unwrap_or(usize::MAX);
+        let batch_size = self.plan.batch_size;
+        for &shard in shards {
+            if self.stopping() || !send_event(&mut seq, Event::ShardStart { shard }) {
+                return;
+            }
+            for meta in &self.plan.inputs[self.plan.shards[shard].inputs.clone()] {
+                let location = meta.location.as_str();
+                let opened = self
+                    .executor
+                    .storage
+                    .open(location)
+                    .map_err(|e| e.to_string());
+                let mut reader = match opened.and_then(|r| {
+                    RawReader::new(self.plan.data_format, location, r, options)
+                        .map_err(|e| e.to_string())
+                }) {
+                    Ok(reader) => reader,
+                    Err(message) => {
+                        send_event(&mut seq, Event::Fatal(message));
+                        return;
+                    }
+                };
+                let source: Arc<str> = Arc::from(location);
+                let mut consumed = 0;
+                loop {
+                    let mut batch = RawBatch {
+                        seq: 0,
+                        source: Arc::clone(&source),
+                        data: Vec::new(),
+                        items: Vec::with_capacity(batch_size.min(4096)),
+                        instances: 0,
+                        bytes: 0,
+                    };
+                    let mut ended = false;
+                    while batch.instances < batch_size
+                        && batch.data.len() < max_bytes
+                        && batch.items.len() < batch_size.saturating_mul(2).max(64)
+                    {
+                        let start = batch.data.len();
+                        match reader.read_into(&mut batch.data) {
+                            None => {
+                                ended = true;
+                                break;
+                            }
+                            Some(Ok(position)) => {
+                                batch.items.push(RawItem::Record {
+                                    position,
+                                    range: start..batch.data.len(),
+                                });
+                                batch.instances += 1;
+                            }
+                            Some(Err(e)) => batch.items.push(RawItem::Damaged(e)),
+                        }
+                    }
+                    let now = reader.bytes_read();
+                    batch.bytes = now - consumed;
+                    consumed = now;
+                    if !batch.items.is_empty() || batch.bytes > 0 {
+                        // Wait for room in the window of batches in flight.
+                        loop {
+                            match tokens.recv_timeout(POLL) {
+                                Ok(()) => break,
+                                Err(RecvTimeoutError::Timeout) if !self.stopping() => {}
+                                Err(_) => return,
+                            }
+                        }
+                        batch.seq = seq;
+                        seq += 1;
+                        if work.send(batch).is_err() {
+                            return;
+                        }
+                    }
+                    if ended {
+                        break;
+                    }
+                    if self.stopping() {
+                        return;
+                    }
+                }
+            }
+            if !send_event(&mut seq, Event::ShardEnd { shard }) {
+                return;
+            }
+        }
+    }
+
+    /// A worker thread: decodes, predicts and formats batches.
+    fn work(
+        &self,
+        worker: usize,
+        work: &Mutex<Receiver<RawBatch>>,
+        done: SyncSender<(u64, Event)>,
+    ) {
+        let ctx = PredictContext::new(&self.signature, self.cancel, worker);
+        loop {
+            let next = {
+                // A panic cannot happen while the lock is held; recover the guard anyway.
+                let rx = work.lock().unwrap_or_else(|e| e.into_inner());
+                rx.recv_timeout(POLL)
+            };
+            let batch = match next {
+                Ok(batch) => batch,
+                Err(RecvTimeoutError::Timeout) if !self.stopping() => continue,
+                Err(_) => return,
+            };
+            if self.stopping() {
+                return;
+            }
+            let seq = batch.seq;
+            let output = self.process(batch, &ctx);
+            if done.send((seq, Event::Batch(output))).is_err() {
+                return;
+            }
+        }
+    }
+
+    fn process(&self, batch: RawBatch, ctx: &PredictContext<'_>) -> BatchOutput {
+        let started = Instant::now();
+        let format = self.plan.data_format;
+        let csv = self.plan.output_format == DataFormat::Csv;
+        let mut out = BatchOutput {
+            records: batch.items.len() as u64,
+            bytes: batch.bytes,
+            ..BatchOutput::default()
+        };
+        let mut errors = ErrorRecordWriter::new(Vec::new());
+        // Decode, keeping every item's place: Ok(instance index) or the error.
+        let mut instances = Vec::with_capacity(batch.instances);
+        let mut positions = Vec::with_capacity(batch.instances);
+        let mut fail =
+            |out: &mut BatchOutput, position: &Position, instance: Value, message: String| {
+                // Writing into memory cannot fail.
+                let _ = errors.write(&batch.source, position, instance, &message);
+                out.error_messages.push(message);
+            };
+        for item in &batch.items {
+            match item {
+                RawItem::Record { position, range } => {
+                    match decode(format, &batch.data[range.clone()]) {
+                        Ok(instance) => {
+                            instances.push(instance);
+                            positions.push(*position);
+                        }
+                        Err(kind) => {
+                            let e = RecordError {
+                                source: Arc::clone(&batch.source),
+                                position: *position,
+                                kind,
+                                raw: Some(batch.data[range.clone()].to_vec()),
+                            };
+                            fail(&mut out, position, e.raw_json(), e.message());
+                        }
+                    }
+                }
+                RawItem::Damaged(e) => fail(&mut out, &e.position, e.raw_json(), e.message()),
+            }
+        }
+        let mut results = Vec::with_capacity(instances.len());
+        if !instances.is_empty() {
+            isolate(&*self.predictor, &instances, ctx, &mut results);
+        }
+        for ((result, instance), position) in results.into_iter().zip(&instances).zip(&positions) {
+            match result {
+                Ok(prediction) if csv => {
+                    out.csv.push((
+                        prediction,
+                        instance.to_json(),
+                        Arc::clone(&batch.source),
+                        *position,
+                    ));
+                    out.predictions += 1;
+                }
+                Ok(prediction) => {
+                    serde_json::to_writer(&mut out.results, &prediction).expect("JSON into memory");
+                    out.results.push(b'\n');
+                    out.predictions += 1;
+                }
+                Err(message) => fail(&mut out, position, instance.to_json(), message),
+            }
+        }
+        out.error_lines = errors.into_inner();
+        out.busy = started.elapsed();
+        out
+    }
+}
+
+/// Calls the predictor once, turning an error, a panic or a wrong count
+/// into a message.
+fn call(
+    predictor: &dyn Predictor,
+    batch: &[Instance],
+    ctx: &PredictContext<'_>,
+) -> Result<Vec<Value>, String> {
+    match catch_unwind(AssertUnwindSafe(|| predictor.predict(batch, ctx))) {
+        Ok(Ok(predictions)) if predictions.len() == batch.len() => Ok(predictions),
+        Ok(Ok(predictions)) => Err(format!(
+            "wrong number of predictions: expected {}, got {}",
+            batch.len(),
+            predictions.len()
+        )),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(payload) => {
+            let message = payload
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "a non-string payload".to_owned());
+            Err(format!("predictor panicked: {message}"))
+        }
+    }
+}
+
+/// Predicts `batch`, splitting it in halves on failure until the failing
+/// instances are alone; pushes one result per instance, in order.
+fn isolate(
+    predictor: &dyn Predictor,
+    batch: &[Instance],
+    ctx: &PredictContext<'_>,
+    out: &mut Vec<Result<Value, String>>,
+) {
+    match call(predictor, batch, ctx) {
+        Ok(predictions) => out.extend(predictions.into_iter().map(Ok)),
+        Err(message) if batch.len() == 1 => out.push(Err(message)),
+        Err(_) => {
+            let (left, right) = batch.split_at(batch.len() / 2);
+            isolate(predictor, left, ctx, out);
+            isolate(predictor, right, ctx, out);
+        }
+    }
+}
+
+/// An open shard's files.
+struct OpenShard {
+    index: usize,
+    results: Box<dyn ObjectWriter>,
+    errors: Box<dyn ObjectWriter>,
+    csv: Option<CsvResultWriter<Vec<u8>>>,
+    stats: ErrorStats,
+    predictions: u64,
+    errors_count: u64,
+    records: u64,
+    bytes: u64,
+    node_seconds: f64,
+}
+
+/// The writing side, on the calling thread: puts events back in input
+/// order, writes and commits shards, keeps the counts.
+struct Writer<'r, 'a> {
+    run: &'r Run<'a>,
+    totals: &'r mut Totals,
+    progress: Vec<ShardProgress>,
+    csv_header: Option<Vec<String>>,
+    open: Option<OpenShard>,
+}
+
+impl<'r, 'a> Writer<'r, 'a> {
+    fn new(
+        run: &'r Run<'a>,
+        resumed: BTreeMap<usize, ShardSummary>,
+        totals: &'r mut Totals,
+    ) -> Self {
+        let mut progress: Vec<ShardProgress> = run
+            .plan
+            .shards
+            .iter()
+            .map(|s| ShardProgress {
+                total_bytes: s.bytes,
+                ..ShardProgress::default()
+            })
+            .collect();
+        let mut csv_header = None;
+        for (index, summary) in resumed {
+            totals.shards_resumed += 1;
+            totals.committed_predictions += summary.predictions;
+            totals.committed_errors += summary.errors;
+            totals.committed_stats.merge(&summary.stats);
+            totals.node_seconds += summary.node_seconds;
+            totals.records_read += summary.records;
+            csv_header = csv_header.or(summary.csv_header);
+            progress[index] = ShardProgress {
+                records: summary.records,
+                predictions: summary.predictions,
+                errors: summary.errors,
+                bytes: summary.bytes,
+                total_bytes: progress[index].total_bytes,
+                done: true,
+            };
+        }
+        Writer {
+            run,
+            totals,
+            progress,
+            csv_header,
+            open: None,
+        }
+    }
+
+    fn write(mut self, events: Receiver<(u64, Event)>, tokens: SyncSender<()>) -> Option<Stop> {
+        let mut pending: BTreeMap<u64, Event> = BTreeMap::new();
+        let mut next = 0u64;
+        self.report();
+        loop {
+            if self.run.cancel.is_cancelled() {
+                return Some(Stop::Cancelled);
+            }
+            match events.recv_timeout(POLL) {
+                Ok((seq, event)) => {
+                    pending.insert(seq, event);
+                }
+                Err(RecvTimeoutError::Timeout) => continue,
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+            while let Some(event) = pending.remove(&next) {
+                next += 1;
+                let is_batch = matches!(event, Event::Batch(_));
+                if let Err(stop) = self.handle(event) {
+                    return Some(stop);
+                }
+                if is_batch {
+                    // Room for one more batch in flight; never blocks (tokens are conserved).
+                    let _ = tokens.try_send(());
+                }
+            }
+        }
+        // Every sender is gone: with no stop asked for, everything was handled.
+        if self.run.cancel.is_cancelled() {
+            return Some(Stop::Cancelled);
+        }
+        debug_assert!(
+            pending.is_empty() && self.open.is_none(),
+            "events left over"
+        );
+        None
+    }
+
+    fn handle(&mut self, event: Event) -> Result<(), Stop> {
+        match event {
+            Event::ShardStart { shard } => self.start(shard),
+            Event::Batch(batch) => self.batch(batch),
+            Event::ShardEnd { shard } => self.end(shard),
+            Event::Fatal(message) => Err(Stop::Failed(message)),
+        }
+    }
+
+    fn start(&mut self, index: usize) -> Result<(), Stop> {
+        let shard = &self.run.plan.shards[index];
+        let storage = &self.run.executor.storage;
+        let create = |location: &str| {
+            storage
+                .create(location)
+                .map_err(|e| Stop::Failed(format!("cannot write output: {e}")))
+        };
+        self.open = Some(OpenShard {
+            index,
+            results: create(&shard.results_file)?,
+            errors: create(&shard.errors_file)?,
+            csv: None,
+            stats: ErrorStats::default(),
+            predictions: 0,
+            errors_count: 0,
+            records: 0,
+            bytes: 0,
+            node_seconds: 0.0,
+        });
+        Ok(())
+    }
+
+    fn batch(&mut self, mut batch: BatchOutput) -> Result<(), Stop> {
+        let write_failed = |what: &str, location: &str, e: std::io::Error| {
+            Stop::Failed(format!(
+                "cannot write output: cannot write {what} {location:?}: {e}"
+            ))
+        };
+        let plan = self.run.plan;
+        let open = self
+            .open
+            .as_mut()
+            .expect("a batch comes between a shard's start and end");
+        let shard = &plan.shards[open.index];
+        // CSV: the header is the keys of the job's first prediction in input order.
+        if let Some((first, ..)) = batch.csv.first()
+            && self.csv_header.is_none()
+        {
+            let header: Vec<String> = match first {
+                Value::Object(map) => map.keys().cloned().collect(),
+                _ => Vec::new(),
+            };
+            let location = join_location(&plan.output_path, CSV_HEADER_FILE);
+            self.run
+                .executor
+                .storage
+                .put_bytes(&location, &csv_header_bytes(&header))
+                .map_err(|e| Stop::Failed(format!("cannot write output: {e}")))?;
+            self.csv_header = Some(header);
+        }
+        if !batch.csv.is_empty() {
+            let header = self.csv_header.clone().unwrap_or_default();
+            let csv = open
+                .csv
+                .get_or_insert_with(|| CsvResultWriter::new(Vec::new(), header));
+            let mut errors = ErrorRecordWriter::new(Vec::new());
+            for (prediction, instance, source, position) in batch.csv.drain(..) {
+                match csv.write(&prediction) {
+                    Ok(()) => {}
+                    Err(CsvWriteError::Row(e)) => {
+                        let message = e.to_string();
+                        let _ = errors.write(&source, &position, instance, &message);
+                        batch.error_messages.push(message);
+                        batch.predictions -= 1;
+                    }
+                    Err(CsvWriteError::Io(e)) => {
+                        return Err(write_failed("results", &shard.results_file, e));
+                    }
+                }
+            }
+            batch.error_lines.extend(errors.into_inner());
+            let rows = std::mem::replace(
+                csv,
+                CsvResultWriter::new(Vec::new(), self.csv_header.clone().unwrap_or_default()),
+            )
+            .into_inner()
+            .expect("CSV into memory");
+            batch.results = rows;
+        }
+        open.results
+            .write_all(&batch.results)
+            .map_err(|e| write_failed("results", &shard.results_file, e))?;
+        open.errors
+            .write_all(&batch.error_lines)
+            .map_err(|e| write_failed("errors", &shard.errors_file, e))?;
+        let failed = batch.error_messages.len() as u64;
+        for message in &batch.error_messages {
+            open.stats.add(message, 1);
+        }
+        open.predictions += batch.predictions;
+        open.errors_count += failed;
+        open.records += batch.records;
+        open.bytes += batch.bytes;
+        open.node_seconds += batch.busy.as_secs_f64();
+        self.totals.records_read += batch.records;
+        self.totals.node_seconds += batch.busy.as_secs_f64();
+        let progress = &mut self.progress[open.index];
+        progress.records += batch.records;
+        progress.predictions += batch.predictions;
+        progress.errors += failed;
+        progress.bytes += batch.bytes;
+        self.report();
+        if let Some(limit) = self.run.executor.config.max_error_count {
+            let errors = self.totals.committed_errors + self.errors_in_open();
+            if errors > limit {
+                return Err(Stop::Failed(format!(
+                    "too many errors: {errors} instances failed, over the limit of {limit} ({} instances read)",
+                    self.totals.committed_predictions + self.predictions_in_open() + errors
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    fn errors_in_open(&self) -> u64 {
+        self.open.as_ref().map_or(0, |o| o.errors_count)
+    }
+
+    fn predictions_in_open(&self) -> u64 {
+        self.open.as_ref().map_or(0, |o| o.predictions)
+    }
+
+    fn end(&mut self, index: usize) -> Result<(), Stop> {
+        let open = self.open.take().expect("a shard ends after it starts");
+        debug_assert_eq!(open.index, index);
+        let shard = &self.run.plan.shards[index];
+        let summary = ShardSummary {
+            identity: shard_identity(self.run.plan, shard, &self.run.settings),
+            predictions: open.predictions,
+            errors: open.errors_count,
+            records: open.records,
+            bytes: open.bytes,
+            node_seconds: open.node_seconds,
+            stats: open.stats,
+            csv_header: self.csv_header.clone(),
+        };
+        let storage = &self.run.executor.storage;
+        // The summary goes last: a shard counts as done only when all its files are.
+        let mut committed: Vec<&str> = Vec::new();
+        let result = (|| {
+            open.errors.commit()?;
+            committed.push(&shard.errors_file);
+            storage.put_bytes(&shard.errors_stats_file, &summary.stats.to_bytes())?;
+            committed.push(&shard.errors_stats_file);
+            open.results.commit()?;
+            committed.push(&shard.results_file);
+            storage.put_bytes(&shard.summary_file, &summary.to_bytes())?;
+            Ok::<(), StorageError>(())
+        })();
+        if let Err(e) = result {
+            // Take back what this shard committed, so no file outlives its count.
+            for location in committed {
+                let _ = storage.delete(location);
+            }
+            return Err(Stop::Failed(format!("cannot write output: {e}")));
+        }
+        self.totals.committed_predictions += summary.predictions;
+        self.totals.committed_errors += summary.errors;
+        self.totals.committed_stats.merge(&summary.stats);
+        self.progress[index].done = true;
+        self.report();
+        Ok(())
+    }
+
+    fn report(&self) {
+        let Some(observer) = &self.run.executor.observer else {
+            return;
+        };
+        // Resumed shards count with their summaries' numbers; this run's as they go.
+        let records: u64 = self.progress.iter().map(|p| p.records).sum();
+        let predictions: u64 = self.progress.iter().map(|p| p.predictions).sum();
+        let errors: u64 = self.progress.iter().map(|p| p.errors).sum();
+        let bytes: u64 = self.progress.iter().map(|p| p.bytes).sum();
+        observer.on_progress(&Progress {
+            records_read: records,
+            predictions,
+            errors,
+            bytes_read: bytes,
+            total_bytes: self.run.plan.total_bytes,
+            elapsed: self.run.started.elapsed(),
+            shards_done: self.progress.iter().filter(|p| p.done).count(),
+            shards: &self.progress,
+        });
+    }
+}

@@ -1,0 +1,483 @@
+//! Predictors: a user's model behind one call per batch, and the resolver
+//! that finds the model a job names.
+//!
+//! One [`Predictor`] is loaded per job and shared by every worker thread
+//! (`Send + Sync`, called through `&self`): the model is loaded once, and a
+//! model whose inference is thread-safe (as an optimized tract plan is) needs
+//! no copies. A predictor that wants per-thread scratch space keeps it in a
+//! `thread_local!` or a pool of its own.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use serde_json::Value;
+
+use crate::model::{Job, ModelVersion};
+use crate::name::{ModelName, VersionName};
+use crate::record::Instance;
+
+/// Cancels a running job from any thread: workers stop at the next batch
+/// boundary. Clones share the flag.
+///
+/// ```
+/// let handle = batch_prediction::CancelHandle::new();
+/// let other = handle.clone();
+/// other.cancel();
+/// assert!(handle.is_cancelled());
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct CancelHandle(Arc<AtomicBool>);
+
+impl CancelHandle {
+    /// A handle that is not cancelled.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Asks the job to stop.
+    pub fn cancel(&self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether a cancel was asked for.
+    pub fn is_cancelled(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// What a predictor knows about the call besides its batch.
+#[derive(Debug)]
+pub struct PredictContext<'a> {
+    pub(crate) signature_name: &'a str,
+    pub(crate) cancel: &'a CancelHandle,
+    pub(crate) worker: usize,
+}
+
+impl<'a> PredictContext<'a> {
+    /// A context, for calling a predictor outside the executor (in tests).
+    pub fn new(signature_name: &'a str, cancel: &'a CancelHandle, worker: usize) -> Self {
+        PredictContext {
+            signature_name,
+            cancel,
+            worker,
+        }
+    }
+
+    /// The job's `signatureName` (`serving_default` when the job has none).
+    pub fn signature_name(&self) -> &str {
+        self.signature_name
+    }
+
+    /// Whether the job was cancelled; a long prediction may check it and
+    /// return early with an error.
+    pub fn is_cancelled(&self) -> bool {
+        self.cancel.is_cancelled()
+    }
+
+    /// The index of the worker thread making the call, from 0.
+    pub fn worker(&self) -> usize {
+        self.worker
+    }
+}
+
+/// A failed prediction or model load: a message, and the cause if any.
+///
+/// The message is what `errors_stats` groups failures by, so it should not
+/// hold per-instance details.
+#[derive(Debug)]
+pub struct PredictError {
+    message: String,
+    source: Option<Box<dyn std::error::Error + Send + Sync + 'static>>,
+}
+
+impl PredictError {
+    /// An error with a message.
+    pub fn new(message: impl Into<String>) -> Self {
+        PredictError {
+            message: message.into(),
+            source: None,
+        }
+    }
+
+    /// An error with a message and the error that caused it.
+    pub fn with_source(
+        message: impl Into<String>,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync + 'static>>,
+    ) -> Self {
+        PredictError {
+            message: message.into(),
+            source: Some(source.into()),
+        }
+    }
+
+    /// The message, without the cause.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+}
+
+impl fmt::Display for PredictError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)?;
+        if let Some(source) = &self.source {
+            write!(f, ": {source}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for PredictError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source
+            .as_deref()
+            .map(|e| e as &(dyn std::error::Error + 'static))
+    }
+}
+
+/// A model: one call per batch, one prediction per instance.
+///
+/// Instances are JSON values or bytes ([`Instance`]); a prediction is a JSON
+/// value, usually an object of output name → value, which becomes one line of
+/// the results. The executor contains failures: an `Err`, a panic, or a
+/// wrong number of predictions fails the batch, which is then split until
+/// the failing instances are isolated.
+///
+/// # Example
+/// ```
+/// use batch_prediction::{CancelHandle, Instance, PredictContext, PredictError, Predictor};
+/// use serde_json::{Value, json};
+///
+/// /// Sums the `x` list of each instance.
+/// struct Sum;
+///
+/// impl Predictor for Sum {
+///     fn predict(&self, batch: &[Instance], _: &PredictContext<'_>) -> Result<Vec<Value>, PredictError> {
+///         batch.iter().map(|instance| {
+///             let Instance::Json(v) = instance else { return Err(PredictError::new("expected JSON")) };
+///             let x = v["x"].as_array().ok_or_else(|| PredictError::new("missing input x"))?;
+///             Ok(json!({"sum": x.iter().filter_map(Value::as_f64).sum::<f64>()}))
+///         }).collect()
+///     }
+/// }
+///
+/// let cancel = CancelHandle::new();
+/// let out = Sum.predict(&[Instance::Json(json!({"x": [1.0, 2.5]}))], &PredictContext::new("serving_default", &cancel, 0))?;
+/// assert_eq!(out, [json!({"sum": 3.5})]);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub trait Predictor: Send + Sync {
+    /// Predicts a batch: exactly one value per instance, in order.
+    ///
+    /// # Errors
+    /// A [`PredictError`] when the batch cannot be predicted.
+    fn predict(
+        &self,
+        batch: &[Instance],
+        ctx: &PredictContext<'_>,
+    ) -> Result<Vec<Value>, PredictError>;
+}
+
+impl<P: Predictor + ?Sized> Predictor for Arc<P> {
+    fn predict(
+        &self,
+        batch: &[Instance],
+        ctx: &PredictContext<'_>,
+    ) -> Result<Vec<Value>, PredictError> {
+        (**self).predict(batch, ctx)
+    }
+}
+
+impl<P: Predictor + ?Sized> Predictor for Box<P> {
+    fn predict(
+        &self,
+        batch: &[Instance],
+        ctx: &PredictContext<'_>,
+    ) -> Result<Vec<Value>, PredictError> {
+        (**self).predict(batch, ctx)
+    }
+}
+
+/// A predictor from a closure; see [`predictor_fn`].
+pub struct FnPredictor<F>(F);
+
+impl<F> fmt::Debug for FnPredictor<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("FnPredictor")
+    }
+}
+
+/// A predictor that calls `f` for each batch.
+///
+/// ```
+/// use batch_prediction::{Instance, PredictError, predictor_fn};
+/// use serde_json::json;
+///
+/// let constant = predictor_fn(|batch: &[Instance], _ctx: &_| Ok(vec![json!({"p": 0.5}); batch.len()]));
+/// # let _ = constant;
+/// ```
+pub fn predictor_fn<F>(f: F) -> FnPredictor<F>
+where
+    F: Fn(&[Instance], &PredictContext<'_>) -> Result<Vec<Value>, PredictError> + Send + Sync,
+{
+    FnPredictor(f)
+}
+
+impl<F> Predictor for FnPredictor<F>
+where
+    F: Fn(&[Instance], &PredictContext<'_>) -> Result<Vec<Value>, PredictError> + Send + Sync,
+{
+    fn predict(
+        &self,
+        batch: &[Instance],
+        ctx: &PredictContext<'_>,
+    ) -> Result<Vec<Value>, PredictError> {
+        (self.0)(batch, ctx)
+    }
+}
+
+/// Predicts each instance as itself (bytes as `{"b64": …}`): for trying a
+/// job's plumbing, and for measuring the executor's own cost.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct EchoPredictor;
+
+impl Predictor for EchoPredictor {
+    fn predict(
+        &self,
+        batch: &[Instance],
+        _: &PredictContext<'_>,
+    ) -> Result<Vec<Value>, PredictError> {
+        Ok(batch.iter().map(Instance::to_json).collect())
+    }
+}
+
+type InstanceTest = Box<dyn Fn(&Instance) -> bool + Send + Sync>;
+
+/// Wraps a predictor and misbehaves on chosen instances, so a service can
+/// test its error handling: a batch holding a chosen instance fails with an
+/// error, panics, or returns one prediction too few.
+///
+/// ```
+/// use batch_prediction::{EchoPredictor, FaultyPredictor, Instance};
+///
+/// let faulty = FaultyPredictor::new(EchoPredictor)
+///     .fail_when(|i| i.to_json()["fail"] == true)
+///     .panic_when(|i| i.to_json()["panic"] == true);
+/// # let _ = faulty;
+/// ```
+pub struct FaultyPredictor<P> {
+    inner: P,
+    fail: Option<InstanceTest>,
+    panic: Option<InstanceTest>,
+    miscount: Option<InstanceTest>,
+    calls: AtomicU64,
+}
+
+impl<P> fmt::Debug for FaultyPredictor<P> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FaultyPredictor")
+            .field("calls", &self.calls.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+impl<P: Predictor> FaultyPredictor<P> {
+    /// The message of an injected failure.
+    pub const FAILURE_MESSAGE: &'static str = "injected failure";
+    /// The message of an injected panic.
+    pub const PANIC_MESSAGE: &'static str = "injected panic";
+
+    /// Wraps `inner`, misbehaving on nothing yet.
+    pub fn new(inner: P) -> Self {
+        FaultyPredictor {
+            inner,
+            fail: None,
+            panic: None,
+            miscount: None,
+            calls: AtomicU64::new(0),
+        }
+    }
+
+    /// Fails, with [`Self::FAILURE_MESSAGE`], any batch holding an instance for which `test` is true.
+    #[must_use]
+    pub fn fail_when(mut self, test: impl Fn(&Instance) -> bool + Send + Sync + 'static) -> Self {
+        self.fail = Some(Box::new(test));
+        self
+    }
+
+    /// Panics, with [`Self::PANIC_MESSAGE`], on any batch holding an instance for which `test` is true.
+    #[must_use]
+    pub fn panic_when(mut self, test: impl Fn(&Instance) -> bool + Send + Sync + 'static) -> Self {
+        self.panic = Some(Box::new(test));
+        self
+    }
+
+    /// Returns one prediction too few for any batch holding an instance for which `test` is true.
+    #[must_use]
+    pub fn miscount_when(
+        mut self,
+        test: impl Fn(&Instance) -> bool + Send + Sync + 'static,
+    ) -> Self {
+        self.miscount = Some(Box::new(test));
+        self
+    }
+
+    /// How many times `predict` was called.
+    pub fn calls(&self) -> u64 {
+        self.calls.load(Ordering::Relaxed)
+    }
+}
+
+impl<P: Predictor> Predictor for FaultyPredictor<P> {
+    fn predict(
+        &self,
+        batch: &[Instance],
+        ctx: &PredictContext<'_>,
+    ) -> Result<Vec<Value>, PredictError> {
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        let hit = |test: &Option<InstanceTest>| test.as_ref().is_some_and(|t| batch.iter().any(t));
+        if hit(&self.panic) {
+            panic!("{}", Self::PANIC_MESSAGE);
+        }
+        if hit(&self.fail) {
+            return Err(PredictError::new(Self::FAILURE_MESSAGE));
+        }
+        let mut out = self.inner.predict(batch, ctx)?;
+        if hit(&self.miscount) {
+            out.pop();
+        }
+        Ok(out)
+    }
+}
+
+/// Finds and loads the model a job names. Called once per job; the
+/// predictor it returns is shared by every worker.
+///
+/// Closures `Fn(&ModelVersion, &Job) -> Result<Arc<dyn Predictor>, PredictError>` are resolvers.
+pub trait ModelResolver: Send + Sync {
+    /// Loads the model `model` of `job`.
+    ///
+    /// # Errors
+    /// A [`PredictError`] saying why the model cannot be loaded; the job then
+    /// ends FAILED with that message.
+    fn resolve(&self, model: &ModelVersion, job: &Job) -> Result<Arc<dyn Predictor>, PredictError>;
+}
+
+impl<F> ModelResolver for F
+where
+    F: Fn(&ModelVersion, &Job) -> Result<Arc<dyn Predictor>, PredictError> + Send + Sync,
+{
+    fn resolve(&self, model: &ModelVersion, job: &Job) -> Result<Arc<dyn Predictor>, PredictError> {
+        self(model, job)
+    }
+}
+
+/// Resolves every model to the [`EchoPredictor`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct EchoResolver;
+
+impl ModelResolver for EchoResolver {
+    fn resolve(&self, _: &ModelVersion, _: &Job) -> Result<Arc<dyn Predictor>, PredictError> {
+        Ok(Arc::new(EchoPredictor))
+    }
+}
+
+type UriLoader = Box<dyn Fn(&str) -> Result<Arc<dyn Predictor>, PredictError> + Send + Sync>;
+
+/// Models by name, as a service that hosts several would keep them:
+/// versions with their predictors, each model's default version, and an
+/// optional loader for `uri` models.
+///
+/// `modelName` resolves to the model's default version, `versionName` to
+/// that version, `uri` to what the loader returns.
+///
+/// # Example
+/// ```
+/// use std::sync::Arc;
+/// use batch_prediction::{EchoPredictor, Job, ModelRegistry, ModelResolver, ModelVersion};
+///
+/// let v1 = "projects/my-proj/models/census/versions/v1".parse()?;
+/// let registry = ModelRegistry::new()
+///     .with_version(&v1, Arc::new(EchoPredictor))
+///     .with_default_version(&v1);
+/// let by_model = ModelVersion::model("projects/my-proj/models/census")?;
+/// assert!(registry.resolve(&by_model, &Job::default()).is_ok());
+/// let missing = ModelVersion::model("projects/my-proj/models/other")?;
+/// assert_eq!(
+///     registry.resolve(&missing, &Job::default()).err().unwrap().to_string(),
+///     "model \"projects/my-proj/models/other\" not found"
+/// );
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Default)]
+pub struct ModelRegistry {
+    versions: HashMap<VersionName, Arc<dyn Predictor>>,
+    defaults: HashMap<ModelName, VersionName>,
+    uri_loader: Option<UriLoader>,
+}
+
+impl fmt::Debug for ModelRegistry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ModelRegistry")
+            .field("versions", &self.versions.keys().collect::<Vec<_>>())
+            .field("defaults", &self.defaults)
+            .field("uri_loader", &self.uri_loader.is_some())
+            .finish()
+    }
+}
+
+impl ModelRegistry {
+    /// An empty registry.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds a version and its (loaded) predictor.
+    #[must_use]
+    pub fn with_version(mut self, version: &VersionName, predictor: Arc<dyn Predictor>) -> Self {
+        self.versions.insert(version.clone(), predictor);
+        self
+    }
+
+    /// Makes `version` its model's default version.
+    #[must_use]
+    pub fn with_default_version(mut self, version: &VersionName) -> Self {
+        self.defaults.insert(version.model_name(), version.clone());
+        self
+    }
+
+    /// Loads `uri` models with `loader`.
+    #[must_use]
+    pub fn with_uri_loader(
+        mut self,
+        loader: impl Fn(&str) -> Result<Arc<dyn Predictor>, PredictError> + Send + Sync + 'static,
+    ) -> Self {
+        self.uri_loader = Some(Box::new(loader));
+        self
+    }
+}
+
+impl ModelResolver for ModelRegistry {
+    fn resolve(&self, model: &ModelVersion, _: &Job) -> Result<Arc<dyn Predictor>, PredictError> {
+        let version = match model {
+            ModelVersion::Model(name) => self
+                .defaults
+                .get(name)
+                .ok_or_else(|| PredictError::new(format!("model \"{name}\" not found")))?,
+            ModelVersion::Version(version) => version,
+            ModelVersion::Uri(uri) => {
+                let loader = self.uri_loader.as_ref().ok_or_else(|| {
+                    PredictError::new(format!(
+                        "cannot load model {uri:?}: no loader for uri models"
+                    ))
+                })?;
+                return loader(uri);
+            }
+        };
+        self.versions
+            .get(version)
+            .cloned()
+            .ok_or_else(|| PredictError::new(format!("version \"{version}\" not found")))
+    }
+}

@@ -1,0 +1,874 @@
+//! The batch executor: counts, isolation of failures, determinism, storage
+//! failures, cancellation, thresholds, resume, progress.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use batch_prediction::testing::{Fault, FaultyStorage};
+use batch_prediction::{
+    BatchExecutor, CancelHandle, DataFormat, EchoPredictor, EchoResolver, ExecutorConfig,
+    FaultyPredictor, InMemoryStorage, Instance, Job, ManualClock, ModelVersion, PredictError,
+    PredictionInput, Predictor, ResumeMode, RunSummary, State, Storage, Transition, predictor_fn,
+};
+use serde_json::{Value, json};
+
+fn fixture(name: &str) -> Vec<u8> {
+    std::fs::read(crate::data_path(&format!("tensorflow/{name}"))).unwrap()
+}
+
+fn queued_job(format: DataFormat, patterns: &[&str], batch_size: i64, workers: i64) -> Job {
+    let mut job = Job::new(
+        "test_job",
+        PredictionInput::new(
+            format,
+            patterns.iter().copied(),
+            "gs://b/out",
+            "local",
+            ModelVersion::uri("model"),
+        )
+        .set_batch_size(batch_size)
+        .set_max_worker_count(workers),
+    );
+    job.apply(Transition::Queue, &clock()).unwrap();
+    job
+}
+
+fn clock() -> ManualClock {
+    ManualClock::new("2026-01-01T00:00:00Z".parse().unwrap())
+}
+
+fn resolver_for(predictor: Arc<dyn Predictor>) -> Arc<dyn batch_prediction::ModelResolver> {
+    Arc::new(
+        move |_: &ModelVersion, _: &Job| -> Result<Arc<dyn Predictor>, PredictError> {
+            Ok(Arc::clone(&predictor))
+        },
+    )
+}
+
+fn run_with(
+    storage: Arc<dyn Storage>,
+    predictor: Arc<dyn Predictor>,
+    config: ExecutorConfig,
+    job: &mut Job,
+) -> RunSummary {
+    BatchExecutor::new(storage, resolver_for(predictor))
+        .with_config(config)
+        .run(job, &CancelHandle::new())
+        .unwrap()
+}
+
+/// Every file under `gs://b/out/`, by name, with its bytes.
+fn outputs(storage: &InMemoryStorage) -> Vec<(String, Vec<u8>)> {
+    storage
+        .locations()
+        .into_iter()
+        .filter_map(|l| l.strip_prefix("gs://b/out/").map(str::to_owned))
+        .map(|name| {
+            let bytes = storage.get(&format!("gs://b/out/{name}")).unwrap();
+            (name, bytes)
+        })
+        .collect()
+}
+
+fn lines_of(storage: &InMemoryStorage, prefix: &str) -> Vec<String> {
+    outputs(storage)
+        .into_iter()
+        .filter(|(name, _)| name.starts_with(prefix))
+        .flat_map(|(_, bytes)| {
+            String::from_utf8(bytes)
+                .unwrap()
+                .lines()
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+/// The invariants every finished run must hold.
+fn check_accounting(storage: &InMemoryStorage, job: &Job, summary: &RunSummary) {
+    let output = job.prediction_output.as_ref().unwrap();
+    let results = lines_of(storage, "prediction.results-");
+    let errors = lines_of(storage, "prediction.errors-");
+    assert_eq!(
+        output.prediction_count(),
+        results.len() as i64,
+        "predictionCount = result lines"
+    );
+    assert_eq!(
+        output.error_count(),
+        errors.len() as i64,
+        "errorCount = error file lines"
+    );
+    assert_eq!(
+        summary.error_stats.total(),
+        summary.error_count,
+        "errors_stats adds up to errorCount"
+    );
+    let stats_total: u64 = lines_of(storage, "prediction.errors_stats-")
+        .iter()
+        .map(|l| {
+            l.rsplit(", ")
+                .next()
+                .unwrap()
+                .trim_end_matches(')')
+                .parse::<u64>()
+                .unwrap()
+        })
+        .sum();
+    assert_eq!(
+        stats_total, summary.error_count,
+        "errors_stats files add up to errorCount"
+    );
+    if summary.state == State::Succeeded {
+        assert_eq!(
+            summary.records_read,
+            summary.prediction_count + summary.error_count,
+            "read = predicted + failed"
+        );
+    }
+    // No file is half-written: every shard that has results has its summary.
+    for (name, _) in outputs(storage) {
+        if let Some(rest) = name.strip_prefix("prediction.results-") {
+            let summary = format!("prediction.summary-{}.json", rest.trim_end_matches(".csv"));
+            assert!(
+                storage.get(&format!("gs://b/out/{summary}")).is_some(),
+                "{name} without {summary}"
+            );
+        }
+    }
+}
+
+#[test]
+fn echo_over_tensorflow_fixtures_in_every_format() {
+    let records: Value = serde_json::from_slice(&fixture("records.json")).unwrap();
+    let b64: Vec<Value> = records["records_b64"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| json!({"b64": r}))
+        .collect();
+    for (format, file) in [
+        (DataFormat::Json, "examples.jsonl"),
+        (DataFormat::TfRecord, "examples.tfrecord"),
+        (DataFormat::TfRecordGzip, "examples.tfrecord.gz"),
+    ] {
+        let storage = InMemoryStorage::new();
+        storage.put(&format!("gs://b/in/{file}"), fixture(file));
+        let mut job = queued_job(format, &["gs://b/in/*"], 7, 2);
+        let summary = run_with(
+            Arc::new(storage.clone()),
+            Arc::new(EchoPredictor),
+            ExecutorConfig::default(),
+            &mut job,
+        );
+        assert_eq!(
+            summary.state,
+            State::Succeeded,
+            "{format}: {:?}",
+            job.error_message
+        );
+        assert_eq!(
+            (summary.prediction_count, summary.error_count),
+            (100, 0),
+            "{format}"
+        );
+        check_accounting(&storage, &job, &summary);
+        let results: Vec<Value> = lines_of(&storage, "prediction.results-")
+            .iter()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        if format == DataFormat::Json {
+            let want: Vec<Value> = String::from_utf8(fixture(file))
+                .unwrap()
+                .lines()
+                .map(|l| serde_json::from_str(l).unwrap())
+                .collect();
+            assert_eq!(results, want, "echo of JSON lines, in input order");
+        } else {
+            assert_eq!(
+                results, b64,
+                "{format}: records as {{\"b64\": …}}, in order"
+            );
+        }
+        assert_eq!(
+            storage
+                .get("gs://b/out/prediction.errors_stats-00000-of-00001")
+                .unwrap(),
+            b""
+        );
+    }
+}
+
+#[test]
+fn lifecycle_times_and_node_hours() {
+    let storage = InMemoryStorage::new();
+    storage.put("gs://b/in/a.jsonl", fixture("examples.jsonl"));
+    let mut job = queued_job(DataFormat::Json, &["gs://b/in/a.jsonl"], 10, 1);
+    let clock = Arc::new(clock());
+    let config = ExecutorConfig::default().with_clock(clock.clone());
+    let slow = predictor_fn(|batch: &[Instance], _: &_| {
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        Ok(batch.iter().map(|_| json!(1)).collect())
+    });
+    let summary = run_with(Arc::new(storage), Arc::new(slow), config, &mut job);
+    assert_eq!(job.state(), State::Succeeded);
+    assert!(job.start_time.is_some() && job.end_time.is_some());
+    let output = job.prediction_output.as_ref().unwrap();
+    assert_eq!(output.output_path.as_deref(), Some("gs://b/out"));
+    assert!(
+        output.node_hours() > 0.0 && summary.node_seconds >= 0.02,
+        "{}",
+        summary.node_seconds
+    );
+    assert_eq!(job.to_json()["predictionOutput"]["predictionCount"], "100");
+    // Only a QUEUED job runs.
+    let err = BatchExecutor::new(Arc::new(InMemoryStorage::new()), Arc::new(EchoResolver))
+        .run(&mut job, &CancelHandle::new())
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "invalid state transition from SUCCEEDED to PREPARING"
+    );
+}
+
+/// Instances whose `id` is in the set fail (error, panic or miscount); the
+/// rest are predicted.
+#[test]
+fn failing_instances_are_isolated_and_the_rest_predicted() {
+    let bad_ids = [3u64, 4, 17, 50, 99];
+    let is_bad =
+        move |i: &Instance| bad_ids.contains(&i.to_json()["id"].as_u64().unwrap_or(u64::MAX));
+    let cases: Vec<(Arc<dyn Predictor>, &str)> = vec![
+        (
+            Arc::new(FaultyPredictor::new(EchoPredictor).fail_when(is_bad)),
+            "injected failure",
+        ),
+        (
+            Arc::new(FaultyPredictor::new(EchoPredictor).panic_when(is_bad)),
+            "predictor panicked: injected panic",
+        ),
+        (
+            Arc::new(FaultyPredictor::new(EchoPredictor).miscount_when(is_bad)),
+            "wrong number of predictions: expected 1, got 0",
+        ),
+    ];
+    for (predictor, message) in cases {
+        let storage = InMemoryStorage::new();
+        storage.put("gs://b/in/a.jsonl", fixture("examples.jsonl"));
+        let mut job = queued_job(DataFormat::Json, &["gs://b/in/*"], 16, 2);
+        let summary = run_with(
+            Arc::new(storage.clone()),
+            predictor,
+            ExecutorConfig::default(),
+            &mut job,
+        );
+        assert_eq!(
+            summary.state,
+            State::Succeeded,
+            "record errors do not fail the job by default"
+        );
+        assert_eq!(
+            (summary.prediction_count, summary.error_count),
+            (95, 5),
+            "{message}"
+        );
+        check_accounting(&storage, &job, &summary);
+        let predicted: Vec<u64> = lines_of(&storage, "prediction.results-")
+            .iter()
+            .map(|l| {
+                serde_json::from_str::<Value>(l).unwrap()["id"]
+                    .as_u64()
+                    .unwrap()
+            })
+            .collect();
+        assert_eq!(
+            predicted,
+            (0..100)
+                .filter(|i| !bad_ids.contains(i))
+                .collect::<Vec<_>>()
+        );
+        let failed: Vec<Value> = lines_of(&storage, "prediction.errors-")
+            .iter()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        let failed_ids: Vec<u64> = failed
+            .iter()
+            .map(|e| e["instance"]["id"].as_u64().unwrap())
+            .collect();
+        assert_eq!(failed_ids, bad_ids);
+        assert_eq!(failed[0]["source"], "gs://b/in/a.jsonl");
+        assert_eq!(failed[0]["line"], 4);
+        assert_eq!(failed[0]["error"], message);
+        assert_eq!(
+            String::from_utf8(
+                storage
+                    .get("gs://b/out/prediction.errors_stats-00000-of-00001")
+                    .unwrap()
+            )
+            .unwrap(),
+            format!("('{message}', 5)\n")
+        );
+    }
+}
+
+#[test]
+fn damaged_inputs_are_counted_and_reported_not_fatal() {
+    let storage = InMemoryStorage::new();
+    let mut damaged = fixture("examples.tfrecord");
+    // Flip a data byte of record 2 and cut the file inside record 90.
+    damaged[2 * 64 + 20] ^= 0xFF;
+    let len = u64::from_le_bytes(damaged[..8].try_into().unwrap()) as usize;
+    damaged.truncate(90 * (len + 16) + 20);
+    storage.put("gs://b/in/a.tfrecord", damaged);
+    storage.put("gs://b/in/b.tfrecord", fixture("examples.tfrecord"));
+    let mut job = queued_job(DataFormat::TfRecord, &["gs://b/in/*.tfrecord"], 8, 2);
+    let summary = run_with(
+        Arc::new(storage.clone()),
+        Arc::new(EchoPredictor),
+        ExecutorConfig::default(),
+        &mut job,
+    );
+    assert_eq!(summary.state, State::Succeeded);
+    // 89 good records + 1 bad checksum + 1 truncated frame from a; 100 from b.
+    assert_eq!(
+        (
+            summary.prediction_count,
+            summary.error_count,
+            summary.records_read
+        ),
+        (189, 2, 191)
+    );
+    check_accounting(&storage, &job, &summary);
+    let errors: Vec<Value> = lines_of(&storage, "prediction.errors-")
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(
+        errors[0]["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("data checksum mismatch"),
+        "{}",
+        errors[0]
+    );
+    assert_eq!(errors[0]["record"], 2);
+    assert_eq!(
+        errors[1]["error"],
+        "file ends inside a record; 20 bytes left unread"
+    );
+    assert_eq!(errors[1]["instance"], Value::Null);
+}
+
+/// A predictor that sleeps a random-ish time, to shake the threads' timing.
+fn jittery() -> Arc<dyn Predictor> {
+    let n = AtomicU64::new(0);
+    Arc::new(predictor_fn(move |batch: &[Instance], _: &_| {
+        let k = n.fetch_add(1, Ordering::Relaxed);
+        std::thread::sleep(std::time::Duration::from_micros((k * 7919) % 3000));
+        if batch
+            .iter()
+            .any(|i| i.to_json()["id"].as_u64().is_some_and(|id| id % 13 == 0))
+        {
+            return Err(PredictError::new("id divisible by 13"));
+        }
+        Ok(batch
+            .iter()
+            .map(|i| json!({"echo": i.to_json(), "n": !batch.is_empty()}))
+            .collect())
+    }))
+}
+
+#[test]
+fn output_is_byte_identical_whatever_the_threads() {
+    let mut runs = Vec::new();
+    for (threads, workers) in [(1, 1), (2, 2), (4, 4), (8, 3)] {
+        let storage = InMemoryStorage::new();
+        for i in 0..5 {
+            storage.put(
+                &format!("gs://b/in/part-{i}.jsonl"),
+                fixture("examples.jsonl"),
+            );
+        }
+        let mut job = queued_job(DataFormat::Json, &["gs://b/in/part-*"], 6, workers);
+        let config = ExecutorConfig::default()
+            .with_max_threads(threads)
+            .with_shard_target_bytes(9000);
+        let summary = run_with(Arc::new(storage.clone()), jittery(), config, &mut job);
+        assert_eq!(summary.state, State::Succeeded);
+        assert_eq!(summary.shards, 3, "9000-byte shards over five 4.7 kB files");
+        check_accounting(&storage, &job, &summary);
+        let files: Vec<(String, Vec<u8>)> = outputs(&storage)
+            .into_iter()
+            .filter(|(n, _)| !n.starts_with("prediction.summary"))
+            .collect();
+        runs.push(files);
+    }
+    assert_eq!(runs[0].len(), 9, "3 shards × results, errors, errors_stats");
+    for run in &runs[1..] {
+        assert_eq!(run, &runs[0]);
+    }
+}
+
+#[test]
+fn unreadable_and_missing_inputs_fail_the_job_naming_the_file() {
+    // A pattern that matches nothing.
+    let storage = InMemoryStorage::new();
+    let mut job = queued_job(DataFormat::Json, &["gs://b/in/*.jsonl"], 10, 1);
+    let summary = run_with(
+        Arc::new(storage),
+        Arc::new(EchoPredictor),
+        ExecutorConfig::default(),
+        &mut job,
+    );
+    assert_eq!(summary.state, State::Failed);
+    assert_eq!(
+        job.error_message.as_deref(),
+        Some("no object matches \"gs://b/in/*.jsonl\"")
+    );
+    assert_eq!(
+        job.prediction_output.as_ref().unwrap().prediction_count(),
+        0
+    );
+
+    // A file that cannot be opened, in the second of two shards: the first shard stays committed.
+    for fault in [Fault::Open, Fault::ReadAfter(100)] {
+        let inner = InMemoryStorage::new();
+        inner.put("gs://b/in/1.jsonl", fixture("examples.jsonl"));
+        inner.put("gs://b/in/2.jsonl", fixture("examples.jsonl"));
+        let storage = Arc::new(FaultyStorage::new(inner.clone()).fail(fault, "in/2.jsonl"));
+        let mut job = queued_job(DataFormat::Json, &["gs://b/in/*"], 10, 2);
+        let config = ExecutorConfig::default().with_shard_target_bytes(1);
+        let summary = run_with(storage.clone(), Arc::new(EchoPredictor), config, &mut job);
+        assert!(storage.faults_hit() >= 1);
+        match fault {
+            Fault::Open => {
+                assert_eq!(summary.state, State::Failed, "{fault:?}");
+                assert_eq!(
+                    job.error_message.as_deref(),
+                    Some("injected open failure \"gs://b/in/2.jsonl\"")
+                );
+            }
+            _ => {
+                // A read error inside a file is damage to that file: located, counted, not fatal.
+                assert_eq!(summary.state, State::Succeeded, "{fault:?}");
+                assert_eq!(summary.error_count, 1);
+                let errors = lines_of(&inner, "prediction.errors-");
+                assert!(
+                    errors[0].contains("read error: injected read failure"),
+                    "{}",
+                    errors[0]
+                );
+            }
+        }
+        check_accounting(&inner, &job, &summary);
+        assert!(
+            inner
+                .get("gs://b/out/prediction.results-00000-of-00002")
+                .is_some(),
+            "{fault:?}: shard 0 committed"
+        );
+    }
+}
+
+#[test]
+fn unwritable_output_fails_the_job_and_leaves_no_partial_file() {
+    for (fault, pattern, message) in [
+        (
+            Fault::Create,
+            "prediction.results-00001",
+            "cannot write output: injected create failure \"gs://b/out/prediction.results-00001-of-00002\"",
+        ),
+        (
+            Fault::WriteAfter(50),
+            "prediction.results-00001",
+            "cannot write output: cannot write results \"gs://b/out/prediction.results-00001-of-00002\": injected write failure",
+        ),
+        (
+            Fault::Commit,
+            "prediction.errors-00001",
+            "cannot write output: injected commit failure \"gs://b/out/prediction.errors-00001-of-00002\"",
+        ),
+    ] {
+        let inner = InMemoryStorage::new();
+        inner.put("gs://b/in/1.jsonl", fixture("examples.jsonl"));
+        inner.put("gs://b/in/2.jsonl", fixture("examples.jsonl"));
+        let storage = Arc::new(FaultyStorage::new(inner.clone()).fail(fault, pattern));
+        let mut job = queued_job(DataFormat::Json, &["gs://b/in/*"], 10, 2);
+        let config = ExecutorConfig::default().with_shard_target_bytes(1);
+        let summary = run_with(storage, Arc::new(EchoPredictor), config, &mut job);
+        assert_eq!(summary.state, State::Failed, "{fault:?}");
+        assert_eq!(job.error_message.as_deref(), Some(message), "{fault:?}");
+        assert_eq!(
+            (summary.prediction_count, summary.error_count),
+            (100, 0),
+            "{fault:?}: shard 0 only"
+        );
+        check_accounting(&inner, &job, &summary);
+        assert!(
+            inner
+                .get("gs://b/out/prediction.summary-00001-of-00002.json")
+                .is_none()
+        );
+    }
+}
+
+#[test]
+fn model_load_failure_fails_the_job_with_the_loaders_message() {
+    let storage = InMemoryStorage::new();
+    storage.put("gs://b/in/a.jsonl", fixture("examples.jsonl"));
+    let mut job = queued_job(DataFormat::Json, &["gs://b/in/*"], 10, 1);
+    let resolver = Arc::new(
+        |_: &ModelVersion, _: &Job| -> Result<Arc<dyn Predictor>, PredictError> {
+            Err(PredictError::new("no such file: model/model.onnx"))
+        },
+    );
+    let summary = BatchExecutor::new(Arc::new(storage.clone()), resolver)
+        .run(&mut job, &CancelHandle::new())
+        .unwrap();
+    assert_eq!(summary.state, State::Failed);
+    assert_eq!(
+        job.error_message.as_deref(),
+        Some("model \"model\" failed to load: no such file: model/model.onnx")
+    );
+    assert!(outputs(&storage).is_empty(), "nothing written");
+}
+
+#[test]
+fn error_thresholds_fail_the_job_with_the_numbers() {
+    let failing = || -> Arc<dyn Predictor> {
+        Arc::new(
+            FaultyPredictor::new(EchoPredictor)
+                .fail_when(|i| i.to_json()["id"].as_u64().is_some_and(|id| id % 10 == 0)),
+        )
+    };
+    let storage = InMemoryStorage::new();
+    storage.put("gs://b/in/a.jsonl", fixture("examples.jsonl"));
+    let mut job = queued_job(DataFormat::Json, &["gs://b/in/*"], 10, 1);
+    let summary = run_with(
+        Arc::new(storage.clone()),
+        failing(),
+        ExecutorConfig::default().with_max_error_count(5),
+        &mut job,
+    );
+    assert_eq!(summary.state, State::Failed);
+    assert_eq!(
+        job.error_message.as_deref(),
+        Some("too many errors: 6 instances failed, over the limit of 5 (60 instances read)")
+    );
+    check_accounting(&storage, &job, &summary);
+
+    let storage = InMemoryStorage::new();
+    storage.put("gs://b/in/a.jsonl", fixture("examples.jsonl"));
+    let mut job = queued_job(DataFormat::Json, &["gs://b/in/*"], 10, 1);
+    let summary = run_with(
+        Arc::new(storage.clone()),
+        failing(),
+        ExecutorConfig::default().with_max_error_ratio(0.05),
+        &mut job,
+    );
+    assert_eq!(summary.state, State::Failed);
+    assert_eq!(
+        job.error_message.as_deref(),
+        Some("error ratio 0.1000 (10 of 100 instances failed) is over the limit of 0.05")
+    );
+    assert_eq!(
+        summary.prediction_count, 90,
+        "the files are complete; only the verdict changes"
+    );
+    check_accounting(&storage, &job, &summary);
+}
+
+#[test]
+fn cancel_stops_at_a_batch_boundary_and_keeps_only_complete_shards() {
+    let inner = InMemoryStorage::new();
+    for i in 0..4 {
+        inner.put(&format!("gs://b/in/{i}.jsonl"), fixture("examples.jsonl"));
+    }
+    let cancel = CancelHandle::new();
+    let calls = Arc::new(AtomicU64::new(0));
+    let predictor = {
+        let cancel = cancel.clone();
+        let calls = Arc::clone(&calls);
+        predictor_fn(move |batch: &[Instance], _: &_| {
+            // Cancel from "another thread" once the second shard is under way.
+            if calls.fetch_add(1, Ordering::SeqCst) == 15 {
+                cancel.cancel();
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+            Ok(batch.iter().map(Instance::to_json).collect())
+        })
+    };
+    let mut job = queued_job(DataFormat::Json, &["gs://b/in/*"], 10, 2);
+    let summary = BatchExecutor::new(Arc::new(inner.clone()), resolver_for(Arc::new(predictor)))
+        .with_config(ExecutorConfig::default().with_shard_target_bytes(1))
+        .run(&mut job, &cancel)
+        .unwrap();
+    assert_eq!(summary.state, State::Cancelled);
+    assert_eq!(
+        job.error_message.as_deref(),
+        Some("Job cancelled by request")
+    );
+    assert!(
+        calls.load(Ordering::SeqCst) < 40,
+        "stopped early: {} calls",
+        calls.load(Ordering::SeqCst)
+    );
+    assert_eq!(
+        summary.prediction_count % 100,
+        0,
+        "whole shards only: {}",
+        summary.prediction_count
+    );
+    assert!(summary.prediction_count < 400);
+    check_accounting(&inner, &job, &summary);
+
+    // Cancelled before it starts running.
+    let mut job = queued_job(DataFormat::Json, &["gs://b/in/*"], 10, 2);
+    let summary = BatchExecutor::new(Arc::new(inner), Arc::new(EchoResolver))
+        .run(&mut job, &cancel)
+        .unwrap();
+    assert_eq!(
+        (summary.state, summary.prediction_count),
+        (State::Cancelled, 0)
+    );
+}
+
+#[test]
+fn resume_skips_finished_shards_and_redoes_changed_ones() {
+    let inner = InMemoryStorage::new();
+    for i in 0..3 {
+        inner.put(&format!("gs://b/in/{i}.jsonl"), fixture("examples.jsonl"));
+    }
+    let config = ExecutorConfig::default().with_shard_target_bytes(1);
+    let calls = Arc::new(FaultyPredictor::new(EchoPredictor));
+    let mut job = queued_job(DataFormat::Json, &["gs://b/in/*"], 10, 2);
+    run_with(
+        Arc::new(inner.clone()),
+        calls.clone(),
+        config.clone(),
+        &mut job,
+    );
+    assert_eq!(calls.calls(), 30);
+    let fresh = outputs(&inner);
+
+    // Lose shard 1 (as a crash before its summary would): only it runs again.
+    inner
+        .delete("gs://b/out/prediction.summary-00001-of-00003.json")
+        .unwrap();
+    inner
+        .delete("gs://b/out/prediction.results-00001-of-00003")
+        .unwrap();
+    let calls = Arc::new(FaultyPredictor::new(EchoPredictor));
+    let mut job = queued_job(DataFormat::Json, &["gs://b/in/*"], 10, 2);
+    let summary = run_with(
+        Arc::new(inner.clone()),
+        calls.clone(),
+        config.clone(),
+        &mut job,
+    );
+    assert_eq!(calls.calls(), 10, "one shard of ten batches");
+    assert_eq!(
+        (summary.shards_resumed, summary.prediction_count),
+        (2, 300),
+        "counts of the whole job"
+    );
+    let resumed: Vec<_> = outputs(&inner)
+        .into_iter()
+        .filter(|(n, _)| !n.starts_with("prediction.summary"))
+        .collect();
+    let fresh_results: Vec<_> = fresh
+        .iter()
+        .filter(|(n, _)| !n.starts_with("prediction.summary"))
+        .cloned()
+        .collect();
+    assert_eq!(resumed, fresh_results, "the same files as one run");
+    check_accounting(&inner, &job, &summary);
+
+    // A changed input is never taken for a finished one.
+    inner.put("gs://b/in/2.jsonl", b"{\"id\": 1}\n".to_vec());
+    let calls = Arc::new(FaultyPredictor::new(EchoPredictor));
+    let mut job = queued_job(DataFormat::Json, &["gs://b/in/*"], 10, 2);
+    let summary = run_with(
+        Arc::new(inner.clone()),
+        calls.clone(),
+        config.clone(),
+        &mut job,
+    );
+    assert_eq!(
+        (
+            calls.calls(),
+            summary.shards_resumed,
+            summary.prediction_count
+        ),
+        (1, 2, 201)
+    );
+
+    // A fresh run does everything again, and removes files of other plans.
+    inner.put(
+        "gs://b/out/prediction.results-00007-of-00009",
+        b"stale".to_vec(),
+    );
+    let calls = Arc::new(FaultyPredictor::new(EchoPredictor));
+    let mut job = queued_job(DataFormat::Json, &["gs://b/in/*"], 10, 2);
+    let summary = run_with(
+        Arc::new(inner.clone()),
+        calls.clone(),
+        config.with_resume(ResumeMode::Fresh),
+        &mut job,
+    );
+    assert_eq!((calls.calls(), summary.shards_resumed), (21, 0));
+    assert!(
+        inner
+            .get("gs://b/out/prediction.results-00007-of-00009")
+            .is_none()
+    );
+    check_accounting(&inner, &job, &summary);
+}
+
+#[test]
+fn csv_output_has_a_header_file_and_rows() {
+    let storage = InMemoryStorage::new();
+    storage.put(
+        "gs://b/in/a.jsonl",
+        b"{\"id\": 1, \"x\": [1, 2]}\n{\"id\": 2, \"x\": \"a,b\"}\n{\"id\": 3, \"y\": 1}\n7\n"
+            .to_vec(),
+    );
+    let mut job = queued_job(DataFormat::Json, &["gs://b/in/*"], 2, 1);
+    job.prediction_input.as_mut().unwrap().output_data_format = Some(DataFormat::Csv);
+    let summary = run_with(
+        Arc::new(storage.clone()),
+        Arc::new(EchoPredictor),
+        ExecutorConfig::default(),
+        &mut job,
+    );
+    assert_eq!(summary.state, State::Succeeded);
+    assert_eq!(
+        storage
+            .get("gs://b/out/prediction.results_header.csv")
+            .unwrap(),
+        b"id,x\r\n"
+    );
+    assert_eq!(
+        String::from_utf8(
+            storage
+                .get("gs://b/out/prediction.results-00000-of-00001.csv")
+                .unwrap()
+        )
+        .unwrap(),
+        "1,\"[1,2]\"\r\n2,\"a,b\"\r\n"
+    );
+    assert_eq!((summary.prediction_count, summary.error_count), (2, 2));
+    let errors = lines_of(&storage, "prediction.errors-");
+    assert!(
+        errors[0].contains("output \\\"y\\\" is not a column of the CSV header (columns: id, x)"),
+        "{}",
+        errors[0]
+    );
+    assert!(
+        errors[1].contains("a CSV result must be a JSON object"),
+        "{}",
+        errors[1]
+    );
+}
+
+#[test]
+fn progress_is_reported_and_adds_up() {
+    let storage = InMemoryStorage::new();
+    storage.put("gs://b/in/a.jsonl", fixture("examples.jsonl"));
+    storage.put("gs://b/in/b.jsonl", fixture("examples.jsonl"));
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let observer = {
+        let seen = Arc::clone(&seen);
+        move |p: &batch_prediction::Progress<'_>| {
+            seen.lock().unwrap().push((
+                p.records_read,
+                p.predictions,
+                p.errors,
+                p.bytes_read,
+                p.shards_done,
+                p.shards.len(),
+            ));
+        }
+    };
+    let mut job = queued_job(DataFormat::Json, &["gs://b/in/*"], 25, 2);
+    BatchExecutor::new(Arc::new(storage), Arc::new(EchoResolver))
+        .with_config(ExecutorConfig::default().with_shard_target_bytes(1))
+        .with_observer(Arc::new(observer))
+        .run(&mut job, &CancelHandle::new())
+        .unwrap();
+    let seen = seen.lock().unwrap();
+    let last = *seen.last().unwrap();
+    let size = fixture("examples.jsonl").len() as u64;
+    assert_eq!(last, (200, 200, 0, 2 * size, 2, 2));
+    assert!(seen.windows(2).all(|w| w[0].0 <= w[1].0), "monotonic");
+    assert!(seen.len() >= 8, "{} reports", seen.len());
+}
+
+#[test]
+fn plan_is_a_dry_run() {
+    let storage = InMemoryStorage::new();
+    for name in ["a.jsonl", "b.jsonl", "c.jsonl"] {
+        storage.put(&format!("gs://b/in/{name}"), fixture("examples.jsonl"));
+    }
+    let job = queued_job(DataFormat::Json, &["gs://b/in/*.jsonl"], 64, 10);
+    let executor = BatchExecutor::new(Arc::new(storage.clone()), Arc::new(EchoResolver))
+        .with_config(
+            ExecutorConfig::default()
+                .with_shard_target_bytes(9000)
+                .with_max_threads(3),
+        );
+    let plan = executor.plan(&job).unwrap();
+    let names: Vec<&str> = plan.inputs.iter().map(|m| m.location.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "gs://b/in/a.jsonl",
+            "gs://b/in/b.jsonl",
+            "gs://b/in/c.jsonl"
+        ]
+    );
+    assert_eq!(plan.shards.len(), 2);
+    assert_eq!(plan.shards[0].inputs, 0..2);
+    assert_eq!(
+        plan.shards[1].results_file,
+        "gs://b/out/prediction.results-00001-of-00002"
+    );
+    assert_eq!((plan.batch_size, plan.workers), (64, 3));
+    assert_eq!(plan.total_bytes, 3 * fixture("examples.jsonl").len() as u64);
+    assert!(outputs(&storage).is_empty(), "a plan writes nothing");
+    let mut invalid = job.clone();
+    invalid.prediction_input.as_mut().unwrap().batch_size = Some(0);
+    assert_eq!(
+        executor.plan(&invalid).unwrap_err().to_string(),
+        "invalid job: predictionInput.batchSize: must be positive, got 0"
+    );
+}
+
+#[test]
+fn empty_inputs_make_empty_shards() {
+    let storage = InMemoryStorage::new();
+    storage.put("gs://b/in/empty.jsonl", Vec::new());
+    let mut job = queued_job(DataFormat::Json, &["gs://b/in/*"], 10, 1);
+    let summary = run_with(
+        Arc::new(storage.clone()),
+        Arc::new(EchoPredictor),
+        ExecutorConfig::default(),
+        &mut job,
+    );
+    assert_eq!(
+        (summary.state, summary.prediction_count, summary.error_count),
+        (State::Succeeded, 0, 0)
+    );
+    assert_eq!(
+        storage
+            .get("gs://b/out/prediction.results-00000-of-00001")
+            .unwrap(),
+        b""
+    );
+    assert_eq!(
+        storage
+            .get("gs://b/out/prediction.errors_stats-00000-of-00001")
+            .unwrap(),
+        b""
+    );
+}
