@@ -872,3 +872,38 @@ fn empty_inputs_make_empty_shards() {
         b""
     );
 }
+
+/// The README's first command runs this job: it must keep working, with these counts.
+#[test]
+fn bundled_sample_job_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(root.join("examples/sample/job.json")).unwrap();
+    let mut job = Job::from_json(&text).unwrap();
+    let input = job.prediction_input.as_mut().unwrap();
+    input.input_paths = vec![
+        root.join("examples/sample/instances.jsonl")
+            .display()
+            .to_string(),
+    ];
+    input.output_path = Some(dir.path().join("out").display().to_string());
+    job.apply(Transition::Queue, &clock()).unwrap();
+    let executor = BatchExecutor::new(
+        Arc::new(batch_prediction::LocalStorage::new()),
+        Arc::new(EchoResolver),
+    );
+    let summary = executor.run(&mut job, &CancelHandle::new()).unwrap();
+    assert_eq!(
+        (summary.state, summary.prediction_count, summary.error_count),
+        (State::Succeeded, 21, 1)
+    );
+    let errors =
+        std::fs::read_to_string(dir.path().join("out/prediction.errors-00000-of-00001")).unwrap();
+    assert!(errors.contains("\"line\":21"), "{errors}");
+    // Run again: the finished shard is resumed, not redone.
+    let mut again = Job::from_json(&serde_json::to_string(&job).unwrap()).unwrap();
+    again.state = None;
+    again.apply(Transition::Queue, &clock()).unwrap();
+    let summary = executor.run(&mut again, &CancelHandle::new()).unwrap();
+    assert_eq!((summary.shards_resumed, summary.prediction_count), (1, 21));
+}

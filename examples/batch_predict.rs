@@ -1,0 +1,246 @@
+//! Runs a batch prediction job on this machine.
+//!
+//! ```text
+//! cargo run --release --example batch_predict -- JOB.json [options]
+//!
+//!   JOB.json                 a jobs.create request body (local paths or file:// in
+//!                            inputPaths and outputPath; gs:// with --gcs-root)
+//!   --predictor echo         the model to run: `echo` predicts each instance as itself
+//!   --gcs-root DIR           read and write gs://BUCKET/PATH at DIR/BUCKET/PATH
+//!   --threads N              at most N worker threads (default: all cores)
+//!   --max-errors N           fail the job once more than N instances failed
+//!   --max-error-ratio R      fail the job when more than R of the instances failed
+//!   --fresh                  ignore shards an earlier run finished
+//!   --plan                   print what would run, and stop
+//! ```
+//!
+//! Shows progress on stderr, prints the finished job as the API's JSON on
+//! stdout, and exits 0 when it SUCCEEDED; otherwise 1, with the
+//! `errorMessage` on stderr (2 for a bad command line or job file).
+
+use std::io::IsTerminal;
+use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use batch_prediction::{
+    BatchExecutor, CancelHandle, EchoResolver, ExecutorConfig, Job, LocalStorage, ModelResolver,
+    Progress, ResumeMode, State, SystemClock, Transition,
+};
+
+const USAGE: &str = "usage: batch_predict JOB.json [--predictor echo] [--gcs-root DIR] [--threads N] \
+                     [--max-errors N] [--max-error-ratio R] [--fresh] [--plan]";
+
+struct Args {
+    job: String,
+    predictor: String,
+    gcs_root: Option<String>,
+    config: ExecutorConfig,
+    plan_only: bool,
+}
+
+fn parse_args() -> Result<Args, String> {
+    let mut args = std::env::args().skip(1);
+    let mut job = None;
+    let mut predictor = "echo".to_owned();
+    let mut gcs_root = None;
+    let mut config = ExecutorConfig::default();
+    let mut plan_only = false;
+    while let Some(arg) = args.next() {
+        let mut value = |name: &str| args.next().ok_or_else(|| format!("{name} needs a value"));
+        match arg.as_str() {
+            "--predictor" => predictor = value("--predictor")?,
+            "--gcs-root" => gcs_root = Some(value("--gcs-root")?),
+            "--threads" => {
+                let n = value("--threads")?;
+                config = config.with_max_threads(
+                    n.parse()
+                        .map_err(|_| format!("--threads: not a number: {n:?}"))?,
+                );
+            }
+            "--max-errors" => {
+                let n = value("--max-errors")?;
+                config = config.with_max_error_count(
+                    n.parse()
+                        .map_err(|_| format!("--max-errors: not a number: {n:?}"))?,
+                );
+            }
+            "--max-error-ratio" => {
+                let r = value("--max-error-ratio")?;
+                config = config.with_max_error_ratio(
+                    r.parse()
+                        .map_err(|_| format!("--max-error-ratio: not a number: {r:?}"))?,
+                );
+            }
+            "--fresh" => config = config.with_resume(ResumeMode::Fresh),
+            "--plan" => plan_only = true,
+            "-h" | "--help" => return Err(String::new()),
+            flag if flag.starts_with('-') => return Err(format!("unknown option {flag:?}")),
+            path if job.is_none() => job = Some(path.to_owned()),
+            extra => return Err(format!("unexpected argument {extra:?}")),
+        }
+    }
+    Ok(Args {
+        job: job.ok_or("missing JOB.json")?,
+        predictor,
+        gcs_root,
+        config,
+        plan_only,
+    })
+}
+
+fn resolver(name: &str) -> Result<Arc<dyn ModelResolver>, String> {
+    match name {
+        "echo" => Ok(Arc::new(EchoResolver)),
+        other => Err(format!("unknown predictor {other:?}: expected echo")),
+    }
+}
+
+/// A one-line progress bar, redrawn at most ten times a second.
+fn progress_bar() -> impl Fn(&Progress<'_>) + Send + Sync {
+    let last = Mutex::new(Instant::now() - Duration::from_secs(1));
+    let terminal = std::io::stderr().is_terminal();
+    move |p: &Progress<'_>| {
+        let finished = p.shards_done == p.shards.len();
+        let mut last = last.lock().unwrap_or_else(|e| e.into_inner());
+        if !terminal || (!finished && last.elapsed() < Duration::from_millis(100)) {
+            return;
+        }
+        *last = Instant::now();
+        let fraction = if p.total_bytes == 0 {
+            1.0
+        } else {
+            (p.bytes_read as f64 / p.total_bytes as f64).min(1.0)
+        };
+        let width = 30;
+        let filled = (fraction * width as f64) as usize;
+        let rate = p.bytes_read as f64 / 1e6 / p.elapsed.as_secs_f64().max(1e-9);
+        eprint!(
+            "\r[{}{}] {:5.1}%  {} records  {} predictions  {} errors  {:.1} MB/s  shards {}/{} ",
+            "=".repeat(filled),
+            " ".repeat(width - filled),
+            fraction * 100.0,
+            p.records_read,
+            p.predictions,
+            p.errors,
+            rate,
+            p.shards_done,
+            p.shards.len()
+        );
+    }
+}
+
+fn main() -> ExitCode {
+    let args = match parse_args() {
+        Ok(args) => args,
+        Err(message) => {
+            if !message.is_empty() {
+                eprintln!("batch_predict: {message}");
+            }
+            eprintln!("{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    let text = match std::fs::read_to_string(&args.job) {
+        Ok(text) => text,
+        Err(e) => {
+            eprintln!("batch_predict: cannot read {}: {e}", args.job);
+            return ExitCode::from(2);
+        }
+    };
+    let mut job = match Job::from_json(&text) {
+        Ok(job) => job,
+        Err(e) => {
+            eprintln!("batch_predict: {}: {e}", args.job);
+            return ExitCode::from(2);
+        }
+    };
+    let resolver = match resolver(&args.predictor) {
+        Ok(r) => r,
+        Err(message) => {
+            eprintln!("batch_predict: {message}");
+            return ExitCode::from(2);
+        }
+    };
+    let storage = match &args.gcs_root {
+        Some(root) => LocalStorage::with_gcs_root(root),
+        None => LocalStorage::new(),
+    };
+    let executor = BatchExecutor::new(Arc::new(storage), resolver)
+        .with_config(args.config)
+        .with_observer(Arc::new(progress_bar()));
+
+    if args.plan_only {
+        return match executor.plan(&job) {
+            Ok(plan) => {
+                println!(
+                    "{} input files, {} bytes, {} shards, batches of {}, {} workers",
+                    plan.inputs.len(),
+                    plan.total_bytes,
+                    plan.shards.len(),
+                    plan.batch_size,
+                    plan.workers
+                );
+                for shard in &plan.shards {
+                    let files: Vec<&str> = plan.inputs[shard.inputs.clone()]
+                        .iter()
+                        .map(|m| m.location.as_str())
+                        .collect();
+                    println!(
+                        "shard {}: {} bytes from {:?} -> {}",
+                        shard.index, shard.bytes, files, shard.results_file
+                    );
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("batch_predict: {e}");
+                ExitCode::from(1)
+            }
+        };
+    }
+
+    // A create request: queue it as the service would.
+    if job.state.is_none() {
+        job.clear_output_only();
+        if let Err(e) = job.apply(Transition::Queue, &SystemClock) {
+            eprintln!("batch_predict: {e}");
+            return ExitCode::from(2);
+        }
+    }
+    let cancel = CancelHandle::new();
+    let summary = match executor.run(&mut job, &cancel) {
+        Ok(summary) => summary,
+        Err(e) => {
+            eprintln!("batch_predict: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if std::io::stderr().is_terminal() {
+        eprintln!();
+    }
+    eprintln!(
+        "{}: {} predictions, {} errors, {} records in {:.2} s ({} of {} shards resumed)",
+        summary.state,
+        summary.prediction_count,
+        summary.error_count,
+        summary.records_read,
+        summary.elapsed.as_secs_f64(),
+        summary.shards_resumed,
+        summary.shards
+    );
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&job).expect("a job serializes")
+    );
+    if summary.state == State::Succeeded {
+        ExitCode::SUCCESS
+    } else {
+        eprintln!(
+            "job {}: {}",
+            summary.state,
+            job.error_message.as_deref().unwrap_or("")
+        );
+        ExitCode::from(1)
+    }
+}
