@@ -4,11 +4,13 @@
 
 use criterion::{Criterion, criterion_group, criterion_main};
 
+mod executor;
 mod io;
 mod name;
 mod wire;
 
 fn all(c: &mut Criterion) {
+    executor::define(c);
     io::define(c);
     name::define(c);
     wire::define(c);

@@ -80,6 +80,36 @@ pub const SUMMARY_FILE_PREFIX: &str = "prediction.summary";
 /// How long a blocked thread waits before it checks for a stop.
 const POLL: Duration = Duration::from_millis(20);
 
+/// The framing thread hands workers chunks of whole batches holding about
+/// this many instances, so that threads meet once per chunk, not per batch.
+const CHUNK_INSTANCES: usize = 1024;
+
+/// … and a chunk ends at the first batch boundary past this many bytes.
+const CHUNK_BYTES: usize = 1 << 20;
+
+/// A pool of byte buffers handed between threads, so that big buffers are
+/// reused instead of being allocated in one thread and freed in another.
+#[derive(Default)]
+struct Pool(Mutex<Vec<Vec<u8>>>);
+
+impl Pool {
+    fn take(&self) -> Vec<u8> {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .pop()
+            .unwrap_or_default()
+    }
+
+    fn give(&self, mut buf: Vec<u8>) {
+        buf.clear();
+        let mut pool = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if pool.len() < 64 {
+            pool.push(buf);
+        }
+    }
+}
+
 /// Whether a run reuses the shards an earlier run of the same plan finished.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
@@ -558,6 +588,8 @@ impl BatchExecutor {
             cancel,
             stop: AtomicBool::new(false),
             started,
+            raw_buffers: Pool::default(),
+            result_buffers: Pool::default(),
         };
         let stop = run.execute(resumed, &mut totals);
         Ok(self.finish(job, Some(&plan), stop, totals, started))
@@ -807,7 +839,7 @@ struct Totals {
     node_seconds: f64,
 }
 
-/// A batch of raw records from one file, framed but not decoded.
+/// Whole batches of raw records from one file, framed but not decoded.
 struct RawBatch {
     seq: u64,
     source: Arc<str>,
@@ -861,6 +893,10 @@ struct Run<'a> {
     /// Set when the run must stop early (cancel, failure).
     stop: AtomicBool,
     started: Instant,
+    /// Buffers of raw records (framing thread → workers → back).
+    raw_buffers: Pool,
+    /// Buffers of result lines (workers → writer → back).
+    result_buffers: Pool,
 }
 
 impl Run<'_> {
@@ -914,8 +950,11 @@ impl Run<'_> {
             ok
         };
         let options = self.executor.config.read_options;
-        let max_bytes = self.executor.config.max_batch_bytes.unwrap_or(usize::MAX);
         let batch_size = self.plan.batch_size;
+        // Whole batches per chunk: about CHUNK_INSTANCES, at least one batch.
+        let chunk_instances = batch_size.saturating_mul((CHUNK_INSTANCES / batch_size).max(1));
+        // Damaged records ride along, but not without bound.
+        let max_items = chunk_instances.saturating_mul(2).max(64);
         for &shard in shards {
             if self.stopping() || !send_event(&mut seq, Event::ShardStart { shard }) {
                 return;
@@ -943,16 +982,22 @@ impl Run<'_> {
                     let mut batch = RawBatch {
                         seq: 0,
                         source: Arc::clone(&source),
-                        data: Vec::new(),
-                        items: Vec::with_capacity(batch_size.min(4096)),
+                        data: self.raw_buffers.take(),
+                        items: Vec::with_capacity(chunk_instances.min(4096)),
                         instances: 0,
                         bytes: 0,
                     };
                     let mut ended = false;
-                    while batch.instances < batch_size
-                        && batch.data.len() < max_bytes
-                        && batch.items.len() < batch_size.saturating_mul(2).max(64)
-                    {
+                    loop {
+                        let at_boundary = batch.instances.is_multiple_of(batch_size);
+                        let full = batch.instances >= chunk_instances
+                            || (at_boundary
+                                && batch.instances > 0
+                                && batch.data.len() >= CHUNK_BYTES)
+                            || batch.items.len() >= max_items;
+                        if full {
+                            break;
+                        }
                         let start = batch.data.len();
                         match reader.read_into(&mut batch.data) {
                             None => {
@@ -972,7 +1017,9 @@ impl Run<'_> {
                     let now = reader.bytes_read();
                     batch.bytes = now - consumed;
                     consumed = now;
-                    if !batch.items.is_empty() || batch.bytes > 0 {
+                    if batch.items.is_empty() && batch.bytes == 0 {
+                        self.raw_buffers.give(batch.data);
+                    } else {
                         // Wait for room in the window of batches in flight.
                         loop {
                             match tokens.recv_timeout(POLL) {
@@ -1031,74 +1078,136 @@ impl Run<'_> {
         }
     }
 
+    /// Decodes a chunk, predicts it batch by batch, and formats the results
+    /// and the errors, each in input order. One batch at a time is decoded,
+    /// so few values are alive at once.
     fn process(&self, batch: RawBatch, ctx: &PredictContext<'_>) -> BatchOutput {
         let started = Instant::now();
-        let format = self.plan.data_format;
-        let csv = self.plan.output_format == DataFormat::Csv;
         let mut out = BatchOutput {
+            results: self.result_buffers.take(),
             records: batch.items.len() as u64,
             bytes: batch.bytes,
             ..BatchOutput::default()
         };
+        let mut pending = Pending::default();
         let mut errors = ErrorRecordWriter::new(Vec::new());
-        // Decode, keeping every item's place: Ok(instance index) or the error.
-        let mut instances = Vec::with_capacity(batch.instances);
-        let mut positions = Vec::with_capacity(batch.instances);
-        let mut fail =
-            |out: &mut BatchOutput, position: &Position, instance: Value, message: String| {
-                // Writing into memory cannot fail.
-                let _ = errors.write(&batch.source, position, instance, &message);
-                out.error_messages.push(message);
-            };
+        let batch_size = self.plan.batch_size;
+        let max_bytes = self.executor.config.max_batch_bytes.unwrap_or(usize::MAX);
         for item in &batch.items {
             match item {
                 RawItem::Record { position, range } => {
-                    match decode(format, &batch.data[range.clone()]) {
+                    let raw = &batch.data[range.clone()];
+                    match decode(self.plan.data_format, raw) {
                         Ok(instance) => {
-                            instances.push(instance);
-                            positions.push(*position);
+                            pending.slots.push(Slot::Instance(pending.instances.len()));
+                            pending.instances.push(instance);
+                            pending.positions.push(*position);
+                            pending.bytes += raw.len();
                         }
                         Err(kind) => {
                             let e = RecordError {
                                 source: Arc::clone(&batch.source),
                                 position: *position,
                                 kind,
-                                raw: Some(batch.data[range.clone()].to_vec()),
+                                raw: Some(raw.to_vec()),
                             };
-                            fail(&mut out, position, e.raw_json(), e.message());
+                            pending
+                                .slots
+                                .push(Slot::Failed(*position, e.raw_json(), e.message()));
                         }
                     }
                 }
-                RawItem::Damaged(e) => fail(&mut out, &e.position, e.raw_json(), e.message()),
+                RawItem::Damaged(e) => {
+                    pending
+                        .slots
+                        .push(Slot::Failed(e.position, e.raw_json(), e.message()));
+                }
+            }
+            if pending.instances.len() >= batch_size || pending.bytes >= max_bytes {
+                self.flush(&mut pending, &batch.source, ctx, &mut out, &mut errors);
             }
         }
-        let mut results = Vec::with_capacity(instances.len());
-        if !instances.is_empty() {
-            isolate(&*self.predictor, &instances, ctx, &mut results);
-        }
-        for ((result, instance), position) in results.into_iter().zip(&instances).zip(&positions) {
-            match result {
-                Ok(prediction) if csv => {
-                    out.csv.push((
-                        prediction,
-                        instance.to_json(),
-                        Arc::clone(&batch.source),
-                        *position,
-                    ));
-                    out.predictions += 1;
-                }
-                Ok(prediction) => {
-                    serde_json::to_writer(&mut out.results, &prediction).expect("JSON into memory");
-                    out.results.push(b'\n');
-                    out.predictions += 1;
-                }
-                Err(message) => fail(&mut out, position, instance.to_json(), message),
-            }
-        }
+        self.flush(&mut pending, &batch.source, ctx, &mut out, &mut errors);
+        self.raw_buffers.give(batch.data);
         out.error_lines = errors.into_inner();
         out.busy = started.elapsed();
         out
     }
+
+    /// Predicts the pending batch and writes its items out in input order.
+    fn flush(
+        &self,
+        pending: &mut Pending,
+        source: &Arc<str>,
+        ctx: &PredictContext<'_>,
+        out: &mut BatchOutput,
+        errors: &mut ErrorRecordWriter<Vec<u8>>,
+    ) {
+        let csv = self.plan.output_format == DataFormat::Csv;
+        pending.results.clear();
+        if !pending.instances.is_empty() {
+            isolate(
+                &*self.predictor,
+                &pending.instances,
+                ctx,
+                &mut pending.results,
+            );
+        }
+        let mut results = pending.results.drain(..);
+        for slot in pending.slots.drain(..) {
+            let (position, instance, message) = match slot {
+                Slot::Failed(position, instance, message) => (position, instance, message),
+                Slot::Instance(i) => match results.next().expect("one result per instance") {
+                    Ok(prediction) if csv => {
+                        let instance = pending.instances[i].to_json();
+                        out.csv.push((
+                            prediction,
+                            instance,
+                            Arc::clone(source),
+                            pending.positions[i],
+                        ));
+                        out.predictions += 1;
+                        continue;
+                    }
+                    Ok(prediction) => {
+                        serde_json::to_writer(&mut out.results, &prediction)
+                            .expect("JSON into memory");
+                        out.results.push(b'\n');
+                        out.predictions += 1;
+                        continue;
+                    }
+                    Err(message) => (
+                        pending.positions[i],
+                        pending.instances[i].to_json(),
+                        message,
+                    ),
+                },
+            };
+            // Writing into memory cannot fail.
+            let _ = errors.write(source, &position, instance, &message);
+            out.error_messages.push(message);
+        }
+        drop(results);
+        pending.instances.clear();
+        pending.positions.clear();
+        pending.bytes = 0;
+    }
+}
+
+/// An item's fate before prediction: an instance (by index) or an error.
+enum Slot {
+    Instance(usize),
+    Failed(Position, Value, String),
+}
+
+/// The batch being gathered by a worker, with the errors between its instances.
+#[derive(Default)]
+struct Pending {
+    slots: Vec<Slot>,
+    instances: Vec<Instance>,
+    positions: Vec<Position>,
+    bytes: usize,
+    results: Vec<Result<Value, String>>,
 }
 
 /// Calls the predictor once, turning an error, a panic or a wrong count
@@ -1342,6 +1451,9 @@ impl<'r, 'a> Writer<'r, 'a> {
         open.results
             .write_all(&batch.results)
             .map_err(|e| write_failed("results", &shard.results_file, e))?;
+        self.run
+            .result_buffers
+            .give(std::mem::take(&mut batch.results));
         open.errors
             .write_all(&batch.error_lines)
             .map_err(|e| write_failed("errors", &shard.errors_file, e))?;

@@ -542,18 +542,28 @@ fn error_thresholds_fail_the_job_with_the_numbers() {
         )
     };
     let storage = InMemoryStorage::new();
-    storage.put("gs://b/in/a.jsonl", fixture("examples.jsonl"));
+    for i in 0..3 {
+        storage.put(&format!("gs://b/in/{i}.jsonl"), fixture("examples.jsonl"));
+    }
     let mut job = queued_job(DataFormat::Json, &["gs://b/in/*"], 10, 1);
-    let summary = run_with(
-        Arc::new(storage.clone()),
-        failing(),
-        ExecutorConfig::default().with_max_error_count(5),
-        &mut job,
-    );
+    let config = ExecutorConfig::default()
+        .with_max_error_count(5)
+        .with_shard_target_bytes(1);
+    let summary = run_with(Arc::new(storage.clone()), failing(), config, &mut job);
     assert_eq!(summary.state, State::Failed);
+    assert!(
+        summary.records_read < 300,
+        "stopped early: {} records read",
+        summary.records_read
+    );
+    assert_eq!(
+        (summary.prediction_count, summary.error_count),
+        (0, 0),
+        "no shard completed"
+    );
     assert_eq!(
         job.error_message.as_deref(),
-        Some("too many errors: 6 instances failed, over the limit of 5 (60 instances read)")
+        Some("too many errors: 10 instances failed, over the limit of 5 (100 instances read)")
     );
     check_accounting(&storage, &job, &summary);
 
@@ -801,7 +811,11 @@ fn progress_is_reported_and_adds_up() {
     let size = fixture("examples.jsonl").len() as u64;
     assert_eq!(last, (200, 200, 0, 2 * size, 2, 2));
     assert!(seen.windows(2).all(|w| w[0].0 <= w[1].0), "monotonic");
-    assert!(seen.len() >= 8, "{} reports", seen.len());
+    assert!(
+        seen.len() >= 5,
+        "a report at the start, after each chunk and each shard: {}",
+        seen.len()
+    );
 }
 
 #[test]
