@@ -134,7 +134,7 @@ fn bare_tfrecord(file: &[u8], records: usize, echo: bool) -> Duration {
 
 /// A few microseconds of floating-point work per instance.
 fn cpu_bound() -> Arc<dyn Predictor> {
-    Arc::new(predictor_fn(|batch: &[Instance], _: &_| {
+    Arc::new(predictor_fn(|batch: Vec<Instance>, _: &_| {
         Ok(batch
             .iter()
             .map(|i| {

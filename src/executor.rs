@@ -862,8 +862,8 @@ enum RawItem {
 struct BatchOutput {
     /// JSON output: the result lines, ready to write.
     results: Vec<u8>,
-    /// CSV output: (prediction, instance, source, position), formatted by the writer.
-    csv: Vec<(Value, Value, Arc<str>, Position)>,
+    /// CSV output: (prediction, raw record, source, position), formatted by the writer.
+    csv: Vec<(Value, Vec<u8>, Arc<str>, Position)>,
     /// Error file lines, ready to write.
     error_lines: Vec<u8>,
     /// The message of each failed instance, for errors_stats.
@@ -1101,6 +1101,7 @@ impl Run<'_> {
                         Ok(instance) => {
                             pending.slots.push(Slot::Instance(pending.instances.len()));
                             pending.instances.push(instance);
+                            pending.ranges.push(range.clone());
                             pending.positions.push(*position);
                             pending.bytes += raw.len();
                         }
@@ -1124,10 +1125,10 @@ impl Run<'_> {
                 }
             }
             if pending.instances.len() >= batch_size || pending.bytes >= max_bytes {
-                self.flush(&mut pending, &batch.source, ctx, &mut out, &mut errors);
+                self.flush(&mut pending, &batch, ctx, &mut out, &mut errors);
             }
         }
-        self.flush(&mut pending, &batch.source, ctx, &mut out, &mut errors);
+        self.flush(&mut pending, &batch, ctx, &mut out, &mut errors);
         self.raw_buffers.give(batch.data);
         out.error_lines = errors.into_inner();
         out.busy = started.elapsed();
@@ -1138,32 +1139,48 @@ impl Run<'_> {
     fn flush(
         &self,
         pending: &mut Pending,
-        source: &Arc<str>,
+        batch: &RawBatch,
         ctx: &PredictContext<'_>,
         out: &mut BatchOutput,
         errors: &mut ErrorRecordWriter<Vec<u8>>,
     ) {
         let csv = self.plan.output_format == DataFormat::Csv;
+        let records = Records {
+            format: self.plan.data_format,
+            data: &batch.data,
+            ranges: &pending.ranges,
+        };
         pending.results.clear();
-        if !pending.instances.is_empty() {
+        let instances = std::mem::take(&mut pending.instances);
+        if !instances.is_empty() {
+            let span = 0..instances.len();
             isolate(
                 &*self.predictor,
-                &pending.instances,
+                instances,
+                &records,
+                span,
                 ctx,
                 &mut pending.results,
             );
         }
+        // The instance as JSON, for the error file: decoded again from its record.
+        let instance_json = |i: usize| {
+            records
+                .decode(i..i + 1)
+                .pop()
+                .map_or(Value::Null, Instance::into_json)
+        };
         let mut results = pending.results.drain(..);
         for slot in pending.slots.drain(..) {
             let (position, instance, message) = match slot {
                 Slot::Failed(position, instance, message) => (position, instance, message),
                 Slot::Instance(i) => match results.next().expect("one result per instance") {
                     Ok(prediction) if csv => {
-                        let instance = pending.instances[i].to_json();
+                        let raw = batch.data[pending.ranges[i].clone()].to_vec();
                         out.csv.push((
                             prediction,
-                            instance,
-                            Arc::clone(source),
+                            raw,
+                            Arc::clone(&batch.source),
                             pending.positions[i],
                         ));
                         out.predictions += 1;
@@ -1176,19 +1193,15 @@ impl Run<'_> {
                         out.predictions += 1;
                         continue;
                     }
-                    Err(message) => (
-                        pending.positions[i],
-                        pending.instances[i].to_json(),
-                        message,
-                    ),
+                    Err(message) => (pending.positions[i], instance_json(i), message),
                 },
             };
             // Writing into memory cannot fail.
-            let _ = errors.write(source, &position, instance, &message);
+            let _ = errors.write(&batch.source, &position, instance, &message);
             out.error_messages.push(message);
         }
         drop(results);
-        pending.instances.clear();
+        pending.ranges.clear();
         pending.positions.clear();
         pending.bytes = 0;
     }
@@ -1205,23 +1218,25 @@ enum Slot {
 struct Pending {
     slots: Vec<Slot>,
     instances: Vec<Instance>,
+    /// Each instance's record in the chunk's data.
+    ranges: Vec<Range<usize>>,
     positions: Vec<Position>,
     bytes: usize,
     results: Vec<Result<Value, String>>,
 }
 
-/// Calls the predictor once, turning an error, a panic or a wrong count
-/// into a message.
+/// Calls the predictor once with `batch`, turning an error, a panic or a
+/// wrong count into a message.
 fn call(
     predictor: &dyn Predictor,
-    batch: &[Instance],
+    batch: Vec<Instance>,
     ctx: &PredictContext<'_>,
 ) -> Result<Vec<Value>, String> {
+    let expected = batch.len();
     match catch_unwind(AssertUnwindSafe(|| predictor.predict(batch, ctx))) {
-        Ok(Ok(predictions)) if predictions.len() == batch.len() => Ok(predictions),
+        Ok(Ok(predictions)) if predictions.len() == expected => Ok(predictions),
         Ok(Ok(predictions)) => Err(format!(
-            "wrong number of predictions: expected {}, got {}",
-            batch.len(),
+            "wrong number of predictions: expected {expected}, got {}",
             predictions.len()
         )),
         Ok(Err(e)) => Err(e.to_string()),
@@ -1236,21 +1251,47 @@ fn call(
     }
 }
 
-/// Predicts `batch`, splitting it in halves on failure until the failing
-/// instances are alone; pushes one result per instance, in order.
+/// The records of a batch, to decode its instances again when a part of it
+/// must be retried (the predictor owns what it was given).
+struct Records<'a> {
+    format: DataFormat,
+    data: &'a [u8],
+    ranges: &'a [Range<usize>],
+}
+
+impl Records<'_> {
+    fn decode(&self, range: Range<usize>) -> Vec<Instance> {
+        self.ranges[range]
+            .iter()
+            .map(|r| {
+                decode(self.format, &self.data[r.clone()])
+                    .expect("a record decodes as it did before")
+            })
+            .collect()
+    }
+}
+
+/// Predicts `batch` (the decoded `records`), splitting it in halves on
+/// failure until the failing instances are alone; pushes one result per
+/// instance, in order.
 fn isolate(
     predictor: &dyn Predictor,
-    batch: &[Instance],
+    batch: Vec<Instance>,
+    records: &Records<'_>,
+    span: Range<usize>,
     ctx: &PredictContext<'_>,
     out: &mut Vec<Result<Value, String>>,
 ) {
+    let len = batch.len();
     match call(predictor, batch, ctx) {
         Ok(predictions) => out.extend(predictions.into_iter().map(Ok)),
-        Err(message) if batch.len() == 1 => out.push(Err(message)),
+        Err(message) if len == 1 => out.push(Err(message)),
         Err(_) => {
-            let (left, right) = batch.split_at(batch.len() / 2);
-            isolate(predictor, left, ctx, out);
-            isolate(predictor, right, ctx, out);
+            let mid = span.start + len / 2;
+            for half in [span.start..mid, mid..span.end] {
+                let batch = records.decode(half.clone());
+                isolate(predictor, batch, records, half, ctx, out);
+            }
         }
     }
 }
@@ -1425,11 +1466,13 @@ impl<'r, 'a> Writer<'r, 'a> {
                 .csv
                 .get_or_insert_with(|| CsvResultWriter::new(Vec::new(), header));
             let mut errors = ErrorRecordWriter::new(Vec::new());
-            for (prediction, instance, source, position) in batch.csv.drain(..) {
+            for (prediction, raw, source, position) in batch.csv.drain(..) {
                 match csv.write(&prediction) {
                     Ok(()) => {}
                     Err(CsvWriteError::Row(e)) => {
                         let message = e.to_string();
+                        let instance =
+                            decode(plan.data_format, &raw).map_or(Value::Null, Instance::into_json);
                         let _ = errors.write(&source, &position, instance, &message);
                         batch.error_messages.push(message);
                         batch.predictions -= 1;

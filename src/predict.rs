@@ -140,8 +140,10 @@ impl std::error::Error for PredictError {
 ///
 /// Instances are JSON values or bytes ([`Instance`]); a prediction is a JSON
 /// value, usually an object of output name → value, which becomes one line of
-/// the results. The executor contains failures: an `Err`, a panic, or a
-/// wrong number of predictions fails the batch, which is then split until
+/// the results. The batch is the predictor's to keep: it can move the data
+/// into its tensors without a copy. The executor contains failures: an
+/// `Err`, a panic, or a wrong number of predictions fails the batch, which
+/// is then split (decoding the instances again from their records) until
 /// the failing instances are isolated.
 ///
 /// # Example
@@ -153,7 +155,7 @@ impl std::error::Error for PredictError {
 /// struct Sum;
 ///
 /// impl Predictor for Sum {
-///     fn predict(&self, batch: &[Instance], _: &PredictContext<'_>) -> Result<Vec<Value>, PredictError> {
+///     fn predict(&self, batch: Vec<Instance>, _: &PredictContext<'_>) -> Result<Vec<Value>, PredictError> {
 ///         batch.iter().map(|instance| {
 ///             let Instance::Json(v) = instance else { return Err(PredictError::new("expected JSON")) };
 ///             let x = v["x"].as_array().ok_or_else(|| PredictError::new("missing input x"))?;
@@ -163,7 +165,7 @@ impl std::error::Error for PredictError {
 /// }
 ///
 /// let cancel = CancelHandle::new();
-/// let out = Sum.predict(&[Instance::Json(json!({"x": [1.0, 2.5]}))], &PredictContext::new("serving_default", &cancel, 0))?;
+/// let out = Sum.predict(vec![Instance::Json(json!({"x": [1.0, 2.5]}))], &PredictContext::new("serving_default", &cancel, 0))?;
 /// assert_eq!(out, [json!({"sum": 3.5})]);
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
@@ -174,7 +176,7 @@ pub trait Predictor: Send + Sync {
     /// A [`PredictError`] when the batch cannot be predicted.
     fn predict(
         &self,
-        batch: &[Instance],
+        batch: Vec<Instance>,
         ctx: &PredictContext<'_>,
     ) -> Result<Vec<Value>, PredictError>;
 }
@@ -182,7 +184,7 @@ pub trait Predictor: Send + Sync {
 impl<P: Predictor + ?Sized> Predictor for Arc<P> {
     fn predict(
         &self,
-        batch: &[Instance],
+        batch: Vec<Instance>,
         ctx: &PredictContext<'_>,
     ) -> Result<Vec<Value>, PredictError> {
         (**self).predict(batch, ctx)
@@ -192,7 +194,7 @@ impl<P: Predictor + ?Sized> Predictor for Arc<P> {
 impl<P: Predictor + ?Sized> Predictor for Box<P> {
     fn predict(
         &self,
-        batch: &[Instance],
+        batch: Vec<Instance>,
         ctx: &PredictContext<'_>,
     ) -> Result<Vec<Value>, PredictError> {
         (**self).predict(batch, ctx)
@@ -214,23 +216,23 @@ impl<F> fmt::Debug for FnPredictor<F> {
 /// use batch_prediction::{Instance, PredictError, predictor_fn};
 /// use serde_json::json;
 ///
-/// let constant = predictor_fn(|batch: &[Instance], _ctx: &_| Ok(vec![json!({"p": 0.5}); batch.len()]));
+/// let constant = predictor_fn(|batch: Vec<Instance>, _ctx: &_| Ok(vec![json!({"p": 0.5}); batch.len()]));
 /// # let _ = constant;
 /// ```
 pub fn predictor_fn<F>(f: F) -> FnPredictor<F>
 where
-    F: Fn(&[Instance], &PredictContext<'_>) -> Result<Vec<Value>, PredictError> + Send + Sync,
+    F: Fn(Vec<Instance>, &PredictContext<'_>) -> Result<Vec<Value>, PredictError> + Send + Sync,
 {
     FnPredictor(f)
 }
 
 impl<F> Predictor for FnPredictor<F>
 where
-    F: Fn(&[Instance], &PredictContext<'_>) -> Result<Vec<Value>, PredictError> + Send + Sync,
+    F: Fn(Vec<Instance>, &PredictContext<'_>) -> Result<Vec<Value>, PredictError> + Send + Sync,
 {
     fn predict(
         &self,
-        batch: &[Instance],
+        batch: Vec<Instance>,
         ctx: &PredictContext<'_>,
     ) -> Result<Vec<Value>, PredictError> {
         (self.0)(batch, ctx)
@@ -245,10 +247,10 @@ pub struct EchoPredictor;
 impl Predictor for EchoPredictor {
     fn predict(
         &self,
-        batch: &[Instance],
+        batch: Vec<Instance>,
         _: &PredictContext<'_>,
     ) -> Result<Vec<Value>, PredictError> {
-        Ok(batch.iter().map(Instance::to_json).collect())
+        Ok(batch.into_iter().map(Instance::into_json).collect())
     }
 }
 
@@ -332,7 +334,7 @@ impl<P: Predictor> FaultyPredictor<P> {
 impl<P: Predictor> Predictor for FaultyPredictor<P> {
     fn predict(
         &self,
-        batch: &[Instance],
+        batch: Vec<Instance>,
         ctx: &PredictContext<'_>,
     ) -> Result<Vec<Value>, PredictError> {
         self.calls.fetch_add(1, Ordering::Relaxed);
@@ -343,8 +345,9 @@ impl<P: Predictor> Predictor for FaultyPredictor<P> {
         if hit(&self.fail) {
             return Err(PredictError::new(Self::FAILURE_MESSAGE));
         }
+        let miscount = hit(&self.miscount);
         let mut out = self.inner.predict(batch, ctx)?;
-        if hit(&self.miscount) {
+        if miscount {
             out.pop();
         }
         Ok(out)

@@ -67,6 +67,14 @@ impl Instance {
         }
     }
 
+    /// The instance as JSON, without a copy: bytes as `{"b64": …}`.
+    pub fn into_json(self) -> Value {
+        match self {
+            Instance::Json(v) => v,
+            Instance::Bytes(b) => bytes_to_json(&b),
+        }
+    }
+
     /// An instance from a parsed JSON line: an object whose only key is
     /// `"b64"` with a string value becomes the decoded bytes.
     ///

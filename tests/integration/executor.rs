@@ -206,7 +206,7 @@ fn lifecycle_times_and_node_hours() {
     let mut job = queued_job(DataFormat::Json, &["gs://b/in/a.jsonl"], 10, 1);
     let clock = Arc::new(clock());
     let config = ExecutorConfig::default().with_clock(clock.clone());
-    let slow = predictor_fn(|batch: &[Instance], _: &_| {
+    let slow = predictor_fn(|batch: Vec<Instance>, _: &_| {
         std::thread::sleep(std::time::Duration::from_millis(2));
         Ok(batch.iter().map(|_| json!(1)).collect())
     });
@@ -362,7 +362,7 @@ fn damaged_inputs_are_counted_and_reported_not_fatal() {
 /// A predictor that sleeps a random-ish time, to shake the threads' timing.
 fn jittery() -> Arc<dyn Predictor> {
     let n = AtomicU64::new(0);
-    Arc::new(predictor_fn(move |batch: &[Instance], _: &_| {
+    Arc::new(predictor_fn(move |batch: Vec<Instance>, _: &_| {
         let k = n.fetch_add(1, Ordering::Relaxed);
         std::thread::sleep(std::time::Duration::from_micros((k * 7919) % 3000));
         if batch
@@ -599,7 +599,7 @@ fn cancel_stops_at_a_batch_boundary_and_keeps_only_complete_shards() {
     let predictor = {
         let cancel = cancel.clone();
         let calls = Arc::clone(&calls);
-        predictor_fn(move |batch: &[Instance], _: &_| {
+        predictor_fn(move |batch: Vec<Instance>, _: &_| {
             // Cancel from "another thread" once the second shard is under way.
             if calls.fetch_add(1, Ordering::SeqCst) == 15 {
                 cancel.cancel();
