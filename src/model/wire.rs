@@ -48,13 +48,32 @@ pub(crate) fn show(value: &Value) -> String {
     }
 }
 
-/// Keys seen so far in one JSON object, to refuse duplicates.
+/// Keys seen so far in one JSON object, to refuse duplicates: a list while
+/// it is short (API messages have a dozen fields), a hash set past that, so
+/// an object with many unknown keys costs linear time, not quadratic.
 #[derive(Default)]
-pub(crate) struct Seen(std::collections::HashSet<String>);
+pub(crate) struct Seen {
+    few: Vec<String>,
+    many: std::collections::HashSet<String>,
+}
 
 impl Seen {
+    const FEW: usize = 16;
+
     pub(crate) fn insert<E: de::Error>(&mut self, prefix: &str, key: &str) -> Result<(), E> {
-        if !self.0.insert(key.to_owned()) {
+        let duplicate = if self.few.len() < Self::FEW {
+            let seen = self.few.iter().any(|k| k == key);
+            if !seen {
+                self.few.push(key.to_owned());
+            }
+            seen
+        } else {
+            if self.many.is_empty() {
+                self.many.extend(self.few.iter().cloned());
+            }
+            !self.many.insert(key.to_owned())
+        };
+        if duplicate {
             return Err(E::custom(format_args!(
                 "duplicate field {}",
                 quote(&format!("{prefix}{key}"))
@@ -552,6 +571,28 @@ mod tests {
         assert_eq!(decode_base64("+/8="), Some(vec![251, 255]));
         assert_eq!(decode_base64("not base64!"), None);
         assert_eq!(encode_base64(&[251, 255]), "+/8=");
+    }
+
+    #[test]
+    fn duplicates_are_found_among_few_and_many_keys() {
+        for n in [3usize, 16, 17, 40] {
+            let mut seen = Seen::default();
+            for i in 0..n {
+                seen.insert::<serde_json::Error>("", &format!("k{i}"))
+                    .unwrap();
+            }
+            for i in [0, n / 2, n - 1] {
+                let err = seen
+                    .insert::<serde_json::Error>("p.", &format!("k{i}"))
+                    .unwrap_err();
+                assert_eq!(
+                    err.to_string(),
+                    format!("duplicate field \"p.k{i}\""),
+                    "{n} keys"
+                );
+            }
+            seen.insert::<serde_json::Error>("", "new").unwrap();
+        }
     }
 
     #[test]
