@@ -854,7 +854,7 @@ enum RawItem {
         position: Position,
         range: Range<usize>,
     },
-    Damaged(RecordError),
+    Damaged(Box<RecordError>),
 }
 
 /// What a worker made of a batch.
@@ -1011,7 +1011,7 @@ impl Run<'_> {
                                 });
                                 batch.instances += 1;
                             }
-                            Some(Err(e)) => batch.items.push(RawItem::Damaged(e)),
+                            Some(Err(e)) => batch.items.push(RawItem::Damaged(Box::new(e))),
                         }
                     }
                     let now = reader.bytes_read();
