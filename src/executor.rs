@@ -64,9 +64,10 @@ use crate::error::{Error, InvalidTransition};
 use crate::model::{DataFormat, Job, PredictionOutput, State};
 use crate::predict::{CancelHandle, ModelResolver, PredictContext, Predictor};
 use crate::record::{
-    CSV_HEADER_FILE, CsvResultWriter, CsvWriteError, ERRORS_FILE_PREFIX, ERRORS_STATS_FILE_PREFIX,
-    ErrorRecordWriter, ErrorStats, Instance, Position, RESULTS_FILE_PREFIX, RawReader, ReadOptions,
-    RecordError, csv_header_bytes, decode, shard_file_name,
+    CSV_HEADER_FILE, CsvResultWriter, CsvRowError, CsvWriteError, ERRORS_FILE_PREFIX,
+    ERRORS_STATS_FILE_PREFIX, ErrorRecordWriter, ErrorStats, Instance, Position,
+    RESULTS_FILE_PREFIX, RawReader, ReadOptions, RecordError, RecordErrorKind, csv_header_bytes,
+    decode, shard_file_name,
 };
 use crate::state::Transition;
 use crate::storage::{ObjectMeta, ObjectWriter, Storage, StorageError, StorageExt, join_location};
@@ -450,16 +451,26 @@ impl BatchExecutor {
     pub fn plan(&self, job: &Job) -> Result<Plan, Error> {
         job.validate()?;
         let input = job.prediction_input.as_ref().expect("validated");
-        let inputs = self
-            .storage
-            .expand(&input.input_paths)
-            .map_err(storage_error)?;
         let output_path = input
             .output_path
             .as_deref()
             .expect("validated")
             .trim_end_matches('/')
             .to_owned();
+        // A pattern such as gs://b/** may cover the output path: the job's
+        // own output files (of an earlier run) are never its input.
+        let inputs: Vec<ObjectMeta> = self
+            .storage
+            .expand(&input.input_paths)
+            .map_err(storage_error)?
+            .into_iter()
+            .filter(|m| {
+                !m.location
+                    .strip_prefix(&output_path)
+                    .and_then(|rest| rest.strip_prefix('/'))
+                    .is_some_and(is_output_file_name)
+            })
+            .collect();
         let output_format = input.effective_output_data_format();
         let mut ranges: Vec<(Range<usize>, u64)> = Vec::new();
         for (i, meta) in inputs.iter().enumerate() {
@@ -555,7 +566,15 @@ impl BatchExecutor {
             .as_ref()
             .and_then(|i| i.model.clone())
             .expect("validated");
-        let predictor = match self.resolver.resolve(&model, job) {
+        let resolved = catch_unwind(AssertUnwindSafe(|| {
+            self.resolver
+                .resolve(&model, job)
+                .map_err(|e| e.to_string())
+        }))
+        .unwrap_or_else(|payload| {
+            Err(format!("the loader panicked: {}", panic_message(&*payload)))
+        });
+        let predictor = match resolved {
             Ok(p) => p,
             Err(e) => {
                 let stop = Stop::Failed(format!("model \"{model}\" failed to load: {e}"));
@@ -587,6 +606,7 @@ impl BatchExecutor {
             signature,
             cancel,
             stop: AtomicBool::new(false),
+            failure: Mutex::new(None),
             started,
             raw_buffers: Pool::default(),
             result_buffers: Pool::default(),
@@ -684,9 +704,21 @@ impl BatchExecutor {
                     .storage
                     .read_bytes(&shard.summary_file)
                     .map_err(storage_error)?;
-                if let Some(summary) = ShardSummary::parse(&bytes)
+                let Some(summary) = ShardSummary::parse(&bytes)
                     .filter(|s| s.matches(shard_identity(plan, shard, settings)))
-                {
+                else {
+                    continue;
+                };
+                // Its files must all be there, as committed.
+                let files = [
+                    &shard.results_file,
+                    &shard.errors_file,
+                    &shard.errors_stats_file,
+                ];
+                let intact = files.iter().zip(summary.sizes).all(|(file, size)| {
+                    ours.iter().any(|m| &&m.location == file && m.size == size)
+                });
+                if intact {
                     resumed.insert(shard.index, summary);
                 }
             }
@@ -722,7 +754,7 @@ fn is_output_file_name(name: &str) -> bool {
     static RE: OnceLock<Regex> = OnceLock::new();
     RE.get_or_init(|| {
         Regex::new(
-            r"^prediction\.(?:(?:results|errors_stats|errors)-\d{5}-of-\d{5}|results-\d{5}-of-\d{5}\.csv|summary-\d{5}-of-\d{5}\.json|results_header\.csv)$",
+            r"^prediction\.(?:(?:results|errors_stats|errors)-\d{5,}-of-\d{5,}|results-\d{5,}-of-\d{5,}\.csv|summary-\d{5,}-of-\d{5,}\.json|results_header\.csv)$",
         )
         .expect("valid regex")
     })
@@ -773,6 +805,8 @@ struct ShardSummary {
     node_seconds: f64,
     stats: ErrorStats,
     csv_header: Option<Vec<String>>,
+    /// The sizes of the shard's results, errors and errors_stats files, as committed.
+    sizes: [u64; 3],
 }
 
 impl ShardSummary {
@@ -787,6 +821,10 @@ impl ShardSummary {
         object.insert("nodeSeconds".into(), self.node_seconds.into());
         object.insert("errorStats".into(), stats.into());
         object.insert("csvHeader".into(), json!(self.csv_header));
+        object.insert(
+            "fileSizes".into(),
+            json!({"results": self.sizes[0], "errors": self.sizes[1], "errorsStats": self.sizes[2]}),
+        );
         let mut out = serde_json::to_vec_pretty(&value).expect("JSON");
         out.push(b'\n');
         out
@@ -820,6 +858,14 @@ impl ShardSummary {
             node_seconds: value.get("nodeSeconds")?.as_f64()?,
             stats,
             csv_header,
+            sizes: {
+                let sizes = value.get("fileSizes")?;
+                [
+                    sizes.get("results")?.as_u64()?,
+                    sizes.get("errors")?.as_u64()?,
+                    sizes.get("errorsStats")?.as_u64()?,
+                ]
+            },
         })
     }
 
@@ -892,6 +938,8 @@ struct Run<'a> {
     cancel: &'a CancelHandle,
     /// Set when the run must stop early (cancel, failure).
     stop: AtomicBool,
+    /// Why a thread gave up, when it could not say so in order (a panic).
+    failure: Mutex<Option<String>>,
     started: Instant,
     /// Buffers of raw records (framing thread → workers → back).
     raw_buffers: Pool,
@@ -902,6 +950,20 @@ struct Run<'a> {
 impl Run<'_> {
     fn stopping(&self) -> bool {
         self.stop.load(Ordering::Relaxed) || self.cancel.is_cancelled()
+    }
+
+    /// Records why the run must fail and stops it (the first reason wins).
+    fn fail(&self, message: String) {
+        let mut failure = self.failure.lock().unwrap_or_else(|e| e.into_inner());
+        failure.get_or_insert(message);
+        self.stop.store(true, Ordering::Relaxed);
+    }
+
+    fn failure(&self) -> Option<String> {
+        self.failure
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     fn execute(&self, resumed: BTreeMap<usize, ShardSummary>, totals: &mut Totals) -> Option<Stop> {
@@ -920,11 +982,28 @@ impl Run<'_> {
             .collect();
         std::thread::scope(|scope| {
             let reader_done = done_tx.clone();
-            scope.spawn(move || self.read(&to_run, work_tx, reader_done, token_rx));
+            // No thread may unwind out of the scope: a panic (in a storage
+            // backend, say) fails the run instead.
+            scope.spawn(move || {
+                let read = catch_unwind(AssertUnwindSafe(|| {
+                    self.read(&to_run, work_tx, reader_done, token_rx)
+                }));
+                if let Err(payload) = read {
+                    self.fail(format!(
+                        "reading the input failed: {}",
+                        panic_message(&*payload)
+                    ));
+                }
+            });
             for worker in 0..self.plan.workers {
                 let done = done_tx.clone();
                 let work = Arc::clone(&work_rx);
-                scope.spawn(move || self.work(worker, &work, done));
+                scope.spawn(move || {
+                    let worked = catch_unwind(AssertUnwindSafe(|| self.work(worker, &work, done)));
+                    if let Err(payload) = worked {
+                        self.fail(format!("a worker failed: {}", panic_message(&*payload)));
+                    }
+                });
             }
             drop(done_tx);
             drop(work_rx);
@@ -955,6 +1034,9 @@ impl Run<'_> {
         let chunk_instances = batch_size.saturating_mul((CHUNK_INSTANCES / batch_size).max(1));
         // Damaged records ride along, but not without bound.
         let max_items = chunk_instances.saturating_mul(2).max(64);
+        // With a byte limit on batches, chunks hold no more either, so that
+        // memory stays within workers × the limit.
+        let max_chunk_bytes = self.executor.config.max_batch_bytes.unwrap_or(usize::MAX);
         for &shard in shards {
             if self.stopping() || !send_event(&mut seq, Event::ShardStart { shard }) {
                 return;
@@ -994,6 +1076,7 @@ impl Run<'_> {
                             || (at_boundary
                                 && batch.instances > 0
                                 && batch.data.len() >= CHUNK_BYTES)
+                            || batch.data.len() >= max_chunk_bytes
                             || batch.items.len() >= max_items;
                         if full {
                             break;
@@ -1010,6 +1093,13 @@ impl Run<'_> {
                                     range: start..batch.data.len(),
                                 });
                                 batch.instances += 1;
+                            }
+                            Some(Err(e)) if matches!(e.kind, RecordErrorKind::Io(_)) => {
+                                // The storage failed, not the file: the rest of it was never read.
+                                let message = format!("cannot read {location:?}: {}", e.message());
+                                self.raw_buffers.give(batch.data);
+                                send_event(&mut seq, Event::Fatal(message));
+                                return;
                             }
                             Some(Err(e)) => batch.items.push(RawItem::Damaged(Box::new(e))),
                         }
@@ -1071,7 +1161,9 @@ impl Run<'_> {
                 return;
             }
             let seq = batch.seq;
-            let output = self.process(batch, &ctx);
+            let Some(output) = self.process(batch, &ctx) else {
+                return; // stopping
+            };
             if done.send((seq, Event::Batch(output))).is_err() {
                 return;
             }
@@ -1080,8 +1172,9 @@ impl Run<'_> {
 
     /// Decodes a chunk, predicts it batch by batch, and formats the results
     /// and the errors, each in input order. One batch at a time is decoded,
-    /// so few values are alive at once.
-    fn process(&self, batch: RawBatch, ctx: &PredictContext<'_>) -> BatchOutput {
+    /// so few values are alive at once. `None` when the run stops meanwhile:
+    /// the chunk is abandoned at the next batch boundary.
+    fn process(&self, batch: RawBatch, ctx: &PredictContext<'_>) -> Option<BatchOutput> {
         let started = Instant::now();
         let mut out = BatchOutput {
             results: self.result_buffers.take(),
@@ -1112,30 +1205,29 @@ impl Run<'_> {
                                 kind,
                                 raw: Some(raw.to_vec()),
                             };
-                            pending
-                                .slots
-                                .push(Slot::Failed(*position, e.raw_json(), e.message()));
+                            pending.slots.push(Slot::Damaged(Box::new(e)));
                         }
                     }
                 }
-                RawItem::Damaged(e) => {
-                    pending
-                        .slots
-                        .push(Slot::Failed(e.position, e.raw_json(), e.message()));
-                }
+                RawItem::Damaged(e) => pending.slots.push(Slot::Damaged(e.clone())),
             }
-            if pending.instances.len() >= batch_size || pending.bytes >= max_bytes {
-                self.flush(&mut pending, &batch, ctx, &mut out, &mut errors);
+            if (pending.instances.len() >= batch_size || pending.bytes >= max_bytes)
+                && !self.flush(&mut pending, &batch, ctx, &mut out, &mut errors)
+            {
+                return None;
             }
         }
-        self.flush(&mut pending, &batch, ctx, &mut out, &mut errors);
+        if !self.flush(&mut pending, &batch, ctx, &mut out, &mut errors) {
+            return None;
+        }
         self.raw_buffers.give(batch.data);
         out.error_lines = errors.into_inner();
         out.busy = started.elapsed();
-        out
+        Some(out)
     }
 
-    /// Predicts the pending batch and writes its items out in input order.
+    /// Predicts the pending batch and writes its items out in input order;
+    /// `false` when the run is stopping.
     fn flush(
         &self,
         pending: &mut Pending,
@@ -1143,7 +1235,10 @@ impl Run<'_> {
         ctx: &PredictContext<'_>,
         out: &mut BatchOutput,
         errors: &mut ErrorRecordWriter<Vec<u8>>,
-    ) {
+    ) -> bool {
+        if self.stopping() {
+            return false;
+        }
         let csv = self.plan.output_format == DataFormat::Csv;
         let records = Records {
             format: self.plan.data_format,
@@ -1154,26 +1249,33 @@ impl Run<'_> {
         let instances = std::mem::take(&mut pending.instances);
         if !instances.is_empty() {
             let span = 0..instances.len();
+            let stopping = || self.stopping();
             isolate(
                 &*self.predictor,
                 instances,
                 &records,
                 span,
                 ctx,
+                &stopping,
                 &mut pending.results,
             );
+            if pending.results.len() < pending.ranges.len() {
+                return false;
+            }
         }
         // The instance as JSON, for the error file: decoded again from its record.
-        let instance_json = |i: usize| {
-            records
-                .decode(i..i + 1)
-                .pop()
-                .map_or(Value::Null, Instance::into_json)
-        };
+        let instance_json = |i: usize| records.decode(i..i + 1).pop().map(Instance::into_json);
         let mut results = pending.results.drain(..);
         for slot in pending.slots.drain(..) {
-            let (position, instance, message) = match slot {
-                Slot::Failed(position, instance, message) => (position, instance, message),
+            let (position, instance, raw, failure) = match slot {
+                Slot::Damaged(e) => {
+                    let failure = Failure {
+                        stats: e.stats_message(),
+                        full: e.message(),
+                    };
+                    let raw = e.raw.is_some().then(|| e.raw_json());
+                    (e.position, None, raw, failure)
+                }
                 Slot::Instance(i) => match results.next().expect("one result per instance") {
                     Ok(prediction) if csv => {
                         let raw = batch.data[pending.ranges[i].clone()].to_vec();
@@ -1193,24 +1295,25 @@ impl Run<'_> {
                         out.predictions += 1;
                         continue;
                     }
-                    Err(message) => (pending.positions[i], instance_json(i), message),
+                    Err(failure) => (pending.positions[i], instance_json(i), None, failure),
                 },
             };
             // Writing into memory cannot fail.
-            let _ = errors.write(&batch.source, &position, instance, &message);
-            out.error_messages.push(message);
+            let _ = errors.write(&batch.source, &position, instance, raw, &failure.full);
+            out.error_messages.push(failure.stats);
         }
         drop(results);
         pending.ranges.clear();
         pending.positions.clear();
         pending.bytes = 0;
+        true
     }
 }
 
-/// An item's fate before prediction: an instance (by index) or an error.
+/// An item's fate before prediction: an instance (by index) or a damaged record.
 enum Slot {
     Instance(usize),
-    Failed(Position, Value, String),
+    Damaged(Box<RecordError>),
 }
 
 /// The batch being gathered by a worker, with the errors between its instances.
@@ -1222,31 +1325,64 @@ struct Pending {
     ranges: Vec<Range<usize>>,
     positions: Vec<Position>,
     bytes: usize,
-    results: Vec<Result<Value, String>>,
+    results: Vec<Result<Value, Failure>>,
+}
+
+/// Why an instance failed: the message for `errors_stats` (without
+/// details) and the full one for the error file.
+#[derive(Debug, Clone)]
+struct Failure {
+    stats: String,
+    full: String,
+}
+
+impl Failure {
+    fn same(message: String) -> Self {
+        Failure {
+            stats: message.clone(),
+            full: message,
+        }
+    }
+}
+
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a non-string payload".to_owned())
 }
 
 /// Calls the predictor once with `batch`, turning an error, a panic or a
-/// wrong count into a message.
+/// wrong count into a [`Failure`]. Everything that runs user code (the
+/// error's `Display`, dropping a panic payload) stays inside the guard.
 fn call(
     predictor: &dyn Predictor,
     batch: Vec<Instance>,
     ctx: &PredictContext<'_>,
-) -> Result<Vec<Value>, String> {
+) -> Result<Vec<Value>, Failure> {
     let expected = batch.len();
-    match catch_unwind(AssertUnwindSafe(|| predictor.predict(batch, ctx))) {
-        Ok(Ok(predictions)) if predictions.len() == expected => Ok(predictions),
-        Ok(Ok(predictions)) => Err(format!(
+    let outcome = catch_unwind(AssertUnwindSafe(|| match predictor.predict(batch, ctx) {
+        Ok(predictions) if predictions.len() == expected => Ok(predictions),
+        Ok(predictions) => Err(Failure::same(format!(
             "wrong number of predictions: expected {expected}, got {}",
             predictions.len()
-        )),
-        Ok(Err(e)) => Err(e.to_string()),
+        ))),
+        Err(e) => Err(Failure {
+            stats: e.message().to_owned(),
+            full: e.to_string(),
+        }),
+    }));
+    match outcome {
+        Ok(result) => result,
         Err(payload) => {
-            let message = payload
-                .downcast_ref::<&str>()
-                .map(|s| (*s).to_owned())
-                .or_else(|| payload.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "a non-string payload".to_owned());
-            Err(format!("predictor panicked: {message}"))
+            let message = catch_unwind(AssertUnwindSafe(|| {
+                let message = panic_message(&*payload);
+                drop(payload);
+                message
+            }))
+            .unwrap_or_else(|_| "a payload that panicked".to_owned());
+            Err(Failure::same(format!("predictor panicked: {message}")))
         }
     }
 }
@@ -1273,24 +1409,29 @@ impl Records<'_> {
 
 /// Predicts `batch` (the decoded `records`), splitting it in halves on
 /// failure until the failing instances are alone; pushes one result per
-/// instance, in order.
+/// instance, in order — unless `stopping` says to give up, which leaves
+/// `out` short.
 fn isolate(
     predictor: &dyn Predictor,
     batch: Vec<Instance>,
     records: &Records<'_>,
     span: Range<usize>,
     ctx: &PredictContext<'_>,
-    out: &mut Vec<Result<Value, String>>,
+    stopping: &dyn Fn() -> bool,
+    out: &mut Vec<Result<Value, Failure>>,
 ) {
+    if stopping() {
+        return;
+    }
     let len = batch.len();
     match call(predictor, batch, ctx) {
         Ok(predictions) => out.extend(predictions.into_iter().map(Ok)),
-        Err(message) if len == 1 => out.push(Err(message)),
+        Err(failure) if len == 1 => out.push(Err(failure)),
         Err(_) => {
             let mid = span.start + len / 2;
             for half in [span.start..mid, mid..span.end] {
                 let batch = records.decode(half.clone());
-                isolate(predictor, batch, records, half, ctx, out);
+                isolate(predictor, batch, records, half, ctx, stopping, out);
             }
         }
     }
@@ -1318,6 +1459,7 @@ struct Writer<'r, 'a> {
     progress: Vec<ShardProgress>,
     csv_header: Option<Vec<String>>,
     open: Option<OpenShard>,
+    observer_failed: std::cell::Cell<bool>,
 }
 
 impl<'r, 'a> Writer<'r, 'a> {
@@ -1359,6 +1501,7 @@ impl<'r, 'a> Writer<'r, 'a> {
             progress,
             csv_header,
             open: None,
+            observer_failed: std::cell::Cell::new(false),
         }
     }
 
@@ -1367,6 +1510,9 @@ impl<'r, 'a> Writer<'r, 'a> {
         let mut next = 0u64;
         self.report();
         loop {
+            if let Some(message) = self.run.failure() {
+                return Some(Stop::Failed(message));
+            }
             if self.run.cancel.is_cancelled() {
                 return Some(Stop::Cancelled);
             }
@@ -1389,14 +1535,21 @@ impl<'r, 'a> Writer<'r, 'a> {
                 }
             }
         }
-        // Every sender is gone: with no stop asked for, everything was handled.
+        // Every sender is gone. Unless a stop was asked for, every shard must be done.
+        if let Some(message) = self.run.failure() {
+            return Some(Stop::Failed(message));
+        }
         if self.run.cancel.is_cancelled() {
             return Some(Stop::Cancelled);
         }
-        debug_assert!(
-            pending.is_empty() && self.open.is_none(),
-            "events left over"
-        );
+        let done = self.progress.iter().filter(|p| p.done).count();
+        if !pending.is_empty() || self.open.is_some() || done < self.progress.len() {
+            return Some(Stop::Failed(format!(
+                "internal error: the run ended with {} of {} shards done",
+                done,
+                self.progress.len()
+            )));
+        }
         None
     }
 
@@ -1444,36 +1597,46 @@ impl<'r, 'a> Writer<'r, 'a> {
             .as_mut()
             .expect("a batch comes between a shard's start and end");
         let shard = &plan.shards[open.index];
-        // CSV: the header is the keys of the job's first prediction in input order.
-        if let Some((first, ..)) = batch.csv.first()
-            && self.csv_header.is_none()
-        {
-            let header: Vec<String> = match first {
-                Value::Object(map) => map.keys().cloned().collect(),
-                _ => Vec::new(),
-            };
-            let location = join_location(&plan.output_path, CSV_HEADER_FILE);
-            self.run
-                .executor
-                .storage
-                .put_bytes(&location, &csv_header_bytes(&header))
-                .map_err(|e| Stop::Failed(format!("cannot write output: {e}")))?;
-            self.csv_header = Some(header);
-        }
         if !batch.csv.is_empty() {
-            let header = self.csv_header.clone().unwrap_or_default();
-            let csv = open
-                .csv
-                .get_or_insert_with(|| CsvResultWriter::new(Vec::new(), header));
+            // CSV: the header is the keys of the job's first prediction, in
+            // input order, that is an object with at least one key. Row
+            // errors are listed after the chunk's other errors.
             let mut errors = ErrorRecordWriter::new(Vec::new());
+            let mut rows = Vec::new();
             for (prediction, raw, source, position) in batch.csv.drain(..) {
-                match csv.write(&prediction) {
+                if self.csv_header.is_none()
+                    && let Value::Object(map) = &prediction
+                    && !map.is_empty()
+                {
+                    let header: Vec<String> = map.keys().cloned().collect();
+                    let location = join_location(&plan.output_path, CSV_HEADER_FILE);
+                    self.run
+                        .executor
+                        .storage
+                        .put_bytes(&location, &csv_header_bytes(&header))
+                        .map_err(|e| Stop::Failed(format!("cannot write output: {e}")))?;
+                    self.csv_header = Some(header);
+                }
+                let written = match &self.csv_header {
+                    None if prediction.is_object() => {
+                        Err(CsvWriteError::Row(CsvRowError::NoColumns))
+                    }
+                    None => Err(CsvWriteError::Row(CsvRowError::NotAnObject(
+                        crate::model::wire::show(&prediction),
+                    ))),
+                    Some(header) => {
+                        let csv = open.csv.get_or_insert_with(|| {
+                            CsvResultWriter::new(Vec::new(), header.clone())
+                        });
+                        csv.write(&prediction)
+                    }
+                };
+                match written {
                     Ok(()) => {}
                     Err(CsvWriteError::Row(e)) => {
                         let message = e.to_string();
-                        let instance =
-                            decode(plan.data_format, &raw).map_or(Value::Null, Instance::into_json);
-                        let _ = errors.write(&source, &position, instance, &message);
+                        let instance = decode(plan.data_format, &raw).ok().map(Instance::into_json);
+                        let _ = errors.write(&source, &position, instance, None, &message);
                         batch.error_messages.push(message);
                         batch.predictions -= 1;
                     }
@@ -1483,12 +1646,13 @@ impl<'r, 'a> Writer<'r, 'a> {
                 }
             }
             batch.error_lines.extend(errors.into_inner());
-            let rows = std::mem::replace(
-                csv,
-                CsvResultWriter::new(Vec::new(), self.csv_header.clone().unwrap_or_default()),
-            )
-            .into_inner()
-            .expect("CSV into memory");
+            if let Some(csv) = open.csv.take() {
+                rows = csv.into_inner().expect("CSV into memory");
+                open.csv = Some(CsvResultWriter::new(
+                    Vec::new(),
+                    self.csv_header.clone().unwrap_or_default(),
+                ));
+            }
             batch.results = rows;
         }
         open.results
@@ -1550,16 +1714,20 @@ impl<'r, 'a> Writer<'r, 'a> {
             node_seconds: open.node_seconds,
             stats: open.stats,
             csv_header: self.csv_header.clone(),
+            sizes: [0; 3],
         };
         let storage = &self.run.executor.storage;
+        let mut summary = summary;
         // The summary goes last: a shard counts as done only when all its files are.
         let mut committed: Vec<&str> = Vec::new();
         let result = (|| {
-            open.errors.commit()?;
+            summary.sizes[1] = open.errors.commit()?.size;
             committed.push(&shard.errors_file);
-            storage.put_bytes(&shard.errors_stats_file, &summary.stats.to_bytes())?;
+            summary.sizes[2] = storage
+                .put_bytes(&shard.errors_stats_file, &summary.stats.to_bytes())?
+                .size;
             committed.push(&shard.errors_stats_file);
-            open.results.commit()?;
+            summary.sizes[0] = open.results.commit()?.size;
             committed.push(&shard.results_file);
             storage.put_bytes(&shard.summary_file, &summary.to_bytes())?;
             Ok::<(), StorageError>(())
@@ -1584,11 +1752,15 @@ impl<'r, 'a> Writer<'r, 'a> {
             return;
         };
         // Resumed shards count with their summaries' numbers; this run's as they go.
+        // An observer that panics is not called again; the job goes on.
+        if self.observer_failed.get() {
+            return;
+        }
         let records: u64 = self.progress.iter().map(|p| p.records).sum();
         let predictions: u64 = self.progress.iter().map(|p| p.predictions).sum();
         let errors: u64 = self.progress.iter().map(|p| p.errors).sum();
         let bytes: u64 = self.progress.iter().map(|p| p.bytes).sum();
-        observer.on_progress(&Progress {
+        let progress = Progress {
             records_read: records,
             predictions,
             errors,
@@ -1597,6 +1769,9 @@ impl<'r, 'a> Writer<'r, 'a> {
             elapsed: self.run.started.elapsed(),
             shards_done: self.progress.iter().filter(|p| p.done).count(),
             shards: &self.progress,
-        });
+        };
+        if catch_unwind(AssertUnwindSafe(|| observer.on_progress(&progress))).is_err() {
+            self.observer_failed.set(true);
+        }
     }
 }

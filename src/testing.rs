@@ -324,6 +324,10 @@ impl<S: Storage> Storage for FaultyStorage<S> {
     fn delete(&self, location: &str) -> Result<(), StorageError> {
         self.inner.delete(location)
     }
+
+    fn object_key(&self, location: &str) -> String {
+        self.inner.object_key(location)
+    }
 }
 
 struct FailingRead {

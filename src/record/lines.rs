@@ -114,13 +114,14 @@ impl LineReader {
         }
         self.line += 1;
         self.offset += total;
+        let mut content = total - u64::from(newline);
         if newline && !too_long {
             buf.pop();
             if buf.len() > start && buf.last() == Some(&b'\r') {
                 buf.pop();
+                content -= 1; // the CR of a CRLF ending is not part of the record
             }
         }
-        let content = total - u64::from(newline);
         if too_long || content > self.limit as u64 {
             buf.truncate(start);
             return Err(RecordError {

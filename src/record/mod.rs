@@ -176,7 +176,7 @@ pub enum RecordErrorKind {
     },
     /// Fatal: the gzip stream is corrupt or truncated.
     Gzip(String),
-    /// Fatal: reading failed.
+    /// Fatal: reading from the storage failed (not damage in the file).
     Io(String),
 }
 
@@ -241,8 +241,34 @@ impl RecordError {
         }
     }
 
-    /// The instance as the error file shows it: the raw line as a string
-    /// when it is UTF-8, else `{"b64": …}`; `null` when nothing was kept.
+    /// The message without per-record details (columns, values), for
+    /// grouping in `errors_stats`; [`message`](Self::message) keeps them.
+    pub fn stats_message(&self) -> String {
+        match &self.kind {
+            RecordErrorKind::InvalidJson(e) => {
+                // serde_json ends its messages with " at line L column C".
+                let cut = e.rfind(" at line ").map_or(e.as_str(), |i| &e[..i]);
+                format!("invalid JSON: {cut}")
+            }
+            RecordErrorKind::InvalidUtf8 { .. } => "invalid UTF-8".to_owned(),
+            RecordErrorKind::InvalidBase64(_) => {
+                "invalid base64 in {\"b64\": …} instance".to_owned()
+            }
+            RecordErrorKind::TooLarge { limit, .. } => {
+                format!("record over the limit of {limit} bytes")
+            }
+            RecordErrorKind::DataChecksum { .. } => "data checksum mismatch".to_owned(),
+            RecordErrorKind::LengthChecksum { .. } => {
+                "length checksum mismatch: the framing is lost".to_owned()
+            }
+            RecordErrorKind::Truncated { .. } => "file ends inside a record".to_owned(),
+            RecordErrorKind::Gzip(_) => "corrupt or truncated gzip stream".to_owned(),
+            RecordErrorKind::Io(_) => "read error".to_owned(),
+        }
+    }
+
+    /// The record as the error file shows it: a line as a string when it is
+    /// UTF-8, else `{"b64": …}`; `null` when nothing was kept.
     pub fn raw_json(&self) -> Value {
         match &self.raw {
             None => Value::Null,

@@ -21,12 +21,15 @@
 //! sorted by message and written as Python 3 prints a `(str, int)` tuple.
 //!
 //! The error file, `prediction.errors-SSSSS-of-NNNNN`, holds per line:
-//! `{"source": FILE, "line": N | "record": N, "byte": OFFSET, "instance": …, "error": MESSAGE}`
+//! `{"source": FILE, "line": N | "record": N, "byte": OFFSET, "instance": …, ["raw": …,] "error": MESSAGE}`
 //! with `line` (1-based) for JSON and TEXT inputs and `record` (0-based) for
-//! TFRecords; `instance` is the instance as JSON (bytes as `{"b64": …}`), the
-//! raw line as a string for a line that did not parse, or `null` when it
-//! could not be kept (a record over the size limit). To re-run only what
-//! failed, turn the instances back into a JSON-lines input:
+//! TFRecords. `instance` is the instance that failed as JSON (bytes as
+//! `{"b64": …}`), or `null` when the record never became an instance; then
+//! `raw` holds the record as read (a line as a string when it is UTF-8, else
+//! `{"b64": …}`), unless it was not kept (a record over the size limit). In
+//! `errors_stats`, messages are grouped without their per-record details
+//! (columns, values), which the error file keeps. To re-run only the
+//! instances that failed, turn them back into a JSON-lines input:
 //!
 //! ```text
 //! jq -c '.instance | select(. != null)' OUT/prediction.errors-* > rerun.jsonl
@@ -114,6 +117,9 @@ pub enum CsvRowError {
     /// The prediction has an output the header does not name.
     #[error("output {0:?} is not a column of the CSV header (columns: {1})")]
     UnknownColumn(String, String),
+    /// An empty object before any prediction gave the columns.
+    #[error("a CSV result needs at least one output to give the columns, got {{}}")]
+    NoColumns,
 }
 
 /// Writes predictions as CSV rows in a fixed column order.
@@ -349,8 +355,10 @@ impl<W: Write> ErrorRecordWriter<W> {
         }
     }
 
-    /// Writes one failed instance: where it came from, the instance as JSON
-    /// (`null` when it was not kept) and the error message.
+    /// Writes one failure: where it came from, the instance as JSON (`None`
+    /// when the record never became one), the raw record (`None` unless the
+    /// record could not be decoded: a line as a string when it is UTF-8,
+    /// else `{"b64": …}`) and the error message.
     ///
     /// # Errors
     /// The underlying writer's error.
@@ -358,7 +366,8 @@ impl<W: Write> ErrorRecordWriter<W> {
         &mut self,
         source: &str,
         position: &Position,
-        instance: Value,
+        instance: Option<Value>,
+        raw: Option<Value>,
         error: &str,
     ) -> io::Result<()> {
         let mut line = serde_json::Map::new();
@@ -368,7 +377,10 @@ impl<W: Write> ErrorRecordWriter<W> {
             None => line.insert("record".into(), position.record.into()),
         };
         line.insert("byte".into(), position.byte.into());
-        line.insert("instance".into(), instance);
+        line.insert("instance".into(), instance.unwrap_or(Value::Null));
+        if let Some(raw) = raw {
+            line.insert("raw".into(), raw);
+        }
         line.insert("error".into(), error.into());
         self.inner.write(&Value::Object(line))
     }
@@ -457,8 +469,14 @@ mod tests {
             line: Some(3),
             byte: 40,
         };
-        w.write("in.jsonl", &line, json!("{oops"), "invalid JSON: x")
-            .unwrap();
+        w.write(
+            "in.jsonl",
+            &line,
+            None,
+            Some(json!("{oops")),
+            "invalid JSON: x",
+        )
+        .unwrap();
         let rec = Position {
             record: 7,
             line: None,
@@ -467,16 +485,17 @@ mod tests {
         w.write(
             "in.tfrecord",
             &rec,
-            json!({"b64": "AAE="}),
-            "data checksum mismatch",
+            Some(json!({"b64": "AAE="})),
+            None,
+            "model failed",
         )
         .unwrap();
         assert_eq!(w.lines(), 2);
         let text = String::from_utf8(w.into_inner()).unwrap();
         assert_eq!(
             text,
-            "{\"source\":\"in.jsonl\",\"line\":3,\"byte\":40,\"instance\":\"{oops\",\"error\":\"invalid JSON: x\"}\n\
-             {\"source\":\"in.tfrecord\",\"record\":7,\"byte\":900,\"instance\":{\"b64\":\"AAE=\"},\"error\":\"data checksum mismatch\"}\n"
+            "{\"source\":\"in.jsonl\",\"line\":3,\"byte\":40,\"instance\":null,\"raw\":\"{oops\",\"error\":\"invalid JSON: x\"}\n\
+             {\"source\":\"in.tfrecord\",\"record\":7,\"byte\":900,\"instance\":{\"b64\":\"AAE=\"},\"error\":\"model failed\"}\n"
         );
     }
 }

@@ -6,7 +6,7 @@
 
 use std::io::{self, BufRead, BufReader, Read};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use flate2::bufread::MultiGzDecoder;
 
@@ -26,17 +26,29 @@ pub fn masked_crc32c(data: &[u8]) -> u32 {
     crc.rotate_right(15).wrapping_add(0xa282_ead8)
 }
 
-/// Counts the bytes read through it, shared with the reader for messages.
+/// Counts the bytes read through it, and notes whether the underlying
+/// reader failed, shared with the reader for messages: a gzip reader must
+/// tell a storage failure from a damaged stream.
 struct Counting<R> {
     inner: R,
     count: Arc<AtomicU64>,
+    failed: Arc<AtomicBool>,
 }
 
 impl<R: Read> Read for Counting<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.count.fetch_add(n as u64, Ordering::Relaxed);
-        Ok(n)
+        match self.inner.read(buf) {
+            Ok(n) => {
+                self.count.fetch_add(n as u64, Ordering::Relaxed);
+                Ok(n)
+            }
+            Err(e) => {
+                if e.kind() != io::ErrorKind::Interrupted {
+                    self.failed.store(true, Ordering::Relaxed);
+                }
+                Err(e)
+            }
+        }
     }
 }
 
@@ -82,8 +94,8 @@ impl<R: BufRead> Read for LazyGzip<R> {
 pub struct TfRecordReader {
     source: Arc<str>,
     inner: Box<dyn BufRead + Send>,
-    /// Compressed bytes consumed, for gzip streams.
-    compressed: Option<Arc<AtomicU64>>,
+    /// Compressed bytes consumed, and whether the storage failed, for gzip streams.
+    compressed: Option<(Arc<AtomicU64>, Arc<AtomicBool>)>,
     limit: usize,
     offset: u64,
 }
@@ -110,6 +122,19 @@ fn read_full(reader: &mut dyn BufRead, buf: &mut [u8]) -> io::Result<usize> {
         }
     }
     Ok(got)
+}
+
+/// Reads to the end, or to the first error, and returns how many bytes there were.
+fn count_rest(reader: &mut dyn BufRead) -> u64 {
+    let mut total = 0u64;
+    loop {
+        let n = match reader.fill_buf() {
+            Ok([]) | Err(_) => return total,
+            Ok(buf) => buf.len(),
+        };
+        reader.consume(n);
+        total += n as u64;
+    }
 }
 
 /// Skips up to `n` bytes; returns how many there were.
@@ -140,15 +165,17 @@ impl TfRecordReader {
         options: ReadOptions,
     ) -> Self {
         let count = Arc::new(AtomicU64::new(0));
+        let failed = Arc::new(AtomicBool::new(false));
         let counting = Counting {
             inner: reader,
             count: Arc::clone(&count),
+            failed: Arc::clone(&failed),
         };
         let decoder = LazyGzip::Start(BufReader::with_capacity(READ_BUFFER, counting));
         TfRecordReader {
             source: source.into(),
             inner: Box::new(BufReader::with_capacity(READ_BUFFER, decoder)),
-            compressed: Some(count),
+            compressed: Some((count, failed)),
             limit: options.max_record_bytes,
             offset: 0,
         }
@@ -174,11 +201,13 @@ impl TfRecordReader {
 
     fn io_error(&self, byte: u64, e: &io::Error) -> RecordError {
         let kind = match &self.compressed {
-            Some(count) => RecordErrorKind::Gzip(format!(
-                "{e} (after {} compressed bytes)",
-                count.load(Ordering::Relaxed)
-            )),
-            None => RecordErrorKind::Io(e.to_string()),
+            Some((count, failed)) if !failed.load(Ordering::Relaxed) => {
+                RecordErrorKind::Gzip(format!(
+                    "{e} (after {} compressed bytes)",
+                    count.load(Ordering::Relaxed)
+                ))
+            }
+            _ => RecordErrorKind::Io(e.to_string()),
         };
         self.error(byte, kind, None)
     }
@@ -214,8 +243,8 @@ impl TfRecordReader {
         let stored = u32::from_le_bytes(header[8..].try_into().expect("4 bytes"));
         let computed = masked_crc32c(&header[..8]);
         if stored != computed {
-            // The framing is lost: count what is left, without keeping it.
-            let rest = skip(&mut *self.inner, u64::MAX).unwrap_or(0);
+            // The framing is lost: count what is left (up to any read error), without keeping it.
+            let rest = count_rest(&mut *self.inner);
             self.offset += 12 + rest;
             let kind = RecordErrorKind::LengthChecksum {
                 stored,

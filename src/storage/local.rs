@@ -29,6 +29,10 @@ const TEMP_MARKER: &str = ".bp-tmp.";
 /// come from untrusted clients (an emulator). Symbolic links inside the root
 /// are followed.
 ///
+/// Objects carry an etag made of the file's device, inode and status-change
+/// time (on Unix), so a rewritten file never passes for the one a job read,
+/// even with its modification time restored.
+///
 /// Writes go to a hidden temporary file in the target directory
 /// (`.NAME.bp-tmp.PID.N`), which is flushed, fsynced and renamed into place on
 /// commit, and the directory fsynced; a dropped writer removes its temporary
@@ -151,9 +155,29 @@ impl LocalStorage {
             location,
             size: metadata.len(),
             last_modified: metadata.modified().ok().map(DateTime::<Utc>::from),
-            etag: None,
+            etag: file_version(metadata),
         }
     }
+}
+
+/// A version tag that changes whenever the file's content can have changed:
+/// device, inode and status-change time, which no user can set back (unlike
+/// the modification time, which `cp -p`, `rsync -t` and `tar` restore).
+#[cfg(unix)]
+fn file_version(metadata: &fs::Metadata) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    Some(format!(
+        "{:x}-{:x}-{}.{:09}",
+        metadata.dev(),
+        metadata.ino(),
+        metadata.ctime(),
+        metadata.ctime_nsec()
+    ))
+}
+
+#[cfg(not(unix))]
+fn file_version(_: &fs::Metadata) -> Option<String> {
+    None
 }
 
 /// Decodes `%XX` escapes; `None` for a malformed escape or non-UTF-8 result.
@@ -333,6 +357,14 @@ impl Storage for LocalStorage {
     fn delete(&self, location: &str) -> Result<(), StorageError> {
         let path = self.resolve(location)?;
         fs::remove_file(&path).map_err(|e| StorageError::io(location, "delete", e))
+    }
+
+    /// The canonical file-system path (links and `.`/`..` resolved).
+    fn object_key(&self, location: &str) -> String {
+        self.resolve(location)
+            .ok()
+            .and_then(|p| fs::canonicalize(p).ok())
+            .map_or_else(|| location.to_owned(), |p| p.display().to_string())
     }
 }
 

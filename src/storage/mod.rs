@@ -150,6 +150,14 @@ pub trait Storage: Send + Sync + fmt::Debug + 'static {
     /// [`StorageErrorKind::NotFound`] for a missing object, or another
     /// [`StorageError`].
     fn delete(&self, location: &str) -> Result<(), StorageError>;
+
+    /// A key that is the same for every location naming the same object
+    /// (`dir/a.json`, `dir/./a.json`, `file:///…/dir/a.json`), so that
+    /// overlapping patterns read each object once. The default is the
+    /// location itself, right for stores with one name per object.
+    fn object_key(&self, location: &str) -> String {
+        location.to_owned()
+    }
 }
 
 /// A storage behind dynamic dispatch.
@@ -173,6 +181,9 @@ macro_rules! forward_storage {
             fn delete(&self, location: &str) -> Result<(), StorageError> {
                 (**self).delete(location)
             }
+            fn object_key(&self, location: &str) -> String {
+                (**self).object_key(location)
+            }
         }
     )*};
 }
@@ -183,7 +194,8 @@ pub trait StorageExt: Storage {
     /// Expands a job's `inputPaths`: each pattern may hold Cloud Storage
     /// wildcards (`*` within a segment, `**` across segments, `?`, `[…]`);
     /// a pattern without any names one object. The matches of all patterns
-    /// come back sorted by location and each once.
+    /// come back sorted by location and each object once, however many
+    /// patterns or names reach it ([`Storage::object_key`]).
     ///
     /// # Errors
     /// [`StorageErrorKind::NoMatch`] naming the first pattern that matches
@@ -208,9 +220,14 @@ pub trait StorageExt: Storage {
     /// ```
     fn expand<P: AsRef<str>>(&self, patterns: &[P]) -> Result<Vec<ObjectMeta>, StorageError> {
         let mut found: BTreeMap<String, ObjectMeta> = BTreeMap::new();
+        let mut keys: std::collections::HashSet<String> = std::collections::HashSet::new();
+        let mut add = |meta: ObjectMeta| {
+            if keys.insert(self.object_key(&meta.location)) {
+                found.insert(meta.location.clone(), meta);
+            }
+        };
         for pattern in patterns {
             let pattern = pattern.as_ref();
-            let before = found.len();
             let mut matched = false;
             if glob::has_wildcard(pattern) {
                 let compiled = glob::Pattern::new(pattern).map_err(|reason| {
@@ -223,21 +240,20 @@ pub trait StorageExt: Storage {
                 for meta in self.list(compiled.literal_prefix(pattern))? {
                     if compiled.matches(&meta.location) {
                         matched = true;
-                        found.entry(meta.location.clone()).or_insert(meta);
+                        add(meta);
                     }
                 }
             } else {
                 match self.head(pattern) {
                     Ok(meta) => {
                         matched = true;
-                        found.entry(meta.location.clone()).or_insert(meta);
+                        add(meta);
                     }
                     Err(e) if e.kind() == StorageErrorKind::NotFound => {}
                     Err(e) => return Err(e),
                 }
             }
             if !matched {
-                debug_assert_eq!(before, found.len());
                 return Err(StorageError::new(
                     StorageErrorKind::NoMatch,
                     pattern,

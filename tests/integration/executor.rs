@@ -126,13 +126,26 @@ fn check_accounting(storage: &InMemoryStorage, job: &Job, summary: &RunSummary) 
             "read = predicted + failed"
         );
     }
-    // No file is half-written: every shard that has results has its summary.
+    // No file is half-written: every shard that has results has its summary,
+    // and every summary has all its files.
     for (name, _) in outputs(storage) {
         if let Some(rest) = name.strip_prefix("prediction.results-") {
             let summary = format!("prediction.summary-{}.json", rest.trim_end_matches(".csv"));
             assert!(
                 storage.get(&format!("gs://b/out/{summary}")).is_some(),
                 "{name} without {summary}"
+            );
+        }
+        if let Some(rest) = name.strip_prefix("prediction.summary-") {
+            let shard = rest.trim_end_matches(".json");
+            for family in ["errors", "errors_stats"] {
+                let file = format!("gs://b/out/prediction.{family}-{shard}");
+                assert!(storage.get(&file).is_some(), "{name} without {file}");
+            }
+            let results = format!("gs://b/out/prediction.results-{shard}");
+            assert!(
+                storage.get(&results).is_some() || storage.get(&format!("{results}.csv")).is_some(),
+                "{name} without its results"
             );
         }
     }
@@ -430,7 +443,9 @@ fn unreadable_and_missing_inputs_fail_the_job_naming_the_file() {
         0
     );
 
-    // A file that cannot be opened, in the second of two shards: the first shard stays committed.
+    // A file that cannot be opened, or whose reading fails midway (a storage
+    // failure, not damage in the file), in the second of two shards: the job
+    // fails naming the file, and the first shard stays committed.
     for fault in [Fault::Open, Fault::ReadAfter(100)] {
         let inner = InMemoryStorage::new();
         inner.put("gs://b/in/1.jsonl", fixture("examples.jsonl"));
@@ -449,14 +464,15 @@ fn unreadable_and_missing_inputs_fail_the_job_naming_the_file() {
                 );
             }
             _ => {
-                // A read error inside a file is damage to that file: located, counted, not fatal.
-                assert_eq!(summary.state, State::Succeeded, "{fault:?}");
-                assert_eq!(summary.error_count, 1);
-                let errors = lines_of(&inner, "prediction.errors-");
-                assert!(
-                    errors[0].contains("read error: injected read failure"),
-                    "{}",
-                    errors[0]
+                assert_eq!(summary.state, State::Failed, "{fault:?}");
+                assert_eq!(
+                    job.error_message.as_deref(),
+                    Some("cannot read \"gs://b/in/2.jsonl\": read error: injected read failure")
+                );
+                assert_eq!(
+                    (summary.prediction_count, summary.error_count),
+                    (100, 0),
+                    "shard 0 only"
                 );
             }
         }
@@ -920,4 +936,270 @@ fn bundled_sample_job_runs() {
     again.apply(Transition::Queue, &clock()).unwrap();
     let summary = executor.run(&mut again, &CancelHandle::new()).unwrap();
     assert_eq!((summary.shards_resumed, summary.prediction_count), (1, 21));
+}
+
+/// A predictor whose error's `Display` panics, a resolver that panics, an
+/// observer that panics: the job ends, never hangs, never unwinds out of `run`.
+#[test]
+fn user_code_that_panics_anywhere_never_hangs_the_job() {
+    #[derive(Debug)]
+    struct Boom;
+    impl std::fmt::Display for Boom {
+        fn fmt(&self, _: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            panic!("display of the cause panicked")
+        }
+    }
+    impl std::error::Error for Boom {}
+    let storage = InMemoryStorage::new();
+    let big: Vec<u8> = (0..20_000)
+        .flat_map(|i| format!("{{\"id\": {i}}}\n").into_bytes())
+        .collect();
+    storage.put("gs://b/in/a.jsonl", big);
+    let predictor = predictor_fn(|batch: Vec<Instance>, _: &_| {
+        if batch.iter().any(|i| i.to_json()["id"] == 5000) {
+            return Err(PredictError::with_source("bad batch", Boom));
+        }
+        Ok(batch.into_iter().map(Instance::into_json).collect())
+    });
+    let mut job = queued_job(DataFormat::Json, &["gs://b/in/*"], 64, 2);
+    let summary = run_with(
+        Arc::new(storage.clone()),
+        Arc::new(predictor),
+        ExecutorConfig::default(),
+        &mut job,
+    );
+    assert_eq!(
+        summary.state,
+        State::Succeeded,
+        "the panic is contained like any predictor panic"
+    );
+    assert_eq!(summary.error_count, 1);
+    let errors = lines_of(&storage, "prediction.errors-");
+    assert!(
+        errors[0].contains("predictor panicked: display of the cause panicked"),
+        "{}",
+        errors[0]
+    );
+
+    let mut job = queued_job(DataFormat::Json, &["gs://b/in/*"], 64, 2);
+    let resolver = Arc::new(
+        |_: &ModelVersion, _: &Job| -> Result<Arc<dyn Predictor>, PredictError> {
+            panic!("no model here")
+        },
+    );
+    let summary = BatchExecutor::new(Arc::new(storage.clone()), resolver)
+        .run(&mut job, &CancelHandle::new())
+        .unwrap();
+    assert_eq!(summary.state, State::Failed);
+    assert_eq!(
+        job.error_message.as_deref(),
+        Some("model \"model\" failed to load: the loader panicked: no model here")
+    );
+
+    let mut job = queued_job(DataFormat::Json, &["gs://b/in/*"], 64, 2);
+    let observer = |_: &batch_prediction::Progress<'_>| panic!("observer bug");
+    let summary = BatchExecutor::new(Arc::new(storage), Arc::new(EchoResolver))
+        .with_config(ExecutorConfig::default().with_resume(ResumeMode::Fresh))
+        .with_observer(Arc::new(observer))
+        .run(&mut job, &CancelHandle::new())
+        .unwrap();
+    assert_eq!(
+        (summary.state, summary.prediction_count),
+        (State::Succeeded, 20_000),
+        "an observer's panic does not stop the job"
+    );
+}
+
+/// Cancel stops at the next batch, not at the end of a chunk.
+#[test]
+fn cancel_stops_within_a_chunk() {
+    let storage = InMemoryStorage::new();
+    let lines: Vec<u8> = (0..2000)
+        .flat_map(|i| format!("{{\"id\": {i}}}\n").into_bytes())
+        .collect();
+    storage.put("gs://b/in/a.jsonl", lines);
+    let cancel = CancelHandle::new();
+    let calls = Arc::new(AtomicU64::new(0));
+    let predictor = {
+        let (cancel, calls) = (cancel.clone(), Arc::clone(&calls));
+        predictor_fn(move |batch: Vec<Instance>, _: &_| {
+            if calls.fetch_add(1, Ordering::SeqCst) == 10 {
+                cancel.cancel();
+            }
+            Ok(batch.into_iter().map(Instance::into_json).collect())
+        })
+    };
+    let mut job = queued_job(DataFormat::Json, &["gs://b/in/*"], 1, 1);
+    let summary = BatchExecutor::new(Arc::new(storage), resolver_for(Arc::new(predictor)))
+        .run(&mut job, &cancel)
+        .unwrap();
+    assert_eq!(summary.state, State::Cancelled);
+    let calls = calls.load(Ordering::SeqCst);
+    assert!(calls <= 12, "{calls} calls after a cancel at call 11");
+}
+
+#[test]
+fn resume_checks_the_shards_files_and_the_inputs_version() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.jsonl");
+    std::fs::write(&input, b"{\"id\": 1}\n").unwrap();
+    let out = dir.path().join("out");
+    let make_job = || {
+        let input = PredictionInput::new(
+            DataFormat::Json,
+            [input.display().to_string()],
+            out.display().to_string(),
+            "local",
+            ModelVersion::uri("m"),
+        );
+        let mut job = Job::new("j", input);
+        job.apply(Transition::Queue, &clock()).unwrap();
+        job
+    };
+    let executor = BatchExecutor::new(
+        Arc::new(batch_prediction::LocalStorage::new()),
+        Arc::new(EchoResolver),
+    );
+    executor.run(&mut make_job(), &CancelHandle::new()).unwrap();
+    let results = out.join("prediction.results-00000-of-00001");
+    assert_eq!(std::fs::read(&results).unwrap(), b"{\"id\":1}\n");
+    let summary = executor.run(&mut make_job(), &CancelHandle::new()).unwrap();
+    assert_eq!(summary.shards_resumed, 1, "unchanged: resumed");
+
+    // A lost results file is not taken for a finished shard.
+    std::fs::remove_file(&results).unwrap();
+    let summary = executor.run(&mut make_job(), &CancelHandle::new()).unwrap();
+    assert_eq!(summary.shards_resumed, 0);
+    assert_eq!(std::fs::read(&results).unwrap(), b"{\"id\":1}\n");
+
+    // Same size, modification time restored (as cp -p or rsync -t do): still a new version.
+    let mtime = std::fs::metadata(&input).unwrap().modified().unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    std::fs::write(&input, b"{\"id\": 2}\n").unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(&input)
+        .unwrap()
+        .set_modified(mtime)
+        .unwrap();
+    let summary = executor.run(&mut make_job(), &CancelHandle::new()).unwrap();
+    assert_eq!(summary.shards_resumed, 0, "a rewritten input is read again");
+    assert_eq!(std::fs::read(&results).unwrap(), b"{\"id\":2}\n");
+}
+
+#[test]
+fn an_object_named_twice_is_read_once_and_outputs_are_never_inputs() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("in")).unwrap();
+    std::fs::write(dir.path().join("in/a.jsonl"), b"{\"id\": 1}\n").unwrap();
+    let base = dir.path().display().to_string();
+    // The output lies inside the input tree.
+    let out = format!("{base}/in/out");
+    let make_job = |patterns: Vec<String>| {
+        let input = PredictionInput::new(
+            DataFormat::Json,
+            patterns,
+            out.clone(),
+            "local",
+            ModelVersion::uri("m"),
+        );
+        let mut job = Job::new("j", input);
+        job.apply(Transition::Queue, &clock()).unwrap();
+        job
+    };
+    let executor = BatchExecutor::new(
+        Arc::new(batch_prediction::LocalStorage::new()),
+        Arc::new(EchoResolver),
+    );
+    let patterns = vec![
+        format!("{base}/in/*.jsonl"),
+        format!("{base}/in/./a.jsonl"),
+        format!("file://{base}/in/a.jsonl"),
+    ];
+    let summary = executor
+        .run(&mut make_job(patterns), &CancelHandle::new())
+        .unwrap();
+    assert_eq!(summary.prediction_count, 1, "one file, however it is named");
+    // A ** pattern covers the output of the first run: it is not read as input.
+    let mut job = make_job(vec![format!("{base}/in/**")]);
+    let summary = executor.run(&mut job, &CancelHandle::new()).unwrap();
+    assert_eq!(
+        (summary.state, summary.prediction_count),
+        (State::Succeeded, 1),
+        "{:?}",
+        job.error_message
+    );
+}
+
+#[test]
+fn errors_stats_group_messages_without_their_details() {
+    let storage = InMemoryStorage::new();
+    storage.put(
+        "gs://b/in/a.jsonl",
+        b"{bad\n  {also\n{\"b64\": \"%%\"}\n{\"b64\": \"!!\"}\n".to_vec(),
+    );
+    let mut job = queued_job(DataFormat::Json, &["gs://b/in/*"], 10, 1);
+    let summary = run_with(
+        Arc::new(storage.clone()),
+        Arc::new(EchoPredictor),
+        ExecutorConfig::default(),
+        &mut job,
+    );
+    assert_eq!(summary.error_count, 4);
+    assert_eq!(
+        String::from_utf8(
+            storage
+                .get("gs://b/out/prediction.errors_stats-00000-of-00001")
+                .unwrap()
+        )
+        .unwrap(),
+        "('invalid JSON: key must be a string', 2)\n('invalid base64 in {\"b64\": …} instance', 2)\n"
+    );
+    // The error file keeps the details, and the raw lines apart from instances.
+    let errors: Vec<Value> = lines_of(&storage, "prediction.errors-")
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(
+        errors[1]["error"],
+        "invalid JSON: key must be a string at line 1 column 4"
+    );
+    assert_eq!(
+        (&errors[0]["instance"], &errors[0]["raw"]),
+        (&Value::Null, &json!("{bad"))
+    );
+}
+
+#[test]
+fn csv_header_comes_from_the_first_object_with_outputs() {
+    let storage = InMemoryStorage::new();
+    storage.put(
+        "gs://b/in/a.jsonl",
+        b"7\n{}\n{\"a\": \"x\\ny\"}\n{\"a\": 2}\n{}\n".to_vec(),
+    );
+    let mut job = queued_job(DataFormat::Json, &["gs://b/in/*"], 10, 1);
+    job.prediction_input.as_mut().unwrap().output_data_format = Some(DataFormat::Csv);
+    let summary = run_with(
+        Arc::new(storage.clone()),
+        Arc::new(EchoPredictor),
+        ExecutorConfig::default(),
+        &mut job,
+    );
+    assert_eq!(
+        storage
+            .get("gs://b/out/prediction.results_header.csv")
+            .unwrap(),
+        b"a\r\n"
+    );
+    assert_eq!(
+        String::from_utf8(
+            storage
+                .get("gs://b/out/prediction.results-00000-of-00001.csv")
+                .unwrap()
+        )
+        .unwrap(),
+        "\"x\ny\"\r\n2\r\n\"\"\r\n", // one empty cell is written "" (as Python's csv does)
+        "a quoted field may span lines: predictionCount counts rows"
+    );
+    assert_eq!((summary.prediction_count, summary.error_count), (3, 2));
 }
