@@ -393,32 +393,38 @@ fn jittery() -> Arc<dyn Predictor> {
 
 #[test]
 fn output_is_byte_identical_whatever_the_threads() {
-    let mut runs = Vec::new();
-    for (threads, workers) in [(1, 1), (2, 2), (4, 4), (8, 3)] {
-        let storage = InMemoryStorage::new();
-        for i in 0..5 {
-            storage.put(
-                &format!("gs://b/in/part-{i}.jsonl"),
-                fixture("examples.jsonl"),
-            );
+    // Damaged lines in the input, and (second pass) chunks cut by a byte limit.
+    let mut damaged = fixture("examples.jsonl");
+    damaged.extend_from_slice(b"{oops\n\xff\n");
+    for max_batch_bytes in [None, Some(300)] {
+        let mut runs = Vec::new();
+        for (threads, workers) in [(1, 1), (2, 2), (4, 4), (8, 3)] {
+            let storage = InMemoryStorage::new();
+            for i in 0..5 {
+                storage.put(&format!("gs://b/in/part-{i}.jsonl"), damaged.clone());
+            }
+            let mut job = queued_job(DataFormat::Json, &["gs://b/in/part-*"], 6, workers);
+            let mut config = ExecutorConfig::default()
+                .with_max_threads(threads)
+                .with_shard_target_bytes(9000);
+            if let Some(bytes) = max_batch_bytes {
+                config = config.with_max_batch_bytes(bytes);
+            }
+            let summary = run_with(Arc::new(storage.clone()), jittery(), config, &mut job);
+            assert_eq!(summary.state, State::Succeeded);
+            assert_eq!(summary.shards, 3, "9000-byte shards over five 4.7 kB files");
+            assert_eq!(summary.records_read, 5 * 102);
+            check_accounting(&storage, &job, &summary);
+            let files: Vec<(String, Vec<u8>)> = outputs(&storage)
+                .into_iter()
+                .filter(|(n, _)| !n.starts_with("prediction.summary"))
+                .collect();
+            runs.push(files);
         }
-        let mut job = queued_job(DataFormat::Json, &["gs://b/in/part-*"], 6, workers);
-        let config = ExecutorConfig::default()
-            .with_max_threads(threads)
-            .with_shard_target_bytes(9000);
-        let summary = run_with(Arc::new(storage.clone()), jittery(), config, &mut job);
-        assert_eq!(summary.state, State::Succeeded);
-        assert_eq!(summary.shards, 3, "9000-byte shards over five 4.7 kB files");
-        check_accounting(&storage, &job, &summary);
-        let files: Vec<(String, Vec<u8>)> = outputs(&storage)
-            .into_iter()
-            .filter(|(n, _)| !n.starts_with("prediction.summary"))
-            .collect();
-        runs.push(files);
-    }
-    assert_eq!(runs[0].len(), 9, "3 shards × results, errors, errors_stats");
-    for run in &runs[1..] {
-        assert_eq!(run, &runs[0]);
+        assert_eq!(runs[0].len(), 9, "3 shards × results, errors, errors_stats");
+        for run in &runs[1..] {
+            assert_eq!(run, &runs[0]);
+        }
     }
 }
 
