@@ -1442,7 +1442,6 @@ struct OpenShard {
     index: usize,
     results: Box<dyn ObjectWriter>,
     errors: Box<dyn ObjectWriter>,
-    csv: Option<CsvResultWriter<Vec<u8>>>,
     stats: ErrorStats,
     predictions: u64,
     errors_count: u64,
@@ -1574,7 +1573,6 @@ impl<'r, 'a> Writer<'r, 'a> {
             index,
             results: create(&shard.results_file)?,
             errors: create(&shard.errors_file)?,
-            csv: None,
             stats: ErrorStats::default(),
             predictions: 0,
             errors_count: 0,
@@ -1602,7 +1600,7 @@ impl<'r, 'a> Writer<'r, 'a> {
             // input order, that is an object with at least one key. Row
             // errors are listed after the chunk's other errors.
             let mut errors = ErrorRecordWriter::new(Vec::new());
-            let mut rows = Vec::new();
+            let mut rows: Option<CsvResultWriter<Vec<u8>>> = None;
             for (prediction, raw, source, position) in batch.csv.drain(..) {
                 if self.csv_header.is_none()
                     && let Value::Object(map) = &prediction
@@ -1624,12 +1622,9 @@ impl<'r, 'a> Writer<'r, 'a> {
                     None => Err(CsvWriteError::Row(CsvRowError::NotAnObject(
                         crate::model::wire::show(&prediction),
                     ))),
-                    Some(header) => {
-                        let csv = open.csv.get_or_insert_with(|| {
-                            CsvResultWriter::new(Vec::new(), header.clone())
-                        });
-                        csv.write(&prediction)
-                    }
+                    Some(header) => rows
+                        .get_or_insert_with(|| CsvResultWriter::new(Vec::new(), header.clone()))
+                        .write(&prediction),
                 };
                 match written {
                     Ok(()) => {}
@@ -1646,14 +1641,8 @@ impl<'r, 'a> Writer<'r, 'a> {
                 }
             }
             batch.error_lines.extend(errors.into_inner());
-            if let Some(csv) = open.csv.take() {
-                rows = csv.into_inner().expect("CSV into memory");
-                open.csv = Some(CsvResultWriter::new(
-                    Vec::new(),
-                    self.csv_header.clone().unwrap_or_default(),
-                ));
-            }
-            batch.results = rows;
+            batch.results =
+                rows.map_or_else(Vec::new, |w| w.into_inner().expect("CSV into memory"));
         }
         open.results
             .write_all(&batch.results)
