@@ -233,9 +233,19 @@ fn main() {
     let echo: Arc<dyn Predictor> = Arc::new(EchoPredictor);
     let cpu = cpu_bound();
 
-    // `--only CASE` runs one case (e.g. "echo json 1w") ten times, for a profiler.
+    // `--only CASE` runs one case ("bare json", "echo json 1w", …) ten times,
+    // for a profiler (`valgrind --tool=callgrind` counts instructions repeatably).
     if let Some(i) = args.iter().position(|a| a == "--only") {
         let case = args.get(i + 1).expect("--only CASE").as_str();
+        if case == "setup" {
+            return; // the data generation alone, to subtract
+        }
+        if case == "bare json" {
+            for _ in 0..10 {
+                bare_json(&lines, false);
+            }
+            return;
+        }
         let (predictor, format, input) = match case {
             "echo json 1w" | "echo json 2w" => {
                 (echo.clone(), DataFormat::Json, "mem://in/data.jsonl")
