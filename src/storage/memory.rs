@@ -11,7 +11,8 @@ use super::{ObjectMeta, ObjectWriter, Storage, StorageError};
 
 #[derive(Debug)]
 struct Object {
-    bytes: Arc<[u8]>,
+    /// Shared with open readers; a `Vec` so that committing a write moves it, not copies it.
+    bytes: Arc<Vec<u8>>,
     meta: ObjectMeta,
 }
 
@@ -83,7 +84,7 @@ impl Inner {
             etag: Some(generation.to_string()),
         };
         let object = Object {
-            bytes: bytes.into(),
+            bytes: Arc::new(bytes),
             meta: meta.clone(),
         };
         self.write().insert(location.to_owned(), object);
@@ -137,7 +138,7 @@ impl Storage for InMemoryStorage {
     }
 }
 
-struct SharedBytes(Arc<[u8]>);
+struct SharedBytes(Arc<Vec<u8>>);
 
 impl AsRef<[u8]> for SharedBytes {
     fn as_ref(&self) -> &[u8] {
