@@ -16,6 +16,15 @@ fn fixture(name: &str) -> Vec<u8> {
     std::fs::read(crate::data_path(&format!("tensorflow/{name}"))).unwrap()
 }
 
+/// A storage holding the JSON-lines fixture under `gs://b/in/NAME` for each name.
+fn fixture_storage(names: &[&str]) -> InMemoryStorage {
+    let storage = InMemoryStorage::new();
+    for name in names {
+        storage.put(&format!("gs://b/in/{name}"), fixture("examples.jsonl"));
+    }
+    storage
+}
+
 fn queued_job(format: DataFormat, patterns: &[&str], batch_size: i64, workers: i64) -> Job {
     let mut job = Job::new(
         "test_job",
@@ -214,8 +223,7 @@ fn echo_over_tensorflow_fixtures_in_every_format() {
 
 #[test]
 fn lifecycle_times_and_node_hours() {
-    let storage = InMemoryStorage::new();
-    storage.put("gs://b/in/a.jsonl", fixture("examples.jsonl"));
+    let storage = fixture_storage(&["a.jsonl"]);
     let mut job = queued_job(DataFormat::Json, &["gs://b/in/a.jsonl"], 10, 1);
     let clock = Arc::new(clock());
     let config = ExecutorConfig::default().with_clock(clock.clone());
@@ -266,8 +274,7 @@ fn failing_instances_are_isolated_and_the_rest_predicted() {
         ),
     ];
     for (predictor, message) in cases {
-        let storage = InMemoryStorage::new();
-        storage.put("gs://b/in/a.jsonl", fixture("examples.jsonl"));
+        let storage = fixture_storage(&["a.jsonl"]);
         let mut job = queued_job(DataFormat::Json, &["gs://b/in/*"], 16, 2);
         let summary = run_with(
             Arc::new(storage.clone()),
@@ -428,6 +435,21 @@ fn output_is_byte_identical_whatever_the_threads() {
     }
 }
 
+/// An echo job over two one-file shards whose storage fails `fault` on
+/// locations containing `pattern`; returns the storage behind the faults.
+fn echo_two_shards_with(fault: Fault, pattern: &str) -> (InMemoryStorage, Job, RunSummary) {
+    let inner = fixture_storage(&["1.jsonl", "2.jsonl"]);
+    let storage = Arc::new(FaultyStorage::new(inner.clone()).fail(fault, pattern));
+    let mut job = queued_job(DataFormat::Json, &["gs://b/in/*"], 10, 2);
+    let config = ExecutorConfig::default().with_shard_target_bytes(1);
+    let summary = run_with(storage.clone(), Arc::new(EchoPredictor), config, &mut job);
+    assert!(
+        storage.faults_hit() >= 1,
+        "{fault:?} on {pattern} was injected"
+    );
+    (inner, job, summary)
+}
+
 #[test]
 fn unreadable_and_missing_inputs_fail_the_job_naming_the_file() {
     // A pattern that matches nothing.
@@ -453,14 +475,7 @@ fn unreadable_and_missing_inputs_fail_the_job_naming_the_file() {
     // failure, not damage in the file), in the second of two shards: the job
     // fails naming the file, and the first shard stays committed.
     for fault in [Fault::Open, Fault::ReadAfter(100)] {
-        let inner = InMemoryStorage::new();
-        inner.put("gs://b/in/1.jsonl", fixture("examples.jsonl"));
-        inner.put("gs://b/in/2.jsonl", fixture("examples.jsonl"));
-        let storage = Arc::new(FaultyStorage::new(inner.clone()).fail(fault, "in/2.jsonl"));
-        let mut job = queued_job(DataFormat::Json, &["gs://b/in/*"], 10, 2);
-        let config = ExecutorConfig::default().with_shard_target_bytes(1);
-        let summary = run_with(storage.clone(), Arc::new(EchoPredictor), config, &mut job);
-        assert!(storage.faults_hit() >= 1);
+        let (inner, job, summary) = echo_two_shards_with(fault, "in/2.jsonl");
         match fault {
             Fault::Open => {
                 assert_eq!(summary.state, State::Failed, "{fault:?}");
@@ -511,13 +526,7 @@ fn unwritable_output_fails_the_job_and_leaves_no_partial_file() {
             "cannot write output: injected commit failure \"gs://b/out/prediction.errors-00001-of-00002\"",
         ),
     ] {
-        let inner = InMemoryStorage::new();
-        inner.put("gs://b/in/1.jsonl", fixture("examples.jsonl"));
-        inner.put("gs://b/in/2.jsonl", fixture("examples.jsonl"));
-        let storage = Arc::new(FaultyStorage::new(inner.clone()).fail(fault, pattern));
-        let mut job = queued_job(DataFormat::Json, &["gs://b/in/*"], 10, 2);
-        let config = ExecutorConfig::default().with_shard_target_bytes(1);
-        let summary = run_with(storage, Arc::new(EchoPredictor), config, &mut job);
+        let (inner, job, summary) = echo_two_shards_with(fault, pattern);
         assert_eq!(summary.state, State::Failed, "{fault:?}");
         assert_eq!(job.error_message.as_deref(), Some(message), "{fault:?}");
         assert_eq!(
@@ -536,8 +545,7 @@ fn unwritable_output_fails_the_job_and_leaves_no_partial_file() {
 
 #[test]
 fn model_load_failure_fails_the_job_with_the_loaders_message() {
-    let storage = InMemoryStorage::new();
-    storage.put("gs://b/in/a.jsonl", fixture("examples.jsonl"));
+    let storage = fixture_storage(&["a.jsonl"]);
     let mut job = queued_job(DataFormat::Json, &["gs://b/in/*"], 10, 1);
     let resolver = Arc::new(
         |_: &ModelVersion, _: &Job| -> Result<Arc<dyn Predictor>, PredictError> {
@@ -589,8 +597,7 @@ fn error_thresholds_fail_the_job_with_the_numbers() {
     );
     check_accounting(&storage, &job, &summary);
 
-    let storage = InMemoryStorage::new();
-    storage.put("gs://b/in/a.jsonl", fixture("examples.jsonl"));
+    let storage = fixture_storage(&["a.jsonl"]);
     let mut job = queued_job(DataFormat::Json, &["gs://b/in/*"], 10, 1);
     let summary = run_with(
         Arc::new(storage.clone()),
@@ -805,9 +812,7 @@ fn csv_output_has_a_header_file_and_rows() {
 
 #[test]
 fn progress_is_reported_and_adds_up() {
-    let storage = InMemoryStorage::new();
-    storage.put("gs://b/in/a.jsonl", fixture("examples.jsonl"));
-    storage.put("gs://b/in/b.jsonl", fixture("examples.jsonl"));
+    let storage = fixture_storage(&["a.jsonl", "b.jsonl"]);
     let seen = Arc::new(Mutex::new(Vec::new()));
     let observer = {
         let seen = Arc::clone(&seen);
