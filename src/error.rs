@@ -395,8 +395,9 @@ impl fmt::Display for Violation {
 /// `google.rpc.BadRequest` detail in [`Error::to_status`], the way Google APIs
 /// report field violations.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid job: {}", join_violations(.violations))]
+#[error("invalid {subject}: {}", join_violations(.violations))]
 pub struct ValidationError {
+    subject: &'static str,
     violations: Vec<Violation>,
 }
 
@@ -408,7 +409,15 @@ fn join_violations(violations: &[Violation]) -> String {
 impl ValidationError {
     /// A validation error from its violations; `None` when there are none.
     pub fn from_violations(violations: Vec<Violation>) -> Option<Self> {
-        (!violations.is_empty()).then_some(ValidationError { violations })
+        Self::of("job", violations)
+    }
+
+    /// A validation error of another message than a job, e.g. `"policy"`.
+    pub(crate) fn of(subject: &'static str, violations: Vec<Violation>) -> Option<Self> {
+        (!violations.is_empty()).then_some(ValidationError {
+            subject,
+            violations,
+        })
     }
 
     /// The violations, in the order of the fields on the wire.
@@ -495,6 +504,22 @@ pub enum ErrorKind {
         /// The resource, e.g. `job "projects/p/jobs/j"`.
         resource: String,
     },
+    /// A request argument other than a job is malformed: a filter, a page
+    /// token, an update mask, a policy version.
+    #[error("{message}")]
+    InvalidArgument {
+        /// The request field, e.g. `filter` or `updateMask`.
+        field: String,
+        /// What is wrong, quoting the input.
+        message: String,
+    },
+    /// A store write lost a race: the record changed since it was read.
+    /// Services retry these; a caller that sees one may retry too.
+    #[error("concurrent update of {resource}; read it again and retry")]
+    Conflict {
+        /// The resource, e.g. `job "projects/p/jobs/j"`.
+        resource: String,
+    },
     /// The etag sent does not match the stored one: the resource changed since it was read.
     #[error(
         "etag mismatch for {resource}: sent {sent:?}, current {current:?}; read it again and retry"
@@ -549,6 +574,8 @@ impl ErrorKind {
             ErrorKind::Json { .. } => Code::InvalidArgument,
             ErrorKind::NotFound { .. } => Code::NotFound,
             ErrorKind::AlreadyExists { .. } => Code::AlreadyExists,
+            ErrorKind::InvalidArgument { .. } => Code::InvalidArgument,
+            ErrorKind::Conflict { .. } => Code::Aborted,
             ErrorKind::EtagMismatch { .. } => Code::Aborted,
             ErrorKind::FailedPrecondition { .. } => Code::FailedPrecondition,
             ErrorKind::PermissionDenied { .. } => Code::PermissionDenied,
@@ -602,6 +629,10 @@ impl Error {
                     "fieldViolations": violations,
                 }))
             }
+            ErrorKind::InvalidArgument { field, message } => status.with_detail(json!({
+                "@type": "type.googleapis.com/google.rpc.BadRequest",
+                "fieldViolations": [{"field": field, "description": message}],
+            })),
             _ => status,
         }
     }
@@ -640,6 +671,15 @@ impl Error {
             code,
             message: message.into(),
             source: source.into(),
+        }
+        .into()
+    }
+
+    /// An [`ErrorKind::InvalidArgument`] error for the request field `field`.
+    pub fn invalid_argument(field: impl Into<String>, message: impl Into<String>) -> Self {
+        ErrorKind::InvalidArgument {
+            field: field.into(),
+            message: message.into(),
         }
         .into()
     }

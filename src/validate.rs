@@ -252,4 +252,14 @@ impl Job {
             Some(e) => Err(e),
         }
     }
+
+    /// The label rules alone, for `jobs.patch`: every violation of `labels`.
+    pub(crate) fn validate_labels(&self) -> Result<(), ValidationError> {
+        let mut v = Violations(Vec::new());
+        check_labels(self, &mut v);
+        match ValidationError::from_violations(v.0) {
+            None => Ok(()),
+            Some(e) => Err(e),
+        }
+    }
 }
