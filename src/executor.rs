@@ -354,6 +354,13 @@ pub struct Progress<'a> {
 pub trait ProgressObserver: Send + Sync {
     /// Called with the current progress.
     fn on_progress(&self, progress: &Progress<'_>);
+
+    /// Called on the calling thread after the job moves to `PREPARING` and
+    /// to `RUNNING`, so a service can record the move; the final state is
+    /// in the job [`BatchExecutor::run`] returns. Does nothing by default.
+    fn on_state(&self, job: &Job) {
+        let _ = job;
+    }
 }
 
 impl<F: Fn(&Progress<'_>) + Send + Sync> ProgressObserver for F {
@@ -389,6 +396,7 @@ impl<F: Fn(&Progress<'_>) + Send + Sync> ProgressObserver for F {
 /// assert_eq!(storage.read_bytes("gs://b/out/prediction.results-00000-of-00001")?, b"{\"x\":1}\n{\"x\":2}\n");
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
+#[derive(Clone)]
 pub struct BatchExecutor {
     storage: Arc<dyn Storage>,
     resolver: Arc<dyn ModelResolver>,
@@ -439,6 +447,11 @@ impl BatchExecutor {
     /// The configuration.
     pub fn config(&self) -> &ExecutorConfig {
         &self.config
+    }
+
+    /// The progress observer, if there is one.
+    pub fn observer(&self) -> Option<&Arc<dyn ProgressObserver>> {
+        self.observer.as_ref()
     }
 
     /// A dry run: validates the job, expands its input patterns, and tells
@@ -528,25 +541,34 @@ impl BatchExecutor {
         })
     }
 
-    /// Runs a `QUEUED` job to its end: `SUCCEEDED`, `FAILED` (with an
+    /// Runs a `QUEUED` job (or one a service already moved to `PREPARING`)
+    /// to its end: `SUCCEEDED`, `FAILED` (with an
     /// `errorMessage` saying which file and why, or which threshold) or
     /// `CANCELLED` (when `cancel` is used). The job is updated in place —
     /// state, times and `predictionOutput` — and a summary returned.
     ///
     /// # Errors
-    /// Only [`InvalidTransition`] when the job is not `QUEUED`; every other
-    /// failure is the job's, recorded in it.
+    /// Only [`InvalidTransition`] when the job is neither `QUEUED` nor
+    /// `PREPARING`; every other failure is the job's, recorded in it.
     pub fn run(&self, job: &mut Job, cancel: &CancelHandle) -> Result<RunSummary, Error> {
         let started = Instant::now();
-        if job.state() != State::Queued {
-            return Err(InvalidTransition {
-                from: job.state(),
-                to: State::Preparing,
-            }
-            .into());
-        }
         let clock = &*self.config.clock;
-        job.apply(Transition::Prepare, clock)?;
+        match job.state() {
+            State::Queued => {
+                job.apply(Transition::Prepare, clock)?;
+                if let Err(stop) = self.notify_state(job) {
+                    return Ok(self.finish(job, None, Some(stop), Totals::default(), started));
+                }
+            }
+            State::Preparing => {}
+            other => {
+                return Err(InvalidTransition {
+                    from: other,
+                    to: State::Preparing,
+                }
+                .into());
+            }
+        }
         let mut totals = Totals::default();
         let plan = match self.plan(job) {
             Ok(plan) => plan,
@@ -585,6 +607,9 @@ impl BatchExecutor {
             return Ok(self.finish(job, Some(&plan), Some(Stop::Cancelled), totals, started));
         }
         job.apply(Transition::Run, clock)?;
+        if let Err(stop) = self.notify_state(job) {
+            return Ok(self.finish(job, Some(&plan), Some(stop), totals, started));
+        }
         let settings = settings(job, &plan, &self.config);
         let resumed = match self.prepare_output(&plan, &settings) {
             Ok(resumed) => resumed,
@@ -613,6 +638,19 @@ impl BatchExecutor {
         };
         let stop = run.execute(resumed, &mut totals);
         Ok(self.finish(job, Some(&plan), stop, totals, started))
+    }
+
+    /// Tells the observer of a state change; a panicking observer fails the job.
+    fn notify_state(&self, job: &Job) -> Result<(), Stop> {
+        let Some(observer) = &self.observer else {
+            return Ok(());
+        };
+        catch_unwind(AssertUnwindSafe(|| observer.on_state(job))).map_err(|payload| {
+            Stop::Failed(format!(
+                "the progress observer panicked: {}",
+                panic_message(&*payload)
+            ))
+        })
     }
 
     /// Sets `predictionOutput` and the final state.

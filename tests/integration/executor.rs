@@ -845,6 +845,80 @@ fn progress_is_reported_and_adds_up() {
     );
 }
 
+/// Records the states `on_state` reports; panics on RUNNING if told to.
+struct StateLog {
+    states: Mutex<Vec<State>>,
+    panic_on_running: bool,
+}
+
+impl batch_prediction::ProgressObserver for StateLog {
+    fn on_progress(&self, _: &batch_prediction::Progress<'_>) {}
+    fn on_state(&self, job: &Job) {
+        self.states.lock().unwrap().push(job.state());
+        assert!(
+            !(self.panic_on_running && job.state() == State::Running),
+            "observer bug"
+        );
+    }
+}
+
+#[test]
+fn state_changes_are_reported_and_a_claimed_job_can_run() {
+    for (start, expected) in [
+        (State::Queued, vec![State::Preparing, State::Running]),
+        (State::Preparing, vec![State::Running]),
+    ] {
+        let log = Arc::new(StateLog {
+            states: Mutex::new(Vec::new()),
+            panic_on_running: false,
+        });
+        let mut job = queued_job(DataFormat::Json, &["gs://b/in/*"], 25, 1);
+        if start == State::Preparing {
+            job.apply(Transition::Prepare, &clock()).unwrap();
+        }
+        let summary = BatchExecutor::new(
+            Arc::new(fixture_storage(&["a.jsonl"])),
+            Arc::new(EchoResolver),
+        )
+        .with_observer(log.clone())
+        .run(&mut job, &CancelHandle::new())
+        .unwrap();
+        assert_eq!(summary.state, State::Succeeded);
+        assert_eq!(*log.states.lock().unwrap(), expected, "from {start}");
+    }
+    // A job that is neither QUEUED nor PREPARING is refused, unchanged.
+    let mut running = queued_job(DataFormat::Json, &["gs://b/in/*"], 25, 1);
+    running.apply(Transition::Prepare, &clock()).unwrap();
+    running.apply(Transition::Run, &clock()).unwrap();
+    let before = running.clone();
+    let err = BatchExecutor::new(Arc::new(InMemoryStorage::new()), Arc::new(EchoResolver))
+        .run(&mut running, &CancelHandle::new())
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "invalid state transition from RUNNING to PREPARING"
+    );
+    assert_eq!(running, before);
+    // An observer that panics on a state change fails the job, saying so.
+    let log = Arc::new(StateLog {
+        states: Mutex::new(Vec::new()),
+        panic_on_running: true,
+    });
+    let mut job = queued_job(DataFormat::Json, &["gs://b/in/*"], 25, 1);
+    let summary = BatchExecutor::new(
+        Arc::new(fixture_storage(&["a.jsonl"])),
+        Arc::new(EchoResolver),
+    )
+    .with_observer(log)
+    .run(&mut job, &CancelHandle::new())
+    .unwrap();
+    assert_eq!(summary.state, State::Failed);
+    assert_eq!(
+        job.error_message.as_deref(),
+        Some("the progress observer panicked: observer bug")
+    );
+}
+
 #[test]
 fn plan_is_a_dry_run() {
     let storage = InMemoryStorage::new();
