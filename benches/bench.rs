@@ -7,12 +7,14 @@ use criterion::{Criterion, criterion_group, criterion_main};
 mod executor;
 mod io;
 mod name;
+mod service;
 mod wire;
 
 fn all(c: &mut Criterion) {
     executor::define(c);
     io::define(c);
     name::define(c);
+    service::define(c);
     wire::define(c);
 }
 

@@ -17,6 +17,11 @@
 //!   its timestamps consistent, from an injectable [`Clock`].
 //! - **Errors**: every [`Error`] maps to a canonical [`Code`] and renders as
 //!   the API's error body through [`Status`].
+//! - **Running jobs**: [`BatchExecutor`] runs a job over its inputs in
+//!   [`Storage`] with a [`Predictor`], streaming, on worker threads.
+//! - **The jobs API**: [`JobService`] has every `projects.jobs` method over
+//!   a [`JobStore`] ([`InMemoryJobStore`], or the durable [`LocalJobStore`]),
+//!   with IAM [`Policy`] checks, and runs queued jobs.
 //!
 //! It does not talk to Google: it is for services and tests that run or
 //! emulate batch prediction themselves.
@@ -80,6 +85,7 @@ mod model;
 mod name;
 mod predict;
 mod record;
+mod service;
 pub mod state;
 mod storage;
 #[cfg(feature = "testing")]
@@ -110,6 +116,12 @@ pub use record::{
     InstanceReader, JsonLinesWriter, LineReader, NotAnInputFormat, Position, RESULTS_FILE_PREFIX,
     RawReader, ReadOptions, Record, RecordError, RecordErrorKind, TfRecordReader, TfRecordWriter,
     bytes_to_json, csv_header_bytes, decode, masked_crc32c, shard_file_name,
+};
+pub use service::{
+    Binding, Caller, CallerView, DEFAULT_PAGE_SIZE, Expr, INTERRUPTED_CANCEL_MESSAGE,
+    INTERRUPTED_MESSAGE, InMemoryJobStore, JOB_PERMISSIONS, JobRecord, JobService,
+    JobServiceBuilder, JobStore, ListJobsRequest, ListJobsResponse, LocalJobStore, MAX_PAGE_SIZE,
+    MAX_POLICY_GROUPS, MAX_POLICY_MEMBERS, Policy, ScanOrder, role_permissions,
 };
 pub use state::Transition;
 pub use storage::{

@@ -1,6 +1,6 @@
-//! Test support for users of the crate (cargo feature `testing`): a
-//! conformance suite that checks a [`Storage`] backend against the trait's
-//! contract, and [`FaultyStorage`], which fails chosen operations so a test
+//! Test support for users of the crate (cargo feature `testing`):
+//! conformance suites that check a [`Storage`] backend and a
+//! [`JobStore`] against their traits' contracts, and [`FaultyStorage`], which fails chosen operations so a test
 //! can prove that nothing is lost when storage breaks.
 //!
 //! ```
@@ -17,6 +17,12 @@ use std::io::{self, Read, Write};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use std::ops::ControlFlow;
+
+use crate::error::{Code, ErrorKind};
+use crate::model::Job;
+use crate::name::{JobName, ProjectName};
+use crate::service::{Binding, JobRecord, JobStore, ScanOrder};
 use crate::storage::{
     ObjectMeta, ObjectWriter, Storage, StorageError, StorageErrorKind, StorageExt, join_location,
 };
@@ -28,6 +34,125 @@ fn locations(storage: &dyn Storage, prefix: &str) -> Vec<String> {
         .into_iter()
         .map(|m| m.location)
         .collect()
+}
+
+/// Checks `store` against the contract of [`JobStore`], using only jobs of
+/// `project` (which should have none). Panics, naming the broken rule, on
+/// the first violation.
+///
+/// ```
+/// # #[cfg(feature = "testing")] {
+/// use batch_prediction::InMemoryJobStore;
+/// use batch_prediction::testing::job_store_conformance;
+///
+/// job_store_conformance(&InMemoryJobStore::new(), &"projects/suite-proj".parse().unwrap());
+/// # }
+/// ```
+///
+/// # Panics
+/// When the store breaks the contract.
+pub fn job_store_conformance(store: &dyn JobStore, project: &ProjectName) {
+    let name = |id: &str| -> JobName { project.job(id).expect("valid job ID") };
+    let scan = |order: ScanOrder, after: Option<u64>| -> Vec<String> {
+        let mut ids = Vec::new();
+        store
+            .scan(Some(project), order, after, &mut |r| {
+                ids.push(r.name.job().to_owned());
+                ControlFlow::Continue(())
+            })
+            .expect("scan");
+        ids
+    };
+    assert!(
+        scan(ScanOrder::OldestFirst, None).is_empty(),
+        "the project must start empty"
+    );
+    assert_eq!(store.get(&name("a")).expect("get"), None, "missing is None");
+
+    // Insert: sequence grows, revision starts at 1, names are unique.
+    let job = |id: &str| Job::default().set_job_id(id);
+    let a = store
+        .insert(JobRecord::new(name("a"), job("a")))
+        .expect("insert a");
+    assert_eq!(a.revision, 1, "insert stores revision 1");
+    let b = store
+        .insert(JobRecord::new(name("b"), job("b")))
+        .expect("insert b");
+    assert!(b.sequence > a.sequence, "sequence grows");
+    let dup = store
+        .insert(JobRecord::new(name("a"), job("again")))
+        .expect_err("a duplicate name is refused");
+    assert_eq!(dup.code(), Code::AlreadyExists, "{dup}");
+    assert_eq!(
+        store.get(&name("a")).expect("get").as_ref(),
+        Some(&a),
+        "get returns what insert stored; a refused insert changed nothing"
+    );
+
+    // Update: compare-and-swap on the revision.
+    let mut changed = a.clone();
+    changed.job.labels.insert("k".into(), "v".into());
+    changed.policy.bindings = vec![Binding::new("roles/ml.viewer", ["user:x@example.com"])];
+    changed.job_revision = 2;
+    changed.policy_revision = 2;
+    let a2 = store.update(changed.clone()).expect("update a");
+    assert_eq!(
+        (a2.revision, a2.sequence),
+        (2, a.sequence),
+        "update bumps revision only"
+    );
+    assert_eq!(store.get(&name("a")).expect("get"), Some(a2.clone()));
+    assert_eq!(a2.job, changed.job);
+    assert_eq!(a2.policy, changed.policy);
+    assert_eq!((a2.job_revision, a2.policy_revision), (2, 2));
+    let stale = store
+        .update(changed)
+        .expect_err("a stale revision is refused");
+    assert!(
+        matches!(stale.kind(), ErrorKind::Conflict { .. }),
+        "a stale update is a Conflict, got {stale}"
+    );
+    assert_eq!(stale.code(), Code::Aborted);
+    assert_eq!(
+        store.get(&name("a")).expect("get"),
+        Some(a2),
+        "nothing changed"
+    );
+    let missing = store
+        .update(JobRecord::new(name("zz"), job("zz")))
+        .expect_err("updating a missing job is refused");
+    assert_eq!(missing.code(), Code::NotFound, "{missing}");
+
+    // Scan: order, start, stop, project scope.
+    let c = store
+        .insert(JobRecord::new(name("c"), job("c")))
+        .expect("insert c");
+    assert_eq!(scan(ScanOrder::OldestFirst, None), ["a", "b", "c"]);
+    assert_eq!(scan(ScanOrder::NewestFirst, None), ["c", "b", "a"]);
+    assert_eq!(scan(ScanOrder::OldestFirst, Some(a.sequence)), ["b", "c"]);
+    assert_eq!(scan(ScanOrder::NewestFirst, Some(c.sequence)), ["b", "a"]);
+    let mut first = Vec::new();
+    store
+        .scan(Some(project), ScanOrder::OldestFirst, None, &mut |r| {
+            first.push(r.name.job().to_owned());
+            ControlFlow::Break(())
+        })
+        .expect("scan");
+    assert_eq!(first, ["a"], "scan stops when the visitor breaks");
+    let mut all = Vec::new();
+    store
+        .scan(None, ScanOrder::OldestFirst, None, &mut |r| {
+            if r.name.parent() == *project {
+                all.push(r.name.job().to_owned());
+            }
+            ControlFlow::Continue(())
+        })
+        .expect("scan all");
+    assert_eq!(
+        all,
+        ["a", "b", "c"],
+        "a scan of every project sees them too"
+    );
 }
 
 /// Checks `storage` against the contract of [`Storage`], using only

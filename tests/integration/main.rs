@@ -2,8 +2,10 @@
 
 mod discovery;
 mod executor;
+mod job_store;
 mod props;
 mod records;
+mod service;
 mod state;
 mod storage;
 mod validation;

@@ -1,0 +1,305 @@
+//! [`LocalJobStore`]: a durable job store in a directory.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::ops::ControlFlow;
+use std::path::{Path, PathBuf};
+use std::sync::RwLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use serde_json::{Value, json};
+
+use crate::error::{Code, Error};
+use crate::model::Job;
+use crate::name::{JobName, ProjectName};
+use crate::service::iam::Policy;
+use crate::service::store::{Index, JobRecord, JobStore, ScanOrder, read};
+
+/// A durable job store: one JSON file per job under a directory, each
+/// write made atomic and durable before it is acknowledged.
+///
+/// Layout: `DIR/LOCK`, and `DIR/jobs/PROJECT/JOB.json` (characters outside
+/// `[a-z0-9_.-]` are written as `^` and their hex bytes, so job IDs that
+/// differ only in case stay apart on case-insensitive file systems).
+///
+/// Every insert and update writes a temporary file in the job's directory,
+/// fsyncs it, renames it over the job's file and fsyncs the directory: a
+/// crash or power loss at any point leaves either the old record or the
+/// new one, never a torn file, and a write that returned `Ok` is on disk.
+/// Opening the store removes temporary files a crash left behind, and
+/// loads every record into memory, so reads and scans never touch the disk.
+///
+/// One process at a time: [`LocalJobStore::open`] takes an exclusive lock
+/// on `DIR/LOCK`, held until the store is dropped.
+///
+/// # Example
+/// ```
+/// use batch_prediction::{Job, JobName, JobRecord, JobStore, LocalJobStore};
+///
+/// let dir = tempfile::tempdir()?;
+/// let name: JobName = "projects/my-proj/jobs/j1".parse()?;
+/// {
+///     let store = LocalJobStore::open(dir.path())?;
+///     store.insert(JobRecord::new(name.clone(), Job::default().set_job_id("j1")))?;
+///     assert!(LocalJobStore::open(dir.path()).is_err(), "locked while open");
+/// }
+/// let reopened = LocalJobStore::open(dir.path())?;
+/// assert_eq!(reopened.get(&name)?.unwrap().job.job_id.as_deref(), Some("j1"));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug)]
+pub struct LocalJobStore {
+    dir: PathBuf,
+    index: RwLock<Index>,
+    temp_counter: AtomicU64,
+    _lock: File,
+}
+
+const FORMAT: u64 = 1;
+const TEMP_MARK: &str = ".bp-tmp.";
+
+impl LocalJobStore {
+    /// Opens (creating if needed) the store in `dir`.
+    ///
+    /// # Errors
+    /// `FAILED_PRECONDITION` when another process holds the store;
+    /// `INTERNAL` for an I/O error or a record file that cannot be read
+    /// (named in the message).
+    pub fn open(dir: impl AsRef<Path>) -> Result<LocalJobStore, Error> {
+        let dir = dir.as_ref().to_path_buf();
+        let jobs = dir.join("jobs");
+        fs::create_dir_all(&jobs).map_err(|e| io_error("creating", &jobs, e))?;
+        let lock_path = dir.join("LOCK");
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| io_error("opening", &lock_path, e))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(fs::TryLockError::WouldBlock) => {
+                return Err(Error::failed_precondition(format!(
+                    "job store {} is in use by another process",
+                    dir.display()
+                )));
+            }
+            Err(fs::TryLockError::Error(e)) => return Err(io_error("locking", &lock_path, e)),
+        }
+        let mut index = Index::default();
+        for project in read_dir(&jobs)? {
+            if !project.is_dir() {
+                continue;
+            }
+            for path in read_dir(&project)? {
+                let file_name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+                if file_name.contains(TEMP_MARK) {
+                    // A write that a crash interrupted before its rename:
+                    // never acknowledged, so never part of the store.
+                    fs::remove_file(&path).map_err(|e| io_error("removing", &path, e))?;
+                    continue;
+                }
+                if !file_name.ends_with(".json") {
+                    continue;
+                }
+                let record = load(&path)?;
+                if path != record_path(&dir, &record.name) {
+                    return Err(corrupt(
+                        &path,
+                        format!("it holds job {:?}", record.name.to_string()),
+                    ));
+                }
+                index.put(record);
+            }
+        }
+        Ok(LocalJobStore {
+            dir,
+            index: RwLock::new(index),
+            temp_counter: AtomicU64::new(0),
+            _lock: lock,
+        })
+    }
+
+    /// The store's directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn persist(&self, record: &JobRecord) -> Result<(), Error> {
+        let path = record_path(&self.dir, &record.name);
+        let parent = path.parent().expect("a record path has a parent");
+        let new_dir = !parent.exists();
+        if new_dir {
+            fs::create_dir_all(parent).map_err(|e| io_error("creating", parent, e))?;
+        }
+        let n = self.temp_counter.fetch_add(1, Ordering::Relaxed);
+        let temp = parent.join(format!(
+            ".{}{TEMP_MARK}{}.{n}",
+            path.file_name().and_then(|n| n.to_str()).unwrap_or("job"),
+            std::process::id()
+        ));
+        let mut bytes = serde_json::to_vec(&to_json(record)).expect("JSON values serialize");
+        bytes.push(b'\n');
+        let written = (|| {
+            let mut file = File::create(&temp)?;
+            file.write_all(&bytes)?;
+            file.sync_all()?;
+            fs::rename(&temp, &path)?;
+            sync_dir(parent)?;
+            if new_dir {
+                sync_dir(parent.parent().expect("DIR/jobs"))?;
+            }
+            Ok::<(), io::Error>(())
+        })();
+        written.map_err(|e| {
+            let _ = fs::remove_file(&temp);
+            io_error("writing", &path, e)
+        })
+    }
+}
+
+impl JobStore for LocalJobStore {
+    fn get(&self, name: &JobName) -> Result<Option<JobRecord>, Error> {
+        Ok(read(&self.index).get(name).cloned())
+    }
+
+    fn insert(&self, record: JobRecord) -> Result<JobRecord, Error> {
+        Index::write(&self.index, record, Index::prepare_insert, |r| {
+            self.persist(r)
+        })
+    }
+
+    fn update(&self, record: JobRecord) -> Result<JobRecord, Error> {
+        Index::write(&self.index, record, Index::prepare_update, |r| {
+            self.persist(r)
+        })
+    }
+
+    fn scan(
+        &self,
+        project: Option<&ProjectName>,
+        order: ScanOrder,
+        after: Option<u64>,
+        visit: &mut dyn FnMut(&JobRecord) -> ControlFlow<()>,
+    ) -> Result<(), Error> {
+        read(&self.index).scan(project, order, after, visit);
+        Ok(())
+    }
+}
+
+fn record_path(dir: &Path, name: &JobName) -> PathBuf {
+    dir.join("jobs")
+        .join(escape(name.project()))
+        .join(format!("{}.json", escape(name.job())))
+}
+
+/// Keeps `[a-z0-9_.-]`; writes every other byte as `^XX`.
+fn escape(segment: &str) -> String {
+    let mut out = String::with_capacity(segment.len());
+    for &b in segment.as_bytes() {
+        match b {
+            b'a'..=b'z' | b'0'..=b'9' | b'_' | b'.' | b'-' => out.push(b as char),
+            _ => out.push_str(&format!("^{b:02x}")),
+        }
+    }
+    out
+}
+
+fn to_json(record: &JobRecord) -> Value {
+    let int = |v: u64| Value::String(v.to_string());
+    json!({
+        "format": FORMAT,
+        "name": record.name.to_string(),
+        "sequence": int(record.sequence),
+        "revision": int(record.revision),
+        "jobRevision": int(record.job_revision),
+        "policyRevision": int(record.policy_revision),
+        "job": record.job.to_json(),
+        "policy": record.policy.to_json(),
+    })
+}
+
+fn load(path: &Path) -> Result<JobRecord, Error> {
+    let bytes = fs::read(path).map_err(|e| io_error("reading", path, e))?;
+    let mut value: Value =
+        serde_json::from_slice(&bytes).map_err(|e| corrupt(path, e.to_string()))?;
+    let bad = |what: &str| corrupt(path, format!("missing or invalid \"{what}\""));
+    if value.get("format").and_then(Value::as_u64) != Some(FORMAT) {
+        return Err(corrupt(
+            path,
+            format!("unknown format {}; expected {FORMAT}", value["format"]),
+        ));
+    }
+    let int = |key: &str| {
+        value
+            .get(key)
+            .and_then(Value::as_str)
+            .and_then(|s| s.parse::<u64>().ok())
+            .ok_or_else(|| bad(key))
+    };
+    let (sequence, revision, job_revision, policy_revision) = (
+        int("sequence")?,
+        int("revision")?,
+        int("jobRevision")?,
+        int("policyRevision")?,
+    );
+    let name: JobName = value
+        .get("name")
+        .and_then(Value::as_str)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| bad("name"))?;
+    let job = Job::from_value(value["job"].take()).map_err(|e| corrupt(path, e.to_string()))?;
+    let policy =
+        Policy::from_value(value["policy"].take()).map_err(|e| corrupt(path, e.to_string()))?;
+    Ok(JobRecord {
+        name,
+        job,
+        policy,
+        sequence,
+        revision,
+        job_revision,
+        policy_revision,
+    })
+}
+
+fn read_dir(dir: &Path) -> Result<Vec<PathBuf>, Error> {
+    let mut paths = Vec::new();
+    for entry in fs::read_dir(dir).map_err(|e| io_error("listing", dir, e))? {
+        paths.push(entry.map_err(|e| io_error("listing", dir, e))?.path());
+    }
+    paths.sort();
+    Ok(paths)
+}
+
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+fn io_error(doing: &str, path: &Path, e: io::Error) -> Error {
+    Error::external(
+        Code::Internal,
+        format!("job store: {doing} {}", path.display()),
+        e,
+    )
+}
+
+fn corrupt(path: &Path, why: String) -> Error {
+    Error::external(
+        Code::Internal,
+        format!("job store: corrupt record {}", path.display()),
+        why,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escaping_keeps_case_apart() {
+        assert_eq!(escape("my_job-1.x"), "my_job-1.x");
+        assert_eq!(escape("Job"), "^4aob");
+        assert_eq!(escape("example.com:p"), "example.com^3ap");
+        assert_ne!(escape("JOB"), escape("job"));
+    }
+}

@@ -1,0 +1,1248 @@
+//! The job service: the `projects.jobs` methods over a [`JobStore`], and a
+//! runner that takes queued jobs through the [`BatchExecutor`].
+
+mod filter;
+pub(crate) mod iam;
+mod local;
+mod store;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::ops::ControlFlow;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use serde::ser::{Serialize, SerializeMap, Serializer};
+use serde_json::Value;
+
+use crate::clock::{Clock, SystemClock};
+use crate::error::{Error, ErrorKind, ValidationError};
+use crate::executor::{BatchExecutor, Progress, ProgressObserver};
+use crate::model::{Etag, Job, PredictionOutput, State};
+use crate::name::{JobName, ProjectName};
+use crate::predict::CancelHandle;
+use crate::state::Transition;
+
+pub use iam::{
+    Binding, Caller, Expr, JOB_PERMISSIONS, MAX_POLICY_GROUPS, MAX_POLICY_MEMBERS, Policy,
+    role_permissions,
+};
+pub use local::LocalJobStore;
+pub use store::{InMemoryJobStore, JobRecord, JobStore, ScanOrder};
+
+use filter::Filter;
+use store::read;
+
+/// `pageSize` when a list request gives none (or 0).
+pub const DEFAULT_PAGE_SIZE: usize = 20;
+/// The largest `pageSize`; larger requests are served 100 jobs a page.
+pub const MAX_PAGE_SIZE: usize = 100;
+
+/// How many times a service retries a write that lost a race with another
+/// writer before giving up with `ABORTED`.
+const MAX_WRITE_ATTEMPTS: usize = 64;
+
+/// The message of a job found `PREPARING` or `RUNNING` when a service opens its store.
+pub const INTERRUPTED_MESSAGE: &str = "the service stopped while the job was running (the process exited or the machine restarted); the output shards it committed are kept, and a new job with the same outputPath and inputs resumes from them";
+
+/// The message of a job found `CANCELLING` when a service opens its store.
+pub const INTERRUPTED_CANCEL_MESSAGE: &str =
+    "Job cancelled by request; the service stopped before the run ended";
+
+/// A `jobs.list` request.
+///
+/// # Example
+/// ```
+/// let request = batch_prediction::ListJobsRequest::new()
+///     .set_filter("state=FAILED AND labels.team=ml")
+///     .set_page_size(50);
+/// assert_eq!(request.page_size, 50);
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct ListJobsRequest {
+    /// The filter; empty lists every job. See [`JobService::list`].
+    pub filter: String,
+    /// Jobs per page: 0 means [`DEFAULT_PAGE_SIZE`]; above [`MAX_PAGE_SIZE`] means the maximum.
+    pub page_size: i32,
+    /// A previous response's `nextPageToken`, or empty for the first page.
+    pub page_token: String,
+}
+
+impl ListJobsRequest {
+    /// A request for the first page of every job.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Sets `filter`.
+    #[must_use]
+    pub fn set_filter(mut self, filter: impl Into<String>) -> Self {
+        self.filter = filter.into();
+        self
+    }
+
+    /// Sets `pageSize`.
+    #[must_use]
+    pub fn set_page_size(mut self, page_size: i32) -> Self {
+        self.page_size = page_size;
+        self
+    }
+
+    /// Sets `pageToken`.
+    #[must_use]
+    pub fn set_page_token(mut self, page_token: impl Into<String>) -> Self {
+        self.page_token = page_token.into();
+        self
+    }
+}
+
+/// A `jobs.list` response. An empty one serializes as `{}`, as the API's does.
+#[derive(Debug, Clone, PartialEq, Default)]
+#[non_exhaustive]
+pub struct ListJobsResponse {
+    /// The page's jobs, newest first.
+    pub jobs: Vec<Job>,
+    /// The token of the next page; `None` on the last page.
+    pub next_page_token: Option<String>,
+}
+
+impl ListJobsResponse {
+    /// The response as the API's JSON.
+    pub fn to_json(&self) -> Value {
+        serde_json::to_value(self).expect("a list response always serializes")
+    }
+}
+
+impl Serialize for ListJobsResponse {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut m = s.serialize_map(None)?;
+        if !self.jobs.is_empty() {
+            m.serialize_entry("jobs", &self.jobs)?;
+        }
+        if let Some(token) = &self.next_page_token {
+            m.serialize_entry("nextPageToken", token)?;
+        }
+        m.end()
+    }
+}
+
+/// Builds a [`JobService`].
+#[must_use]
+pub struct JobServiceBuilder {
+    store: Arc<dyn JobStore>,
+    clock: Arc<dyn Clock>,
+    enforce_iam: bool,
+    progress_interval: Duration,
+}
+
+impl fmt::Debug for JobServiceBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("JobServiceBuilder")
+            .field("store", &self.store)
+            .field("enforce_iam", &self.enforce_iam)
+            .field("progress_interval", &self.progress_interval)
+            .finish_non_exhaustive()
+    }
+}
+
+impl JobServiceBuilder {
+    /// Takes times from `clock` (default: the system clock).
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// Checks every [`CallerView`] call against the project's and the job's
+    /// policies (default: off, for embedded use).
+    pub fn with_iam_enforcement(mut self, on: bool) -> Self {
+        self.enforce_iam = on;
+        self
+    }
+
+    /// How often a running job's counts are written to the store (default: 1 s).
+    pub fn with_progress_interval(mut self, interval: Duration) -> Self {
+        self.progress_interval = interval;
+        self
+    }
+
+    /// Opens the service: every job the store holds as `PREPARING` or
+    /// `RUNNING` (a run that the last process did not finish) becomes
+    /// `FAILED` with [`INTERRUPTED_MESSAGE`], and every `CANCELLING` one
+    /// `CANCELLED` with [`INTERRUPTED_CANCEL_MESSAGE`].
+    ///
+    /// # Errors
+    /// The store's errors.
+    pub fn build(self) -> Result<JobService, Error> {
+        let service = JobService {
+            store: self.store,
+            clock: self.clock,
+            enforce_iam: self.enforce_iam,
+            progress_interval: self.progress_interval,
+            project_policies: RwLock::default(),
+            running: Mutex::default(),
+        };
+        service.recover()?;
+        Ok(service)
+    }
+}
+
+/// The `projects.jobs` API over a [`JobStore`]: create, get, list, patch,
+/// cancel, and IAM, with the API's semantics, errors and JSON, plus a
+/// runner ([`JobService::run_next`]) that executes queued jobs.
+///
+/// The methods on `JobService` itself act for the embedding service and
+/// check no permission. [`JobService::caller`] gives a view whose methods
+/// act for a [`Caller`] and, when the service was built
+/// [with enforcement](JobServiceBuilder::with_iam_enforcement), answer
+/// `PERMISSION_DENIED` unless the project's policy
+/// ([`JobService::set_project_policy`]) or the job's grants the method's
+/// permission:
+///
+/// | method | permission | checked on |
+/// |---|---|---|
+/// | create | `ml.jobs.create` | project |
+/// | get | `ml.jobs.get` | project and job |
+/// | list | `ml.jobs.list` | project |
+/// | patch | `ml.jobs.update` | project and job |
+/// | cancel | `ml.jobs.cancel` | project and job |
+/// | getIamPolicy | `ml.jobs.getIamPolicy` | project and job |
+/// | setIamPolicy | `ml.jobs.setIamPolicy` | project and job |
+/// | testIamPermissions | none | — |
+///
+/// Choices where the API's documentation is silent (jobs-api.md marks them
+/// UNCONFIRMED):
+/// - a duplicate `jobId` is `ALREADY_EXISTS`; an etag mismatch `ABORTED`;
+///   `cancel` of a finished job `FAILED_PRECONDITION`; an update mask with a
+///   path other than `labels` and `etag`, or none, `INVALID_ARGUMENT`;
+/// - labels may be patched on a finished job; a `cancel` of a `CANCELLING` job succeeds;
+/// - `pageSize` above 100 is served 100 a page; jobs are listed newest
+///   first, all of them (the hosted service hides jobs older than 90 days);
+/// - a job's creator is not granted a role on it; `jobPosition` is not set;
+/// - the job's etag and its policy's etag change independently: a patch
+///   does not change the policy's etag, nor `setIamPolicy` the job's.
+///
+/// # Example
+/// ```
+/// use batch_prediction::{InMemoryJobStore, Job, JobService, ListJobsRequest, ProjectName, State};
+///
+/// let service = JobService::new(InMemoryJobStore::new())?;
+/// let parent: ProjectName = "projects/my-proj".parse()?;
+/// let job = Job::from_json(r#"{"jobId": "j1", "labels": {"team": "ml"}, "predictionInput": {
+///     "dataFormat": "JSON", "inputPaths": ["gs://b/in/*"], "outputPath": "gs://b/out",
+///     "region": "us-central1", "uri": "gs://b/model"}}"#)?;
+/// let created = service.create(&parent, job)?;
+/// assert_eq!(created.state(), State::Queued);
+///
+/// let page = service.list(&parent, &ListJobsRequest::new().set_filter("labels.team=ml"))?;
+/// assert_eq!(page.jobs, [created.clone()]);
+/// let name = parent.job("j1")?;
+/// service.cancel(&name)?;
+/// assert_eq!(service.get(&name)?.state(), State::Cancelled);
+/// assert_eq!(service.list(&parent, &ListJobsRequest::new().set_filter("state=QUEUED"))?.to_json(), serde_json::json!({}));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub struct JobService {
+    store: Arc<dyn JobStore>,
+    clock: Arc<dyn Clock>,
+    enforce_iam: bool,
+    progress_interval: Duration,
+    project_policies: RwLock<HashMap<ProjectName, Policy>>,
+    running: Mutex<HashMap<JobName, CancelHandle>>,
+}
+
+impl fmt::Debug for JobService {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("JobService")
+            .field("store", &self.store)
+            .field("enforce_iam", &self.enforce_iam)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A [`JobService`] acting for one [`Caller`]; see [`JobService::caller`].
+#[derive(Debug, Clone, Copy)]
+pub struct CallerView<'a> {
+    service: &'a JobService,
+    caller: &'a Caller,
+}
+
+impl JobService {
+    /// A service over `store` with the defaults; see [`JobServiceBuilder::build`].
+    ///
+    /// # Errors
+    /// The store's errors.
+    pub fn new(store: impl JobStore) -> Result<JobService, Error> {
+        Self::builder(store).build()
+    }
+
+    /// A builder for a service over `store`.
+    pub fn builder(store: impl JobStore) -> JobServiceBuilder {
+        JobServiceBuilder {
+            store: Arc::new(store),
+            clock: Arc::new(SystemClock),
+            enforce_iam: false,
+            progress_interval: Duration::from_secs(1),
+        }
+    }
+
+    /// The store.
+    pub fn store(&self) -> &dyn JobStore {
+        &*self.store
+    }
+
+    /// A view of the service that acts for `caller`, checking permissions
+    /// when the service enforces IAM.
+    pub fn caller<'a>(&'a self, caller: &'a Caller) -> CallerView<'a> {
+        CallerView {
+            service: self,
+            caller,
+        }
+    }
+
+    /// Sets the IAM policy of a project, which applies to every job in it
+    /// (projects are not resources of this API, so their policies are set
+    /// here). Its `version` and `etag` are ignored.
+    ///
+    /// # Errors
+    /// `INVALID_ARGUMENT` for a policy that breaks the rules of `setIamPolicy`.
+    pub fn set_project_policy(&self, project: &ProjectName, policy: Policy) -> Result<(), Error> {
+        check_policy(&policy)?;
+        store::write(&self.project_policies).insert(project.clone(), policy);
+        Ok(())
+    }
+
+    /// `jobs.create`: validates `job` (every violation, `INVALID_ARGUMENT`),
+    /// ignores the output-only fields the client sent, sets `createTime`,
+    /// state `QUEUED` and a fresh etag, and stores it.
+    ///
+    /// # Errors
+    /// `INVALID_ARGUMENT`, `ALREADY_EXISTS` for a `jobId` taken in the project,
+    /// or the store's errors.
+    pub fn create(&self, parent: &ProjectName, job: Job) -> Result<Job, Error> {
+        self.create_as(None, parent, job)
+    }
+
+    /// `jobs.get`.
+    ///
+    /// # Errors
+    /// `NOT_FOUND`, or the store's errors.
+    pub fn get(&self, name: &JobName) -> Result<Job, Error> {
+        self.get_as(None, name)
+    }
+
+    /// `jobs.list`: the project's jobs that pass `request.filter`, newest
+    /// first, a page at a time.
+    ///
+    /// The filter language is a subset of [AIP-160](https://google.aip.dev/160):
+    #[doc = include_str!("filter.md")]
+    ///
+    /// Page tokens are opaque. A token holds the position of the last job
+    /// returned and a fingerprint of the parent and filter: it stays correct
+    /// while jobs are created (they are newer, so they never shift later
+    /// pages), and a token used with another parent or filter is refused.
+    ///
+    /// # Errors
+    /// `INVALID_ARGUMENT` for a malformed filter (with its position), a
+    /// negative `pageSize` or a bad page token; the store's errors.
+    pub fn list(
+        &self,
+        parent: &ProjectName,
+        request: &ListJobsRequest,
+    ) -> Result<ListJobsResponse, Error> {
+        self.list_as(None, parent, request)
+    }
+
+    /// `jobs.patch`: `update_mask` (comma-separated) may name `labels`, which
+    /// replaces the job's labels with `job.labels`, and `etag`, which makes
+    /// the update conditional on `job.etag` being the current etag. Any
+    /// change gives the job a new etag.
+    ///
+    /// # Errors
+    /// `INVALID_ARGUMENT` for a missing or unsupported mask or bad labels;
+    /// `NOT_FOUND`; `ABORTED` for an etag mismatch; the store's errors.
+    pub fn patch(&self, name: &JobName, job: Job, update_mask: &str) -> Result<Job, Error> {
+        self.patch_as(None, name, job, update_mask)
+    }
+
+    /// `jobs.cancel`: a `QUEUED` job becomes `CANCELLED`; a `PREPARING` or
+    /// `RUNNING` one `CANCELLING`, and its run is told to stop (it becomes
+    /// `CANCELLED` when the run ends). Cancelling a `CANCELLING` job does nothing.
+    ///
+    /// # Errors
+    /// `FAILED_PRECONDITION` for a finished job; `NOT_FOUND`; the store's errors.
+    pub fn cancel(&self, name: &JobName) -> Result<(), Error> {
+        self.cancel_as(None, name)
+    }
+
+    /// `jobs.getIamPolicy`: the job's policy, at version 3 if it has
+    /// conditional bindings and 1 otherwise. `requested_version` must be
+    /// 0, 1 or 3 when given.
+    ///
+    /// # Errors
+    /// `INVALID_ARGUMENT` for another version, or a version below 3 for a
+    /// policy with conditions; `NOT_FOUND`; the store's errors.
+    pub fn get_iam_policy(
+        &self,
+        resource: &JobName,
+        requested_version: Option<i32>,
+    ) -> Result<Policy, Error> {
+        self.get_iam_policy_as(None, resource, requested_version)
+    }
+
+    /// `jobs.setIamPolicy`: replaces the fields of the job's policy that
+    /// `update_mask` names (`bindings`, `etag`, `auditConfigs`, `version`;
+    /// default `bindings, etag`). When the mask has `etag` and `policy.etag`
+    /// is set, it must be the current one.
+    ///
+    /// # Errors
+    /// `INVALID_ARGUMENT` for a policy or mask that breaks the rules;
+    /// `NOT_FOUND`; `ABORTED` for an etag mismatch; the store's errors.
+    pub fn set_iam_policy(
+        &self,
+        resource: &JobName,
+        policy: Policy,
+        update_mask: Option<&str>,
+    ) -> Result<Policy, Error> {
+        self.set_iam_policy_as(None, resource, policy, update_mask)
+    }
+
+    /// `jobs.testIamPermissions`: the permissions among `permissions` the
+    /// service grants (for the service itself, or without enforcement:
+    /// every `ml.jobs.*` one asked for), in the order asked. A job that
+    /// does not exist gives an empty list.
+    ///
+    /// # Errors
+    /// `INVALID_ARGUMENT` for a wildcard such as `ml.*`; the store's errors.
+    pub fn test_iam_permissions(
+        &self,
+        resource: &JobName,
+        permissions: &[String],
+    ) -> Result<Vec<String>, Error> {
+        self.test_iam_permissions_as(None, resource, permissions)
+    }
+
+    // ---- implementations, for the service (caller None) or a caller ----
+
+    fn create_as(
+        &self,
+        caller: Option<&Caller>,
+        parent: &ProjectName,
+        mut job: Job,
+    ) -> Result<Job, Error> {
+        self.check(caller, parent, None, iam::CREATE, &project_resource(parent))?;
+        job.validate()?;
+        let name = parent.job(job.job_id.as_deref().expect("validated"))?;
+        job.clear_output_only();
+        job.etag = None;
+        job.apply(Transition::Queue, &*self.clock)?;
+        let record = self.store.insert(JobRecord::new(name, job))?;
+        Ok(present(&record))
+    }
+
+    fn get_as(&self, caller: Option<&Caller>, name: &JobName) -> Result<Job, Error> {
+        let record = self.find(caller, name, iam::GET)?;
+        Ok(present(&record))
+    }
+
+    fn list_as(
+        &self,
+        caller: Option<&Caller>,
+        parent: &ProjectName,
+        request: &ListJobsRequest,
+    ) -> Result<ListJobsResponse, Error> {
+        self.check(caller, parent, None, iam::LIST, &project_resource(parent))?;
+        let filter = Filter::parse(&request.filter).map_err(|e| {
+            Error::invalid_argument(
+                "filter",
+                format!("invalid filter {:?}: {e}", request.filter),
+            )
+        })?;
+        let page_size = match request.page_size {
+            n if n < 0 => {
+                return Err(Error::invalid_argument(
+                    "pageSize",
+                    format!("pageSize must not be negative, got {n}"),
+                ));
+            }
+            0 => DEFAULT_PAGE_SIZE,
+            n => (n as usize).min(MAX_PAGE_SIZE),
+        };
+        let fingerprint = fingerprint(parent, &request.filter);
+        let after = match request.page_token.as_str() {
+            "" => None,
+            token => Some(decode_page_token(token, fingerprint)?),
+        };
+        let mut jobs = Vec::new();
+        let mut last = None;
+        let mut more = false;
+        self.store
+            .scan(Some(parent), ScanOrder::NewestFirst, after, &mut |record| {
+                if !filter.matches(&record.job) {
+                    return ControlFlow::Continue(());
+                }
+                if jobs.len() == page_size {
+                    more = true;
+                    return ControlFlow::Break(());
+                }
+                jobs.push(present(record));
+                last = Some(record.sequence);
+                ControlFlow::Continue(())
+            })?;
+        let next_page_token = match (more, last) {
+            (true, Some(sequence)) => Some(encode_page_token(sequence, fingerprint)),
+            _ => None,
+        };
+        Ok(ListJobsResponse {
+            jobs,
+            next_page_token,
+        })
+    }
+
+    fn patch_as(
+        &self,
+        caller: Option<&Caller>,
+        name: &JobName,
+        job: Job,
+        update_mask: &str,
+    ) -> Result<Job, Error> {
+        let paths = parse_mask(update_mask, &["labels", "etag"], "jobs.patch")?;
+        let Some(paths) = paths else {
+            return Err(Error::invalid_argument(
+                "updateMask",
+                "updateMask is required: name labels, etag or both",
+            ));
+        };
+        let (set_labels, check_etag) = (paths.contains(&"labels"), paths.contains(&"etag"));
+        if set_labels {
+            job.validate_labels()?;
+        }
+        if check_etag && job.etag.is_none() {
+            return Err(Error::invalid_argument(
+                "etag",
+                "updateMask names etag but the job has no etag",
+            ));
+        }
+        self.find(caller, name, iam::UPDATE)?;
+        let record = self.modify(name, |record| {
+            if check_etag {
+                let current = job_etag(record);
+                let sent = job.etag.as_ref().expect("checked above");
+                if *sent != current {
+                    return Err(ErrorKind::EtagMismatch {
+                        resource: job_resource(name),
+                        sent: sent.to_string(),
+                        current: current.to_string(),
+                    }
+                    .into());
+                }
+            }
+            if set_labels {
+                record.job.labels = job.labels.clone();
+            }
+            Ok(())
+        })?;
+        Ok(present(&record))
+    }
+
+    fn cancel_as(&self, caller: Option<&Caller>, name: &JobName) -> Result<(), Error> {
+        self.find(caller, name, iam::CANCEL)?;
+        let clock = &*self.clock;
+        let record = self.modify(name, |record| {
+            let job = &mut record.job;
+            match job.state() {
+                State::Queued => job.apply(Transition::cancel(), clock)?,
+                State::Preparing | State::Running => job.apply(Transition::RequestCancel, clock)?,
+                State::Cancelling => {}
+                state => {
+                    return Err(Error::failed_precondition(format!(
+                        "job {:?} is already {state}; only QUEUED, PREPARING and RUNNING jobs can be cancelled",
+                        name.to_string()
+                    )));
+                }
+            }
+            Ok(())
+        })?;
+        if record.job.state() == State::Cancelling
+            && let Some(handle) = lock(&self.running).get(name)
+        {
+            handle.cancel();
+        }
+        Ok(())
+    }
+
+    fn get_iam_policy_as(
+        &self,
+        caller: Option<&Caller>,
+        resource: &JobName,
+        requested_version: Option<i32>,
+    ) -> Result<Policy, Error> {
+        if let Some(v) = requested_version.filter(|v| ![0, 1, 3].contains(v)) {
+            return Err(Error::invalid_argument(
+                "options.requestedPolicyVersion",
+                format!("requestedPolicyVersion must be 0, 1 or 3, got {v}"),
+            ));
+        }
+        let record = self.find(caller, resource, iam::GET_IAM_POLICY)?;
+        if record.policy.has_conditions() && requested_version.unwrap_or(0) < 3 {
+            return Err(Error::invalid_argument(
+                "options.requestedPolicyVersion",
+                format!(
+                    "the policy of {} has conditional role bindings: request version 3",
+                    job_resource(resource)
+                ),
+            ));
+        }
+        Ok(present_policy(&record))
+    }
+
+    fn set_iam_policy_as(
+        &self,
+        caller: Option<&Caller>,
+        resource: &JobName,
+        policy: Policy,
+        update_mask: Option<&str>,
+    ) -> Result<Policy, Error> {
+        let paths = parse_mask(
+            update_mask.unwrap_or(""),
+            &["bindings", "etag", "auditConfigs", "version"],
+            "setIamPolicy",
+        )?
+        .unwrap_or_else(|| vec!["bindings", "etag"]);
+        check_policy(&policy)?;
+        self.find(caller, resource, iam::SET_IAM_POLICY)?;
+        let record = self.modify(resource, |record| {
+            if paths.contains(&"etag")
+                && let Some(sent) = &policy.etag
+            {
+                let current = policy_etag(record);
+                if *sent != current {
+                    return Err(ErrorKind::EtagMismatch {
+                        resource: format!("the policy of {}", job_resource(resource)),
+                        sent: sent.to_string(),
+                        current: current.to_string(),
+                    }
+                    .into());
+                }
+            }
+            if paths.contains(&"bindings") {
+                record.policy.bindings = policy.bindings.clone();
+            }
+            if paths.contains(&"auditConfigs") {
+                record.policy.audit_configs = policy.audit_configs.clone();
+            }
+            Ok(())
+        })?;
+        Ok(present_policy(&record))
+    }
+
+    fn test_iam_permissions_as(
+        &self,
+        caller: Option<&Caller>,
+        resource: &JobName,
+        permissions: &[String],
+    ) -> Result<Vec<String>, Error> {
+        for (i, p) in permissions.iter().enumerate() {
+            if p.contains('*') {
+                return Err(Error::invalid_argument(
+                    format!("permissions[{i}]"),
+                    format!("permission {p:?} has a wildcard; name each permission"),
+                ));
+            }
+        }
+        let Some(record) = self.store.get(resource)? else {
+            return Ok(Vec::new());
+        };
+        let project = resource.parent();
+        Ok(permissions
+            .iter()
+            .filter(|p| {
+                JOB_PERMISSIONS.contains(&p.as_str())
+                    && self.allowed(caller, &project, Some(&record.policy), p)
+            })
+            .cloned()
+            .collect())
+    }
+
+    // ---- permissions ----
+
+    fn allowed(
+        &self,
+        caller: Option<&Caller>,
+        project: &ProjectName,
+        job_policy: Option<&Policy>,
+        permission: &str,
+    ) -> bool {
+        let Some(caller) = caller.filter(|_| self.enforce_iam) else {
+            return true;
+        };
+        read(&self.project_policies)
+            .get(project)
+            .is_some_and(|p| p.grants(caller, permission))
+            || job_policy.is_some_and(|p| p.grants(caller, permission))
+    }
+
+    fn check(
+        &self,
+        caller: Option<&Caller>,
+        project: &ProjectName,
+        job_policy: Option<&Policy>,
+        permission: &str,
+        resource: &str,
+    ) -> Result<(), Error> {
+        if self.allowed(caller, project, job_policy, permission) {
+            return Ok(());
+        }
+        Err(ErrorKind::PermissionDenied {
+            principal: caller.map(Caller::to_string).unwrap_or_default(),
+            permission: permission.to_owned(),
+            resource: resource.to_owned(),
+        }
+        .into())
+    }
+
+    /// The job's record, if `caller` may use `permission` on it. A caller
+    /// without the permission on the project learns nothing of a job that
+    /// does not exist: `PERMISSION_DENIED`, not `NOT_FOUND`.
+    fn find(
+        &self,
+        caller: Option<&Caller>,
+        name: &JobName,
+        permission: &str,
+    ) -> Result<JobRecord, Error> {
+        let project = name.parent();
+        match self.store.get(name)? {
+            Some(record) => {
+                self.check(
+                    caller,
+                    &project,
+                    Some(&record.policy),
+                    permission,
+                    &job_resource(name),
+                )?;
+                Ok(record)
+            }
+            None => {
+                self.check(caller, &project, None, permission, &job_resource(name))?;
+                Err(Error::not_found(job_resource(name)))
+            }
+        }
+    }
+
+    // ---- writes ----
+
+    fn modify(
+        &self,
+        name: &JobName,
+        change: impl FnMut(&mut JobRecord) -> Result<(), Error>,
+    ) -> Result<JobRecord, Error> {
+        modify(&*self.store, name, change)
+    }
+
+    fn recover(&self) -> Result<(), Error> {
+        let mut interrupted = Vec::new();
+        self.store
+            .scan(None, ScanOrder::OldestFirst, None, &mut |record| {
+                if matches!(
+                    record.job.state(),
+                    State::Preparing | State::Running | State::Cancelling
+                ) {
+                    interrupted.push(record.name.clone());
+                }
+                ControlFlow::Continue(())
+            })?;
+        let clock = &*self.clock;
+        for name in interrupted {
+            self.modify(&name, |record| {
+                let job = &mut record.job;
+                let transition = match job.state() {
+                    State::Preparing | State::Running => Transition::fail(INTERRUPTED_MESSAGE),
+                    State::Cancelling => Transition::Cancel(INTERRUPTED_CANCEL_MESSAGE.into()),
+                    _ => return Ok(()),
+                };
+                job.apply(transition, clock)?;
+                Ok(())
+            })?;
+        }
+        Ok(())
+    }
+
+    // ---- the runner ----
+
+    /// Runs the oldest `QUEUED` job (of any project) to its end with
+    /// `executor`, recording every state change, the counts while it runs
+    /// (every [progress interval](JobServiceBuilder::with_progress_interval)),
+    /// and the final `predictionOutput` in the store. A
+    /// [`cancel`](JobService::cancel) from another thread reaches the run.
+    /// Returns the finished job, or `None` when no job is queued.
+    ///
+    /// Several threads may call this at once: each claims a different job.
+    ///
+    /// # Errors
+    /// The store's errors. The job's own failures are in the job.
+    pub fn run_next(&self, executor: &BatchExecutor) -> Result<Option<Job>, Error> {
+        loop {
+            let Some(name) = self.oldest_queued()? else {
+                return Ok(None);
+            };
+            let handle = CancelHandle::new();
+            lock(&self.running).insert(name.clone(), handle.clone());
+            let _registered = Registered {
+                service: self,
+                name: &name,
+            };
+            let clock = &*self.clock;
+            let mut claimed = false;
+            let record = self.modify(&name, |record| {
+                claimed = record.job.state() == State::Queued;
+                if claimed {
+                    record.job.apply(Transition::Prepare, clock)?;
+                }
+                Ok(())
+            })?;
+            if !claimed {
+                continue; // another runner, or a cancel, was first
+            }
+            let mut job = present(&record);
+            let observer = RunObserver {
+                store: self.store.clone(),
+                clock: self.clock.clone(),
+                interval: self.progress_interval,
+                name: name.clone(),
+                user: executor.observer().cloned(),
+                last_write: Mutex::new(Instant::now()),
+            };
+            executor
+                .clone()
+                .with_observer(Arc::new(observer))
+                .run(&mut job, &handle)?;
+            let record = self.finish_run(&name, &job)?;
+            return Ok(Some(present(&record)));
+        }
+    }
+
+    /// Runs queued jobs until none is left; returns how many ran.
+    ///
+    /// # Errors
+    /// As [`JobService::run_next`].
+    pub fn run_until_idle(&self, executor: &BatchExecutor) -> Result<usize, Error> {
+        let mut ran = 0;
+        while self.run_next(executor)?.is_some() {
+            ran += 1;
+        }
+        Ok(ran)
+    }
+
+    fn oldest_queued(&self) -> Result<Option<JobName>, Error> {
+        let mut found = None;
+        self.store
+            .scan(None, ScanOrder::OldestFirst, None, &mut |record| {
+                if record.job.state() == State::Queued {
+                    found = Some(record.name.clone());
+                    return ControlFlow::Break(());
+                }
+                ControlFlow::Continue(())
+            })?;
+        Ok(found)
+    }
+
+    /// Records the end of a run: the executor's final state, moved through
+    /// the stored job's state machine (a cancel asked for during the run
+    /// wins over success), and its `predictionOutput`.
+    fn finish_run(&self, name: &JobName, done: &Job) -> Result<JobRecord, Error> {
+        let clock = &*self.clock;
+        self.modify(name, |record| {
+            let job = &mut record.job;
+            if job.state().is_terminal() {
+                return Ok(());
+            }
+            if job.state() == State::Preparing && done.state() == State::Succeeded {
+                job.apply(Transition::Run, clock)?;
+            }
+            let message = done.error_message.clone().unwrap_or_default();
+            let transition = match (done.state(), job.state()) {
+                (State::Failed, _) => Transition::Fail(message),
+                (State::Succeeded, State::Cancelling) => Transition::cancel(),
+                (State::Succeeded, _) => Transition::Succeed,
+                (_, State::Cancelling) => Transition::Cancel(message),
+                _ => {
+                    job.apply(Transition::RequestCancel, clock)?;
+                    Transition::Cancel(message)
+                }
+            };
+            job.apply(transition, clock)?;
+            job.prediction_output = done.prediction_output.clone();
+            Ok(())
+        })
+    }
+}
+
+/// Unregisters a run's cancel handle when the run ends, however it ends.
+struct Registered<'a> {
+    service: &'a JobService,
+    name: &'a JobName,
+}
+
+impl Drop for Registered<'_> {
+    fn drop(&mut self) {
+        lock(&self.service.running).remove(self.name);
+    }
+}
+
+/// Records a run's moves and counts in the store, and passes progress on
+/// to the executor's own observer.
+struct RunObserver {
+    store: Arc<dyn JobStore>,
+    clock: Arc<dyn Clock>,
+    interval: Duration,
+    name: JobName,
+    user: Option<Arc<dyn ProgressObserver>>,
+    last_write: Mutex<Instant>,
+}
+
+impl ProgressObserver for RunObserver {
+    fn on_progress(&self, progress: &Progress<'_>) {
+        if let Some(user) = &self.user {
+            user.on_progress(progress);
+        }
+        {
+            let mut last = lock(&self.last_write);
+            if last.elapsed() < self.interval {
+                return;
+            }
+            *last = Instant::now();
+        }
+        let (predictions, errors) = (progress.predictions, progress.errors);
+        // Counts are best effort while running; the final write is exact.
+        let _ = modify(&*self.store, &self.name, |record| {
+            if record.job.state() == State::Running {
+                let output = record
+                    .job
+                    .prediction_output
+                    .get_or_insert_with(PredictionOutput::default);
+                output.prediction_count = Some(predictions as i64);
+                output.error_count = Some(errors as i64);
+            }
+            Ok(())
+        });
+    }
+
+    fn on_state(&self, job: &Job) {
+        if let Some(user) = &self.user {
+            user.on_state(job);
+        }
+        if job.state() == State::Running {
+            let clock = &*self.clock;
+            let _ = modify(&*self.store, &self.name, |record| {
+                if record.job.state() == State::Preparing {
+                    record.job.apply(Transition::Run, clock)?;
+                }
+                Ok(())
+            });
+        }
+    }
+}
+
+// ---- the caller's view ----
+
+impl CallerView<'_> {
+    /// The caller.
+    pub fn caller(&self) -> &Caller {
+        self.caller
+    }
+
+    /// [`JobService::create`] for the caller (`ml.jobs.create` on the project).
+    ///
+    /// # Errors
+    /// `PERMISSION_DENIED`, and those of [`JobService::create`].
+    pub fn create(&self, parent: &ProjectName, job: Job) -> Result<Job, Error> {
+        self.service.create_as(Some(self.caller), parent, job)
+    }
+
+    /// [`JobService::get`] for the caller (`ml.jobs.get`).
+    ///
+    /// # Errors
+    /// `PERMISSION_DENIED`, and those of [`JobService::get`].
+    pub fn get(&self, name: &JobName) -> Result<Job, Error> {
+        self.service.get_as(Some(self.caller), name)
+    }
+
+    /// [`JobService::list`] for the caller (`ml.jobs.list` on the project).
+    ///
+    /// # Errors
+    /// `PERMISSION_DENIED`, and those of [`JobService::list`].
+    pub fn list(
+        &self,
+        parent: &ProjectName,
+        request: &ListJobsRequest,
+    ) -> Result<ListJobsResponse, Error> {
+        self.service.list_as(Some(self.caller), parent, request)
+    }
+
+    /// [`JobService::patch`] for the caller (`ml.jobs.update`).
+    ///
+    /// # Errors
+    /// `PERMISSION_DENIED`, and those of [`JobService::patch`].
+    pub fn patch(&self, name: &JobName, job: Job, update_mask: &str) -> Result<Job, Error> {
+        self.service
+            .patch_as(Some(self.caller), name, job, update_mask)
+    }
+
+    /// [`JobService::cancel`] for the caller (`ml.jobs.cancel`).
+    ///
+    /// # Errors
+    /// `PERMISSION_DENIED`, and those of [`JobService::cancel`].
+    pub fn cancel(&self, name: &JobName) -> Result<(), Error> {
+        self.service.cancel_as(Some(self.caller), name)
+    }
+
+    /// [`JobService::get_iam_policy`] for the caller (`ml.jobs.getIamPolicy`).
+    ///
+    /// # Errors
+    /// `PERMISSION_DENIED`, and those of [`JobService::get_iam_policy`].
+    pub fn get_iam_policy(
+        &self,
+        resource: &JobName,
+        requested_version: Option<i32>,
+    ) -> Result<Policy, Error> {
+        self.service
+            .get_iam_policy_as(Some(self.caller), resource, requested_version)
+    }
+
+    /// [`JobService::set_iam_policy`] for the caller (`ml.jobs.setIamPolicy`).
+    ///
+    /// # Errors
+    /// `PERMISSION_DENIED`, and those of [`JobService::set_iam_policy`].
+    pub fn set_iam_policy(
+        &self,
+        resource: &JobName,
+        policy: Policy,
+        update_mask: Option<&str>,
+    ) -> Result<Policy, Error> {
+        self.service
+            .set_iam_policy_as(Some(self.caller), resource, policy, update_mask)
+    }
+
+    /// [`JobService::test_iam_permissions`] for the caller: the permissions
+    /// asked for that the project's or the job's policy grants it (all
+    /// asked-for `ml.jobs.*` ones when the service does not enforce IAM).
+    ///
+    /// # Errors
+    /// As [`JobService::test_iam_permissions`].
+    pub fn test_iam_permissions(
+        &self,
+        resource: &JobName,
+        permissions: &[String],
+    ) -> Result<Vec<String>, Error> {
+        self.service
+            .test_iam_permissions_as(Some(self.caller), resource, permissions)
+    }
+}
+
+// ---- helpers ----
+
+/// Reads, changes and writes back a record, again if another writer got
+/// there first. Gives the job a new revision if it changed, the policy
+/// one if it changed, and writes nothing if neither did.
+fn modify(
+    store: &dyn JobStore,
+    name: &JobName,
+    mut change: impl FnMut(&mut JobRecord) -> Result<(), Error>,
+) -> Result<JobRecord, Error> {
+    for _ in 0..MAX_WRITE_ATTEMPTS {
+        let current = store
+            .get(name)?
+            .ok_or_else(|| Error::not_found(job_resource(name)))?;
+        let mut next = current.clone();
+        change(&mut next)?;
+        let job_changed = next.job != current.job;
+        let policy_changed = next.policy != current.policy;
+        if !job_changed && !policy_changed {
+            return Ok(current);
+        }
+        if job_changed {
+            next.job_revision = current.revision + 1;
+        }
+        if policy_changed {
+            next.policy_revision = current.revision + 1;
+        }
+        match store.update(next) {
+            Err(e) if matches!(e.kind(), ErrorKind::Conflict { .. }) => continue,
+            other => return other,
+        }
+    }
+    Err(store::conflict(name))
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn job_resource(name: &JobName) -> String {
+    format!("job {:?}", name.to_string())
+}
+
+fn project_resource(project: &ProjectName) -> String {
+    format!("project {:?}", project.to_string())
+}
+
+fn check_policy(policy: &Policy) -> Result<(), Error> {
+    match ValidationError::of("policy", policy.violations("policy")) {
+        None => Ok(()),
+        Some(e) => Err(e.into()),
+    }
+}
+
+/// The paths of a field mask, each one of `allowed`; `None` for an empty mask.
+fn parse_mask<'a>(
+    mask: &str,
+    allowed: &[&'a str],
+    method: &str,
+) -> Result<Option<Vec<&'a str>>, Error> {
+    let mut paths = Vec::new();
+    for path in mask.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        match allowed.iter().find(|a| **a == path) {
+            Some(a) => paths.push(*a),
+            None => {
+                return Err(Error::invalid_argument(
+                    "updateMask",
+                    format!(
+                        "updateMask path {path:?} is not supported by {method}; supported: {}",
+                        allowed.join(", ")
+                    ),
+                ));
+            }
+        }
+    }
+    Ok((!paths.is_empty()).then_some(paths))
+}
+
+/// The job as the API shows it: with its etag.
+fn present(record: &JobRecord) -> Job {
+    let mut job = record.job.clone();
+    job.etag = Some(job_etag(record));
+    job
+}
+
+fn present_policy(record: &JobRecord) -> Policy {
+    let mut policy = record.policy.clone();
+    policy.version = if policy.has_conditions() { 3 } else { 1 };
+    policy.etag = Some(policy_etag(record));
+    policy
+}
+
+fn job_etag(record: &JobRecord) -> Etag {
+    derive_etag(record.sequence, record.job_revision, 0)
+}
+
+fn policy_etag(record: &JobRecord) -> Etag {
+    derive_etag(record.sequence, record.policy_revision, 1)
+}
+
+/// An 8-byte etag, different for every revision of one job (and between a
+/// job's and its policy's): a bijective mix of the revision, so it cannot
+/// repeat, and opaque, so clients do not read meaning into it.
+fn derive_etag(sequence: u64, revision: u64, domain: u64) -> Etag {
+    let mut z = sequence.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+        ^ domain.wrapping_mul(0xD1B5_4A32_D192_ED03)
+        ^ revision;
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^= z >> 31;
+    Etag::from_bytes(z.to_be_bytes().to_vec())
+}
+
+/// FNV-1a over the parent and filter: stable across processes, so a token
+/// outlives a restart of the service.
+fn fingerprint(parent: &ProjectName, filter: &str) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in parent.to_string().bytes().chain([0]).chain(filter.bytes()) {
+        h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+const TOKEN: base64::engine::GeneralPurpose = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+
+fn encode_page_token(sequence: u64, fingerprint: u64) -> String {
+    let mut bytes = [0u8; 16];
+    bytes[..8].copy_from_slice(&sequence.to_be_bytes());
+    bytes[8..].copy_from_slice(&fingerprint.to_be_bytes());
+    TOKEN.encode(bytes)
+}
+
+fn decode_page_token(token: &str, fingerprint: u64) -> Result<u64, Error> {
+    let bytes = TOKEN
+        .decode(token)
+        .ok()
+        .filter(|b| b.len() == 16)
+        .ok_or_else(|| {
+            Error::invalid_argument(
+                "pageToken",
+                format!("invalid page token {token:?}: use a nextPageToken of this method"),
+            )
+        })?;
+    let sequence = u64::from_be_bytes(bytes[..8].try_into().expect("8 bytes"));
+    let issued_for = u64::from_be_bytes(bytes[8..].try_into().expect("8 bytes"));
+    if issued_for != fingerprint {
+        return Err(Error::invalid_argument(
+            "pageToken",
+            format!(
+                "page token {token:?} was issued for another parent or filter; keep both unchanged while paging"
+            ),
+        ));
+    }
+    Ok(sequence)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn etags_differ_by_revision_and_domain() {
+        let mut seen = std::collections::HashSet::new();
+        for sequence in 1..20 {
+            for revision in 0..50 {
+                for domain in 0..2 {
+                    assert!(seen.insert(derive_etag(sequence, revision, domain)));
+                }
+            }
+        }
+        assert_eq!(derive_etag(1, 1, 0).as_bytes().len(), 8);
+    }
+
+    #[test]
+    fn page_tokens_round_trip_and_bind_the_request() {
+        let p: ProjectName = "projects/my-proj".parse().unwrap();
+        let f = fingerprint(&p, "state=QUEUED");
+        let token = encode_page_token(42, f);
+        assert_eq!(decode_page_token(&token, f).unwrap(), 42);
+        assert_ne!(f, fingerprint(&p, "state=FAILED"));
+        let other = decode_page_token(&token, fingerprint(&p, "")).unwrap_err();
+        assert!(
+            other.to_string().contains("another parent or filter"),
+            "{other}"
+        );
+        for bad in ["x", "!!!!", &TOKEN.encode([0u8; 15])] {
+            let e = decode_page_token(bad, f).unwrap_err();
+            assert_eq!(e.code(), crate::Code::InvalidArgument, "{bad}");
+        }
+    }
+
+    #[test]
+    fn masks() {
+        assert_eq!(
+            parse_mask(" labels , etag", &["labels", "etag"], "m").unwrap(),
+            Some(vec!["labels", "etag"])
+        );
+        assert_eq!(parse_mask(" , ", &["labels"], "m").unwrap(), None);
+        assert_eq!(
+            parse_mask("state", &["labels", "etag"], "jobs.patch")
+                .unwrap_err()
+                .to_string(),
+            "updateMask path \"state\" is not supported by jobs.patch; supported: labels, etag"
+        );
+    }
+}
