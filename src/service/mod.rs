@@ -813,10 +813,14 @@ impl JobService {
                 user: executor.observer().cloned(),
                 last_write: Mutex::new(Instant::now()),
             };
-            executor
+            let run = executor
                 .clone()
                 .with_observer(Arc::new(observer))
-                .run(&mut job, &handle)?;
+                .run(&mut job, &handle);
+            if let Err(e) = run {
+                // Only a job the executor cannot start ends here; record why.
+                let _ = job.apply(Transition::fail(e.to_string()), clock);
+            }
             let record = self.finish_run(&name, &job)?;
             return Ok(Some(present(&record)));
         }
@@ -913,8 +917,13 @@ impl ProgressObserver for RunObserver {
             }
             *last = Instant::now();
         }
-        let (predictions, errors) = (progress.predictions, progress.errors);
-        // Counts are best effort while running; the final write is exact.
+        // The counts of committed shards only, so that predictionCount
+        // always equals the lines of the committed result files.
+        let (predictions, errors) = progress
+            .shards
+            .iter()
+            .filter(|s| s.done)
+            .fold((0, 0), |(p, e), s| (p + s.predictions, e + s.errors));
         let _ = modify(&*self.store, &self.name, |record| {
             if record.job.state() == State::Running {
                 let output = record

@@ -685,13 +685,13 @@ fn enforcement_details() {
 #[derive(Debug, Default)]
 struct Recording {
     inner: InMemoryJobStore,
-    states: Mutex<Vec<(String, State)>>,
+    states: Mutex<Vec<(String, State, Option<i64>)>>,
 }
 
 impl Recording {
     fn states_of(&self, id: &str) -> Vec<State> {
         let mut out: Vec<State> = Vec::new();
-        for (job, state) in self.states.lock().unwrap().iter() {
+        for (job, state, _) in self.states.lock().unwrap().iter() {
             if job == id && out.last() != Some(state) {
                 out.push(*state);
             }
@@ -700,24 +700,30 @@ impl Recording {
     }
 }
 
+fn entry(record: &JobRecord) -> (String, State, Option<i64>) {
+    (
+        record.name.job().to_owned(),
+        record.job.state(),
+        record
+            .job
+            .prediction_output
+            .as_ref()
+            .map(|o| o.prediction_count()),
+    )
+}
+
 impl JobStore for Recording {
     fn get(&self, name: &JobName) -> Result<Option<JobRecord>, Error> {
         self.inner.get(name)
     }
     fn insert(&self, record: JobRecord) -> Result<JobRecord, Error> {
         let stored = self.inner.insert(record)?;
-        self.states
-            .lock()
-            .unwrap()
-            .push((stored.name.job().to_owned(), stored.job.state()));
+        self.states.lock().unwrap().push(entry(&stored));
         Ok(stored)
     }
     fn update(&self, record: JobRecord) -> Result<JobRecord, Error> {
         let stored = self.inner.update(record)?;
-        self.states
-            .lock()
-            .unwrap()
-            .push((stored.name.job().to_owned(), stored.job.state()));
+        self.states.lock().unwrap().push(entry(&stored));
         Ok(stored)
     }
     fn scan(
@@ -778,6 +784,44 @@ fn the_runner_records_every_state_and_the_final_counts() {
         b"{\"x\":1}\n{\"x\":2}\n"
     );
     assert_eq!(service.run_next(&executor).unwrap(), None);
+}
+
+#[test]
+fn counts_of_committed_shards_are_recorded_while_running() {
+    let store = Arc::new(Recording::default());
+    let service = JobService::builder(store.clone())
+        .with_progress_interval(Duration::ZERO)
+        .build()
+        .unwrap();
+    let storage = InMemoryStorage::new();
+    for i in 0..3 {
+        storage.put(&format!("gs://b/in/{i}.jsonl"), "{\"x\": 1}\n{\"x\": 2}\n");
+    }
+    let executor = BatchExecutor::new(Arc::new(storage), Arc::new(EchoResolver)).with_config(
+        batch_prediction::ExecutorConfig::default()
+            .with_shard_target_bytes(1)
+            .with_max_threads(1),
+    );
+    service.create(&project(), job("j1")).unwrap();
+    let done = service.run_next(&executor).unwrap().unwrap();
+    assert_eq!(done.prediction_output.unwrap().prediction_count(), 6);
+    let running: Vec<i64> = store
+        .states
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(_, state, _)| *state == State::Running)
+        .filter_map(|(_, _, count)| *count)
+        .collect();
+    assert!(
+        running.windows(2).all(|w| w[0] <= w[1]),
+        "never decreasing: {running:?}"
+    );
+    assert!(
+        running.iter().all(|c| [0, 2, 4, 6].contains(c)),
+        "whole shards only: {running:?}"
+    );
+    assert!(running.iter().any(|&c| c > 0), "{running:?}");
 }
 
 #[test]
@@ -867,6 +911,16 @@ fn runners_on_several_threads_run_each_job_once() {
             .iter()
             .all(|j| j.prediction_output.as_ref().unwrap().prediction_count() == 2)
     );
+}
+
+#[test]
+fn services_and_stores_are_send_and_sync() {
+    fn check<T: Send + Sync + 'static>() {}
+    check::<JobService>();
+    check::<InMemoryJobStore>();
+    check::<batch_prediction::LocalJobStore>();
+    check::<BatchExecutor>();
+    check::<Policy>();
 }
 
 #[test]
