@@ -1,11 +1,12 @@
 //! [`LocalJobStore`]: a durable job store in a directory.
 
+use std::collections::HashSet;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
-use std::sync::RwLock;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Mutex, RwLock};
 
 use serde_json::{Value, json};
 
@@ -13,14 +14,15 @@ use crate::error::{Code, Error};
 use crate::model::Job;
 use crate::name::{JobName, ProjectName};
 use crate::service::iam::Policy;
-use crate::service::store::{Index, JobRecord, JobStore, ScanOrder, read};
+use crate::service::store::{self, Index, JobRecord, JobStore, ScanOrder, read};
 
 /// A durable job store: one JSON file per job under a directory, each
 /// write made atomic and durable before it is acknowledged.
 ///
-/// Layout: `DIR/LOCK`, and `DIR/jobs/PROJECT/JOB.json` (characters outside
-/// `[a-z0-9_.-]` are written as `^` and their hex bytes, so job IDs that
-/// differ only in case stay apart on case-insensitive file systems).
+/// Layout: `DIR/LOCK`, and `DIR/jobs/PROJECT/JOB.json`, where `JOB` is the
+/// job ID in lowercase followed, if it has capitals, by `^` and a hex mask
+/// of where they are (so IDs that differ only in case stay apart on
+/// case-insensitive file systems), and a `:` in `PROJECT` is written `^3a`.
 ///
 /// Every insert and update writes a temporary file in the job's directory,
 /// fsyncs it, renames it over the job's file and fsyncs the directory: a
@@ -28,6 +30,9 @@ use crate::service::store::{Index, JobRecord, JobStore, ScanOrder, read};
 /// new one, never a torn file, and a write that returned `Ok` is on disk.
 /// Opening the store removes temporary files a crash left behind, and
 /// loads every record into memory, so reads and scans never touch the disk.
+/// If a write fails after its rename (the directory sync failed), the
+/// store takes no more writes until it is reopened: the disk may then hold
+/// a record that was not acknowledged.
 ///
 /// One process at a time: [`LocalJobStore::open`] takes an exclusive lock
 /// on `DIR/LOCK`, held until the store is dropped.
@@ -52,6 +57,11 @@ pub struct LocalJobStore {
     dir: PathBuf,
     index: RwLock<Index>,
     temp_counter: AtomicU64,
+    /// Project directories whose entry in `DIR/jobs` is known to be durable.
+    durable_dirs: Mutex<HashSet<PathBuf>>,
+    /// Set when a write failed after its rename: the disk may then differ
+    /// from what was acknowledged, so the store refuses writes until reopened.
+    broken: AtomicBool,
     _lock: File,
 }
 
@@ -69,6 +79,14 @@ impl LocalJobStore {
         let dir = dir.as_ref().to_path_buf();
         let jobs = dir.join("jobs");
         fs::create_dir_all(&jobs).map_err(|e| io_error("creating", &jobs, e))?;
+        // Make the directories themselves durable: DIR/jobs in DIR, DIR in its parent.
+        for d in [Some(jobs.as_path()), Some(dir.as_path()), dir.parent()]
+            .into_iter()
+            .flatten()
+            .filter(|d| !d.as_os_str().is_empty())
+        {
+            sync_dir(d).map_err(|e| io_error("syncing", d, e))?;
+        }
         let lock_path = dir.join("LOCK");
         let lock = OpenOptions::new()
             .create(true)
@@ -87,10 +105,16 @@ impl LocalJobStore {
             Err(fs::TryLockError::Error(e)) => return Err(io_error("locking", &lock_path, e)),
         }
         let mut index = Index::default();
+        let mut durable_dirs = HashSet::new();
+        let mut sequences = HashSet::new();
         for project in read_dir(&jobs)? {
             if !project.is_dir() {
                 continue;
             }
+            // Records a crash left renamed but not yet synced become durable
+            // before anyone reads them.
+            sync_dir(&project).map_err(|e| io_error("syncing", &project, e))?;
+            durable_dirs.insert(project.clone());
             for path in read_dir(&project)? {
                 let file_name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
                 if file_name.contains(TEMP_MARK) {
@@ -109,6 +133,12 @@ impl LocalJobStore {
                         format!("it holds job {:?}", record.name.to_string()),
                     ));
                 }
+                if !sequences.insert(record.sequence) {
+                    return Err(corrupt(
+                        &path,
+                        format!("another record has sequence {}", record.sequence),
+                    ));
+                }
                 index.put(record);
             }
         }
@@ -116,6 +146,8 @@ impl LocalJobStore {
             dir,
             index: RwLock::new(index),
             temp_counter: AtomicU64::new(0),
+            durable_dirs: Mutex::new(durable_dirs),
+            broken: AtomicBool::new(false),
             _lock: lock,
         })
     }
@@ -125,12 +157,21 @@ impl LocalJobStore {
         &self.dir
     }
 
-    fn persist(&self, record: &JobRecord) -> Result<(), Error> {
+    /// Writes `record` durably. On failure, says whether the record's file
+    /// may already hold the new record (the rename happened).
+    fn persist(&self, record: &JobRecord) -> Result<(), (Error, bool)> {
         let path = record_path(&self.dir, &record.name);
         let parent = path.parent().expect("a record path has a parent");
-        let new_dir = !parent.exists();
-        if new_dir {
-            fs::create_dir_all(parent).map_err(|e| io_error("creating", parent, e))?;
+        let jobs = parent.parent().expect("DIR/jobs");
+        {
+            let mut durable = self.durable_dirs.lock().unwrap_or_else(|e| e.into_inner());
+            if !durable.contains(parent) {
+                fs::create_dir_all(parent)
+                    .and_then(|()| sync_dir(parent))
+                    .and_then(|()| sync_dir(jobs))
+                    .map_err(|e| (io_error("creating", parent, e), false))?;
+                durable.insert(parent.to_path_buf());
+            }
         }
         let n = self.temp_counter.fetch_add(1, Ordering::Relaxed);
         let temp = parent.join(format!(
@@ -144,17 +185,44 @@ impl LocalJobStore {
             let mut file = File::create(&temp)?;
             file.write_all(&bytes)?;
             file.sync_all()?;
-            fs::rename(&temp, &path)?;
-            sync_dir(parent)?;
-            if new_dir {
-                sync_dir(parent.parent().expect("DIR/jobs"))?;
-            }
-            Ok::<(), io::Error>(())
+            fs::rename(&temp, &path)
         })();
-        written.map_err(|e| {
+        if let Err(e) = written {
             let _ = fs::remove_file(&temp);
-            io_error("writing", &path, e)
-        })
+            return Err((io_error("writing", &path, e), false));
+        }
+        sync_dir(parent).map_err(|e| (io_error("syncing", parent, e), true))
+    }
+
+    fn write(
+        &self,
+        record: JobRecord,
+        prepare: fn(&Index, JobRecord) -> Result<JobRecord, Error>,
+    ) -> Result<JobRecord, Error> {
+        let mut index = store::write(&self.index);
+        if self.broken.load(Ordering::Relaxed) {
+            return Err(Error::external(
+                Code::Internal,
+                format!("job store {}", self.dir.display()),
+                "an earlier write failed after its file was replaced; reopen the store",
+            ));
+        }
+        let record = prepare(&index, record)?;
+        match self.persist(&record) {
+            Ok(()) => {
+                index.put(record.clone());
+                Ok(record)
+            }
+            Err((e, renamed)) => {
+                if renamed {
+                    // Memory follows the disk, and no more writes are taken:
+                    // the record may or may not survive a power loss.
+                    index.put(record);
+                    self.broken.store(true, Ordering::Relaxed);
+                }
+                Err(e)
+            }
+        }
     }
 }
 
@@ -164,15 +232,11 @@ impl JobStore for LocalJobStore {
     }
 
     fn insert(&self, record: JobRecord) -> Result<JobRecord, Error> {
-        Index::write(&self.index, record, Index::prepare_insert, |r| {
-            self.persist(r)
-        })
+        self.write(record, Index::prepare_insert)
     }
 
     fn update(&self, record: JobRecord) -> Result<JobRecord, Error> {
-        Index::write(&self.index, record, Index::prepare_update, |r| {
-            self.persist(r)
-        })
+        self.write(record, Index::prepare_update)
     }
 
     fn scan(
@@ -190,10 +254,29 @@ impl JobStore for LocalJobStore {
 fn record_path(dir: &Path, name: &JobName) -> PathBuf {
     dir.join("jobs")
         .join(escape(name.project()))
-        .join(format!("{}.json", escape(name.job())))
+        .join(format!("{}.json", job_file_stem(name.job())))
 }
 
-/// Keeps `[a-z0-9_.-]`; writes every other byte as `^XX`.
+/// A job ID (`[A-Za-z][A-Za-z0-9_]{0,127}`) in lowercase, followed, if it
+/// has capitals, by `^` and a hex mask of their positions: one-to-one, and
+/// at most 161 bytes, so every valid ID fits a file name.
+fn job_file_stem(id: &str) -> String {
+    let mut mask = 0u128;
+    for (i, b) in id.bytes().enumerate().take(128) {
+        if b.is_ascii_uppercase() {
+            mask |= 1 << i;
+        }
+    }
+    let lower = id.to_ascii_lowercase();
+    if mask == 0 {
+        lower
+    } else {
+        format!("{lower}^{mask:x}")
+    }
+}
+
+/// Keeps `[a-z0-9_.-]`; writes every other byte as `^XX`. For project
+/// segments, where only the `:` of a domain-scoped ID needs it.
 fn escape(segment: &str) -> String {
     let mut out = String::with_capacity(segment.len());
     for &b in segment.as_bytes() {
@@ -243,6 +326,21 @@ fn load(path: &Path) -> Result<JobRecord, Error> {
         int("jobRevision")?,
         int("policyRevision")?,
     );
+    // Numbers a store can have written: from 1, far from overflowing, and
+    // no part changed after the record's last revision.
+    let limit = u64::MAX / 2;
+    if !(1..limit).contains(&sequence)
+        || !(1..limit).contains(&revision)
+        || job_revision > revision
+        || policy_revision > revision
+    {
+        return Err(corrupt(
+            path,
+            format!(
+                "impossible numbers: sequence {sequence}, revision {revision}, jobRevision {job_revision}, policyRevision {policy_revision}"
+            ),
+        ));
+    }
     let name: JobName = value
         .get("name")
         .and_then(Value::as_str)
@@ -271,8 +369,16 @@ fn read_dir(dir: &Path) -> Result<Vec<PathBuf>, Error> {
     Ok(paths)
 }
 
+/// Makes a directory's entries durable. Only Unix can open a directory to
+/// sync it; elsewhere the renames are as durable as the platform makes them.
+#[cfg(unix)]
 fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
+}
+
+#[cfg(not(unix))]
+fn sync_dir(_: &Path) -> io::Result<()> {
+    Ok(())
 }
 
 fn io_error(doing: &str, path: &Path, e: io::Error) -> Error {
@@ -296,10 +402,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn escaping_keeps_case_apart() {
-        assert_eq!(escape("my_job-1.x"), "my_job-1.x");
-        assert_eq!(escape("Job"), "^4aob");
+    fn file_names_keep_case_apart_and_stay_short() {
+        assert_eq!(escape("my-proj"), "my-proj");
         assert_eq!(escape("example.com:p"), "example.com^3ap");
-        assert_ne!(escape("JOB"), escape("job"));
+        assert_eq!(job_file_stem("my_job_1"), "my_job_1");
+        assert_eq!(job_file_stem("Job"), "job^1");
+        assert_eq!(job_file_stem("jOB"), "job^6");
+        let ids = ["JOB", "job", "Job", "jOb", "joB"];
+        let stems: HashSet<String> = ids.iter().map(|id| job_file_stem(id)).collect();
+        assert_eq!(stems.len(), ids.len());
+        let longest = job_file_stem(&"A".repeat(128));
+        assert_eq!(longest.len(), 128 + 1 + 32);
     }
 }

@@ -9,6 +9,7 @@ mod store;
 use std::collections::HashMap;
 use std::fmt;
 use std::ops::ControlFlow;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -172,6 +173,10 @@ impl JobServiceBuilder {
     /// `FAILED` with [`INTERRUPTED_MESSAGE`], and every `CANCELLING` one
     /// `CANCELLED` with [`INTERRUPTED_CANCEL_MESSAGE`].
     ///
+    /// So a store is served by one service at a time: a second service
+    /// built over a store that another one is running jobs from would fail
+    /// those jobs. ([`LocalJobStore`] keeps other processes out with a lock.)
+    ///
     /// # Errors
     /// The store's errors.
     pub fn build(self) -> Result<JobService, Error> {
@@ -182,6 +187,7 @@ impl JobServiceBuilder {
             progress_interval: self.progress_interval,
             project_policies: RwLock::default(),
             running: Mutex::default(),
+            next_run_id: AtomicU64::new(0),
         };
         service.recover()?;
         Ok(service)
@@ -221,7 +227,14 @@ impl JobServiceBuilder {
 ///   first, all of them (the hosted service hides jobs older than 90 days);
 /// - a job's creator is not granted a role on it; `jobPosition` is not set;
 /// - the job's etag and its policy's etag change independently: a patch
-///   does not change the policy's etag, nor `setIamPolicy` the job's.
+///   does not change the policy's etag, nor `setIamPolicy` the job's;
+/// - while a job runs, its `predictionOutput` shows the counts of the
+///   shards committed so far, written at most every
+///   [progress interval](JobServiceBuilder::with_progress_interval): each
+///   such write gives the job a new etag, so an etag-checked patch of a
+///   running job may need a retry;
+/// - project policies ([`JobService::set_project_policy`]) are held in
+///   memory, not in the store: a service sets them when it starts.
 ///
 /// # Example
 /// ```
@@ -249,7 +262,9 @@ pub struct JobService {
     enforce_iam: bool,
     progress_interval: Duration,
     project_policies: RwLock<HashMap<ProjectName, Policy>>,
-    running: Mutex<HashMap<JobName, CancelHandle>>,
+    /// The runs of this service: the job, a run ID and its cancel handle.
+    running: Mutex<HashMap<JobName, (u64, CancelHandle)>>,
+    next_run_id: AtomicU64,
 }
 
 impl fmt::Debug for JobService {
@@ -549,13 +564,26 @@ impl JobService {
     fn cancel_as(&self, caller: Option<&Caller>, name: &JobName) -> Result<(), Error> {
         self.find(caller, name, iam::CANCEL)?;
         let clock = &*self.clock;
+        // Held across the write, so that a runner registers its run either
+        // before (and is told here) or after (and sees the new state).
+        let running = lock(&self.running);
+        let handle = running.get(name).map(|(_, handle)| handle.clone());
         let record = self.modify(name, |record| {
             let job = &mut record.job;
-            match job.state() {
-                State::Queued => job.apply(Transition::cancel(), clock)?,
-                State::Preparing | State::Running => job.apply(Transition::RequestCancel, clock)?,
-                State::Cancelling => {}
-                state => {
+            match (job.state(), &handle) {
+                (State::Queued, _) => job.apply(Transition::cancel(), clock)?,
+                (State::Preparing | State::Running, Some(_)) => {
+                    job.apply(Transition::RequestCancel, clock)?
+                }
+                // No run of this service holds the job (its run ended
+                // without recording the end): nothing is left to stop.
+                (State::Preparing | State::Running, None) => {
+                    job.apply(Transition::RequestCancel, clock)?;
+                    job.apply(Transition::cancel(), clock)?;
+                }
+                (State::Cancelling, Some(_)) => {}
+                (State::Cancelling, None) => job.apply(Transition::cancel(), clock)?,
+                (state, _) => {
                     return Err(Error::failed_precondition(format!(
                         "job {:?} is already {state}; only QUEUED, PREPARING and RUNNING jobs can be cancelled",
                         name.to_string()
@@ -565,7 +593,7 @@ impl JobService {
             Ok(())
         })?;
         if record.job.state() == State::Cancelling
-            && let Some(handle) = lock(&self.running).get(name)
+            && let Some(handle) = handle
         {
             handle.cancel();
         }
@@ -782,17 +810,11 @@ impl JobService {
     /// # Errors
     /// The store's errors. The job's own failures are in the job.
     pub fn run_next(&self, executor: &BatchExecutor) -> Result<Option<Job>, Error> {
+        let clock = &*self.clock;
         loop {
             let Some(name) = self.oldest_queued()? else {
                 return Ok(None);
             };
-            let handle = CancelHandle::new();
-            lock(&self.running).insert(name.clone(), handle.clone());
-            let _registered = Registered {
-                service: self,
-                name: &name,
-            };
-            let clock = &*self.clock;
             let mut claimed = false;
             let record = self.modify(&name, |record| {
                 claimed = record.job.state() == State::Queued;
@@ -803,6 +825,25 @@ impl JobService {
             })?;
             if !claimed {
                 continue; // another runner, or a cancel, was first
+            }
+            let handle = CancelHandle::new();
+            let run_id = self.next_run_id.fetch_add(1, Ordering::Relaxed);
+            lock(&self.running).insert(name.clone(), (run_id, handle.clone()));
+            let _registered = Registered {
+                service: self,
+                name: &name,
+                run_id,
+            };
+            // A cancel between the claim and the registration wrote its
+            // state without seeing this run: look again.
+            let record = match self.store.get(&name)? {
+                Some(current) => current,
+                None => record,
+            };
+            match record.job.state() {
+                State::Cancelling => handle.cancel(),
+                State::Preparing => {}
+                _ => continue, // cancelled outright before the run began
             }
             let mut job = present(&record);
             let observer = RunObserver {
@@ -821,7 +862,12 @@ impl JobService {
                 // Only a job the executor cannot start ends here; record why.
                 let _ = job.apply(Transition::fail(e.to_string()), clock);
             }
-            let record = self.finish_run(&name, &job)?;
+            // One more try if the store refused the final write; if that
+            // fails too, the job stays RUNNING without a run, which a later
+            // cancel, or the next opening of the store, ends.
+            let record = self
+                .finish_run(&name, &job)
+                .or_else(|_| self.finish_run(&name, &job))?;
             return Ok(Some(present(&record)));
         }
     }
@@ -886,11 +932,18 @@ impl JobService {
 struct Registered<'a> {
     service: &'a JobService,
     name: &'a JobName,
+    run_id: u64,
 }
 
 impl Drop for Registered<'_> {
     fn drop(&mut self) {
-        lock(&self.service.running).remove(self.name);
+        let mut running = lock(&self.service.running);
+        if running
+            .get(self.name)
+            .is_some_and(|(id, _)| *id == self.run_id)
+        {
+            running.remove(self.name);
+        }
     }
 }
 

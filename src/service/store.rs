@@ -111,6 +111,14 @@ pub trait JobStore: Send + Sync + fmt::Debug + 'static {
     ) -> Result<(), Error>;
 }
 
+fn exhausted() -> Error {
+    Error::external(
+        crate::Code::Internal,
+        "job store",
+        "sequence or revision numbers exhausted",
+    )
+}
+
 /// The conflict error of [`JobStore::update`].
 pub(crate) fn conflict(name: &JobName) -> Error {
     ErrorKind::Conflict {
@@ -168,7 +176,7 @@ impl Index {
                 record.name.to_string()
             )));
         }
-        record.sequence = self.last_sequence + 1;
+        record.sequence = self.last_sequence.checked_add(1).ok_or_else(exhausted)?;
         record.revision = 1;
         Ok(record)
     }
@@ -185,7 +193,7 @@ impl Index {
             return Err(conflict(&record.name));
         }
         record.sequence = current.sequence;
-        record.revision += 1;
+        record.revision = record.revision.checked_add(1).ok_or_else(exhausted)?;
         Ok(record)
     }
 

@@ -86,6 +86,66 @@ fn local_store_keeps_everything_across_reopening() {
 }
 
 #[test]
+fn every_valid_job_id_fits_on_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let ids = [
+        "A".repeat(128),
+        format!("a{}", "Z_9".repeat(42)),
+        "a".repeat(128),
+    ];
+    {
+        let service = JobService::new(LocalJobStore::open(dir.path()).unwrap()).unwrap();
+        for id in &ids {
+            service.create(&project(), job(id)).unwrap();
+        }
+    }
+    let service = JobService::new(LocalJobStore::open(dir.path()).unwrap()).unwrap();
+    for id in &ids {
+        assert_eq!(
+            service
+                .get(&project().job(id).unwrap())
+                .unwrap()
+                .job_id
+                .as_deref(),
+            Some(id.as_str())
+        );
+    }
+}
+
+#[test]
+fn impossible_numbers_and_shared_sequences_are_corrupt() {
+    for (replacement, why) in [
+        (r#""sequence":"18446744073709551615""#, "impossible numbers"),
+        (r#""sequence":"2""#, "another record has sequence"),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = LocalJobStore::open(dir.path()).unwrap();
+            for id in ["j1", "j2"] {
+                store
+                    .insert(JobRecord::new(project().job(id).unwrap(), job(id)))
+                    .unwrap();
+            }
+        }
+        let file = dir.path().join("jobs/my-proj/j1.json");
+        let text = std::fs::read_to_string(&file).unwrap();
+        let changed = text.replace(r#""sequence":"1""#, replacement);
+        assert_ne!(text, changed, "the edit applies");
+        std::fs::write(&file, changed).unwrap();
+        let err = LocalJobStore::open(dir.path()).unwrap_err();
+        assert!(err.to_string().contains("corrupt record"), "{err}");
+        assert!(
+            std::error::Error::source(&err)
+                .unwrap()
+                .to_string()
+                .contains(why),
+            "{err}: {:?}",
+            std::error::Error::source(&err).map(|e| e.to_string())
+        );
+    }
+}
+
+#[test]
 fn a_corrupt_record_is_reported_by_name() {
     let dir = tempfile::tempdir().unwrap();
     {
@@ -301,6 +361,10 @@ fn kill_9_loses_no_acknowledged_job() {
         child.kill().unwrap();
         child.wait().unwrap();
         let created = created.expect("the child acknowledged writes");
+        assert!(
+            created >= kill_after,
+            "the child stopped early, at {created}"
+        );
 
         let store = LocalJobStore::open(dir.path()).expect("the store reopens cleanly");
         for i in 0..=created {

@@ -855,11 +855,14 @@ fn cancel_from_another_thread_reaches_the_running_executor() {
     let service = service();
     let storage = input_storage();
     // Blocks until the job is cancelled (or a generous safety limit passes).
-    let predictor = Arc::new(predictor_fn(|batch, ctx| {
+    let saw_cancel = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let seen = saw_cancel.clone();
+    let predictor = Arc::new(predictor_fn(move |batch, ctx| {
         let start = Instant::now();
         while !ctx.is_cancelled() && start.elapsed() < Duration::from_secs(120) {
             std::thread::sleep(Duration::from_millis(2));
         }
+        seen.store(ctx.is_cancelled(), std::sync::atomic::Ordering::SeqCst);
         Ok(batch.into_iter().map(|i| i.into_json()).collect())
     }));
     let executor = executor_with(&storage, predictor);
@@ -877,6 +880,10 @@ fn cancel_from_another_thread_reaches_the_running_executor() {
         runner.join().unwrap()
     });
     let finished = finished.unwrap().unwrap();
+    assert!(
+        saw_cancel.load(std::sync::atomic::Ordering::SeqCst),
+        "the cancel reached the predictor"
+    );
     assert_eq!(finished.state(), State::Cancelled);
     assert_eq!(service.get(&name).unwrap(), finished);
     // The one shard may have been committed before the cancel was seen:
@@ -887,6 +894,89 @@ fn cancel_from_another_thread_reaches_the_running_executor() {
         .map(|b| b.iter().filter(|&&c| c == b'\n').count() as i64)
         .unwrap_or(0);
     assert_eq!(output.prediction_count(), committed);
+}
+
+#[test]
+fn cancels_reach_runs_whichever_runner_took_them() {
+    let service = service();
+    let storage = input_storage();
+    // Counts predictions that waited for a cancel that never came. (A
+    // cancel may also stop a run before its first batch.)
+    let missed = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let blocking: Arc<dyn Predictor> = {
+        let missed = missed.clone();
+        Arc::new(predictor_fn(move |batch, ctx| {
+            let start = Instant::now();
+            while !ctx.is_cancelled() && start.elapsed() < Duration::from_secs(120) {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            if !ctx.is_cancelled() {
+                missed.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+            Ok(batch.into_iter().map(|i| i.into_json()).collect())
+        }))
+    };
+    // Jobs named cancel_* block until cancelled; the others echo.
+    let executor = BatchExecutor::new(
+        Arc::new(storage),
+        Arc::new(
+            move |_: &ModelVersion, job: &Job| -> Result<Arc<dyn Predictor>, PredictError> {
+                if job.job_id.as_deref().unwrap_or("").starts_with("cancel_") {
+                    Ok(blocking.clone())
+                } else {
+                    Ok(Arc::new(batch_prediction::EchoPredictor))
+                }
+            },
+        ),
+    );
+    let cancelled: Vec<String> = (0..4).map(|i| format!("cancel_{i}")).collect();
+    for (i, id) in cancelled.iter().enumerate() {
+        service
+            .create(&project(), job(&format!("echo_{i}")))
+            .unwrap();
+        service.create(&project(), job(id)).unwrap();
+    }
+    std::thread::scope(|s| {
+        let runners: Vec<_> = (0..3)
+            .map(|_| s.spawn(|| service.run_until_idle(&executor).unwrap()))
+            .collect();
+        for id in &cancelled {
+            let name = project().job(id).unwrap();
+            let start = Instant::now();
+            while service.get(&name).unwrap().state() == State::Queued {
+                assert!(
+                    start.elapsed() < Duration::from_secs(120),
+                    "{id} never started"
+                );
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            service.cancel(&name).unwrap();
+        }
+        let ran: usize = runners.into_iter().map(|r| r.join().unwrap()).sum();
+        assert_eq!(ran, 8);
+    });
+    for id in &cancelled {
+        let job = service.get(&project().job(id).unwrap()).unwrap();
+        assert_eq!(job.state(), State::Cancelled, "{id}");
+    }
+    assert_eq!(
+        missed.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "every cancel reached its run"
+    );
+}
+
+#[test]
+fn a_run_that_no_runner_holds_is_cancelled_outright() {
+    let store = Arc::new(InMemoryJobStore::new());
+    let service = JobService::new(store.clone()).unwrap();
+    // A job left RUNNING (as when a run's last write failed).
+    let mut left = job("orphan");
+    left.state = Some(State::Running);
+    let name = project().job("orphan").unwrap();
+    store.insert(JobRecord::new(name.clone(), left)).unwrap();
+    service.cancel(&name).unwrap();
+    assert_eq!(service.get(&name).unwrap().state(), State::Cancelled);
 }
 
 #[test]
