@@ -21,7 +21,8 @@
 //!   [`Storage`] with a [`Predictor`], streaming, on worker threads.
 //! - **The jobs API**: [`JobService`] has every `projects.jobs` method over
 //!   a [`JobStore`] ([`InMemoryJobStore`], or the durable [`LocalJobStore`]),
-//!   with IAM [`Policy`] checks, and runs queued jobs.
+//!   with IAM [`Policy`] checks, and runs queued jobs. With the `rest`
+//!   feature, `RestApi` serves it as the REST API Google's clients speak.
 //!
 //! It does not talk to Google: it is for services and tests that run or
 //! emulate batch prediction themselves.
@@ -85,6 +86,8 @@ mod model;
 mod name;
 mod predict;
 mod record;
+#[cfg(feature = "rest")]
+mod rest;
 mod service;
 pub mod state;
 mod storage;
@@ -117,6 +120,8 @@ pub use record::{
     RawReader, ReadOptions, Record, RecordError, RecordErrorKind, TfRecordReader, TfRecordWriter,
     bytes_to_json, csv_header_bytes, decode, masked_crc32c, shard_file_name,
 };
+#[cfg(feature = "rest")]
+pub use rest::{DEFAULT_MAX_BODY_BYTES, RestApi, RestRequest, RestResponse};
 pub use service::{
     Binding, Caller, CallerView, DEFAULT_PAGE_SIZE, Expr, INTERRUPTED_CANCEL_MESSAGE,
     INTERRUPTED_MESSAGE, InMemoryJobStore, JOB_PERMISSIONS, JobRecord, JobService,

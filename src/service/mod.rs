@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::ops::ControlFlow;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
@@ -188,6 +188,7 @@ impl JobServiceBuilder {
             project_policies: RwLock::default(),
             running: Mutex::default(),
             next_run_id: AtomicU64::new(0),
+            created: (Mutex::new(0), Condvar::new()),
         };
         service.recover()?;
         Ok(service)
@@ -265,6 +266,8 @@ pub struct JobService {
     /// The runs of this service: the job, a run ID and its cancel handle.
     running: Mutex<HashMap<JobName, (u64, CancelHandle)>>,
     next_run_id: AtomicU64,
+    /// Counts creates, so a runner can sleep until there is work.
+    created: (Mutex<u64>, Condvar),
 }
 
 impl fmt::Debug for JobService {
@@ -305,6 +308,11 @@ impl JobService {
     /// The store.
     pub fn store(&self) -> &dyn JobStore {
         &*self.store
+    }
+
+    /// Whether calls through [`JobService::caller`] are checked against IAM policies.
+    pub fn enforces_iam(&self) -> bool {
+        self.enforce_iam
     }
 
     /// A view of the service that acts for `caller`, checking permissions
@@ -453,6 +461,8 @@ impl JobService {
         job.etag = None;
         job.apply(Transition::Queue, &*self.clock)?;
         let record = self.store.insert(JobRecord::new(name, job))?;
+        *lock(&self.created.0) += 1;
+        self.created.1.notify_all();
         Ok(present(&record))
     }
 
@@ -870,6 +880,37 @@ impl JobService {
                 .or_else(|_| self.finish_run(&name, &job))?;
             return Ok(Some(present(&record)));
         }
+    }
+
+    /// As [`JobService::run_next`], but when no job is queued, waits up to
+    /// `timeout` for one to be created and returns `None`: the body of a
+    /// runner thread's loop.
+    ///
+    /// # Errors
+    /// As [`JobService::run_next`].
+    pub fn run_next_or_wait(
+        &self,
+        executor: &BatchExecutor,
+        timeout: Duration,
+    ) -> Result<Option<Job>, Error> {
+        let seen = *lock(&self.created.0);
+        if let Some(job) = self.run_next(executor)? {
+            return Ok(Some(job));
+        }
+        let guard = lock(&self.created.0);
+        let _ = self
+            .created
+            .1
+            .wait_timeout_while(guard, timeout, |created| *created == seen)
+            .unwrap_or_else(|e| e.into_inner());
+        Ok(None)
+    }
+
+    /// The jobs this service is running now.
+    pub fn running_jobs(&self) -> Vec<JobName> {
+        let mut names: Vec<JobName> = lock(&self.running).keys().cloned().collect();
+        names.sort();
+        names
     }
 
     /// Runs queued jobs until none is left; returns how many ran.

@@ -74,7 +74,9 @@ impl LocalStorage {
 
     /// Only what lies inside `root`: `gs://BUCKET/PATH` maps to
     /// `root/BUCKET/PATH`, relative paths resolve under `root`, and anything
-    /// else outside it is refused.
+    /// else outside it is refused. So are names starting with `.` right
+    /// under `root` (no bucket name starts with one): they stay private to
+    /// whoever owns the root, such as the emulator's job store in `root/.jobs`.
     pub fn confined(root: impl Into<PathBuf>) -> Self {
         LocalStorage {
             root: Some(root.into()),
@@ -114,6 +116,9 @@ impl LocalStorage {
                     s if s.contains('\\') || (cfg!(windows) && s.contains(':')) => {
                         return Err(invalid("'\\' is not allowed in a path segment"));
                     }
+                    s if i == 0 && self.confined && s.starts_with('.') => {
+                        return Err(invalid(PRIVATE));
+                    }
                     s => path.push(s),
                 }
             }
@@ -139,15 +144,22 @@ impl LocalStorage {
         if plain.components().any(|c| c == Component::ParentDir) {
             return Err(invalid("'..' would escape the root"));
         }
-        if plain.is_absolute() {
-            if plain.starts_with(root) {
-                Ok(plain)
-            } else {
-                Err(invalid("outside the storage root"))
+        let path = if plain.is_absolute() {
+            if !plain.starts_with(root) {
+                return Err(invalid("outside the storage root"));
             }
+            plain
         } else {
-            Ok(root.join(plain))
+            root.join(plain)
+        };
+        let top = path
+            .strip_prefix(root)
+            .ok()
+            .and_then(|p| p.components().next());
+        if top.is_some_and(|c| c.as_os_str().to_string_lossy().starts_with('.')) {
+            return Err(invalid(PRIVATE));
         }
+        Ok(path)
     }
 
     fn meta(location: String, metadata: &fs::Metadata) -> ObjectMeta {
@@ -159,6 +171,9 @@ impl LocalStorage {
         }
     }
 }
+
+/// Why a confined storage refuses a dot-name at the top of its root.
+const PRIVATE: &str = "names starting with '.' at the top of the storage root are private";
 
 /// A version tag that changes whenever the file's content can have changed:
 /// device, inode and status-change time, which no user can set back (unlike

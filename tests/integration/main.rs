@@ -5,6 +5,8 @@ mod executor;
 mod job_store;
 mod props;
 mod records;
+#[cfg(feature = "rest")]
+mod rest;
 mod service;
 mod state;
 mod storage;

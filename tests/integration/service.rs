@@ -980,6 +980,32 @@ fn a_run_that_no_runner_holds_is_cancelled_outright() {
 }
 
 #[test]
+fn a_waiting_runner_wakes_for_a_new_job() {
+    let service = service();
+    let storage = input_storage();
+    let executor = BatchExecutor::new(Arc::new(storage), Arc::new(EchoResolver));
+    let ran = std::thread::scope(|s| {
+        let runner = s.spawn(|| {
+            // Each wait is long; a create must end it, not the timeout.
+            for _ in 0..3 {
+                if let Some(job) = service
+                    .run_next_or_wait(&executor, Duration::from_secs(30))
+                    .unwrap()
+                {
+                    return Some(job);
+                }
+            }
+            None
+        });
+        std::thread::sleep(Duration::from_millis(20));
+        service.create(&project(), job("j1")).unwrap();
+        runner.join().unwrap()
+    });
+    assert_eq!(ran.unwrap().state(), State::Succeeded);
+    assert!(service.running_jobs().is_empty());
+}
+
+#[test]
 fn runners_on_several_threads_run_each_job_once() {
     let service = service();
     let storage = input_storage();

@@ -106,11 +106,17 @@ fn confined_storage_refuses_everything_outside_its_root() {
             .unwrap(),
         b"1\n"
     );
+    let private = dir.path().join(".jobs/x");
+    let private = private.to_str().unwrap();
     for bad in [
         "/etc/passwd",
         "file:///etc/passwd",
         "../outside",
         "in/../../outside",
+        "gs://.jobs/x",
+        ".jobs/x",
+        "./.jobs/x",
+        private,
     ] {
         let err = storage.open(bad).err().unwrap();
         assert_eq!(

@@ -1,0 +1,788 @@
+//! The REST layer (cargo feature `rest`): the `projects.jobs` API as HTTP
+//! requests and responses, over a [`JobService`], without an HTTP server.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
+
+use serde_json::{Map, Value, json};
+
+use crate::error::{Code, Error, Status};
+use crate::model::Job;
+use crate::name::{JobName, ProjectName};
+use crate::service::{Caller, JobService, ListJobsRequest, Policy};
+
+/// The default limit on request bodies: 1 MiB (a job, or a policy of
+/// "a few 10s of KB", is far smaller).
+pub const DEFAULT_MAX_BODY_BYTES: usize = 1 << 20;
+
+/// An HTTP request, as a server received it.
+///
+/// # Example
+/// ```
+/// use batch_prediction::RestRequest;
+///
+/// let request = RestRequest::new("GET", "/v1/projects/my-proj/jobs?pageSize=5")
+///     .with_header("Authorization", "Bearer user:alice@example.com");
+/// assert_eq!((request.path.as_str(), request.query.as_str()), ("/v1/projects/my-proj/jobs", "pageSize=5"));
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RestRequest {
+    /// The HTTP method, e.g. `GET`.
+    pub method: String,
+    /// The path, still percent-encoded, e.g. `/v1/projects/p/jobs/j:cancel`.
+    pub path: String,
+    /// The query string without its `?`, still encoded.
+    pub query: String,
+    /// The headers, in order; names compare without regard to case.
+    pub headers: Vec<(String, String)>,
+    /// The body.
+    pub body: Vec<u8>,
+}
+
+impl RestRequest {
+    /// A request for `method` and `target` (a path with an optional query).
+    pub fn new(method: impl Into<String>, target: &str) -> Self {
+        let (path, query) = target.split_once('?').unwrap_or((target, ""));
+        RestRequest {
+            method: method.into(),
+            path: path.to_owned(),
+            query: query.to_owned(),
+            headers: Vec::new(),
+            body: Vec::new(),
+        }
+    }
+
+    /// Adds a header.
+    #[must_use]
+    pub fn with_header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.headers.push((name.into(), value.into()));
+        self
+    }
+
+    /// Sets the body.
+    #[must_use]
+    pub fn with_body(mut self, body: impl Into<Vec<u8>>) -> Self {
+        self.body = body.into();
+        self
+    }
+
+    /// The first header named `name` (any case).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// An HTTP response to send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RestResponse {
+    /// The HTTP status, e.g. 200.
+    pub status: u16,
+    /// The headers: always `Content-Type`, and `Allow` on a 405.
+    pub headers: Vec<(String, String)>,
+    /// The JSON body.
+    pub body: Vec<u8>,
+}
+
+impl RestResponse {
+    /// The body as JSON.
+    ///
+    /// # Errors
+    /// The parser's error; a response of [`RestApi`] always parses.
+    pub fn json(&self) -> Result<Value, serde_json::Error> {
+        serde_json::from_slice(&self.body)
+    }
+
+    fn new(status: u16, body: &Value, pretty: bool) -> Self {
+        let body = if pretty {
+            serde_json::to_vec_pretty(body)
+        } else {
+            serde_json::to_vec(body)
+        }
+        .expect("JSON values serialize");
+        RestResponse {
+            status,
+            headers: vec![(
+                "Content-Type".to_owned(),
+                "application/json; charset=UTF-8".to_owned(),
+            )],
+            body,
+        }
+    }
+
+    fn error(status: &Status, pretty: bool) -> Self {
+        Self::new(status.http_status(), &status.to_json(), pretty)
+    }
+}
+
+/// Finds the caller of a request: `Ok(None)` means the embedding service
+/// itself (no permission is checked).
+type Authenticator = dyn Fn(&RestRequest) -> Result<Option<Caller>, Error> + Send + Sync;
+
+/// The `projects.jobs` REST API over a [`JobService`], without an HTTP
+/// server: a server of any kind hands each request to [`RestApi::handle`]
+/// as a [`RestRequest`] and sends back the [`RestResponse`]. Routes follow the
+/// API's discovery document:
+///
+/// | method | HTTP | path |
+/// |---|---|---|
+/// | create | `POST` | `/v1/{parent}/jobs` |
+/// | list | `GET` | `/v1/{parent}/jobs?filter=…&pageSize=…&pageToken=…` |
+/// | get | `GET` | `/v1/{name}` |
+/// | patch | `PATCH` | `/v1/{name}?updateMask=…` |
+/// | cancel | `POST` | `/v1/{name}:cancel` |
+/// | getIamPolicy | `GET` | `/v1/{resource}:getIamPolicy?options.requestedPolicyVersion=…` |
+/// | setIamPolicy | `POST` | `/v1/{resource}:setIamPolicy` |
+/// | testIamPermissions | `POST` | `/v1/{resource}:testIamPermissions` |
+///
+/// Path segments are percent-decoded. The standard query parameters are
+/// accepted: `alt` (`json` only), `prettyPrint` (default `true`, as
+/// Google's servers do), `fields` (a partial response: `jobs(jobId,state),nextPageToken`),
+/// and `$.xgafv`, `access_token`, `callback`, `key`, `oauth_token`,
+/// `quotaUser`, `uploadType`, `upload_protocol`, which change nothing
+/// here. Any other parameter is refused, as Google refuses it.
+///
+/// Errors are the API's body `{"error": {"code", "message", "status"}}`
+/// with the HTTP status of the canonical code. Beyond the service's own
+/// errors: an unknown route is 404 `NOT_FOUND`; a known route with another
+/// HTTP method 405 (`Allow` lists the right one) with status
+/// `UNIMPLEMENTED`; a body over the limit 413 with status
+/// `INVALID_ARGUMENT`; malformed JSON 400 `INVALID_ARGUMENT`; and a panic
+/// anywhere below 500 `INTERNAL`.
+///
+/// The caller comes from the `Authorization` header by default: `Bearer
+/// user:alice@example.com` (or `serviceAccount:…`, `principal://…`) is
+/// that principal, and no header is the anonymous caller, so a service
+/// built with IAM enforcement can be tried locally. A bearer token of
+/// another form (a real OAuth token) is `UNAUTHENTICATED` (401) when the
+/// service enforces IAM, and ignored otherwise. A server with real
+/// authentication sets its own [`RestApi::with_authenticator`].
+///
+/// # Example
+/// ```
+/// use std::sync::Arc;
+/// use batch_prediction::{InMemoryJobStore, JobService, RestApi, RestRequest};
+///
+/// let api = RestApi::new(Arc::new(JobService::new(InMemoryJobStore::new())?));
+/// let body = r#"{"jobId": "j1", "predictionInput": {"dataFormat": "JSON", "inputPaths": ["gs://b/in"],
+///     "outputPath": "gs://b/out", "region": "us-central1", "uri": "gs://b/model"}}"#;
+/// let created = api.handle(&RestRequest::new("POST", "/v1/projects/my-proj/jobs?alt=json").with_body(body));
+/// assert_eq!(created.status, 200);
+/// assert_eq!(created.json()?["state"], "QUEUED");
+///
+/// let missing = api.handle(&RestRequest::new("GET", "/v1/projects/my-proj/jobs/nope"));
+/// assert_eq!(missing.status, 404);
+/// assert_eq!(missing.json()?["error"]["status"], "NOT_FOUND");
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub struct RestApi {
+    service: Arc<JobService>,
+    max_body_bytes: usize,
+    authenticator: Box<Authenticator>,
+}
+
+impl fmt::Debug for RestApi {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RestApi")
+            .field("service", &self.service)
+            .field("max_body_bytes", &self.max_body_bytes)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The parameters every method accepts (Google's standard parameters).
+const STANDARD_PARAMS: &[&str] = &[
+    "$.xgafv",
+    "access_token",
+    "alt",
+    "callback",
+    "fields",
+    "key",
+    "oauth_token",
+    "prettyPrint",
+    "quotaUser",
+    "uploadType",
+    "upload_protocol",
+];
+
+/// One of the eight methods, with what its route carries.
+enum Route {
+    Create(ProjectName),
+    List(ProjectName),
+    Get(JobName),
+    Patch(JobName),
+    Cancel(JobName),
+    GetIamPolicy(JobName),
+    SetIamPolicy(JobName),
+    TestIamPermissions(JobName),
+}
+
+impl Route {
+    /// The method's own query parameters.
+    fn params(&self) -> &'static [&'static str] {
+        match self {
+            Route::List(_) => &["filter", "pageSize", "pageToken"],
+            Route::Patch(_) => &["updateMask"],
+            Route::GetIamPolicy(_) => &["options.requestedPolicyVersion"],
+            _ => &[],
+        }
+    }
+}
+
+impl RestApi {
+    /// The API over `service`, with the default body limit and callers
+    /// from bearer tokens.
+    pub fn new(service: Arc<JobService>) -> Self {
+        let enforce = service.enforces_iam();
+        RestApi {
+            service,
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            authenticator: Box::new(move |request| bearer_principal(request, enforce)),
+        }
+    }
+
+    /// Refuses request bodies over `bytes` with 413.
+    #[must_use]
+    pub fn with_max_body_bytes(mut self, bytes: usize) -> Self {
+        self.max_body_bytes = bytes;
+        self
+    }
+
+    /// The largest body accepted; a server may stop reading past it.
+    pub fn max_body_bytes(&self) -> usize {
+        self.max_body_bytes
+    }
+
+    /// Finds callers with `authenticator` instead of bearer principals:
+    /// `Ok(Some(caller))` acts for the caller, `Ok(None)` for the service
+    /// itself, and an error is answered as it is (e.g. `UNAUTHENTICATED`).
+    #[must_use]
+    pub fn with_authenticator(
+        mut self,
+        authenticator: impl Fn(&RestRequest) -> Result<Option<Caller>, Error> + Send + Sync + 'static,
+    ) -> Self {
+        self.authenticator = Box::new(authenticator);
+        self
+    }
+
+    /// The service.
+    pub fn service(&self) -> &Arc<JobService> {
+        &self.service
+    }
+
+    /// Answers one request. Never panics: a panic below is a 500.
+    pub fn handle(&self, request: &RestRequest) -> RestResponse {
+        let pretty = pretty_print(&request.query);
+        match catch_unwind(AssertUnwindSafe(|| self.dispatch(request, pretty))) {
+            Ok(response) => response,
+            Err(_) => RestResponse::error(
+                &Status::new(Code::Internal, "internal error while handling the request"),
+                pretty,
+            ),
+        }
+    }
+
+    fn dispatch(&self, request: &RestRequest, pretty: bool) -> RestResponse {
+        let route = match route(&request.method, &request.path) {
+            Ok(route) => route,
+            Err(RouteError::Status(status)) => return RestResponse::error(&status, pretty),
+            Err(RouteError::Method { allow }) => {
+                let status = Status::new(
+                    Code::Unimplemented,
+                    format!(
+                        "method {} is not allowed on {}; use {allow}",
+                        request.method, request.path
+                    ),
+                );
+                let mut response = RestResponse::new(405, &status_body(&status, 405), pretty);
+                response
+                    .headers
+                    .push(("Allow".to_owned(), allow.to_owned()));
+                return response;
+            }
+        };
+        if request.body.len() > self.max_body_bytes {
+            let status = Status::new(
+                Code::InvalidArgument,
+                format!(
+                    "request body of {} bytes is over the limit of {} bytes",
+                    request.body.len(),
+                    self.max_body_bytes
+                ),
+            );
+            return RestResponse::new(413, &status_body(&status, 413), pretty);
+        }
+        let result = parse_query(&request.query, route.params()).and_then(|query| {
+            let fields = match query.get("fields") {
+                Some(f) if !f.is_empty() => Some(parse_fields(f)?),
+                _ => None,
+            };
+            if let Some(alt) = query.get("alt").filter(|a| a.as_str() != "json") {
+                return Err(Error::invalid_argument(
+                    "alt",
+                    format!("alt={alt:?} is not supported: only json"),
+                ));
+            }
+            let caller = (self.authenticator)(request)?;
+            let value = self.call(&route, &query, &request.body, caller.as_ref())?;
+            Ok(match fields {
+                Some(fields) => select(&value, &fields),
+                None => value,
+            })
+        });
+        match result {
+            Ok(value) => RestResponse::new(200, &value, pretty),
+            Err(e) => RestResponse::error(&e.to_status(), pretty),
+        }
+    }
+
+    fn call(
+        &self,
+        route: &Route,
+        query: &BTreeMap<String, String>,
+        body: &[u8],
+        caller: Option<&Caller>,
+    ) -> Result<Value, Error> {
+        let service = &*self.service;
+        let as_caller = caller.map(|c| service.caller(c));
+        macro_rules! call {
+            ($method:ident($($arg:expr),*)) => {
+                match &as_caller {
+                    Some(view) => view.$method($($arg),*),
+                    None => service.$method($($arg),*),
+                }
+            };
+        }
+        Ok(match route {
+            Route::Create(parent) => {
+                let job = read_job(body)?;
+                call!(create(parent, job))?.to_json()
+            }
+            Route::Get(name) => call!(get(name))?.to_json(),
+            Route::List(parent) => {
+                let page_size = match query.get("pageSize") {
+                    None => 0,
+                    Some(s) => int32("pageSize", s)?,
+                };
+                let request = ListJobsRequest::new()
+                    .set_filter(query.get("filter").cloned().unwrap_or_default())
+                    .set_page_size(page_size)
+                    .set_page_token(query.get("pageToken").cloned().unwrap_or_default());
+                call!(list(parent, &request))?.to_json()
+            }
+            Route::Patch(name) => {
+                let job = read_job(body)?;
+                let mask = query.get("updateMask").map(String::as_str).unwrap_or("");
+                call!(patch(name, job, mask))?.to_json()
+            }
+            Route::Cancel(name) => {
+                read_object(body, "cancel request", &[])?;
+                call!(cancel(name))?;
+                json!({})
+            }
+            Route::GetIamPolicy(name) => {
+                let version = query
+                    .get("options.requestedPolicyVersion")
+                    .map(|v| int32("options.requestedPolicyVersion", v))
+                    .transpose()?;
+                call!(get_iam_policy(name, version))?.to_json()
+            }
+            Route::SetIamPolicy(name) => {
+                let mut request =
+                    read_object(body, "setIamPolicy request", &["policy", "updateMask"])?;
+                let policy = match request.remove("policy") {
+                    Some(Value::Null) | None => {
+                        return Err(Error::invalid_argument(
+                            "policy",
+                            "setIamPolicy needs a policy",
+                        ));
+                    }
+                    Some(p) => Policy::from_value(p)?,
+                };
+                let mask = match request.remove("updateMask") {
+                    None | Some(Value::Null) => None,
+                    Some(Value::String(s)) => Some(s),
+                    Some(other) => {
+                        return Err(Error::invalid_argument(
+                            "updateMask",
+                            format!("updateMask must be a string, got {other}"),
+                        ));
+                    }
+                };
+                call!(set_iam_policy(name, policy, mask.as_deref()))?.to_json()
+            }
+            Route::TestIamPermissions(name) => {
+                let mut request =
+                    read_object(body, "testIamPermissions request", &["permissions"])?;
+                let permissions: Vec<String> = match request.remove("permissions") {
+                    None | Some(Value::Null) => Vec::new(),
+                    Some(p) => serde_json::from_value(p).map_err(|e| {
+                        Error::invalid_argument(
+                            "permissions",
+                            format!("permissions must be a list of strings: {e}"),
+                        )
+                    })?,
+                };
+                let held = call!(test_iam_permissions(name, &permissions))?;
+                if held.is_empty() {
+                    json!({})
+                } else {
+                    json!({ "permissions": held })
+                }
+            }
+        })
+    }
+}
+
+/// The default authenticator: `Authorization: Bearer PRINCIPAL`; no
+/// header is the anonymous caller. A token that is not a principal is
+/// refused only when permissions are checked (`enforce`).
+fn bearer_principal(request: &RestRequest, enforce: bool) -> Result<Option<Caller>, Error> {
+    let Some(header) = request.header("Authorization") else {
+        return Ok(Some(Caller::anonymous()));
+    };
+    let token = header
+        .strip_prefix("Bearer ")
+        .or_else(|| header.strip_prefix("bearer "))
+        .unwrap_or(header)
+        .trim();
+    match Caller::new(token) {
+        Ok(caller) => Ok(Some(caller)),
+        Err(_) if !enforce => Ok(Some(Caller::anonymous())),
+        Err(_) => Err(Error::external(
+            Code::Unauthenticated,
+            "invalid credentials",
+            "the bearer token is not a principal such as user:alice@example.com",
+        )),
+    }
+}
+
+enum RouteError {
+    Status(Status),
+    Method { allow: &'static str },
+}
+
+fn not_found(path: &str) -> RouteError {
+    RouteError::Status(Status::new(
+        Code::NotFound,
+        format!(
+            "no method of projects.jobs is at {path:?}; expected /v1/projects/PROJECT/jobs[/JOB[:VERB]]"
+        ),
+    ))
+}
+
+fn route(method: &str, path: &str) -> Result<Route, RouteError> {
+    let rest = path.strip_prefix("/v1/").ok_or_else(|| not_found(path))?;
+    let mut segments = Vec::new();
+    for raw in rest.split('/') {
+        segments.push(percent_decode(raw).ok_or_else(|| {
+            RouteError::Status(Status::new(
+                Code::InvalidArgument,
+                format!("invalid percent-encoding in path {path:?}"),
+            ))
+        })?);
+    }
+    let invalid = |e: crate::error::InvalidName| RouteError::Status(Error::from(e).to_status());
+    let allow = |wanted: &'static str| {
+        if method == wanted {
+            Ok(())
+        } else {
+            Err(RouteError::Method { allow: wanted })
+        }
+    };
+    match segments.as_slice() {
+        [projects, project, jobs] if projects == "projects" && jobs == "jobs" => {
+            let parent = ProjectName::new(project).map_err(invalid)?;
+            match method {
+                "POST" => Ok(Route::Create(parent)),
+                "GET" => Ok(Route::List(parent)),
+                _ => Err(RouteError::Method { allow: "GET, POST" }),
+            }
+        }
+        [projects, project, jobs, last] if projects == "projects" && jobs == "jobs" => {
+            let (job, verb) = match last.rsplit_once(':') {
+                Some((job, verb)) => (job, Some(verb)),
+                None => (last.as_str(), None),
+            };
+            let name = JobName::new(project, job).map_err(invalid)?;
+            match verb {
+                None => match method {
+                    "GET" => Ok(Route::Get(name)),
+                    "PATCH" => Ok(Route::Patch(name)),
+                    _ => Err(RouteError::Method {
+                        allow: "GET, PATCH",
+                    }),
+                },
+                Some("cancel") => allow("POST").map(|()| Route::Cancel(name)),
+                Some("getIamPolicy") => allow("GET").map(|()| Route::GetIamPolicy(name)),
+                Some("setIamPolicy") => allow("POST").map(|()| Route::SetIamPolicy(name)),
+                Some("testIamPermissions") => {
+                    allow("POST").map(|()| Route::TestIamPermissions(name))
+                }
+                Some(_) => Err(not_found(path)),
+            }
+        }
+        _ => Err(not_found(path)),
+    }
+}
+
+/// Decodes `%XX` escapes; `None` for a bad escape or bytes that are not UTF-8.
+fn percent_decode(s: &str) -> Option<String> {
+    percent_decode_with(s, false)
+}
+
+fn percent_decode_with(s: &str, plus_is_space: bool) -> Option<String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' => {
+                let hex = bytes.get(i + 1..i + 3)?;
+                let hex = std::str::from_utf8(hex).ok()?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 3;
+            }
+            b'+' if plus_is_space => {
+                out.push(b' ');
+                i += 1;
+            }
+            b => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// The query's parameters, each standard or one of `own`; the last of a
+/// repeated one wins.
+fn parse_query(query: &str, own: &[&str]) -> Result<BTreeMap<String, String>, Error> {
+    let mut params = BTreeMap::new();
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let bad = || {
+            Error::invalid_argument(
+                "query",
+                format!("invalid percent-encoding in query parameter {pair:?}"),
+            )
+        };
+        let key = percent_decode_with(key, true).ok_or_else(bad)?;
+        let value = percent_decode_with(value, true).ok_or_else(bad)?;
+        if !STANDARD_PARAMS.contains(&key.as_str()) && !own.contains(&key.as_str()) {
+            return Err(Error::invalid_argument(
+                key.clone(),
+                format!("unknown query parameter {key:?}; this method takes {}", {
+                    let mut all: Vec<&str> = own.to_vec();
+                    all.extend_from_slice(STANDARD_PARAMS);
+                    all.join(", ")
+                }),
+            ));
+        }
+        params.insert(key, value);
+    }
+    Ok(params)
+}
+
+fn pretty_print(query: &str) -> bool {
+    let mut pretty = true;
+    for pair in query.split('&') {
+        if let Some(("prettyPrint", v)) = pair.split_once('=') {
+            pretty = !matches!(v, "false" | "0");
+        }
+    }
+    pretty
+}
+
+fn int32(field: &str, s: &str) -> Result<i32, Error> {
+    s.trim()
+        .parse()
+        .map_err(|_| Error::invalid_argument(field, format!("{field} must be an int32, got {s:?}")))
+}
+
+fn read_job(body: &[u8]) -> Result<Job, Error> {
+    let text = std::str::from_utf8(body)
+        .map_err(|_| Error::invalid_argument("body", "the request body is not UTF-8"))?;
+    Job::from_json(if text.trim().is_empty() { "{}" } else { text })
+}
+
+/// A JSON object body with only the `allowed` keys; an empty body is `{}`.
+fn read_object(body: &[u8], what: &str, allowed: &[&str]) -> Result<Map<String, Value>, Error> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(Map::new());
+    }
+    let value: Value = serde_json::from_slice(body)
+        .map_err(|e| Error::invalid_argument("body", format!("invalid {what} JSON: {e}")))?;
+    let Value::Object(map) = value else {
+        return Err(Error::invalid_argument(
+            "body",
+            format!("invalid {what} JSON: expected an object, got {value}"),
+        ));
+    };
+    if let Some(key) = map.keys().find(|k| !allowed.contains(&k.as_str())) {
+        return Err(Error::invalid_argument(
+            key.clone(),
+            format!("invalid {what} JSON: unknown field {key:?}"),
+        ));
+    }
+    Ok(map)
+}
+
+fn status_body(status: &Status, http: u16) -> Value {
+    let mut body = status.to_json();
+    body["error"]["code"] = json!(http);
+    body
+}
+
+/// A `fields` selector: each named field, with what to keep inside it
+/// (`None`: all of it).
+#[derive(Debug, Default, PartialEq)]
+struct Selector(BTreeMap<String, Option<Selector>>);
+
+/// Parses `a,b/c,d(e,f(g))`.
+fn parse_fields(text: &str) -> Result<Selector, Error> {
+    fn bad(text: &str, why: &str) -> Error {
+        Error::invalid_argument("fields", format!("invalid fields {text:?}: {why}"))
+    }
+    fn list(chars: &[char], i: &mut usize, text: &str, depth: usize) -> Result<Selector, Error> {
+        if depth > 32 {
+            return Err(bad(text, "nested too deep"));
+        }
+        let mut out = Selector::default();
+        loop {
+            // One path: name(/name)* then an optional (sub-selection).
+            let mut path = Vec::new();
+            loop {
+                let start = *i;
+                while *i < chars.len() && (chars[*i].is_alphanumeric() || "_.*".contains(chars[*i]))
+                {
+                    *i += 1;
+                }
+                if start == *i {
+                    return Err(bad(
+                        text,
+                        &format!("expected a field name at position {start}"),
+                    ));
+                }
+                path.push(chars[start..*i].iter().collect::<String>());
+                if chars.get(*i) == Some(&'/') {
+                    *i += 1;
+                } else {
+                    break;
+                }
+            }
+            let mut leaf = None;
+            if chars.get(*i) == Some(&'(') {
+                *i += 1;
+                leaf = Some(list(chars, i, text, depth + 1)?);
+                if chars.get(*i) != Some(&')') {
+                    return Err(bad(text, &format!("expected \")\" at position {i}")));
+                }
+                *i += 1;
+            }
+            insert(&mut out, &path, leaf);
+            match chars.get(*i) {
+                Some(',') => *i += 1,
+                _ => return Ok(out),
+            }
+        }
+    }
+    fn insert(into: &mut Selector, path: &[String], leaf: Option<Selector>) {
+        let (first, rest) = path.split_first().expect("a path has a name");
+        let entry = into
+            .0
+            .entry(first.clone())
+            .or_insert_with(|| Some(Selector::default()));
+        if rest.is_empty() {
+            match (entry.as_mut(), leaf) {
+                (_, None) => *entry = None,
+                (Some(existing), Some(leaf)) => existing.0.extend(leaf.0),
+                (None, Some(_)) => {}
+            }
+        } else if let Some(inner) = entry {
+            insert(inner, rest, leaf);
+        }
+    }
+    let chars: Vec<char> = text.chars().filter(|c| !c.is_whitespace()).collect();
+    let mut i = 0;
+    let selector = list(&chars, &mut i, text, 0)?;
+    if i != chars.len() {
+        return Err(bad(
+            text,
+            &format!("unexpected {:?} at position {i}", chars[i]),
+        ));
+    }
+    Ok(selector)
+}
+
+/// The parts of `value` that `selector` names; arrays select in each element.
+fn select(value: &Value, selector: &Selector) -> Value {
+    match value {
+        Value::Array(items) => Value::Array(items.iter().map(|v| select(v, selector)).collect()),
+        Value::Object(map) => {
+            let mut out = Map::new();
+            for (key, inner) in map {
+                let chosen = selector.0.get(key).or_else(|| selector.0.get("*"));
+                match chosen {
+                    Some(None) => {
+                        out.insert(key.clone(), inner.clone());
+                    }
+                    Some(Some(sub)) => {
+                        out.insert(key.clone(), select(inner, sub));
+                    }
+                    None => {}
+                }
+            }
+            Value::Object(out)
+        }
+        other => other.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percent_decoding() {
+        assert_eq!(percent_decode("j%31").as_deref(), Some("j1"));
+        assert_eq!(percent_decode("a+b").as_deref(), Some("a+b"));
+        assert_eq!(percent_decode_with("a+b%3D", true).as_deref(), Some("a b="));
+        for bad in ["%", "%4", "%zz", "%ff"] {
+            assert_eq!(percent_decode(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn fields_selectors() {
+        let value = json!({"jobs": [{"jobId": "a", "state": "QUEUED", "labels": {"x": "1"}}],
+                           "nextPageToken": "t"});
+        let table = [
+            ("nextPageToken", json!({"nextPageToken": "t"})),
+            ("jobs/jobId", json!({"jobs": [{"jobId": "a"}]})),
+            (
+                "jobs(jobId,labels/x),nextPageToken",
+                json!({"jobs": [{"jobId": "a", "labels": {"x": "1"}}], "nextPageToken": "t"}),
+            ),
+            ("jobs(jobId),jobs", json!({"jobs": value["jobs"].clone()})),
+            ("jobs(*)", json!({"jobs": value["jobs"].clone()})),
+        ];
+        for (fields, expected) in table {
+            assert_eq!(
+                select(&value, &parse_fields(fields).unwrap()),
+                expected,
+                "{fields}"
+            );
+        }
+        for bad in ["", "jobs(", "jobs()", "a,,b", "a)b", "jobs(x))"] {
+            assert!(parse_fields(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,178 @@
+"""Drives a running emulator with Google's own Python client for the ml v1 API.
+
+Run by tests/emulator/run.sh, which starts the emulator and installs the
+client into a virtual environment. Every check raises on failure.
+"""
+
+import argparse
+import json
+import os
+import time
+
+from google.auth.credentials import AnonymousCredentials
+from googleapiclient import discovery
+from googleapiclient.errors import HttpError
+
+PROJECT = "projects/emulator-test"
+
+
+def expect_http_error(status, call):
+    try:
+        call.execute()
+    except HttpError as e:
+        assert e.resp.status == status, f"expected HTTP {status}, got {e.resp.status}: {e}"
+        body = json.loads(e.content)
+        assert body["error"]["code"] == status, body
+        return body["error"]
+    raise AssertionError(f"expected HTTP {status}, got success")
+
+
+ORDER = ["QUEUED", "PREPARING", "RUNNING", "SUCCEEDED"]
+
+
+def wait_for(jobs, name, states, timeout=120, seen=None):
+    deadline = time.time() + timeout
+    while True:
+        job = jobs.get(name=name).execute()
+        if seen is not None and (not seen or seen[-1] != job["state"]):
+            seen.append(job["state"])
+        if job["state"] in states:
+            return job
+        assert time.time() < deadline, f"{name} stuck in {job['state']}"
+        time.sleep(0.05)
+
+
+def job_body(job_id, inputs, output, batch_size="8"):
+    return {
+        "jobId": job_id,
+        "labels": {"suite": "client"},
+        "predictionInput": {
+            "dataFormat": "JSON",
+            "inputPaths": [inputs],
+            "outputPath": output,
+            "region": "us-central1",
+            "uri": "gs://bucket/model",
+            "batchSize": batch_size,
+        },
+    }
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--port", required=True)
+    parser.add_argument("--root", required=True)
+    args = parser.parse_args()
+
+    ml = discovery.build(
+        "ml",
+        "v1",
+        client_options={"api_endpoint": f"http://127.0.0.1:{args.port}"},
+        credentials=AnonymousCredentials(),
+        static_discovery=True,
+    )
+    jobs = ml.projects().jobs()
+    checks = []
+
+    # A full run over files in ROOT: 50 instances and one damaged line.
+    os.makedirs(os.path.join(args.root, "bucket", "in"), exist_ok=True)
+    with open(os.path.join(args.root, "bucket", "in", "a.jsonl"), "w") as f:
+        for i in range(50):
+            f.write(json.dumps({"key": i, "x": [i, 0.5]}) + "\n")
+        f.write("not json\n")
+    created = jobs.create(
+        parent=PROJECT, body=job_body("full_run", "gs://bucket/in/*.jsonl", "gs://bucket/out/full_run")
+    ).execute()
+    assert created["state"] == "QUEUED", created
+    assert created["etag"], created
+    states = []
+    done = wait_for(jobs, f"{PROJECT}/jobs/full_run", {"SUCCEEDED", "FAILED"}, seen=states)
+    assert done["state"] == "SUCCEEDED", done
+    assert [ORDER.index(s) for s in states] == sorted(ORDER.index(s) for s in states), states
+    output = done["predictionOutput"]
+    assert (output["predictionCount"], output["errorCount"]) == ("50", "1"), output
+    with open(os.path.join(args.root, "bucket", "out", "full_run", "prediction.results-00000-of-00001")) as f:
+        lines = f.read().splitlines()
+    assert len(lines) == 50 and json.loads(lines[0]) == {"key": 0, "x": [0, 0.5]}, lines[:2]
+    checks.append(f"create + background run: {' -> '.join(states)}, 50 predictions, 1 error, results in ROOT")
+
+    # Paths outside ROOT are refused: the job fails, saying why.
+    escape = jobs.create(parent=PROJECT, body=job_body("escape", "/etc/passwd", "gs://bucket/out/escape")).execute()
+    failed = wait_for(jobs, f"{PROJECT}/jobs/{escape['jobId']}", {"SUCCEEDED", "FAILED"})
+    assert failed["state"] == "FAILED" and "outside the storage root" in failed["errorMessage"], failed
+    checks.append("a job reading outside ROOT fails: " + failed["errorMessage"])
+
+    # Duplicate create: 409; a missing job: 404.
+    err = expect_http_error(409, jobs.create(parent=PROJECT, body=job_body("full_run", "gs://bucket/in/*", "gs://bucket/o")))
+    assert err["status"] == "ALREADY_EXISTS", err
+    err = expect_http_error(404, jobs.get(name=f"{PROJECT}/jobs/no_such_job"))
+    assert err["status"] == "NOT_FOUND", err
+    checks.append("duplicate create -> 409 ALREADY_EXISTS; missing job -> 404 NOT_FOUND")
+
+    # Paging across pages, and a filter.
+    for i in range(5):
+        jobs.create(parent=PROJECT, body=job_body(f"page_{i}", "gs://bucket/in/*.jsonl", f"gs://bucket/out/page_{i}")).execute()
+    seen, token, pages = [], None, 0
+    while True:
+        page = jobs.list(parent=PROJECT, pageSize=2, pageToken=token).execute()
+        pages += 1
+        seen += [j["jobId"] for j in page.get("jobs", [])]
+        token = page.get("nextPageToken")
+        if not token:
+            break
+    assert sorted(seen) == sorted(["escape", "full_run"] + [f"page_{i}" for i in range(5)]), seen
+    assert len(seen) == len(set(seen)) and pages == 4, (seen, pages)
+    filtered = jobs.list(parent=PROJECT, filter="jobId:page* AND labels.suite=client").execute()
+    assert sorted(j["jobId"] for j in filtered["jobs"]) == [f"page_{i}" for i in range(5)], filtered
+    empty = jobs.list(parent=PROJECT, filter="state=FAILED AND jobId:none*").execute()
+    assert empty == {}, empty
+    checks.append(f"list: {len(seen)} jobs over {pages} pages of 2, a filter, an empty result {{}}")
+
+    # Patch: the right etag updates, a stale one is refused with 409.
+    name = f"{PROJECT}/jobs/full_run"
+    current = jobs.get(name=name).execute()
+    patched = jobs.patch(
+        name=name, updateMask="labels,etag", body={"labels": {"owner": "alice"}, "etag": current["etag"]}
+    ).execute()
+    assert patched["labels"] == {"owner": "alice"} and patched["etag"] != current["etag"], patched
+    err = expect_http_error(
+        409, jobs.patch(name=name, updateMask="labels,etag", body={"labels": {"owner": "bob"}, "etag": current["etag"]})
+    )
+    assert err["status"] == "ABORTED", err
+    checks.append("patch with the etag -> new labels and etag; with a stale etag -> 409 ABORTED")
+
+    # Cancel: a finished job -> 400; a running one stops.
+    err = expect_http_error(400, jobs.cancel(name=name, body={}))
+    assert err["status"] == "FAILED_PRECONDITION", err
+    os.makedirs(os.path.join(args.root, "bucket", "big"), exist_ok=True)
+    with open(os.path.join(args.root, "bucket", "big", "b.jsonl"), "w") as f:
+        line = json.dumps({"x": [1.5, 2.5, 3.5]}) + "\n"
+        f.write(line * 2_000_000)
+    jobs.create(parent=PROJECT, body=job_body("long_run", "gs://bucket/big/*", "gs://bucket/out/long_run", "64")).execute()
+    long_name = f"{PROJECT}/jobs/long_run"
+    running = wait_for(jobs, long_name, {"RUNNING", "SUCCEEDED", "FAILED"})
+    assert running["state"] == "RUNNING", running
+    assert jobs.cancel(name=long_name, body={}).execute() == {}
+    cancelled = wait_for(jobs, long_name, {"CANCELLED", "SUCCEEDED", "FAILED"})
+    assert cancelled["state"] == "CANCELLED", cancelled
+    checks.append("cancel of a finished job -> 400 FAILED_PRECONDITION; cancel of a running job -> CANCELLED")
+
+    # IAM.
+    policy = jobs.getIamPolicy(resource=name, options_requestedPolicyVersion=3).execute()
+    assert policy["version"] == 1 and "etag" in policy, policy
+    new_policy = {"bindings": [{"role": "roles/ml.viewer", "members": ["user:bob@example.com"]}], "etag": policy["etag"]}
+    updated = jobs.setIamPolicy(resource=name, body={"policy": new_policy}).execute()
+    assert updated["bindings"] == new_policy["bindings"], updated
+    err = expect_http_error(409, jobs.setIamPolicy(resource=name, body={"policy": new_policy}))
+    held = jobs.testIamPermissions(resource=name, body={"permissions": ["ml.jobs.get", "ml.jobs.cancel"]}).execute()
+    assert held == {"permissions": ["ml.jobs.get", "ml.jobs.cancel"]}, held
+    none = jobs.testIamPermissions(resource=f"{PROJECT}/jobs/missing", body={"permissions": ["ml.jobs.get"]}).execute()
+    assert none == {}, none
+    checks.append("getIamPolicy, setIamPolicy (stale etag -> 409), testIamPermissions (missing job -> {})")
+
+    for check in checks:
+        print("ok:", check)
+    print(f"all {len(checks)} client checks passed")
+
+
+if __name__ == "__main__":
+    main()
