@@ -21,9 +21,11 @@ if ! "$venv/bin/python" -c "import googleapiclient, google.auth" 2>/dev/null; th
 fi
 
 cargo build --quiet --all-features --example emulator
+target_dir=$(cargo metadata --format-version 1 --no-deps |
+  "$venv/bin/python" -c "import json, sys; print(json.load(sys.stdin)['target_directory'])")
 root=$(mktemp -d)
 port=$("$venv/bin/python" -c "import socket; s=socket.socket(); s.bind(('127.0.0.1', 0)); print(s.getsockname()[1])")
-target/debug/examples/emulator --port "$port" --root "$root" --predictor echo 2>"$root/emulator.log" &
+"$target_dir/debug/examples/emulator" --port "$port" --root "$root" --predictor echo 2>"$root/emulator.log" &
 pid=$!
 cleanup() {
   kill -INT "$pid" 2>/dev/null || true
@@ -31,8 +33,11 @@ cleanup() {
   rm -rf "$root"
 }
 trap cleanup EXIT
-for _ in $(seq 100); do
+for _ in $(seq 300); do
   if "$venv/bin/python" -c "import socket; socket.create_connection(('127.0.0.1', $port), 1)" 2>/dev/null; then break; fi
+  if ! kill -0 "$pid" 2>/dev/null; then
+    echo "the emulator exited:"; cat "$root/emulator.log"; exit 1
+  fi
   sleep 0.1
 done
 
