@@ -216,10 +216,12 @@ fn main() {
         child_rss(&args[1], &args[2]);
         return;
     }
+    let only_case = args.iter().position(|a| a == "--only").map(|i| i + 1);
     let records: usize = args
         .iter()
-        .find(|a| !a.starts_with("--"))
-        .map_or(200_000, |s| s.parse().expect("RECORDS"));
+        .enumerate()
+        .find(|&(i, a)| !a.starts_with("--") && Some(i) != only_case)
+        .map_or(200_000, |(_, s)| s.parse().expect("RECORDS"));
     let lines = instances(records);
     let mut tf = TfRecordWriter::new(Vec::new());
     for line in lines.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {

@@ -1022,26 +1022,40 @@ impl Run<'_> {
             let reader_done = done_tx.clone();
             // No thread may unwind out of the scope: a panic (in a storage
             // backend, say) fails the run instead.
-            scope.spawn(move || {
-                let read = catch_unwind(AssertUnwindSafe(|| {
-                    self.read(&to_run, work_tx, reader_done, token_rx)
-                }));
-                if let Err(payload) = read {
-                    self.fail(format!(
-                        "reading the input failed: {}",
-                        panic_message(&*payload)
-                    ));
-                }
-            });
+            // Named threads, for profilers and debuggers. A thread that
+            // cannot start fails the run; the others then find their
+            // channels closed and leave.
+            let spawned = std::thread::Builder::new()
+                .name("bp-reader".into())
+                .spawn_scoped(scope, move || {
+                    let read = catch_unwind(AssertUnwindSafe(|| {
+                        self.read(&to_run, work_tx, reader_done, token_rx)
+                    }));
+                    if let Err(payload) = read {
+                        self.fail(format!(
+                            "reading the input failed: {}",
+                            panic_message(&*payload)
+                        ));
+                    }
+                });
+            if let Err(e) = spawned {
+                self.fail(format!("cannot start the reading thread: {e}"));
+            }
             for worker in 0..self.plan.workers {
                 let done = done_tx.clone();
                 let work = Arc::clone(&work_rx);
-                scope.spawn(move || {
-                    let worked = catch_unwind(AssertUnwindSafe(|| self.work(worker, &work, done)));
-                    if let Err(payload) = worked {
-                        self.fail(format!("a worker failed: {}", panic_message(&*payload)));
-                    }
-                });
+                let spawned = std::thread::Builder::new()
+                    .name(format!("bp-worker-{worker}"))
+                    .spawn_scoped(scope, move || {
+                        let worked =
+                            catch_unwind(AssertUnwindSafe(|| self.work(worker, &work, done)));
+                        if let Err(payload) = worked {
+                            self.fail(format!("a worker failed: {}", panic_message(&*payload)));
+                        }
+                    });
+                if let Err(e) = spawned {
+                    self.fail(format!("cannot start worker thread {worker}: {e}"));
+                }
             }
             drop(done_tx);
             drop(work_rx);

@@ -79,7 +79,7 @@ impl RestRequest {
 }
 
 /// An HTTP response to send.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct RestResponse {
     /// The HTTP status, e.g. 200.
@@ -141,7 +141,13 @@ type Authenticator = dyn Fn(&RestRequest) -> Result<Option<Caller>, Error> + Sen
 /// | setIamPolicy | `POST` | `/v1/{resource}:setIamPolicy` |
 /// | testIamPermissions | `POST` | `/v1/{resource}:testIamPermissions` |
 ///
-/// Path segments are percent-decoded. The standard query parameters are
+/// Path segments are percent-decoded (a `:` that starts the custom verb
+/// must not be encoded). Request bodies are read as proto3 JSON: a field
+/// by its JSON name or its proto name (`jobId` or `job_id`), and an
+/// unknown name refused as Google refuses it (`Invalid JSON payload
+/// received. Unknown name …`); enum values as names only. Query
+/// parameters may also use their proto names (`page_size`,
+/// `update_mask`). The standard query parameters are
 /// accepted: `alt` (`json` only), `prettyPrint` (default `true`, as
 /// Google's servers do), `fields` (a partial response: `jobs(jobId,state),nextPageToken`),
 /// and `$.xgafv`, `access_token`, `callback`, `key`, `oauth_token`,
@@ -150,10 +156,11 @@ type Authenticator = dyn Fn(&RestRequest) -> Result<Option<Caller>, Error> + Sen
 ///
 /// Errors are the API's body `{"error": {"code", "message", "status"}}`
 /// with the HTTP status of the canonical code. Beyond the service's own
-/// errors: an unknown route is 404 `NOT_FOUND`; a known route with another
-/// HTTP method 405 (`Allow` lists the right one) with status
-/// `UNIMPLEMENTED`; a body over the limit 413 with status
-/// `INVALID_ARGUMENT`; malformed JSON 400 `INVALID_ARGUMENT`; and a panic
+/// errors: an unknown route is 404 `NOT_FOUND`, and so is a known path
+/// with another HTTP method, as Google's front end answers ("Method not
+/// found", with an `Allow` header naming the right one); a body over the
+/// limit is 413 (no canonical code maps there: its status is
+/// `INVALID_ARGUMENT`); malformed JSON 400 `INVALID_ARGUMENT`; and a panic
 /// anywhere below 500 `INTERNAL`.
 ///
 /// The caller comes from the `Authorization` header by default: `Bearer
@@ -293,14 +300,15 @@ impl RestApi {
             Ok(route) => route,
             Err(RouteError::Status(status)) => return RestResponse::error(&status, pretty),
             Err(RouteError::Method { allow }) => {
+                // As Google's front end answers: no such method, 404.
                 let status = Status::new(
-                    Code::Unimplemented,
+                    Code::NotFound,
                     format!(
-                        "method {} is not allowed on {}; use {allow}",
+                        "Method not found: {} {} (this path takes {allow})",
                         request.method, request.path
                     ),
                 );
-                let mut response = RestResponse::new(405, &status_body(&status, 405), pretty);
+                let mut response = RestResponse::error(&status, pretty);
                 response
                     .headers
                     .push(("Allow".to_owned(), allow.to_owned()));
@@ -361,7 +369,7 @@ impl RestApi {
         }
         Ok(match route {
             Route::Create(parent) => {
-                let job = read_job(body)?;
+                let job = Job::from_value(parse_body(body, &JOB)?)?;
                 call!(create(parent, job))?.to_json()
             }
             Route::Get(name) => call!(get(name))?.to_json(),
@@ -377,12 +385,12 @@ impl RestApi {
                 call!(list(parent, &request))?.to_json()
             }
             Route::Patch(name) => {
-                let job = read_job(body)?;
+                let job = Job::from_value(parse_body(body, &JOB)?)?;
                 let mask = query.get("updateMask").map(String::as_str).unwrap_or("");
                 call!(patch(name, job, mask))?.to_json()
             }
             Route::Cancel(name) => {
-                read_object(body, "cancel request", &[])?;
+                parse_body(body, &CANCEL_JOB_REQUEST)?;
                 call!(cancel(name))?;
                 json!({})
             }
@@ -394,8 +402,9 @@ impl RestApi {
                 call!(get_iam_policy(name, version))?.to_json()
             }
             Route::SetIamPolicy(name) => {
-                let mut request =
-                    read_object(body, "setIamPolicy request", &["policy", "updateMask"])?;
+                let Value::Object(mut request) = parse_body(body, &SET_IAM_POLICY_REQUEST)? else {
+                    unreachable!("parse_body gives an object");
+                };
                 let policy = match request.remove("policy") {
                     Some(Value::Null) | None => {
                         return Err(Error::invalid_argument(
@@ -418,8 +427,10 @@ impl RestApi {
                 call!(set_iam_policy(name, policy, mask.as_deref()))?.to_json()
             }
             Route::TestIamPermissions(name) => {
-                let mut request =
-                    read_object(body, "testIamPermissions request", &["permissions"])?;
+                let Value::Object(mut request) = parse_body(body, &TEST_IAM_PERMISSIONS_REQUEST)?
+                else {
+                    unreachable!("parse_body gives an object");
+                };
                 let permissions: Vec<String> = match request.remove("permissions") {
                     None | Some(Value::Null) => Vec::new(),
                     Some(p) => serde_json::from_value(p).map_err(|e| {
@@ -479,8 +490,20 @@ fn not_found(path: &str) -> RouteError {
 
 fn route(method: &str, path: &str) -> Result<Route, RouteError> {
     let rest = path.strip_prefix("/v1/").ok_or_else(|| not_found(path))?;
+    // The custom verb is split off before decoding: an encoded `%3A` is
+    // part of the name, not a verb.
+    let (rest, verb) = match rest.rsplit_once('/') {
+        Some((head, last)) => match last.split_once(':') {
+            Some((name, verb)) => (format!("{head}/{name}"), Some(verb.to_owned())),
+            None => (rest.to_owned(), None),
+        },
+        None => (rest.to_owned(), None),
+    };
     let mut segments = Vec::new();
     for raw in rest.split('/') {
+        if raw.is_empty() {
+            return Err(not_found(path));
+        }
         segments.push(percent_decode(raw).ok_or_else(|| {
             RouteError::Status(Status::new(
                 Code::InvalidArgument,
@@ -497,7 +520,7 @@ fn route(method: &str, path: &str) -> Result<Route, RouteError> {
         }
     };
     match segments.as_slice() {
-        [projects, project, jobs] if projects == "projects" && jobs == "jobs" => {
+        [projects, project, jobs] if projects == "projects" && jobs == "jobs" && verb.is_none() => {
             let parent = ProjectName::new(project).map_err(invalid)?;
             match method {
                 "POST" => Ok(Route::Create(parent)),
@@ -505,13 +528,9 @@ fn route(method: &str, path: &str) -> Result<Route, RouteError> {
                 _ => Err(RouteError::Method { allow: "GET, POST" }),
             }
         }
-        [projects, project, jobs, last] if projects == "projects" && jobs == "jobs" => {
-            let (job, verb) = match last.rsplit_once(':') {
-                Some((job, verb)) => (job, Some(verb)),
-                None => (last.as_str(), None),
-            };
+        [projects, project, jobs, job] if projects == "projects" && jobs == "jobs" => {
             let name = JobName::new(project, job).map_err(invalid)?;
-            match verb {
+            match verb.as_deref() {
                 None => match method {
                     "GET" => Ok(Route::Get(name)),
                     "PATCH" => Ok(Route::Patch(name)),
@@ -574,8 +593,16 @@ fn parse_query(query: &str, own: &[&str]) -> Result<BTreeMap<String, String>, Er
                 format!("invalid percent-encoding in query parameter {pair:?}"),
             )
         };
-        let key = percent_decode_with(key, true).ok_or_else(bad)?;
+        let mut key = percent_decode_with(key, true).ok_or_else(bad)?;
         let value = percent_decode_with(value, true).ok_or_else(bad)?;
+        if !STANDARD_PARAMS.contains(&key.as_str()) && !own.contains(&key.as_str()) {
+            // The proto spelling of a parameter (`page_size`) names it too.
+            let camel: Vec<String> = key.split('.').map(lower_camel).collect();
+            let camel = camel.join(".");
+            if own.contains(&camel.as_str()) {
+                key = camel;
+            }
+        }
         if !STANDARD_PARAMS.contains(&key.as_str()) && !own.contains(&key.as_str()) {
             return Err(Error::invalid_argument(
                 key.clone(),
@@ -607,32 +634,239 @@ fn int32(field: &str, s: &str) -> Result<i32, Error> {
         .map_err(|_| Error::invalid_argument(field, format!("{field} must be an int32, got {s:?}")))
 }
 
-fn read_job(body: &[u8]) -> Result<Job, Error> {
-    let text = std::str::from_utf8(body)
-        .map_err(|_| Error::invalid_argument("body", "the request body is not UTF-8"))?;
-    Job::from_json(if text.trim().is_empty() { "{}" } else { text })
+/// How a field of a request message is read.
+enum Field {
+    /// A scalar, a list of scalars, or an enum: taken as it is.
+    Leaf,
+    /// A map such as `labels`: its keys are data, not field names.
+    Map,
+    /// A message, or a list of messages.
+    Message(&'static Message),
+    /// Kept as sent (`trainingInput`, `trainingOutput`).
+    Opaque,
 }
 
-/// A JSON object body with only the `allowed` keys; an empty body is `{}`.
-fn read_object(body: &[u8], what: &str, allowed: &[&str]) -> Result<Map<String, Value>, Error> {
+/// A request message: its name (for errors) and its fields' JSON names.
+struct Message {
+    name: &'static str,
+    fields: &'static [(&'static str, Field)],
+}
+
+static PREDICTION_INPUT: Message = Message {
+    name: "google.cloud.ml.v1.PredictionInput",
+    fields: &[
+        ("batchSize", Field::Leaf),
+        ("dataFormat", Field::Leaf),
+        ("inputPaths", Field::Leaf),
+        ("maxWorkerCount", Field::Leaf),
+        ("modelName", Field::Leaf),
+        ("outputDataFormat", Field::Leaf),
+        ("outputPath", Field::Leaf),
+        ("region", Field::Leaf),
+        ("runtimeVersion", Field::Leaf),
+        ("signatureName", Field::Leaf),
+        ("uri", Field::Leaf),
+        ("versionName", Field::Leaf),
+    ],
+};
+
+static PREDICTION_OUTPUT: Message = Message {
+    name: "google.cloud.ml.v1.PredictionOutput",
+    fields: &[
+        ("errorCount", Field::Leaf),
+        ("nodeHours", Field::Leaf),
+        ("outputPath", Field::Leaf),
+        ("predictionCount", Field::Leaf),
+    ],
+};
+
+static JOB: Message = Message {
+    name: "google.cloud.ml.v1.Job",
+    fields: &[
+        ("createTime", Field::Leaf),
+        ("endTime", Field::Leaf),
+        ("errorMessage", Field::Leaf),
+        ("etag", Field::Leaf),
+        ("jobId", Field::Leaf),
+        ("jobPosition", Field::Leaf),
+        ("labels", Field::Map),
+        ("predictionInput", Field::Message(&PREDICTION_INPUT)),
+        ("predictionOutput", Field::Message(&PREDICTION_OUTPUT)),
+        ("startTime", Field::Leaf),
+        ("state", Field::Leaf),
+        ("trainingInput", Field::Opaque),
+        ("trainingOutput", Field::Opaque),
+    ],
+};
+
+static EXPR: Message = Message {
+    name: "google.type.Expr",
+    fields: &[
+        ("description", Field::Leaf),
+        ("expression", Field::Leaf),
+        ("location", Field::Leaf),
+        ("title", Field::Leaf),
+    ],
+};
+
+static BINDING: Message = Message {
+    name: "google.iam.v1.Binding",
+    fields: &[
+        ("condition", Field::Message(&EXPR)),
+        ("members", Field::Leaf),
+        ("role", Field::Leaf),
+    ],
+};
+
+static AUDIT_LOG_CONFIG: Message = Message {
+    name: "google.iam.v1.AuditLogConfig",
+    fields: &[("exemptedMembers", Field::Leaf), ("logType", Field::Leaf)],
+};
+
+static AUDIT_CONFIG: Message = Message {
+    name: "google.iam.v1.AuditConfig",
+    fields: &[
+        ("auditLogConfigs", Field::Message(&AUDIT_LOG_CONFIG)),
+        ("service", Field::Leaf),
+    ],
+};
+
+static POLICY: Message = Message {
+    name: "google.iam.v1.Policy",
+    fields: &[
+        ("auditConfigs", Field::Message(&AUDIT_CONFIG)),
+        ("bindings", Field::Message(&BINDING)),
+        ("etag", Field::Leaf),
+        ("version", Field::Leaf),
+    ],
+};
+
+static SET_IAM_POLICY_REQUEST: Message = Message {
+    name: "google.iam.v1.SetIamPolicyRequest",
+    fields: &[
+        ("policy", Field::Message(&POLICY)),
+        ("updateMask", Field::Leaf),
+    ],
+};
+
+static TEST_IAM_PERMISSIONS_REQUEST: Message = Message {
+    name: "google.iam.v1.TestIamPermissionsRequest",
+    fields: &[("permissions", Field::Leaf)],
+};
+
+static CANCEL_JOB_REQUEST: Message = Message {
+    name: "google.cloud.ml.v1.CancelJobRequest",
+    fields: &[],
+};
+
+/// `field_name` → `fieldName`, as proto3 JSON names fields.
+fn lower_camel(name: &str) -> String {
+    let mut out = String::with_capacity(name.len());
+    let mut upper = false;
+    for c in name.chars() {
+        if c == '_' {
+            upper = true;
+        } else if upper {
+            out.extend(c.to_uppercase());
+            upper = false;
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Reads a request body as proto3 JSON does: each field by its JSON name
+/// or its proto name (`jobId` or `job_id`), and an unknown name refused
+/// with Google's message. An empty body is `{}`.
+fn parse_body(body: &[u8], message: &'static Message) -> Result<Value, Error> {
     if body.iter().all(u8::is_ascii_whitespace) {
-        return Ok(Map::new());
+        return Ok(json!({}));
     }
-    let value: Value = serde_json::from_slice(body)
-        .map_err(|e| Error::invalid_argument("body", format!("invalid {what} JSON: {e}")))?;
-    let Value::Object(map) = value else {
-        return Err(Error::invalid_argument(
-            "body",
-            format!("invalid {what} JSON: expected an object, got {value}"),
-        ));
+    let mut value: Value = serde_json::from_slice(body).map_err(|e| {
+        Error::invalid_argument("body", format!("Invalid JSON payload received. {e}"))
+    })?;
+    if value.is_null() {
+        value = json!({});
+    }
+    normalize(&mut value, message, "")?;
+    Ok(value)
+}
+
+fn normalize(value: &mut Value, message: &'static Message, at: &str) -> Result<(), Error> {
+    let map = match value {
+        Value::Object(map) => map,
+        Value::Null => return Ok(()),
+        other => {
+            return Err(Error::invalid_argument(
+                if at.is_empty() { "body" } else { at },
+                format!(
+                    "Invalid JSON payload received. Expected an object for {}{}, got {other}",
+                    message.name,
+                    if at.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" at '{at}'")
+                    }
+                ),
+            ));
+        }
     };
-    if let Some(key) = map.keys().find(|k| !allowed.contains(&k.as_str())) {
-        return Err(Error::invalid_argument(
-            key.clone(),
-            format!("invalid {what} JSON: unknown field {key:?}"),
-        ));
+    let entries = std::mem::take(map);
+    for (key, mut inner) in entries {
+        let name = if message.fields.iter().any(|(n, _)| *n == key) {
+            key
+        } else {
+            let camel = lower_camel(&key);
+            if !message.fields.iter().any(|(n, _)| *n == camel) {
+                let place = if at.is_empty() {
+                    message.name.to_owned()
+                } else {
+                    at.to_owned()
+                };
+                return Err(Error::invalid_argument(
+                    if at.is_empty() {
+                        key.clone()
+                    } else {
+                        format!("{at}.{key}")
+                    },
+                    format!(
+                        "Invalid JSON payload received. Unknown name {key:?} at '{place}': Cannot find field."
+                    ),
+                ));
+            }
+            camel
+        };
+        if map.contains_key(&name) {
+            return Err(Error::invalid_argument(
+                name.clone(),
+                format!("Invalid JSON payload received. Field {name:?} is given twice"),
+            ));
+        }
+        let path = if at.is_empty() {
+            name.clone()
+        } else {
+            format!("{at}.{name}")
+        };
+        let field = &message
+            .fields
+            .iter()
+            .find(|(n, _)| *n == name)
+            .expect("found")
+            .1;
+        if let Field::Message(inner_message) = field {
+            match &mut inner {
+                Value::Array(items) => {
+                    for (i, item) in items.iter_mut().enumerate() {
+                        normalize(item, inner_message, &format!("{path}[{i}]"))?;
+                    }
+                }
+                other => normalize(other, inner_message, &path)?,
+            }
+        }
+        map.insert(name, inner);
     }
-    Ok(map)
+    Ok(())
 }
 
 fn status_body(status: &Status, http: u16) -> Value {
@@ -672,6 +906,9 @@ fn parse_fields(text: &str) -> Result<Selector, Error> {
                     ));
                 }
                 path.push(chars[start..*i].iter().collect::<String>());
+                if depth + path.len() > 32 {
+                    return Err(bad(text, "nested too deep"));
+                }
                 if chars.get(*i) == Some(&'/') {
                     *i += 1;
                 } else {
@@ -681,7 +918,7 @@ fn parse_fields(text: &str) -> Result<Selector, Error> {
             let mut leaf = None;
             if chars.get(*i) == Some(&'(') {
                 *i += 1;
-                leaf = Some(list(chars, i, text, depth + 1)?);
+                leaf = Some(list(chars, i, text, depth + path.len())?);
                 if chars.get(*i) != Some(&')') {
                     return Err(bad(text, &format!("expected \")\" at position {i}")));
                 }
@@ -749,6 +986,52 @@ fn select(value: &Value, selector: &Selector) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The request messages' fields are exactly the discovery document's.
+    #[test]
+    fn request_messages_match_the_discovery_document() {
+        let doc: Value =
+            serde_json::from_str(include_str!("../tests/data/ml.v1.discovery.json")).unwrap();
+        for (schema, message) in [
+            ("GoogleCloudMlV1__Job", &JOB),
+            ("GoogleCloudMlV1__PredictionInput", &PREDICTION_INPUT),
+            ("GoogleCloudMlV1__PredictionOutput", &PREDICTION_OUTPUT),
+            ("GoogleIamV1__Policy", &POLICY),
+            ("GoogleIamV1__Binding", &BINDING),
+            ("GoogleType__Expr", &EXPR),
+            ("GoogleIamV1__AuditConfig", &AUDIT_CONFIG),
+            ("GoogleIamV1__AuditLogConfig", &AUDIT_LOG_CONFIG),
+            ("GoogleIamV1__SetIamPolicyRequest", &SET_IAM_POLICY_REQUEST),
+            (
+                "GoogleIamV1__TestIamPermissionsRequest",
+                &TEST_IAM_PERMISSIONS_REQUEST,
+            ),
+            ("GoogleCloudMlV1__CancelJobRequest", &CANCEL_JOB_REQUEST),
+        ] {
+            let props = doc["schemas"][schema]["properties"].as_object();
+            let mut expected: Vec<&str> =
+                props.map_or(Vec::new(), |p| p.keys().map(String::as_str).collect());
+            expected.sort_unstable();
+            let mut ours: Vec<&str> = message.fields.iter().map(|(n, _)| *n).collect();
+            ours.sort_unstable();
+            assert_eq!(ours, expected, "{schema}");
+            for (name, field) in message.fields {
+                let prop = &props.unwrap()[*name];
+                let is_message = prop.get("$ref").is_some() || prop["items"].get("$ref").is_some();
+                let is_map = prop.get("additionalProperties").is_some();
+                match field {
+                    Field::Message(_) => assert!(is_message, "{schema}.{name}"),
+                    Field::Map => assert!(is_map, "{schema}.{name}"),
+                    Field::Opaque => assert!(is_message, "{schema}.{name}"),
+                    Field::Leaf => assert!(!is_message && !is_map, "{schema}.{name}"),
+                }
+            }
+        }
+        assert_eq!(
+            lower_camel("options.requested_policy_version"),
+            "options.requestedPolicyVersion"
+        );
+    }
 
     #[test]
     fn percent_decoding() {

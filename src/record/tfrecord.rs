@@ -226,6 +226,41 @@ impl TfRecordReader {
             line: None,
             byte: start,
         };
+        // Fast path: the whole frame is in the reader's buffer, as nearly
+        // every small record is: one call, one copy. Anything unusual (a
+        // short buffer, a bad length) takes the path below, which reads from
+        // where this one left off, having consumed nothing.
+        let avail = loop {
+            match self.inner.fill_buf() {
+                Ok(avail) => break avail,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(self.io_error(start, &e)),
+            }
+        };
+        if avail.len() >= 12 {
+            let len = u64::from_le_bytes(avail[..8].try_into().expect("8 bytes"));
+            let stored = u32::from_le_bytes(avail[8..12].try_into().expect("4 bytes"));
+            if len <= self.limit as u64
+                && (avail.len() as u64 - 12) >= len + 4
+                && masked_crc32c(&avail[..8]) == stored
+            {
+                let len = len as usize;
+                let data = &avail[12..12 + len];
+                let stored =
+                    u32::from_le_bytes(avail[12 + len..16 + len].try_into().expect("4 bytes"));
+                let computed = masked_crc32c(data);
+                let at = buf.len();
+                buf.extend_from_slice(data);
+                self.inner.consume(16 + len);
+                self.offset += 16 + len as u64;
+                if stored != computed {
+                    let kind = RecordErrorKind::DataChecksum { stored, computed };
+                    let raw = buf.split_off(at);
+                    return Err(self.error(start, kind, Some(raw)));
+                }
+                return Ok(Some(position));
+            }
+        }
         let mut header = [0u8; 12];
         let got = read_full(&mut *self.inner, &mut header).map_err(|e| self.io_error(start, &e))?;
         if got == 0 {

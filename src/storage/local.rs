@@ -122,6 +122,9 @@ impl LocalStorage {
                     s => path.push(s),
                 }
             }
+            if self.confined {
+                beneath(root, &path).map_err(invalid)?;
+            }
             return Ok(path);
         }
         let plain = if let Some(rest) = location.strip_prefix("file://") {
@@ -159,6 +162,7 @@ impl LocalStorage {
         if top.is_some_and(|c| c.as_os_str().to_string_lossy().starts_with('.')) {
             return Err(invalid(PRIVATE));
         }
+        beneath(root, &path).map_err(invalid)?;
         Ok(path)
     }
 
@@ -170,6 +174,38 @@ impl LocalStorage {
             etag: file_version(metadata),
         }
     }
+}
+
+/// Whether `path` stays under `root` once symbolic links are followed, and
+/// out of the private dot-names at the top of the root: checked on the
+/// deepest part of `path` that exists. (A link made between this check and
+/// the use of the path is not caught: confinement guards against jobs that
+/// name paths, not against someone who can write links into the root.)
+fn beneath(root: &Path, path: &Path) -> Result<(), &'static str> {
+    let Ok(root) = root.canonicalize() else {
+        return Ok(()); // no root yet: nothing in it can lead out
+    };
+    let mut existing = path;
+    while fs::symlink_metadata(existing).is_err() {
+        match existing.parent() {
+            Some(parent) => existing = parent,
+            None => return Ok(()),
+        }
+    }
+    let Ok(real) = existing.canonicalize() else {
+        return Err("a symbolic link that leads nowhere");
+    };
+    let Ok(inside) = real.strip_prefix(&root) else {
+        return Err("a symbolic link leads outside the storage root");
+    };
+    if inside
+        .components()
+        .next()
+        .is_some_and(|c| c.as_os_str().to_string_lossy().starts_with('.'))
+    {
+        return Err(PRIVATE);
+    }
+    Ok(())
 }
 
 /// Why a confined storage refuses a dot-name at the top of its root.
@@ -277,6 +313,12 @@ impl Storage for LocalStorage {
             "" => self.resolve(".")?,
             d => self.resolve(d)?,
         };
+        // The dot-names at the top of a confined root are private: not listed.
+        let hide_dot_names = self.confined
+            && self
+                .root
+                .as_deref()
+                .is_some_and(|root| dir.as_path() == root);
         let mut found = Vec::new();
         let entries = match fs::read_dir(&dir) {
             Ok(entries) => entries,
@@ -295,7 +337,10 @@ impl Storage for LocalStorage {
             let Ok(name) = entry.file_name().into_string() else {
                 continue;
             };
-            if !name.starts_with(name_prefix) || is_temp(&name) {
+            if !name.starts_with(name_prefix)
+                || is_temp(&name)
+                || (hide_dot_names && name.starts_with('.'))
+            {
                 continue;
             }
             push_entry(&entry.path(), name, &mut found, prefix)?;

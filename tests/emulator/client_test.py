@@ -7,13 +7,39 @@ client into a virtual environment. Every check raises on failure.
 import argparse
 import json
 import os
+import socket
 import time
+
+import httplib2
 
 from google.auth.credentials import AnonymousCredentials
 from googleapiclient import discovery
 from googleapiclient.errors import HttpError
 
 PROJECT = "projects/emulator-test"
+
+
+class CountingHttp(httplib2.Http):
+    """Counts the requests the client sends, to check the emulator logs each one."""
+
+    requests = 0
+
+    def request(self, *args, **kwargs):
+        CountingHttp.requests += 1
+        return super().request(*args, **kwargs)
+
+
+def raw(port, data, read=True):
+    """Sends raw bytes on a new connection; returns the status line's code, or None."""
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as conn:
+        conn.sendall(data)
+        if not read:
+            return None
+        conn.shutdown(socket.SHUT_WR)
+        reply = b""
+        while chunk := conn.recv(65536):
+            reply += chunk
+    return int(reply.split(b" ", 2)[1])
 
 
 def expect_http_error(status, call):
@@ -63,13 +89,15 @@ def main():
     parser.add_argument("--root", required=True)
     args = parser.parse_args()
 
+    # No credentials (as AnonymousCredentials): a counting transport instead.
     ml = discovery.build(
         "ml",
         "v1",
         client_options={"api_endpoint": f"http://127.0.0.1:{args.port}"},
-        credentials=AnonymousCredentials(),
+        http=CountingHttp(),
         static_discovery=True,
     )
+    assert AnonymousCredentials  # the other way to build it, as the README shows
     jobs = ml.projects().jobs()
     checks = []
 
@@ -169,9 +197,38 @@ def main():
     assert none == {}, none
     checks.append("getIamPolicy, setIamPolicy (stale etag -> 409), testIamPermissions (missing job -> {})")
 
+    # Hostile requests: the server answers each and keeps serving.
+    port = int(args.port)
+    raw_answered = 0
+    huge = b"POST /v1/projects/p/jobs HTTP/1.1\r\nHost: x\r\nContent-Length: 1099511627776\r\n\r\n{"
+    assert raw(port, huge) == 413
+    insane = b"POST /v1/projects/p/jobs HTTP/1.1\r\nContent-Length: 18446744073709551615\r\n\r\n"
+    assert raw(port, insane) == 413
+    assert raw(port, b"GET / HTTP/1.1\r\n" + b"X-Pad: " + b"a" * 70000 + b"\r\n\r\n") == 431
+    assert raw(port, b"NOT HTTP AT ALL\r\n\r\n") == 400
+    short = b"POST /v1/projects/p/jobs HTTP/1.1\r\nContent-Length: 100\r\n\r\n{}"
+    assert raw(port, short) == 400, "a body cut short is refused, not taken"
+    raw_answered += 5
+    # Clients that stall mid-body hold only their own connections.
+    stalled = []
+    for _ in range(8):
+        conn = socket.create_connection(("127.0.0.1", port), timeout=30)
+        conn.sendall(b"POST /v1/projects/p/jobs HTTP/1.1\r\nContent-Length: 5000\r\n\r\n{")
+        stalled.append(conn)
+    started = time.time()
+    jobs.get(name=name).execute()
+    assert time.time() - started < 5, "a stalled client blocked another"
+    # Giving up mid-body: the server answers each with 400 (to no one) and logs it.
+    for conn in stalled:
+        conn.close()
+    raw_answered += len(stalled)
+    time.sleep(0.5)
+    checks.append("huge and absurd Content-Length -> 413, huge head -> 431, garbage -> 400, short body -> 400, stalled clients block nobody")
+
     for check in checks:
         print("ok:", check)
     print(f"all {len(checks)} client checks passed")
+    print(f"requests answered: {CountingHttp.requests + raw_answered}")
 
 
 if __name__ == "__main__":

@@ -41,12 +41,20 @@ for _ in $(seq 300); do
   sleep 0.1
 done
 
-if ! "$venv/bin/python" tests/emulator/client_test.py --port "$port" --root "$root"; then
+if ! "$venv/bin/python" tests/emulator/client_test.py --port "$port" --root "$root" | tee "$root/client.log"; then
   echo "--- emulator log (last 40 lines)"; tail -40 "$root/emulator.log"; exit 1
 fi
 
-# Ctrl-C stops it cleanly.
+# Ctrl-C stops it cleanly, and soon.
 kill -INT "$pid"
+for _ in $(seq 300); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+if kill -0 "$pid" 2>/dev/null; then echo "the emulator did not stop within 30 s of SIGINT"; exit 1; fi
 wait "$pid"
 grep -q '^stopped$' "$root/emulator.log"
-echo "emulator: $(grep -c ' -> ' "$root/emulator.log") requests logged, stopped cleanly on SIGINT"
+# One log line per request answered.
+answered=$(grep -oP '^requests answered: \K[0-9]+' "$root/client.log")
+logged=$(grep -c ' -> ' "$root/emulator.log")
+if [ "$answered" != "$logged" ]; then
+  echo "the client had $answered requests answered, the emulator logged $logged"; exit 1
+fi
+echo "emulator: $logged requests, each logged once; stopped cleanly on SIGINT"

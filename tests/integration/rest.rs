@@ -81,7 +81,14 @@ fn every_discovery_route_reaches_its_method() {
                 continue;
             }
             let response = api.handle(&RestRequest::new(other, &format!("/{path}")));
-            assert_eq!(response.status, 405, "{other} /{path}");
+            assert_eq!(response.status, 404, "{other} /{path}");
+            assert!(
+                response.json().unwrap()["error"]["message"]
+                    .as_str()
+                    .unwrap()
+                    .starts_with("Method not found"),
+                "{other} /{path}"
+            );
             assert!(
                 response
                     .headers
@@ -311,7 +318,97 @@ fn bad_requests_get_their_proper_errors() {
         assert!(response["error"]["message"].as_str().unwrap().len() > 10);
     }
     let (status, body) = call(&api, "PUT", "/v1/projects/my-proj/jobs", b"");
-    assert_eq!(error_of(status, &body), (405, "UNIMPLEMENTED"));
+    assert_eq!(error_of(status, &body), (404, "NOT_FOUND"));
+    // An encoded colon is part of the name, not a verb; a trailing slash is no route.
+    let (status, body) = call(&api, "POST", "/v1/projects/my-proj/jobs/j1%3Acancel", b"");
+    assert_eq!(error_of(status, &body), (400, "INVALID_ARGUMENT"), "{body}");
+    let (status, body) = call(&api, "GET", "/v1/projects/my-proj/jobs/", b"");
+    assert_eq!(error_of(status, &body), (404, "NOT_FOUND"));
+    let (status, body) = call(&api, "GET", "/v1/projects/my-proj/jobs:cancel", b"");
+    assert_eq!(error_of(status, &body), (404, "NOT_FOUND"));
+    // A fields path too deep for any message is refused, not followed.
+    let deep = vec!["a"; 5000].join("/");
+    let (status, body) = call(
+        &api,
+        "GET",
+        &format!("/v1/projects/my-proj/jobs?fields={deep}"),
+        b"",
+    );
+    assert_eq!(error_of(status, &body), (400, "INVALID_ARGUMENT"));
+}
+
+#[test]
+fn bodies_are_read_as_proto3_json() {
+    let api = api();
+    // Proto names are JSON names too.
+    let snake = json!({
+        "job_id": "snake",
+        "prediction_input": {
+            "data_format": "JSON", "input_paths": ["gs://b/in/*"], "output_path": "gs://b/out",
+            "region": "us-central1", "uri": "gs://b/model", "batch_size": "8"},
+        "labels": {"my_label": "x"}
+    });
+    let (status, created) = call(
+        &api,
+        "POST",
+        "/v1/projects/my-proj/jobs",
+        snake.to_string().as_bytes(),
+    );
+    assert_eq!(status, 200, "{created}");
+    assert_eq!(created["predictionInput"]["batchSize"], "8");
+    assert_eq!(
+        created["labels"],
+        json!({"my_label": "x"}),
+        "map keys are data, kept as sent"
+    );
+    // Unknown names are refused as Google refuses them.
+    let mut bogus: Value = serde_json::from_slice(&job_body("bogus")).unwrap();
+    bogus["predictionInput"]["inputPath"] = json!("gs://b/x");
+    let (status, body) = call(
+        &api,
+        "POST",
+        "/v1/projects/my-proj/jobs",
+        bogus.to_string().as_bytes(),
+    );
+    assert_eq!(error_of(status, &body), (400, "INVALID_ARGUMENT"));
+    assert_eq!(
+        body["error"]["message"],
+        "Invalid JSON payload received. Unknown name \"inputPath\" at 'predictionInput': Cannot find field."
+    );
+    let (status, body) = call(
+        &api,
+        "POST",
+        "/v1/projects/my-proj/jobs/snake:setIamPolicy",
+        br#"{"policy": {"bindings": [{"role": "roles/ml.viewer", "members": ["allUsers"], "conditon": {}}]}}"#,
+    );
+    assert_eq!(error_of(status, &body), (400, "INVALID_ARGUMENT"));
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("\"conditon\" at 'policy.bindings[0]'"),
+        "{body}"
+    );
+    // Proto names of query parameters; a null body is an empty message.
+    let (status, page) = call(&api, "GET", "/v1/projects/my-proj/jobs?page_size=1", b"");
+    assert_eq!(
+        (status, page["jobs"].as_array().map(Vec::len)),
+        (200, Some(1))
+    );
+    let (status, body) = call(
+        &api,
+        "POST",
+        "/v1/projects/my-proj/jobs/snake:cancel",
+        b"null",
+    );
+    assert_eq!((status, body), (200, json!({})));
+    let (status, body) = call(
+        &api,
+        "PATCH",
+        "/v1/projects/my-proj/jobs/snake?update_mask=labels",
+        br#"{"labels": {"a": "b"}}"#,
+    );
+    assert_eq!((status, body["labels"].clone()), (200, json!({"a": "b"})));
 }
 
 #[test]

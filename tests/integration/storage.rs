@@ -86,6 +86,54 @@ fn gs_locations_map_into_the_root_and_cannot_escape() {
     );
 }
 
+#[cfg(unix)]
+#[test]
+fn confined_storage_follows_no_link_out_of_its_root_and_hides_its_dot_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let outside = tempfile::tempdir().unwrap();
+    std::fs::write(outside.path().join("secret"), b"s\n").unwrap();
+    let root = dir.path().join("root");
+    std::fs::create_dir_all(root.join("bucket")).unwrap();
+    std::fs::create_dir_all(root.join(".jobs")).unwrap();
+    std::fs::write(root.join(".jobs/LOCK"), b"").unwrap();
+    std::fs::write(root.join("bucket/a.json"), b"1\n").unwrap();
+    std::os::unix::fs::symlink(outside.path(), root.join("bucket/out")).unwrap();
+    std::os::unix::fs::symlink(root.join(".jobs"), root.join("bucket/jobs")).unwrap();
+    let storage = LocalStorage::confined(&root);
+    for bad in [
+        "gs://bucket/out/secret",
+        "gs://bucket/out/new-file",
+        "gs://bucket/jobs/LOCK",
+        "gs://bucket/jobs/x",
+        "bucket/out/secret",
+    ] {
+        let err = storage
+            .open(bad)
+            .err()
+            .unwrap_or_else(|| panic!("{bad} was read"));
+        assert_eq!(
+            err.kind(),
+            StorageErrorKind::InvalidLocation,
+            "{bad}: {err}"
+        );
+        assert!(storage.put_bytes(bad, b"x").is_err(), "{bad} written");
+    }
+    assert!(!root.join(".jobs/x").exists());
+    assert!(!outside.path().join("new-file").exists());
+    assert_eq!(storage.read_bytes("gs://bucket/a.json").unwrap(), b"1\n");
+    let everything: Vec<String> = storage
+        .expand(&["gs://**".to_string()])
+        .unwrap()
+        .into_iter()
+        .map(|m| m.location)
+        .collect();
+    assert!(
+        everything.iter().all(|l| !l.contains(".jobs")),
+        "{everything:?}"
+    );
+    assert!(everything.contains(&"gs://bucket/a.json".to_string()));
+}
+
 #[test]
 fn confined_storage_refuses_everything_outside_its_root() {
     let dir = tempfile::tempdir().unwrap();

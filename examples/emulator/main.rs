@@ -13,19 +13,22 @@
 //! RUNNING → SUCCEEDED with real counts, and `jobs.cancel` stops a running
 //! one. With `--predictor echo` every model is the echo predictor; without
 //! it, jobs fail saying no model can be loaded. One log line per request on
-//! stderr; Ctrl-C cancels running jobs and stops cleanly.
+//! stderr; Ctrl-C cancels running jobs and stops cleanly. The HTTP server
+//! (http.rs) bounds connections, heads, bodies and the time of every read.
 //!
 //! Callers: `Authorization: Bearer user:alice@example.com` acts as that
 //! principal; with `--enforce-iam` it needs a role on the job (set one with
 //! setIamPolicy), and everyone with no header is anonymous. Without
 //! `--enforce-iam`, everyone may do everything.
 
-use std::io::Read;
+mod http;
+
+use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use batch_prediction::{
     BatchExecutor, EchoResolver, Job, JobService, LocalJobStore, LocalStorage, ModelResolver,
@@ -123,21 +126,12 @@ fn serve(options: Options) -> Result<(), Box<dyn std::error::Error>> {
     };
     let executor = BatchExecutor::new(Arc::new(LocalStorage::confined(&root)), resolver);
 
-    let server = Arc::new(
-        tiny_http::Server::http(("127.0.0.1", options.port))
-            .map_err(|e| format!("cannot listen on 127.0.0.1:{}: {e}", options.port))?,
-    );
+    let listener = TcpListener::bind(("127.0.0.1", options.port))
+        .map_err(|e| format!("cannot listen on 127.0.0.1:{}: {e}", options.port))?;
     let stopping = Arc::new(AtomicBool::new(false));
-    let http_threads = 4;
     {
-        let (server, stopping) = (server.clone(), stopping.clone());
-        ctrlc::set_handler(move || {
-            if !stopping.swap(true, Ordering::SeqCst) {
-                for _ in 0..http_threads {
-                    server.unblock();
-                }
-            }
-        })?;
+        let stopping = stopping.clone();
+        ctrlc::set_handler(move || stopping.store(true, Ordering::SeqCst))?;
     }
     eprintln!(
         "serving the ml v1 jobs API on http://127.0.0.1:{} (root {}, jobs in {}); Ctrl-C stops",
@@ -145,6 +139,16 @@ fn serve(options: Options) -> Result<(), Box<dyn std::error::Error>> {
         root.display(),
         root.join(".jobs").display()
     );
+    let limits = http::Limits {
+        max_connections: 64,
+        max_head_bytes: 64 << 10,
+        max_body_bytes: options.max_body_bytes,
+        io_timeout: Duration::from_secs(10),
+    };
+    let handler = {
+        let api = api.clone();
+        Arc::new(move |request: RestRequest| api.handle(&request))
+    };
 
     std::thread::scope(|s| {
         let runner = s.spawn(|| {
@@ -155,60 +159,23 @@ fn serve(options: Options) -> Result<(), Box<dyn std::error::Error>> {
                 }
             }
         });
-        for _ in 0..http_threads {
-            let (server, api) = (&server, &api);
-            s.spawn(move || {
-                while let Ok(request) = server.recv() {
-                    respond(api, request);
+        // Serves on this thread until Ctrl-C.
+        if let Err(e) = http::serve(listener, limits, &stopping, handler) {
+            eprintln!("server: {e}");
+            stopping.store(true, Ordering::SeqCst);
+        }
+        // Running jobs end CANCELLED, not interrupted: cancel them until
+        // the runner, which takes no new job now, has finished.
+        while !runner.is_finished() {
+            for name in service.running_jobs() {
+                if let Err(e) = service.cancel(&name) {
+                    eprintln!("cancelling {name}: {e}");
                 }
-            });
-        }
-        // Ctrl-C: the HTTP threads end when unblocked; running jobs are
-        // cancelled so they end CANCELLED, not interrupted.
-        while !stopping.load(Ordering::SeqCst) {
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        for name in service.running_jobs() {
-            if let Err(e) = service.cancel(&name) {
-                eprintln!("cancelling {name}: {e}");
             }
+            std::thread::sleep(Duration::from_millis(50));
         }
         let _ = runner.join();
     });
     eprintln!("stopped");
     Ok(())
-}
-
-fn respond(api: &RestApi, mut request: tiny_http::Request) {
-    let started = Instant::now();
-    let method = request.method().as_str().to_owned();
-    let url = request.url().to_owned();
-    let mut rest = RestRequest::new(method.clone(), &url);
-    for header in request.headers() {
-        rest = rest.with_header(header.field.as_str().as_str(), header.value.as_str());
-    }
-    // Read one byte past the limit, so the API can refuse the body as too large.
-    let mut body = Vec::new();
-    let limit = api.max_body_bytes() as u64 + 1;
-    let response = match request.as_reader().take(limit).read_to_end(&mut body) {
-        Ok(_) => api.handle(&rest.with_body(body)),
-        Err(e) => {
-            eprintln!("{method} {url}: reading the body: {e}");
-            return;
-        }
-    };
-    let status = response.status;
-    let mut reply = tiny_http::Response::from_data(response.body).with_status_code(status);
-    for (name, value) in &response.headers {
-        if let Ok(header) = tiny_http::Header::from_bytes(name.as_bytes(), value.as_bytes()) {
-            reply.add_header(header);
-        }
-    }
-    if let Err(e) = request.respond(reply) {
-        eprintln!("{method} {url}: sending the response: {e}");
-    }
-    eprintln!(
-        "{method} {url} -> {status} ({:.1} ms)",
-        started.elapsed().as_secs_f64() * 1000.0
-    );
 }
