@@ -3,11 +3,11 @@
 //! memory on a 10 MB and a 1 GB input.
 //!
 //! ```text
-//! cargo run --release --example executor_throughput -- [RECORDS] [--rss]
+//! cargo run --release --example executor_throughput -- [RECORDS] [--rounds N] [--rss]
 //! ```
 //!
 //! With RECORDS (default 200000) `{"key": N, "x": [4 floats]}` instances in
-//! memory, it times, in alternating rounds with the median of 5:
+//! memory, it times, in alternating rounds with the median of 5 (or N):
 //! - the bare cost: one thread parsing each JSON line with serde_json and
 //!   writing it back (and, as the echo predictor must, writing a copy); or reading the TFRecord frames and writing each as a
 //!   `{"b64": …}` line (the echo job's work), and reading them alone;
@@ -30,7 +30,22 @@ use batch_prediction::{
 };
 use serde_json::{Value, json};
 
+/// Alternating rounds per case, unless `--rounds N` says otherwise.
 const ROUNDS: usize = 5;
+
+/// The measured cases, in the order each round runs them.
+const CASES: [&str; 10] = [
+    "bare json",
+    "bare json clone",
+    "echo json 1w",
+    "echo json 2w",
+    "bare tfrecord",
+    "bare tfrecord echo",
+    "echo tfrecord 1w",
+    "echo tfrecord 2w",
+    "cpu json 1w",
+    "cpu json 2w",
+];
 
 fn median(mut v: Vec<Duration>) -> f64 {
     v.sort();
@@ -217,10 +232,19 @@ fn main() {
         return;
     }
     let only_case = args.iter().position(|a| a == "--only").map(|i| i + 1);
+    let case_arg = args.iter().position(|a| a == "--case").map(|i| i + 1);
+    let rounds_arg = args.iter().position(|a| a == "--rounds").map(|i| i + 1);
+    let rounds: usize = rounds_arg.map_or(ROUNDS, |i| {
+        args.get(i)
+            .and_then(|n| n.parse().ok())
+            .expect("--rounds N")
+    });
     let records: usize = args
         .iter()
         .enumerate()
-        .find(|&(i, a)| !a.starts_with("--") && Some(i) != only_case)
+        .find(|&(i, a)| {
+            !a.starts_with("--") && ![only_case, case_arg, rounds_arg].contains(&Some(i))
+        })
         .map_or(200_000, |(_, s)| s.parse().expect("RECORDS"));
     let lines = instances(records);
     let mut tf = TfRecordWriter::new(Vec::new());
@@ -235,106 +259,73 @@ fn main() {
     let echo: Arc<dyn Predictor> = Arc::new(EchoPredictor);
     let cpu = cpu_bound();
 
-    // `--only CASE` runs one case ("bare json", "echo json 1w", …) ten times,
-    // for a profiler (`valgrind --tool=callgrind` counts instructions repeatably).
-    if let Some(i) = args.iter().position(|a| a == "--only") {
-        let case = args.get(i + 1).expect("--only CASE").as_str();
-        if case == "setup" {
-            return; // the data generation alone, to subtract
-        }
-        if case == "bare json" {
-            for _ in 0..10 {
-                bare_json(&lines, false);
-            }
-            return;
-        }
-        let (predictor, format, input) = match case {
-            "echo json 1w" | "echo json 2w" => {
-                (echo.clone(), DataFormat::Json, "mem://in/data.jsonl")
-            }
-            "echo tfrecord 1w" | "echo tfrecord 2w" => {
-                (echo.clone(), DataFormat::TfRecord, "mem://in/data.tfrecord")
-            }
+    let run_case = |case: &str| -> Duration {
+        let (predictor, format, input, workers) = match case {
+            "bare json" => return bare_json(&lines, false),
+            "bare json clone" => return bare_json(&lines, true),
+            "bare tfrecord" => return bare_tfrecord(&tfrecord, records, false),
+            "bare tfrecord echo" => return bare_tfrecord(&tfrecord, records, true),
+            "echo json 1w" => (&echo, DataFormat::Json, "mem://in/data.jsonl", 1),
+            "echo json 2w" => (&echo, DataFormat::Json, "mem://in/data.jsonl", 2),
+            "echo tfrecord 1w" => (&echo, DataFormat::TfRecord, "mem://in/data.tfrecord", 1),
+            "echo tfrecord 2w" => (&echo, DataFormat::TfRecord, "mem://in/data.tfrecord", 2),
+            "cpu json 1w" => (&cpu, DataFormat::Json, "mem://in/data.jsonl", 1),
+            "cpu json 2w" => (&cpu, DataFormat::Json, "mem://in/data.jsonl", 2),
             other => panic!("unknown case {other:?}"),
         };
-        let workers = if case.ends_with("2w") { 2 } else { 1 };
-        for _ in 0..10 {
-            run_job(
-                &storage,
-                predictor.clone(),
-                job(format, input, "mem://out/only", workers),
-                records,
-            );
+        run_job(
+            &storage,
+            predictor.clone(),
+            job(format, input, "mem://out/case", workers),
+            records,
+        )
+    };
+
+    // `--only CASE` runs one case ten times in this process, for a profiler
+    // (`valgrind --tool=callgrind` counts instructions repeatably); "setup"
+    // is the data generation alone, to subtract.
+    if let Some(i) = only_case {
+        let case = args.get(i).expect("--only CASE").as_str();
+        if case != "setup" {
+            for _ in 0..10 {
+                run_case(case);
+            }
         }
         return;
     }
+    // `--case CASE` runs one case once and prints its time in nanoseconds:
+    // what each measurement below is, in a fresh process.
+    if let Some(i) = case_arg {
+        let case = args.get(i).expect("--case CASE").as_str();
+        println!("{}", run_case(case).as_nanos());
+        return;
+    }
+
+    // Each measurement runs in a process of its own, so that no case
+    // inherits another's heap or threads; rounds alternate the cases so
+    // that the machine's drift falls on all of them alike.
+    let exe = std::env::current_exe().expect("the running executable");
     let mut t: std::collections::BTreeMap<&str, Vec<Duration>> = Default::default();
-    for _ in 0..ROUNDS {
-        t.entry("bare json")
-            .or_default()
-            .push(bare_json(&lines, false));
-        t.entry("bare json clone")
-            .or_default()
-            .push(bare_json(&lines, true));
-        t.entry("echo json 1w").or_default().push(run_job(
-            &storage,
-            echo.clone(),
-            job(DataFormat::Json, "mem://in/data.jsonl", "mem://out/j1", 1),
-            records,
-        ));
-        t.entry("echo json 2w").or_default().push(run_job(
-            &storage,
-            echo.clone(),
-            job(DataFormat::Json, "mem://in/data.jsonl", "mem://out/j2", 2),
-            records,
-        ));
-        t.entry("bare tfrecord")
-            .or_default()
-            .push(bare_tfrecord(&tfrecord, records, false));
-        t.entry("bare tfrecord echo")
-            .or_default()
-            .push(bare_tfrecord(&tfrecord, records, true));
-        t.entry("echo tfrecord 1w").or_default().push(run_job(
-            &storage,
-            echo.clone(),
-            job(
-                DataFormat::TfRecord,
-                "mem://in/data.tfrecord",
-                "mem://out/t1",
-                1,
-            ),
-            records,
-        ));
-        t.entry("echo tfrecord 2w").or_default().push(run_job(
-            &storage,
-            echo.clone(),
-            job(
-                DataFormat::TfRecord,
-                "mem://in/data.tfrecord",
-                "mem://out/t2",
-                2,
-            ),
-            records,
-        ));
-        t.entry("cpu json 1w").or_default().push(run_job(
-            &storage,
-            cpu.clone(),
-            job(DataFormat::Json, "mem://in/data.jsonl", "mem://out/c1", 1),
-            records,
-        ));
-        t.entry("cpu json 2w").or_default().push(run_job(
-            &storage,
-            cpu.clone(),
-            job(DataFormat::Json, "mem://in/data.jsonl", "mem://out/c2", 2),
-            records,
-        ));
+    for _ in 0..rounds {
+        for case in CASES {
+            let output = std::process::Command::new(&exe)
+                .args(["--case", case, &records.to_string()])
+                .output()
+                .expect("run a case");
+            assert!(output.status.success(), "{case}: {output:?}");
+            let nanos: u64 = String::from_utf8_lossy(&output.stdout)
+                .trim()
+                .parse()
+                .expect("nanoseconds");
+            t.entry(case).or_default().push(Duration::from_nanos(nanos));
+        }
     }
     let m: std::collections::BTreeMap<&str, f64> =
         t.into_iter().map(|(k, v)| (k, median(v))).collect();
     let mb = lines.len() as f64 / 1e6;
     let tf_mb = tfrecord.len() as f64 / 1e6;
     println!(
-        "{records} instances ({mb:.1} MB as JSON lines, {tf_mb:.1} MB as TFRecord), in memory; medians of {ROUNDS} alternating rounds"
+        "{records} instances ({mb:.1} MB as JSON lines, {tf_mb:.1} MB as TFRecord), in memory; medians of {rounds} alternating rounds, each run in a process of its own"
     );
     println!("{:<18} {:>12} {:>10}", "case", "records/s", "MB/s");
     for (name, secs) in &m {
