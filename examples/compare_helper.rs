@@ -1,0 +1,156 @@
+//! The Rust side of `benches/compare.py`: each command does one timed piece
+//! of work on files and prints `SECONDS COUNT` on stdout.
+//!
+//! ```text
+//! compare_helper bare-json IN OUT                  # serde_json parse + serialize of each line, one thread
+//! compare_helper read FORMAT IN                    # frame every record (json, tfrecord, tfrecord-gzip)
+//! compare_helper job echo|cpu FORMAT IN OUTDIR N   # a BatchExecutor job with N workers, batches of 64
+//! compare_helper to-tfrecord BLOBS OUT             # frame (u32 LE length, bytes)* as TFRecords (untimed)
+//! ```
+//!
+//! `cpu` is a CPU-bound predictor: about 1,000 floating-point steps per
+//! instance, so that the workers, not the I/O, set the pace.
+
+use std::io::{BufRead, BufReader, BufWriter, Write};
+use std::sync::Arc;
+use std::time::Instant;
+
+use batch_prediction::{
+    BatchExecutor, CancelHandle, DataFormat, EchoPredictor, ExecutorConfig, Instance, Job,
+    LocalStorage, ModelVersion, PredictError, PredictionInput, Predictor, RawReader, ReadOptions,
+    ResumeMode, State, Storage, SystemClock, Transition, predictor_fn,
+};
+use serde_json::{Value, json};
+
+fn format_of(name: &str) -> DataFormat {
+    match name {
+        "json" => DataFormat::Json,
+        "tfrecord" => DataFormat::TfRecord,
+        "tfrecord-gzip" => DataFormat::TfRecordGzip,
+        other => panic!("unknown format {other:?}: json, tfrecord or tfrecord-gzip"),
+    }
+}
+
+fn bare_json(input: &str, output: &str) -> (f64, u64) {
+    let start = Instant::now();
+    let reader = BufReader::with_capacity(256 << 10, std::fs::File::open(input).expect("input"));
+    let mut out =
+        BufWriter::with_capacity(256 << 10, std::fs::File::create(output).expect("output"));
+    let mut n = 0;
+    for line in reader.split(b'\n') {
+        let line = line.expect("read");
+        if line.is_empty() {
+            continue;
+        }
+        let value: Value = serde_json::from_slice(&line).expect("valid JSON");
+        serde_json::to_writer(&mut out, &value).expect("write");
+        out.write_all(b"\n").expect("write");
+        n += 1;
+    }
+    out.flush().expect("flush");
+    (start.elapsed().as_secs_f64(), n)
+}
+
+fn read(format: DataFormat, input: &str) -> (f64, u64) {
+    let storage = LocalStorage::new();
+    let start = Instant::now();
+    let mut reader = RawReader::new(
+        format,
+        input,
+        storage.open(input).expect("open"),
+        ReadOptions::default(),
+    )
+    .expect("an input format");
+    let mut buf = Vec::with_capacity(1 << 20);
+    let mut n = 0u64;
+    while let Some(item) = reader.read_into(&mut buf) {
+        item.expect("clean input");
+        n += 1;
+        if buf.len() > 1 << 20 {
+            std::hint::black_box(&buf);
+            buf.clear();
+        }
+    }
+    (start.elapsed().as_secs_f64(), n)
+}
+
+fn cpu_bound() -> Arc<dyn Predictor> {
+    Arc::new(predictor_fn(|batch: Vec<Instance>, _: &_| {
+        Ok(batch
+            .iter()
+            .map(|i| {
+                let mut acc = i.to_json()["key"].as_f64().unwrap_or(0.0);
+                for k in 0..1000 {
+                    acc = (acc * 1.000_001 + k as f64).sqrt();
+                }
+                json!({"score": acc})
+            })
+            .collect())
+    }))
+}
+
+fn job(predictor: &str, format: DataFormat, input: &str, outdir: &str, workers: i64) -> (f64, u64) {
+    let predictor: Arc<dyn Predictor> = match predictor {
+        "echo" => Arc::new(EchoPredictor),
+        "cpu" => cpu_bound(),
+        other => panic!("unknown predictor {other:?}: echo or cpu"),
+    };
+    let resolver = move |_: &ModelVersion, _: &Job| -> Result<Arc<dyn Predictor>, PredictError> {
+        Ok(Arc::clone(&predictor))
+    };
+    let mut job = Job::new(
+        "compare",
+        PredictionInput::new(format, [input], outdir, "local", ModelVersion::uri("m"))
+            .set_batch_size(64)
+            .set_max_worker_count(workers),
+    );
+    job.apply(Transition::Queue, &SystemClock).expect("queue");
+    let executor = BatchExecutor::new(Arc::new(LocalStorage::new()), Arc::new(resolver))
+        .with_config(ExecutorConfig::default().with_resume(ResumeMode::Fresh));
+    let start = Instant::now();
+    let summary = executor.run(&mut job, &CancelHandle::new()).expect("run");
+    let elapsed = start.elapsed().as_secs_f64();
+    assert_eq!(summary.state, State::Succeeded, "{:?}", job.error_message);
+    (elapsed, summary.prediction_count)
+}
+
+/// Frames each `(u32 LE length, bytes)` of `blobs` as a TFRecord, as
+/// TensorFlow's writer does, so the script needs no TensorFlow to make inputs.
+fn to_tfrecord(blobs: &str, output: &str) -> (f64, u64) {
+    let data = std::fs::read(blobs).expect("blobs");
+    let out = BufWriter::new(std::fs::File::create(output).expect("output"));
+    let mut writer = batch_prediction::TfRecordWriter::new(out);
+    let (mut at, mut n) = (0, 0);
+    while at + 4 <= data.len() {
+        let len = u32::from_le_bytes(data[at..at + 4].try_into().expect("4 bytes")) as usize;
+        writer.write(&data[at + 4..at + 4 + len]).expect("write");
+        at += 4 + len;
+        n += 1;
+    }
+    writer.into_inner().flush().expect("flush");
+    (0.0, n)
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let a: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (seconds, count) = match a.as_slice() {
+        ["bare-json", input, output] => bare_json(input, output),
+        ["read", format, input] => read(format_of(format), input),
+        ["to-tfrecord", blobs, output] => to_tfrecord(blobs, output),
+        ["job", predictor, format, input, outdir, workers] => job(
+            predictor,
+            format_of(format),
+            input,
+            outdir,
+            workers.parse().expect("workers"),
+        ),
+        _ => {
+            eprintln!(
+                "usage: compare_helper bare-json IN OUT | read FORMAT IN | job echo|cpu FORMAT IN OUTDIR N"
+            );
+            std::process::exit(2);
+        }
+    };
+    println!("{seconds:.6} {count}");
+}
