@@ -15,6 +15,8 @@ machine's drift falls on all of them alike, it times:
   each line with serde_json and writes it back (the bare cost of the work),
   and against a plain Python batch executor (json.loads per line, batches of
   64, json.dumps per prediction);
+- the echo job on the TFRecords, 1 and 2 workers, against a loop that frames
+  each record and writes it as the echo's {"b64": ...} line;
 - the same job with a CPU-bound predictor, 1 and 2 workers (on N/10 lines);
 - this crate framing every TFRecord (and gzip TFRecord) record, against
   `cat FILE > /dev/null` and `gzip -dc FILE > /dev/null`, and, if
@@ -230,6 +232,9 @@ def main():
             "Python executor": lambda: timed([sys.executable, py_exec, jsonl, os.path.join(work, "py.jsonl")]),
             "cpu job, 1 worker": lambda: timed([helper, "job", "cpu", "json", small, out, "1"]),
             "cpu job, 2 workers": lambda: timed([helper, "job", "cpu", "json", small, out, "2"]),
+            "bare TFRecord echo loop": lambda: timed([helper, "bare-tfrecord-echo", tfr, os.path.join(work, "bare_tf.jsonl")]),
+            "TFRecord echo job, 1 worker": lambda: timed([helper, "job", "echo", "tfrecord", tfr, out, "1"]),
+            "TFRecord echo job, 2 workers": lambda: timed([helper, "job", "echo", "tfrecord", tfr, out, "2"]),
             "cat TFRecord": lambda: timed_to_null(["cat", tfr]),
             "read TFRecord": lambda: timed([helper, "read", "tfrecord", tfr]),
             "gzip -dc": lambda: timed_to_null(["gzip", "-dc", tfgz]),
@@ -272,6 +277,12 @@ def main():
     goal("echo job 1w vs bare serde_json loop", speed("echo job, 1 worker") / speed("bare serde_json loop"), 0.75)
     goal("echo job 2w vs 1w", speed("echo job, 2 workers") / speed("echo job, 1 worker"), 1.6)
     goal("cpu job 2w vs 1w", speed("cpu job, 2 workers") / speed("cpu job, 1 worker"), 1.8)
+    # Issue #4's own targets: the executor adds under 25% to the bare cost, on JSON and TFRecord.
+    goal("#4: echo job 1w vs bare loop, JSON", speed("echo job, 1 worker") / speed("bare serde_json loop"), 0.8)
+    goal("#4: echo job 1w vs bare loop, TFRecord",
+         speed("TFRecord echo job, 1 worker") / speed("bare TFRecord echo loop"), 0.8)
+    goal("#4: TFRecord echo job 2w vs 1w",
+         speed("TFRecord echo job, 2 workers") / speed("TFRecord echo job, 1 worker"), 1.6)
     goal("TFRecord read vs cat", speed("read TFRecord") / speed("cat TFRecord"), 0.5)
     goal("gzip TFRecord read vs gzip -dc", speed("read gzip TFRecord") / speed("gzip -dc"), 1.0)
     if tf_python:

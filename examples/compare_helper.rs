@@ -3,6 +3,7 @@
 //!
 //! ```text
 //! compare_helper bare-json IN OUT                  # serde_json parse + serialize of each line, one thread
+//! compare_helper bare-tfrecord-echo IN OUT         # frame each TFRecord, write it as a {"b64": …} line
 //! compare_helper read FORMAT IN                    # frame every record (json, tfrecord, tfrecord-gzip)
 //! compare_helper job echo|cpu FORMAT IN OUTDIR N   # a BatchExecutor job with N workers, batches of 64
 //! compare_helper to-tfrecord BLOBS OUT             # frame (u32 LE length, bytes)* as TFRecords (untimed)
@@ -45,6 +46,32 @@ fn bare_json(input: &str, output: &str) -> (f64, u64) {
         let value: Value = serde_json::from_slice(&line).expect("valid JSON");
         serde_json::to_writer(&mut out, &value).expect("write");
         out.write_all(b"\n").expect("write");
+        n += 1;
+    }
+    out.flush().expect("flush");
+    (start.elapsed().as_secs_f64(), n)
+}
+
+/// The echo job's work on TFRecords in one loop: frame each record and
+/// write it as the echo predictor's `{"b64": …}` line.
+fn bare_tfrecord_echo(input: &str, output: &str) -> (f64, u64) {
+    let storage = LocalStorage::new();
+    let start = Instant::now();
+    let mut reader = RawReader::new(
+        DataFormat::TfRecord,
+        input,
+        storage.open(input).expect("open"),
+        ReadOptions::default(),
+    )
+    .expect("an input format");
+    let mut out = BufWriter::with_capacity(256 << 10, std::fs::File::create(output).expect("output"));
+    let mut buf = Vec::new();
+    let mut n = 0;
+    while let Some(item) = reader.read_into(&mut buf) {
+        item.expect("clean input");
+        serde_json::to_writer(&mut out, &batch_prediction::bytes_to_json(&buf)).expect("write");
+        out.write_all(b"\n").expect("write");
+        buf.clear();
         n += 1;
     }
     out.flush().expect("flush");
@@ -136,6 +163,7 @@ fn main() {
     let a: Vec<&str> = args.iter().map(String::as_str).collect();
     let (seconds, count) = match a.as_slice() {
         ["bare-json", input, output] => bare_json(input, output),
+        ["bare-tfrecord-echo", input, output] => bare_tfrecord_echo(input, output),
         ["read", format, input] => read(format_of(format), input),
         ["to-tfrecord", blobs, output] => to_tfrecord(blobs, output),
         ["job", predictor, format, input, outdir, workers] => job(
@@ -147,7 +175,7 @@ fn main() {
         ),
         _ => {
             eprintln!(
-                "usage: compare_helper bare-json IN OUT | read FORMAT IN | job echo|cpu FORMAT IN OUTDIR N"
+                "usage: compare_helper bare-json IN OUT | bare-tfrecord-echo IN OUT | read FORMAT IN | job echo|cpu FORMAT IN OUTDIR N | to-tfrecord BLOBS OUT"
             );
             std::process::exit(2);
         }
