@@ -5,7 +5,9 @@
 //!
 //!   JOB.json                 a jobs.create request body (local paths or file:// in
 //!                            inputPaths and outputPath; gs:// with --gcs-root)
-//!   --predictor echo         the model to run: `echo` predicts each instance as itself
+//!   --predictor NAME         the model to run: `onnx` (with the `onnx` feature, and then the
+//!                            default) runs the ONNX model at the job's uri; `echo` predicts
+//!                            each instance as itself (the default without the feature)
 //!   --gcs-root DIR           read and write gs://BUCKET/PATH at DIR/BUCKET/PATH
 //!   --threads N              at most N worker threads (default: all cores)
 //!   --max-errors N           fail the job once more than N instances failed
@@ -28,7 +30,7 @@ use batch_prediction::{
     Progress, ResumeMode, State, SystemClock, Transition,
 };
 
-const USAGE: &str = "usage: batch_predict JOB.json [--predictor echo] [--gcs-root DIR] [--threads N] \
+const USAGE: &str = "usage: batch_predict JOB.json [--predictor onnx|echo] [--gcs-root DIR] [--threads N] \
                      [--max-errors N] [--max-error-ratio R] [--fresh] [--plan]";
 
 struct Args {
@@ -42,7 +44,12 @@ struct Args {
 fn parse_args() -> Result<Args, String> {
     let mut args = std::env::args().skip(1);
     let mut job = None;
-    let mut predictor = "echo".to_owned();
+    let mut predictor = if cfg!(feature = "onnx") {
+        "onnx"
+    } else {
+        "echo"
+    }
+    .to_owned();
     let mut gcs_root = None;
     let mut config = ExecutorConfig::default();
     let mut plan_only = false;
@@ -89,10 +96,23 @@ fn parse_args() -> Result<Args, String> {
     })
 }
 
-fn resolver(name: &str) -> Result<Arc<dyn ModelResolver>, String> {
+fn resolver(name: &str, storage: &LocalStorage) -> Result<Arc<dyn ModelResolver>, String> {
     match name {
         "echo" => Ok(Arc::new(EchoResolver)),
-        other => Err(format!("unknown predictor {other:?}: expected echo")),
+        #[cfg(feature = "onnx")]
+        "onnx" => Ok(Arc::new(batch_prediction::OnnxResolver::new(
+            storage.clone(),
+        ))),
+        #[cfg(not(feature = "onnx"))]
+        "onnx" => {
+            Err("the onnx predictor needs the onnx feature: cargo run --features onnx …".into())
+        }
+        other => {
+            let _ = storage;
+            Err(format!(
+                "unknown predictor {other:?}: expected onnx or echo"
+            ))
+        }
     }
 }
 
@@ -155,16 +175,16 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let resolver = match resolver(&args.predictor) {
+    let storage = match &args.gcs_root {
+        Some(root) => LocalStorage::with_gcs_root(root),
+        None => LocalStorage::new(),
+    };
+    let resolver = match resolver(&args.predictor, &storage) {
         Ok(r) => r,
         Err(message) => {
             eprintln!("batch_predict: {message}");
             return ExitCode::from(2);
         }
-    };
-    let storage = match &args.gcs_root {
-        Some(root) => LocalStorage::with_gcs_root(root),
-        None => LocalStorage::new(),
     };
     let executor = BatchExecutor::new(Arc::new(storage), resolver)
         .with_config(args.config)

@@ -64,7 +64,8 @@ fn bare_tfrecord_echo(input: &str, output: &str) -> (f64, u64) {
         ReadOptions::default(),
     )
     .expect("an input format");
-    let mut out = BufWriter::with_capacity(256 << 10, std::fs::File::create(output).expect("output"));
+    let mut out =
+        BufWriter::with_capacity(256 << 10, std::fs::File::create(output).expect("output"));
     let mut buf = Vec::new();
     let mut n = 0;
     while let Some(item) = reader.read_into(&mut buf) {

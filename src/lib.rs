@@ -84,6 +84,8 @@ mod error;
 mod executor;
 mod model;
 mod name;
+#[cfg(feature = "onnx")]
+mod onnx;
 mod predict;
 mod record;
 #[cfg(feature = "rest")]
@@ -109,6 +111,8 @@ pub use model::{
     UnknownEnumValue,
 };
 pub use name::{JobName, MAX_ID_LEN, ModelName, ProjectName, VersionName};
+#[cfg(feature = "onnx")]
+pub use onnx::{OnnxPredictor, OnnxResolver, PASSTHROUGH_LABEL};
 pub use predict::{
     CancelHandle, EchoPredictor, EchoResolver, FaultyPredictor, FnPredictor, ModelRegistry,
     ModelResolver, PredictContext, PredictError, Predictor, predictor_fn,

@@ -12,7 +12,8 @@
 //! created jobs in the background: `jobs.get` shows them move QUEUED →
 //! RUNNING → SUCCEEDED with real counts, and `jobs.cancel` stops a running
 //! one. With `--predictor echo` every model is the echo predictor; without
-//! it, jobs fail saying no model can be loaded. One log line per request on
+//! it, the ONNX model at the job's `uri` (built with `--features onnx`), or,
+//! without that feature, jobs fail saying no model can be loaded. One log line per request on
 //! stderr; Ctrl-C cancels running jobs and stops cleanly. The HTTP server
 //! (http.rs) bounds connections, heads, bodies and the time of every read.
 //!
@@ -31,8 +32,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use batch_prediction::{
-    BatchExecutor, EchoResolver, Job, JobService, LocalJobStore, LocalStorage, ModelResolver,
-    ModelVersion, PredictError, Predictor, RestApi, RestRequest,
+    BatchExecutor, EchoResolver, JobService, LocalJobStore, LocalStorage, ModelResolver, RestApi,
+    RestRequest,
 };
 
 struct Options {
@@ -66,7 +67,12 @@ fn parse_args() -> Result<Options, String> {
             "--root" => options.root = PathBuf::from(value("--root")?),
             "--predictor" => match value("--predictor")?.as_str() {
                 "echo" => options.echo = true,
-                other => return Err(format!("unknown predictor {other:?}: only echo")),
+                "onnx" if cfg!(feature = "onnx") => options.echo = false,
+                other => {
+                    return Err(format!(
+                        "unknown predictor {other:?}: echo, or onnx with the onnx feature"
+                    ));
+                }
             },
             "--enforce-iam" => options.enforce_iam = true,
             "--max-body-bytes" => {
@@ -85,9 +91,14 @@ fn parse_args() -> Result<Options, String> {
 }
 
 /// Refuses every model, saying how to get one.
-fn no_model(model: &ModelVersion, _: &Job) -> Result<Arc<dyn Predictor>, PredictError> {
-    Err(PredictError::new(format!(
-        "the emulator cannot load model {model}: start it with --predictor echo"
+/// Refuses every model, saying how to get one (without the `onnx` feature).
+#[cfg(not(feature = "onnx"))]
+fn no_model(
+    model: &batch_prediction::ModelVersion,
+    _: &batch_prediction::Job,
+) -> Result<Arc<dyn batch_prediction::Predictor>, batch_prediction::PredictError> {
+    Err(batch_prediction::PredictError::new(format!(
+        "the emulator cannot load model {model}: start it with --predictor echo, or build it with --features onnx"
     )))
 }
 
@@ -119,10 +130,17 @@ fn serve(options: Options) -> Result<(), Box<dyn std::error::Error>> {
             .build()?,
     );
     let api = Arc::new(RestApi::new(service.clone()).with_max_body_bytes(options.max_body_bytes));
+    // With the onnx feature, a job's uri names an ONNX model under DIR.
+    #[cfg(feature = "onnx")]
+    let models: Arc<dyn ModelResolver> = Arc::new(batch_prediction::OnnxResolver::new(
+        LocalStorage::confined(&root),
+    ));
+    #[cfg(not(feature = "onnx"))]
+    let models: Arc<dyn ModelResolver> = Arc::new(no_model);
     let resolver: Arc<dyn ModelResolver> = if options.echo {
         Arc::new(EchoResolver)
     } else {
-        Arc::new(no_model)
+        models
     };
     let executor = BatchExecutor::new(Arc::new(LocalStorage::confined(&root)), resolver);
 

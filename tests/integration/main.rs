@@ -3,6 +3,8 @@
 mod discovery;
 mod executor;
 mod job_store;
+#[cfg(feature = "onnx")]
+mod onnx;
 mod props;
 mod records;
 #[cfg(feature = "rest")]

@@ -1,0 +1,505 @@
+//! The ONNX predictor (cargo feature `onnx`): a model file run by the
+//! pure-Rust `tract-onnx`, loaded and optimized once per job and shared by
+//! every worker.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde_json::{Map, Number, Value};
+use tract_onnx::prelude::*;
+use tract_onnx::tract_hir::infer::Factoid;
+use tract_onnx::tract_hir::internal::DimLike;
+
+use crate::model::{Job, ModelVersion};
+use crate::predict::{ModelResolver, PredictContext, PredictError, Predictor};
+use crate::record::Instance;
+use crate::storage::LocalStorage;
+
+/// The label a job sets to `off` to leave out of its predictions the
+/// instance fields that name no model input (see [`OnnxPredictor`]).
+pub const PASSTHROUGH_LABEL: &str = "bp-passthrough";
+
+/// The element types an input or output may have.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    F32,
+    F64,
+    I32,
+    I64,
+    Bool,
+}
+
+impl Kind {
+    fn of(dt: DatumType) -> Option<Kind> {
+        Some(match dt {
+            DatumType::F32 => Kind::F32,
+            DatumType::F64 => Kind::F64,
+            DatumType::I32 => Kind::I32,
+            DatumType::I64 => Kind::I64,
+            DatumType::Bool => Kind::Bool,
+            _ => return None,
+        })
+    }
+
+    fn describe(self) -> &'static str {
+        match self {
+            Kind::F32 | Kind::F64 => "numbers",
+            Kind::I32 | Kind::I64 => "integers",
+            Kind::Bool => "booleans",
+        }
+    }
+}
+
+/// One model input: its name, element type and shape after the batch dimension.
+#[derive(Debug, Clone)]
+struct InputSpec {
+    name: String,
+    kind: Kind,
+    shape: Vec<usize>,
+}
+
+impl InputSpec {
+    fn describe(&self) -> String {
+        if self.shape.is_empty() {
+            format!("one of {}", self.kind.describe())
+        } else {
+            format!("{} of shape {:?}", self.kind.describe(), self.shape)
+        }
+    }
+}
+
+/// A column of a batch being gathered for one input.
+enum Column {
+    F32(Vec<f32>),
+    F64(Vec<f64>),
+    I32(Vec<i32>),
+    I64(Vec<i64>),
+    Bool(Vec<bool>),
+}
+
+impl Column {
+    fn new(kind: Kind, capacity: usize) -> Column {
+        match kind {
+            Kind::F32 => Column::F32(Vec::with_capacity(capacity)),
+            Kind::F64 => Column::F64(Vec::with_capacity(capacity)),
+            Kind::I32 => Column::I32(Vec::with_capacity(capacity)),
+            Kind::I64 => Column::I64(Vec::with_capacity(capacity)),
+            Kind::Bool => Column::Bool(Vec::with_capacity(capacity)),
+        }
+    }
+
+    /// Appends one scalar; `None` when it is not of the column's kind.
+    fn push(&mut self, v: &Value) -> Option<()> {
+        match self {
+            Column::F32(c) => c.push(v.as_f64()? as f32),
+            Column::F64(c) => c.push(v.as_f64()?),
+            Column::I32(c) => c.push(i32::try_from(v.as_i64()?).ok()?),
+            Column::I64(c) => c.push(v.as_i64()?),
+            Column::Bool(c) => c.push(v.as_bool()?),
+        }
+        Some(())
+    }
+
+    fn into_tensor(self, shape: &[usize]) -> TractResult<Tensor> {
+        match self {
+            Column::F32(c) => Tensor::from_shape(shape, &c),
+            Column::F64(c) => Tensor::from_shape(shape, &c),
+            Column::I32(c) => Tensor::from_shape(shape, &c),
+            Column::I64(c) => Tensor::from_shape(shape, &c),
+            Column::Bool(c) => Tensor::from_shape(shape, &c),
+        }
+    }
+}
+
+/// A [`Predictor`] that runs an ONNX model with `tract-onnx`.
+///
+/// The model is loaded and optimized once, with a symbolic batch dimension
+/// (whatever the file says, often nothing or a fixed 1), and every batch
+/// goes through one run of the optimized plan, which all workers share.
+///
+/// **Inputs.** An instance that is a JSON object feeds each model input from
+/// the field of the same name; any other instance (an array, a number)
+/// feeds a model that has exactly one input. Values are nested arrays of
+/// the input's shape after the batch dimension (a scalar for a rank-1
+/// input), of numbers for float inputs, integers for int inputs, booleans
+/// for bool inputs. A missing field, a wrong shape or a wrong type is an
+/// error of that instance, saying which input and what was expected;
+/// binary (`{"b64": …}`) instances cannot feed a model.
+///
+/// **Outputs.** One JSON object per instance, keyed by output name: floats
+/// as JSON numbers (`f32` values printed as the shortest decimal that reads
+/// back as the same `f32`), int64 values exactly (`2^60 + 1` stays itself),
+/// booleans as booleans, nested as the output's shape after the batch
+/// dimension.
+///
+/// **Passthrough.** Fields of an object instance that name no input are
+/// copied unchanged into that instance's prediction, so a `key` survives
+/// (something the hosted service could not do); a model output of the same
+/// name wins. A job turns this off with the label
+/// [`bp-passthrough: off`](PASSTHROUGH_LABEL).
+///
+/// **signatureName** has no meaning for ONNX, whose models have one graph:
+/// it is ignored.
+///
+/// What works is what `tract-onnx` 0.23.9 supports: the standard operator
+/// set (opset 9 to 18), and of `ai.onnx.ml` the linear and tree classifiers
+/// but not `Scaler`, `ZipMap` or `TreeEnsembleRegressor`. Inputs and
+/// outputs of string type are refused when the model loads.
+///
+/// # Example
+/// ```
+/// use batch_prediction::{CancelHandle, Instance, OnnxPredictor, PredictContext, Predictor};
+/// use serde_json::json;
+///
+/// let model = OnnxPredictor::load("tests/data/onnx/classifier.onnx")?;
+/// assert_eq!(model.input_names(), ["features"]);
+/// let batch = vec![Instance::Json(json!({"key": "a", "features": [5.1, 3.5, 1.4, 0.2]}))];
+/// let cancel = CancelHandle::new();
+/// let predictions = model.predict(batch, &PredictContext::new("serving_default", &cancel, 0))?;
+/// assert_eq!(predictions[0]["key"], "a");
+/// assert_eq!(predictions[0]["probabilities"].as_array().unwrap().len(), 3);
+/// assert!(predictions[0]["class_id"].is_i64());
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub struct OnnxPredictor {
+    plan: Arc<TypedRunnableModel>,
+    inputs: Vec<InputSpec>,
+    outputs: Vec<String>,
+    passthrough: bool,
+    path: PathBuf,
+}
+
+impl fmt::Debug for OnnxPredictor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("OnnxPredictor")
+            .field("path", &self.path)
+            .field("inputs", &self.inputs)
+            .field("outputs", &self.outputs)
+            .field("passthrough", &self.passthrough)
+            .finish_non_exhaustive()
+    }
+}
+
+impl OnnxPredictor {
+    /// Loads and optimizes the model at `path`: an `.onnx` file, or a
+    /// directory holding `model.onnx`.
+    ///
+    /// # Errors
+    /// A [`PredictError`] naming the file and why: missing, not an ONNX
+    /// model, an operator tract does not support, an input or output of a
+    /// type this predictor cannot feed or read.
+    pub fn load(path: impl AsRef<Path>) -> Result<OnnxPredictor, PredictError> {
+        let path = path.as_ref();
+        let file = if path.is_dir() {
+            path.join("model.onnx")
+        } else {
+            path.to_path_buf()
+        };
+        let fail = |why: String| PredictError::new(format!("ONNX model {}: {why}", file.display()));
+        if !file.is_file() {
+            return Err(fail("no such file".into()));
+        }
+        let mut model = tract_onnx::onnx()
+            .model_for_path(&file)
+            .map_err(|e| fail(format!("cannot read it: {e}")))?;
+        let batch = model.sym("N");
+        let mut inputs = Vec::new();
+        for i in 0..model.inputs.len() {
+            let name = model.node(model.inputs[i].node).name.clone();
+            let fact = model
+                .input_fact(i)
+                .map_err(|e| fail(format!("input {name:?}: {e}")))?
+                .clone();
+            let dt = fact
+                .datum_type
+                .concretize()
+                .ok_or_else(|| fail(format!("input {name:?} has no element type")))?;
+            let kind = Kind::of(dt).ok_or_else(|| {
+                fail(format!(
+                    "input {name:?} has type {dt:?}; this predictor feeds f32, f64, i32, i64 and bool inputs"
+                ))
+            })?;
+            let mut shape = Vec::new();
+            for (d, dim) in fact.shape.dims().enumerate().skip(1) {
+                let size = dim
+                    .concretize()
+                    .and_then(|d| d.to_usize().ok())
+                    .ok_or_else(|| {
+                        fail(format!(
+                            "input {name:?} has no fixed size in dimension {d}; only the first (batch) dimension may vary"
+                        ))
+                    })?;
+                shape.push(size);
+            }
+            if fact.shape.dims().count() == 0 {
+                return Err(fail(format!(
+                    "input {name:?} is a scalar; inputs need a batch dimension"
+                )));
+            }
+            let mut dims: TVec<TDim> = tvec![batch.clone().into()];
+            dims.extend(shape.iter().map(|&s| TDim::from(s)));
+            model
+                .set_input_fact(i, InferenceFact::dt_shape(dt, dims))
+                .map_err(|e| fail(format!("input {name:?}: {e}")))?;
+            inputs.push(InputSpec { name, kind, shape });
+        }
+        let typed = model
+            .into_optimized()
+            .map_err(|e| fail(format!("cannot optimize it for a batch dimension: {e}")))?;
+        let outputs = typed
+            .outputs
+            .iter()
+            .map(|&o| {
+                typed
+                    .outlet_label(o)
+                    .map(str::to_owned)
+                    .unwrap_or_else(|| typed.node(o.node).name.clone())
+            })
+            .collect();
+        let plan = typed
+            .into_runnable()
+            .map_err(|e| fail(format!("cannot plan it: {e}")))?;
+        Ok(OnnxPredictor {
+            plan,
+            inputs,
+            outputs,
+            passthrough: true,
+            path: file,
+        })
+    }
+
+    /// Copies (`true`, the default) or leaves out the instance fields that
+    /// name no input.
+    #[must_use]
+    pub fn with_passthrough(mut self, on: bool) -> Self {
+        self.passthrough = on;
+        self
+    }
+
+    /// The model's input names, in order.
+    pub fn input_names(&self) -> Vec<&str> {
+        self.inputs.iter().map(|i| i.name.as_str()).collect()
+    }
+
+    /// The model's output names, in order.
+    pub fn output_names(&self) -> Vec<&str> {
+        self.outputs.iter().map(String::as_str).collect()
+    }
+
+    /// The value of `input` in `instance`.
+    fn field<'v>(&self, instance: &'v Value, input: &InputSpec) -> Result<&'v Value, PredictError> {
+        match instance {
+            Value::Object(map) => map.get(&input.name).ok_or_else(|| {
+                PredictError::new(format!(
+                    "the instance has no field {:?} for the model's input of that name (expected {})",
+                    input.name,
+                    input.describe()
+                ))
+            }),
+            other if self.inputs.len() == 1 => Ok(other),
+            _ => Err(PredictError::new(format!(
+                "the model has {} inputs ({}): an instance must be an object with a field for each",
+                self.inputs.len(),
+                self.input_names().join(", ")
+            ))),
+        }
+    }
+}
+
+/// Appends `value`, which must have `shape`, to `column`.
+fn flatten(value: &Value, shape: &[usize], column: &mut Column) -> bool {
+    match shape.split_first() {
+        None => column.push(value).is_some(),
+        Some((&n, rest)) => match value {
+            Value::Array(items) if items.len() == n => {
+                items.iter().all(|item| flatten(item, rest, column))
+            }
+            _ => false,
+        },
+    }
+}
+
+/// The JSON of `count` values from `flat` at `start`, nested as `shape`.
+fn nest(values: &dyn Fn(usize) -> Value, start: usize, shape: &[usize]) -> Value {
+    match shape.split_first() {
+        None => values(start),
+        Some((&n, rest)) => {
+            let inner: usize = rest.iter().product();
+            Value::Array(
+                (0..n)
+                    .map(|i| nest(values, start + i * inner, rest))
+                    .collect(),
+            )
+        }
+    }
+}
+
+fn f32_json(v: f32) -> Value {
+    // The shortest decimal that reads back as this f32, as a JSON number.
+    format!("{v}")
+        .parse::<f64>()
+        .ok()
+        .and_then(Number::from_f64)
+        .map_or(Value::Null, Value::Number)
+}
+
+fn f64_json(v: f64) -> Value {
+    Number::from_f64(v).map_or(Value::Null, Value::Number)
+}
+
+impl Predictor for OnnxPredictor {
+    fn predict(
+        &self,
+        batch: Vec<Instance>,
+        _: &PredictContext<'_>,
+    ) -> Result<Vec<Value>, PredictError> {
+        let n = batch.len();
+        let values: Vec<Value> = batch
+            .into_iter()
+            .map(|instance| match instance {
+                Instance::Json(v) => Ok(v),
+                Instance::Bytes(_) => Err(PredictError::new(
+                    "a binary ({\"b64\": …}) instance cannot feed an ONNX model",
+                )),
+            })
+            .collect::<Result<_, _>>()?;
+        let mut tensors: TVec<TValue> = TVec::new();
+        for input in &self.inputs {
+            let per_instance: usize = input.shape.iter().product();
+            let mut column = Column::new(input.kind, n * per_instance);
+            for value in &values {
+                let field = self.field(value, input)?;
+                if !flatten(field, &input.shape, &mut column) {
+                    let mut shown = field.to_string();
+                    if shown.len() > 80 {
+                        shown = format!("{}…", shown.chars().take(80).collect::<String>());
+                    }
+                    // The value goes in the source: errors_stats groups
+                    // failures by message, the error file keeps the value.
+                    return Err(PredictError::with_source(
+                        format!("input {:?}: expected {}", input.name, input.describe()),
+                        format!("got {shown}"),
+                    ));
+                }
+            }
+            let mut shape = vec![n];
+            shape.extend(&input.shape);
+            let tensor = column
+                .into_tensor(&shape)
+                .map_err(|e| PredictError::new(format!("input {:?}: {e}", input.name)))?;
+            tensors.push(tensor.into_tvalue());
+        }
+        let outputs = self
+            .plan
+            .run(tensors)
+            .map_err(|e| PredictError::new(format!("the ONNX model failed: {e}")))?;
+        let mut predictions: Vec<Map<String, Value>> = values
+            .iter()
+            .map(|v| match v {
+                Value::Object(map) if self.passthrough => map
+                    .iter()
+                    .filter(|(k, _)| !self.inputs.iter().any(|i| &i.name == *k))
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect(),
+                _ => Map::new(),
+            })
+            .collect();
+        for (name, output) in self.outputs.iter().zip(outputs.iter()) {
+            let shape = output.shape();
+            if shape.first() != Some(&n) {
+                return Err(PredictError::new(format!(
+                    "output {name:?} has shape {shape:?}, not a batch of {n} first"
+                )));
+            }
+            let inner = &shape[1..];
+            let per_instance: usize = inner.iter().product();
+            let column: Box<dyn Fn(usize) -> Value> = match output.datum_type() {
+                DatumType::F32 => {
+                    let v = plain::<f32>(output, name)?;
+                    Box::new(move |i| f32_json(v[i]))
+                }
+                DatumType::F64 => {
+                    let v = plain::<f64>(output, name)?;
+                    Box::new(move |i| f64_json(v[i]))
+                }
+                DatumType::Bool => {
+                    let v = plain::<bool>(output, name)?;
+                    Box::new(move |i| Value::Bool(v[i]))
+                }
+                dt if dt.is_integer() => {
+                    let cast = output.cast_to::<i64>().map_err(output_error(name))?;
+                    let v = plain::<i64>(&cast, name)?;
+                    Box::new(move |i| Value::from(v[i]))
+                }
+                dt => {
+                    return Err(PredictError::new(format!(
+                        "output {name:?} has type {dt:?}, which has no JSON form here"
+                    )));
+                }
+            };
+            for (i, prediction) in predictions.iter_mut().enumerate() {
+                prediction.insert(name.clone(), nest(&*column, i * per_instance, inner));
+            }
+        }
+        Ok(predictions.into_iter().map(Value::Object).collect())
+    }
+}
+
+/// The values of an output tensor, in row-major order.
+fn plain<T: Datum + Copy>(tensor: &Tensor, name: &str) -> Result<Vec<T>, PredictError> {
+    Ok(tensor
+        .to_plain_array_view::<T>()
+        .map_err(output_error(name))?
+        .iter()
+        .copied()
+        .collect())
+}
+
+fn output_error(name: &str) -> impl Fn(TractError) -> PredictError + '_ {
+    move |e| PredictError::new(format!("output {name:?}: {e}"))
+}
+
+/// Resolves a job's `uri` to an [`OnnxPredictor`]: a local path, a
+/// `file://` URI, or a `gs://` location in the root of the given
+/// [`LocalStorage`], naming an `.onnx` file or a directory with
+/// `model.onnx`. `modelName` and `versionName` are refused: name models by
+/// `uri`, or map names to files with a [`ModelRegistry`](crate::ModelRegistry).
+///
+/// # Example
+/// ```
+/// use std::sync::Arc;
+/// use batch_prediction::{BatchExecutor, LocalStorage, OnnxResolver};
+///
+/// let storage = LocalStorage::new();
+/// let executor = BatchExecutor::new(Arc::new(storage.clone()), Arc::new(OnnxResolver::new(storage)));
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct OnnxResolver {
+    storage: LocalStorage,
+}
+
+impl OnnxResolver {
+    /// A resolver that finds model files as `storage` finds objects.
+    pub fn new(storage: LocalStorage) -> Self {
+        OnnxResolver { storage }
+    }
+}
+
+impl ModelResolver for OnnxResolver {
+    fn resolve(&self, model: &ModelVersion, job: &Job) -> Result<Arc<dyn Predictor>, PredictError> {
+        let ModelVersion::Uri(uri) = model else {
+            return Err(PredictError::new(format!(
+                "the ONNX resolver loads models from predictionInput.uri, not {model}"
+            )));
+        };
+        let path = self
+            .storage
+            .resolve(uri)
+            .map_err(|e| PredictError::new(e.to_string()))?;
+        let passthrough = job.labels.get(PASSTHROUGH_LABEL).map(String::as_str) != Some("off");
+        Ok(Arc::new(
+            OnnxPredictor::load(path)?.with_passthrough(passthrough),
+        ))
+    }
+}
