@@ -22,7 +22,10 @@ machine's drift falls on all of them alike, it times:
   `cat FILE > /dev/null` and `gzip -dc FILE > /dev/null`, and, if
   tensorflow-cpu installs into the virtual environment this script makes
   (target/compare-venv), against tf.data.TFRecordDataset(...).batch(1024);
-- the peak RSS of the echo job on 20 thousand and 2 million lines.
+- the peak RSS of the echo job on 20 thousand and 2 million lines;
+- issue #6's: the job with the bundled ONNX classifier (tract-onnx) with 1
+  and 2 workers, against the same model over the same batches of 64 in a
+  bare loop (on N/4 lines of four features each).
 
 It prints the medians and each goal of issue #7 as a ratio with PASS or
 MISS. Python and TensorFlow stay out of the crate: only this script uses
@@ -199,7 +202,7 @@ def main():
     parser.add_argument("--no-tensorflow", action="store_true")
     args = parser.parse_args()
 
-    sh(["cargo", "build", "--quiet", "--release", "--example", "compare_helper"], cwd=ROOT)
+    sh(["cargo", "build", "--quiet", "--release", "--features", "onnx", "--example", "compare_helper"], cwd=ROOT)
     helper = os.path.join(target_dir(), "release", "examples", "compare_helper")
     tf_python, tf_why = tensorflow_python(args.no_tensorflow)
 
@@ -212,6 +215,11 @@ def main():
         tfgz = tfr + ".gz"
         write_jsonl(jsonl, n)
         write_jsonl(small, max(n // 10, 1))
+        iris = os.path.join(work, "iris.jsonl")
+        with open(iris, "w") as f:
+            for inst in instances(max(n // 4, 1)):
+                f.write(json.dumps({"key": inst["key"], "features": [abs(v) for v in inst["x"]]}) + "\n")
+        model = "onnx:" + os.path.join(ROOT, "tests", "data", "onnx", "classifier.onnx")
         write_tfrecords(helper, tfr, n, work)
         with open(tfr, "rb") as src, gzip.open(tfgz, "wb", compresslevel=6) as dst:
             shutil.copyfileobj(src, dst)
@@ -235,6 +243,9 @@ def main():
             "bare TFRecord echo loop": lambda: timed([helper, "bare-tfrecord-echo", tfr, os.path.join(work, "bare_tf.jsonl")]),
             "TFRecord echo job, 1 worker": lambda: timed([helper, "job", "echo", "tfrecord", tfr, out, "1"]),
             "TFRecord echo job, 2 workers": lambda: timed([helper, "job", "echo", "tfrecord", tfr, out, "2"]),
+            "ONNX bare loop": lambda: timed([helper, "onnx-bare", model[5:], iris, os.path.join(work, "onnx.jsonl")]),
+            "ONNX job, 1 worker": lambda: timed([helper, "job", model, "json", iris, out, "1"]),
+            "ONNX job, 2 workers": lambda: timed([helper, "job", model, "json", iris, out, "2"]),
             "cat TFRecord": lambda: timed_to_null(["cat", tfr]),
             "read TFRecord": lambda: timed([helper, "read", "tfrecord", tfr]),
             "gzip -dc": lambda: timed_to_null(["gzip", "-dc", tfgz]),
@@ -262,7 +273,7 @@ def main():
     print(f"\n{n} instances; medians of {args.rounds} alternating rounds "
           f"({time.strftime('%Y-%m-%d')}, {os.cpu_count()} CPUs)")
     for name, secs in med.items():
-        count = n // 10 if name.startswith("cpu") else n
+        count = n // 10 if name.startswith("cpu") else n // 4 if name.startswith("ONNX") else n
         print(f"  {name:<26} {secs * 1000:9.1f} ms  {count / secs / 1e6:7.2f} M records/s")
     if not tf_python:
         print(f"  tf.data: {tf_why}")
@@ -283,6 +294,7 @@ def main():
          speed("TFRecord echo job, 1 worker") / speed("bare TFRecord echo loop"), 0.8)
     goal("#4: TFRecord echo job 2w vs 1w",
          speed("TFRecord echo job, 2 workers") / speed("TFRecord echo job, 1 worker"), 1.6)
+    goal("#6: ONNX job 1w vs bare tract loop", speed("ONNX job, 1 worker") / speed("ONNX bare loop"), 0.9)
     goal("TFRecord read vs cat", speed("read TFRecord") / speed("cat TFRecord"), 0.5)
     goal("gzip TFRecord read vs gzip -dc", speed("read gzip TFRecord") / speed("gzip -dc"), 1.0)
     if tf_python:

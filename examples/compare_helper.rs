@@ -7,6 +7,8 @@
 //! compare_helper read FORMAT IN                    # frame every record (json, tfrecord, tfrecord-gzip)
 //! compare_helper job echo|cpu FORMAT IN OUTDIR N   # a BatchExecutor job with N workers, batches of 64
 //! compare_helper to-tfrecord BLOBS OUT             # frame (u32 LE length, bytes)* as TFRecords (untimed)
+//! compare_helper onnx-bare MODEL IN OUT            # (feature onnx) the model over batches of 64 lines, one loop
+//! compare_helper job onnx:MODEL json IN OUTDIR N   # (feature onnx) the job with that ONNX model
 //! ```
 //!
 //! `cpu` is a CPU-bound predictor: about 1,000 floating-point steps per
@@ -121,7 +123,13 @@ fn job(predictor: &str, format: DataFormat, input: &str, outdir: &str, workers: 
     let predictor: Arc<dyn Predictor> = match predictor {
         "echo" => Arc::new(EchoPredictor),
         "cpu" => cpu_bound(),
-        other => panic!("unknown predictor {other:?}: echo or cpu"),
+        #[cfg(feature = "onnx")]
+        onnx if onnx.starts_with("onnx:") => {
+            Arc::new(batch_prediction::OnnxPredictor::load(&onnx[5..]).expect("model"))
+        }
+        other => {
+            panic!("unknown predictor {other:?}: echo, cpu or (with the onnx feature) onnx:MODEL")
+        }
     };
     let resolver = move |_: &ModelVersion, _: &Job| -> Result<Arc<dyn Predictor>, PredictError> {
         Ok(Arc::clone(&predictor))
@@ -159,6 +167,43 @@ fn to_tfrecord(blobs: &str, output: &str) -> (f64, u64) {
     (0.0, n)
 }
 
+/// The bare cost of an ONNX job: parse each line, run the model over
+/// batches of 64 in one loop, and write each prediction as a line.
+#[cfg(feature = "onnx")]
+fn onnx_bare(model: &str, input: &str, output: &str) -> (f64, u64) {
+    let model = batch_prediction::OnnxPredictor::load(model).expect("model");
+    let cancel = CancelHandle::new();
+    let ctx = batch_prediction::PredictContext::new("", &cancel, 0);
+    let start = Instant::now();
+    let reader = BufReader::with_capacity(256 << 10, std::fs::File::open(input).expect("input"));
+    let mut out =
+        BufWriter::with_capacity(256 << 10, std::fs::File::create(output).expect("output"));
+    let mut batch = Vec::with_capacity(64);
+    let mut n = 0;
+    let flush = |batch: &mut Vec<Instance>, out: &mut BufWriter<std::fs::File>| {
+        for p in model.predict(std::mem::take(batch), &ctx).expect("predict") {
+            serde_json::to_writer(&mut *out, &p).expect("write");
+            out.write_all(b"\n").expect("write");
+        }
+    };
+    for line in reader.split(b'\n') {
+        let line = line.expect("read");
+        if line.is_empty() {
+            continue;
+        }
+        batch.push(Instance::Json(
+            serde_json::from_slice(&line).expect("valid JSON"),
+        ));
+        n += 1;
+        if batch.len() == 64 {
+            flush(&mut batch, &mut out);
+        }
+    }
+    flush(&mut batch, &mut out);
+    out.flush().expect("flush");
+    (start.elapsed().as_secs_f64(), n)
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let a: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -167,6 +212,8 @@ fn main() {
         ["bare-tfrecord-echo", input, output] => bare_tfrecord_echo(input, output),
         ["read", format, input] => read(format_of(format), input),
         ["to-tfrecord", blobs, output] => to_tfrecord(blobs, output),
+        #[cfg(feature = "onnx")]
+        ["onnx-bare", model, input, output] => onnx_bare(model, input, output),
         ["job", predictor, format, input, outdir, workers] => job(
             predictor,
             format_of(format),

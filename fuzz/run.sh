@@ -10,15 +10,18 @@ cd "$(dirname "$0")/.."
 seconds=${1:-300}
 shift || true
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(json_lines text_lines tfrecord tfrecord_gzip job_json)
+[ ${#targets[@]} -gt 0 ] || targets=(json_lines text_lines tfrecord tfrecord_gzip job_json rest)
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
 
-mkdir -p fuzz/corpus/{json_lines,text_lines,tfrecord,tfrecord_gzip,job_json}
+mkdir -p fuzz/corpus/{json_lines,text_lines,tfrecord,tfrecord_gzip,job_json,rest}
 cp tests/data/tensorflow/examples.jsonl fuzz/corpus/json_lines/
 cp tests/data/tensorflow/examples.jsonl fuzz/corpus/text_lines/
 cp tests/data/tensorflow/examples.tfrecord fuzz/corpus/tfrecord/
 cp tests/data/tensorflow/examples.tfrecord.gz fuzz/corpus/tfrecord_gzip/
 cp examples/sample/job.json fuzz/corpus/job_json/
+printf '\001/v1/projects/fuzz-proj/jobs?alt=json\nBearer user:a@example.com\n%s' "$(cat examples/sample/job.json)" > fuzz/corpus/rest/create
+printf '\000/v1/projects/fuzz-proj/jobs?filter=state%%3DQUEUED&pageSize=1&fields=jobs(jobId)\n\n' > fuzz/corpus/rest/list
+printf '\002/v1/projects/fuzz-proj/jobs/j1?update_mask=labels\n\n{"labels": {"a": "b"}}' > fuzz/corpus/rest/patch
 for f in tests/data/fuzz/*; do [ -f "$f" ] && cp "$f" "fuzz/corpus/$(basename "$f" | cut -d- -f1)/" 2>/dev/null || true; done
 
 status=0
