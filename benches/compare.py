@@ -14,7 +14,8 @@ machine's drift falls on all of them alike, it times:
   64) with 1 and 2 workers, against a bare single-thread loop that parses
   each line with serde_json and writes it back (the bare cost of the work),
   and against a plain Python batch executor (json.loads per line, batches of
-  64, json.dumps per prediction);
+  64, json.dumps per prediction); the bare loops sync their output to disk
+  at the end, as a job does when it commits its files;
 - the echo job on the TFRecords, 1 and 2 workers, against a loop that frames
   each record and writes it as the echo's {"b64": ...} line;
 - the same job with a CPU-bound predictor, 1 and 2 workers (on N/10 lines);

@@ -67,7 +67,7 @@ use crate::record::{
     CSV_HEADER_FILE, CsvResultWriter, CsvRowError, CsvWriteError, ERRORS_FILE_PREFIX,
     ERRORS_STATS_FILE_PREFIX, ErrorRecordWriter, ErrorStats, Instance, Position,
     RESULTS_FILE_PREFIX, RawReader, ReadOptions, RecordError, RecordErrorKind, csv_header_bytes,
-    decode, shard_file_name,
+    decode, masked_crc32c, shard_file_name,
 };
 use crate::state::Transition;
 use crate::storage::{ObjectMeta, ObjectWriter, Storage, StorageError, StorageExt, join_location};
@@ -937,6 +937,8 @@ enum RawItem {
     Record {
         position: Position,
         range: Range<usize>,
+        /// The stored data checksum, for the worker to check (TFRecords).
+        crc: Option<u32>,
     },
     Damaged(Box<RecordError>),
 }
@@ -1104,7 +1106,10 @@ impl Run<'_> {
                     RawReader::new(self.plan.data_format, location, r, options)
                         .map_err(|e| e.to_string())
                 }) {
-                    Ok(reader) => reader,
+                    Ok(mut reader) => {
+                        reader.defer_data_checksums();
+                        reader
+                    }
                     Err(message) => {
                         send_event(&mut seq, Event::Fatal(message));
                         return;
@@ -1143,6 +1148,7 @@ impl Run<'_> {
                                 batch.items.push(RawItem::Record {
                                     position,
                                     range: start..batch.data.len(),
+                                    crc: reader.take_data_checksum(),
                                 });
                                 batch.instances += 1;
                             }
@@ -1240,9 +1246,20 @@ impl Run<'_> {
         let max_bytes = self.executor.config.max_batch_bytes.unwrap_or(usize::MAX);
         for item in &batch.items {
             match item {
-                RawItem::Record { position, range } => {
+                RawItem::Record {
+                    position,
+                    range,
+                    crc,
+                } => {
                     let raw = &batch.data[range.clone()];
-                    match decode(self.plan.data_format, raw) {
+                    // A TFRecord's data checksum, checked here rather than on
+                    // the framing thread, which all workers wait on.
+                    let damaged = crc.and_then(|stored| {
+                        let computed = masked_crc32c(raw);
+                        (stored != computed)
+                            .then_some(RecordErrorKind::DataChecksum { stored, computed })
+                    });
+                    match damaged.map_or_else(|| decode(self.plan.data_format, raw), Err) {
                         Ok(instance) => {
                             pending.slots.push(Slot::Instance(pending.instances.len()));
                             pending.instances.push(instance);

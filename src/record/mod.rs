@@ -398,6 +398,22 @@ impl RawReader {
         }
     }
 
+    /// For TFRecords: leaves each record's data checksum to the caller
+    /// ([`RawReader::take_data_checksum`]), who must check it.
+    pub(crate) fn defer_data_checksums(&mut self) {
+        if let Framing::TfRecord(r) = &mut self.framing {
+            r.defer_data_checksums();
+        }
+    }
+
+    /// The stored data checksum of the record just read, when deferred.
+    pub(crate) fn take_data_checksum(&mut self) -> Option<u32> {
+        match &mut self.framing {
+            Framing::TfRecord(r) => r.take_data_checksum(),
+            Framing::Lines(_) => None,
+        }
+    }
+
     /// Appends the next record's raw bytes to `buf` and returns its
     /// position; `None` at the end of the file or after a fatal error. On an
     /// error `buf` is unchanged.

@@ -98,6 +98,10 @@ pub struct TfRecordReader {
     compressed: Option<(Arc<AtomicU64>, Arc<AtomicBool>)>,
     limit: usize,
     offset: u64,
+    /// Leave the data checksum to the caller (the executor's workers check
+    /// it, off the framing thread): the stored one of the last record.
+    defer_data_crc: bool,
+    deferred: Option<u32>,
 }
 
 impl std::fmt::Debug for TfRecordReader {
@@ -155,6 +159,8 @@ impl TfRecordReader {
             compressed: None,
             limit: options.max_record_bytes,
             offset: 0,
+            defer_data_crc: false,
+            deferred: None,
         }
     }
 
@@ -178,12 +184,26 @@ impl TfRecordReader {
             compressed: Some((count, failed)),
             limit: options.max_record_bytes,
             offset: 0,
+            defer_data_crc: false,
+            deferred: None,
         }
     }
 
     /// Bytes of the (uncompressed) stream consumed so far.
     pub fn offset(&self) -> u64 {
         self.offset
+    }
+
+    /// Leaves the data checksum of every record to the caller, who gets
+    /// each from [`TfRecordReader::take_data_checksum`] and must check it.
+    pub(crate) fn defer_data_checksums(&mut self) {
+        self.defer_data_crc = true;
+    }
+
+    /// The stored (masked) data checksum of the record just read, when
+    /// checksums are deferred.
+    pub(crate) fn take_data_checksum(&mut self) -> Option<u32> {
+        self.deferred.take()
     }
 
     fn error(&self, byte: u64, kind: RecordErrorKind, raw: Option<Vec<u8>>) -> RecordError {
@@ -220,6 +240,7 @@ impl TfRecordReader {
     /// See the type's documentation; [`RecordError::is_fatal`] tells whether
     /// reading may go on.
     pub fn read_record(&mut self, buf: &mut Vec<u8>) -> Result<Option<Position>, RecordError> {
+        self.deferred = None;
         let start = self.offset;
         let position = Position {
             record: 0,
@@ -248,6 +269,13 @@ impl TfRecordReader {
                 let data = &avail[12..12 + len];
                 let stored =
                     u32::from_le_bytes(avail[12 + len..16 + len].try_into().expect("4 bytes"));
+                if self.defer_data_crc {
+                    buf.extend_from_slice(data);
+                    self.inner.consume(16 + len);
+                    self.offset += 16 + len as u64;
+                    self.deferred = Some(stored);
+                    return Ok(Some(position));
+                }
                 let computed = masked_crc32c(data);
                 let at = buf.len();
                 buf.extend_from_slice(data);
@@ -337,6 +365,10 @@ impl TfRecordReader {
         }
         self.offset += 16 + len;
         let stored = u32::from_le_bytes(footer);
+        if self.defer_data_crc {
+            self.deferred = Some(stored);
+            return Ok(Some(position));
+        }
         let computed = masked_crc32c(&buf[at..]);
         if stored != computed {
             let kind = RecordErrorKind::DataChecksum { stored, computed };

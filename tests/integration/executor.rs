@@ -372,6 +372,19 @@ fn damaged_inputs_are_counted_and_reported_not_fatal() {
         errors[0]
     );
     assert_eq!(errors[0]["record"], 2);
+    // The workers check data checksums (off the framing thread): the error
+    // is exactly the one the reader itself gives for that record.
+    let from_reader = batch_prediction::InstanceReader::new(
+        DataFormat::TfRecord,
+        "gs://b/in/a.tfrecord",
+        storage.open("gs://b/in/a.tfrecord").unwrap(),
+        batch_prediction::ReadOptions::default(),
+    )
+    .unwrap()
+    .find_map(Result::err)
+    .unwrap();
+    assert_eq!(errors[0]["error"], from_reader.message());
+    assert_eq!(errors[0]["byte"], from_reader.position.byte);
     assert_eq!(
         errors[1]["error"],
         "file ends inside a record; 20 bytes left unread"
