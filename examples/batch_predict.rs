@@ -14,6 +14,9 @@
 //!   --max-error-ratio R      fail the job when more than R of the instances failed
 //!   --fresh                  ignore shards an earlier run finished
 //!   --plan                   print what would run, and stop
+//!   --shard I/N              run only part I (from 0) of N: the plan shards k with k % N == I
+//!                            (one process of N, e.g. a Kubernetes Indexed Job; see examples/scale-out)
+//!   --merge                  combine the parts' summaries into the finished job; runs nothing
 //! ```
 //!
 //! Shows progress on stderr, prints the finished job as the API's JSON on
@@ -31,7 +34,7 @@ use batch_prediction::{
 };
 
 const USAGE: &str = "usage: batch_predict JOB.json [--predictor onnx|echo] [--gcs-root DIR] [--threads N] \
-                     [--max-errors N] [--max-error-ratio R] [--fresh] [--plan]";
+                     [--max-errors N] [--max-error-ratio R] [--fresh] [--plan] [--shard I/N] [--merge]";
 
 struct Args {
     job: String,
@@ -39,6 +42,7 @@ struct Args {
     gcs_root: Option<String>,
     config: ExecutorConfig,
     plan_only: bool,
+    merge: bool,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -53,6 +57,7 @@ fn parse_args() -> Result<Args, String> {
     let mut gcs_root = None;
     let mut config = ExecutorConfig::default();
     let mut plan_only = false;
+    let mut merge = false;
     while let Some(arg) = args.next() {
         let mut value = |name: &str| args.next().ok_or_else(|| format!("{name} needs a value"));
         match arg.as_str() {
@@ -81,6 +86,14 @@ fn parse_args() -> Result<Args, String> {
             }
             "--fresh" => config = config.with_resume(ResumeMode::Fresh),
             "--plan" => plan_only = true,
+            "--merge" => merge = true,
+            "--shard" => {
+                let part = value("--shard")?;
+                config = config.with_shard_selection(
+                    part.parse::<batch_prediction::ShardSelection>()
+                        .map_err(|e| e.to_string())?,
+                );
+            }
             "-h" | "--help" => return Err(String::new()),
             flag if flag.starts_with('-') => return Err(format!("unknown option {flag:?}")),
             path if job.is_none() => job = Some(path.to_owned()),
@@ -93,6 +106,7 @@ fn parse_args() -> Result<Args, String> {
         gcs_root,
         config,
         plan_only,
+        merge,
     })
 }
 
@@ -229,7 +243,11 @@ fn main() -> ExitCode {
         }
     }
     let cancel = CancelHandle::new();
-    let summary = match executor.run(&mut job, &cancel) {
+    let summary = match if args.merge {
+        executor.merge(&mut job)
+    } else {
+        executor.run(&mut job, &cancel)
+    } {
         Ok(summary) => summary,
         Err(e) => {
             eprintln!("batch_predict: {e}");

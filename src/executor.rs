@@ -144,6 +144,87 @@ pub struct ExecutorConfig {
     pub shard_target_bytes: u64,
     /// Where state changes take their times from.
     pub clock: Arc<dyn Clock>,
+    /// Run only some of the plan's shards (one of several processes).
+    pub shard_selection: Option<ShardSelection>,
+}
+
+/// Which of a plan's shards one process runs when a job is spread over
+/// `count` processes: shard `k` belongs to process `k % count`. Every
+/// process plans the same shards (the plan depends only on the job and its
+/// inputs), writes exactly the files of its own, and
+/// [`BatchExecutor::merge`] then combines their summaries.
+///
+/// # Example
+/// ```
+/// use batch_prediction::ShardSelection;
+///
+/// let part: ShardSelection = "1/3".parse()?;
+/// assert_eq!((part.index(), part.count()), (1, 3));
+/// assert!(part.contains(4) && !part.contains(3));
+/// assert!("3/3".parse::<ShardSelection>().is_err());
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ShardSelection {
+    index: usize,
+    count: usize,
+}
+
+impl ShardSelection {
+    /// Part `index` (from 0) of `count`.
+    ///
+    /// # Errors
+    /// `INVALID_ARGUMENT` unless `index < count`.
+    pub fn new(index: usize, count: usize) -> Result<Self, Error> {
+        if index >= count {
+            return Err(Error::invalid_argument(
+                "shard",
+                format!("shard {index}/{count}: expected I/N with 0 <= I < N"),
+            ));
+        }
+        Ok(ShardSelection { index, count })
+    }
+
+    /// This part's number, from 0.
+    pub fn index(&self) -> usize {
+        self.index
+    }
+
+    /// The number of parts.
+    pub fn count(&self) -> usize {
+        self.count
+    }
+
+    /// Whether plan shard `shard` is this part's.
+    pub fn contains(&self, shard: usize) -> bool {
+        shard % self.count == self.index
+    }
+}
+
+impl std::str::FromStr for ShardSelection {
+    type Err = Error;
+
+    /// Reads `I/N`.
+    fn from_str(s: &str) -> Result<Self, Error> {
+        let bad = || {
+            Error::invalid_argument(
+                "shard",
+                format!("invalid shard {s:?}: expected I/N with 0 <= I < N"),
+            )
+        };
+        let (i, n) = s.split_once('/').ok_or_else(bad)?;
+        let (i, n) = (
+            i.trim().parse().map_err(|_| bad())?,
+            n.trim().parse().map_err(|_| bad())?,
+        );
+        ShardSelection::new(i, n).map_err(|_| bad())
+    }
+}
+
+impl fmt::Display for ShardSelection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.index, self.count)
+    }
 }
 
 impl fmt::Debug for ExecutorConfig {
@@ -156,6 +237,7 @@ impl fmt::Debug for ExecutorConfig {
             .field("max_error_ratio", &self.max_error_ratio)
             .field("resume", &self.resume)
             .field("shard_target_bytes", &self.shard_target_bytes)
+            .field("shard_selection", &self.shard_selection)
             .finish_non_exhaustive()
     }
 }
@@ -171,6 +253,7 @@ impl Default for ExecutorConfig {
             resume: ResumeMode::Auto,
             shard_target_bytes: SHARD_TARGET_BYTES,
             clock: Arc::new(SystemClock),
+            shard_selection: None,
         }
     }
 }
@@ -230,6 +313,18 @@ impl ExecutorConfig {
     pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
         self.clock = clock;
         self
+    }
+
+    /// Runs only the plan shards of `selection`; see [`ShardSelection`].
+    #[must_use]
+    pub fn with_shard_selection(mut self, selection: ShardSelection) -> Self {
+        self.shard_selection = Some(selection);
+        self
+    }
+
+    /// Whether this run does plan shard `shard`.
+    fn selects(&self, shard: usize) -> bool {
+        self.shard_selection.is_none_or(|s| s.contains(shard))
     }
 
     fn threads(&self) -> usize {
@@ -732,40 +827,17 @@ impl BatchExecutor {
                     .is_some_and(is_output_file_name)
             })
             .collect();
-        let mut resumed = BTreeMap::new();
-        if self.config.resume == ResumeMode::Auto {
-            for shard in &plan.shards {
-                if !ours.iter().any(|m| m.location == shard.summary_file) {
-                    continue;
-                }
-                let bytes = self
-                    .storage
-                    .read_bytes(&shard.summary_file)
-                    .map_err(storage_error)?;
-                let Some(summary) = ShardSummary::parse(&bytes)
-                    .filter(|s| s.matches(shard_identity(plan, shard, settings)))
-                else {
-                    continue;
-                };
-                // Its files must all be there, as committed.
-                let files = [
-                    &shard.results_file,
-                    &shard.errors_file,
-                    &shard.errors_stats_file,
-                ];
-                let intact = files.iter().zip(summary.sizes).all(|(file, size)| {
-                    ours.iter().any(|m| &&m.location == file && m.size == size)
-                });
-                if intact {
-                    resumed.insert(shard.index, summary);
-                }
-            }
-        }
+        let resumed = if self.config.resume == ResumeMode::Auto {
+            self.finished_shards(plan, settings, &ours, |i| self.config.selects(i))?
+        } else {
+            BTreeMap::new()
+        };
+        // Kept: the shards taken as they are, and those of other processes.
         let mut keep: Vec<&str> = Vec::new();
         for shard in plan
             .shards
             .iter()
-            .filter(|s| resumed.contains_key(&s.index))
+            .filter(|s| resumed.contains_key(&s.index) || !self.config.selects(s.index))
         {
             keep.extend([
                 shard.results_file.as_str(),
@@ -775,7 +847,9 @@ impl BatchExecutor {
             ]);
         }
         let header = join_location(&plan.output_path, CSV_HEADER_FILE);
-        if plan.output_format == DataFormat::Csv && !resumed.is_empty() {
+        if plan.output_format == DataFormat::Csv
+            && (!resumed.is_empty() || self.config.shard_selection.is_some())
+        {
             keep.push(&header);
         }
         for meta in ours {
@@ -784,6 +858,128 @@ impl BatchExecutor {
             }
         }
         Ok(resumed)
+    }
+}
+
+impl BatchExecutor {
+    /// The summaries of the shards among `wanted` that an earlier run
+    /// finished: a summary of this plan, and its files all there as committed.
+    fn finished_shards(
+        &self,
+        plan: &Plan,
+        settings: &Value,
+        ours: &[&ObjectMeta],
+        wanted: impl Fn(usize) -> bool,
+    ) -> Result<BTreeMap<usize, ShardSummary>, Error> {
+        let mut finished = BTreeMap::new();
+        for shard in plan.shards.iter().filter(|s| wanted(s.index)) {
+            if !ours.iter().any(|m| m.location == shard.summary_file) {
+                continue;
+            }
+            let bytes = self
+                .storage
+                .read_bytes(&shard.summary_file)
+                .map_err(storage_error)?;
+            let Some(summary) = ShardSummary::parse(&bytes)
+                .filter(|s| s.matches(shard_identity(plan, shard, settings)))
+            else {
+                continue;
+            };
+            let files = [
+                &shard.results_file,
+                &shard.errors_file,
+                &shard.errors_stats_file,
+            ];
+            let intact = files
+                .iter()
+                .zip(summary.sizes)
+                .all(|(file, size)| ours.iter().any(|m| &&m.location == file && m.size == size));
+            if intact {
+                finished.insert(shard.index, summary);
+            }
+        }
+        Ok(finished)
+    }
+
+    /// Combines what the processes of a job spread with
+    /// [`ShardSelection`]s wrote into the job's end: a `QUEUED` job becomes
+    /// `SUCCEEDED` with `predictionOutput` summed over every shard (or
+    /// `FAILED` if the thresholds say so), without running anything. If a
+    /// shard is not finished (no summary of this plan, or its files not as
+    /// committed), the job becomes `FAILED` naming the shards to run again.
+    /// Merging again after that, or twice, gives the same result.
+    ///
+    /// # Errors
+    /// Only [`InvalidTransition`] when the job is not `QUEUED`.
+    pub fn merge(&self, job: &mut Job) -> Result<RunSummary, Error> {
+        let started = Instant::now();
+        if job.state() != State::Queued {
+            return Err(InvalidTransition {
+                from: job.state(),
+                to: State::Preparing,
+            }
+            .into());
+        }
+        let clock = &*self.config.clock;
+        job.apply(Transition::Prepare, clock)?;
+        let mut totals = Totals::default();
+        let plan = match self.plan(job) {
+            Ok(plan) => plan,
+            Err(e) => {
+                let stop = Stop::Failed(e.to_string());
+                return Ok(self.finish(job, None, Some(stop), totals, started));
+            }
+        };
+        totals.shards = plan.shards.len();
+        job.apply(Transition::Run, clock)?;
+        let settings = settings(job, &plan, &self.config);
+        let prefix = join_location(&plan.output_path, "prediction.");
+        let finished = match self.storage.list(&prefix) {
+            Ok(existing) => {
+                let ours: Vec<&ObjectMeta> = existing.iter().collect();
+                self.finished_shards(&plan, &settings, &ours, |_| true)
+            }
+            Err(e) => Err(storage_error(e)),
+        };
+        let finished = match finished {
+            Ok(finished) => finished,
+            Err(e) => {
+                let stop = Stop::Failed(e.to_string());
+                return Ok(self.finish(job, Some(&plan), Some(stop), totals, started));
+            }
+        };
+        let missing: Vec<String> = (0..plan.shards.len())
+            .filter(|i| !finished.contains_key(i))
+            .map(|i| i.to_string())
+            .collect();
+        for summary in finished.values() {
+            totals.shards_resumed += 1;
+            totals.committed_predictions += summary.predictions;
+            totals.committed_errors += summary.errors;
+            totals.committed_stats.merge(&summary.stats);
+            totals.node_seconds += summary.node_seconds;
+            totals.records_read += summary.records;
+        }
+        let stop = (!missing.is_empty()).then(|| {
+            Stop::Failed(format!(
+                "cannot merge: {} of {} shards are not finished (plan shards {}); run them and merge again",
+                missing.len(),
+                plan.shards.len(),
+                missing.join(", ")
+            ))
+        });
+        let stop = stop.or_else(|| {
+            self.config
+                .max_error_count
+                .filter(|&limit| totals.committed_errors > limit)
+                .map(|limit| {
+                    Stop::Failed(format!(
+                        "{} instances failed, over the limit of {limit}",
+                        totals.committed_errors
+                    ))
+                })
+        });
+        Ok(self.finish(job, Some(&plan), stop, totals, started))
     }
 }
 
@@ -1018,7 +1214,7 @@ impl Run<'_> {
         // goes with it and a reader blocked on a full queue is released.
         let work_rx = Arc::new(Mutex::new(work_rx));
         let to_run: Vec<usize> = (0..self.plan.shards.len())
-            .filter(|i| !resumed.contains_key(i))
+            .filter(|i| !resumed.contains_key(i) && self.executor.config.selects(*i))
             .collect();
         std::thread::scope(|scope| {
             let reader_done = done_tx.clone();
@@ -1610,12 +1806,14 @@ impl<'r, 'a> Writer<'r, 'a> {
         if self.run.cancel.is_cancelled() {
             return Some(Stop::Cancelled);
         }
-        let done = self.progress.iter().filter(|p| p.done).count();
-        if !pending.is_empty() || self.open.is_some() || done < self.progress.len() {
+        let config = &self.run.executor.config;
+        let selected = (0..self.progress.len()).filter(|&i| config.selects(i));
+        let (done, wanted) = selected.fold((0, 0), |(d, w), i| {
+            (d + usize::from(self.progress[i].done), w + 1)
+        });
+        if !pending.is_empty() || self.open.is_some() || done < wanted {
             return Some(Stop::Failed(format!(
-                "internal error: the run ended with {} of {} shards done",
-                done,
-                self.progress.len()
+                "internal error: the run ended with {done} of {wanted} shards done"
             )));
         }
         None

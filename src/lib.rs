@@ -104,7 +104,7 @@ pub use error::{
 };
 pub use executor::{
     BatchExecutor, ExecutorConfig, Plan, PlannedShard, Progress, ProgressObserver, ResumeMode,
-    RunSummary, SHARD_TARGET_BYTES, SUMMARY_FILE_PREFIX, ShardProgress,
+    RunSummary, SHARD_TARGET_BYTES, SUMMARY_FILE_PREFIX, ShardProgress, ShardSelection,
 };
 pub use model::{
     DataFormat, Etag, InvalidEtag, Job, ModelVersion, PredictionInput, PredictionOutput, State,

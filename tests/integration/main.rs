@@ -9,6 +9,7 @@ mod props;
 mod records;
 #[cfg(feature = "rest")]
 mod rest;
+mod scale_out;
 mod service;
 mod state;
 mod storage;
