@@ -142,6 +142,11 @@ pub struct ExecutorConfig {
     /// A shard takes consecutive input files until it holds at least this
     /// many bytes. Keep it fixed for a job: output names depend on it.
     pub shard_target_bytes: u64,
+    /// A JSON or TEXT file larger than this is split into byte ranges of at
+    /// most this size, a shard each (a line belongs to the range it starts
+    /// in), so that one large file spreads over workers' shards and
+    /// processes. Keep it fixed for a job: output names depend on it.
+    pub split_bytes: u64,
     /// Where state changes take their times from.
     pub clock: Arc<dyn Clock>,
     /// Run only some of the plan's shards (one of several processes).
@@ -237,6 +242,7 @@ impl fmt::Debug for ExecutorConfig {
             .field("max_error_ratio", &self.max_error_ratio)
             .field("resume", &self.resume)
             .field("shard_target_bytes", &self.shard_target_bytes)
+            .field("split_bytes", &self.split_bytes)
             .field("shard_selection", &self.shard_selection)
             .finish_non_exhaustive()
     }
@@ -252,6 +258,7 @@ impl Default for ExecutorConfig {
             max_error_ratio: None,
             resume: ResumeMode::Auto,
             shard_target_bytes: SHARD_TARGET_BYTES,
+            split_bytes: SHARD_TARGET_BYTES,
             clock: Arc::new(SystemClock),
             shard_selection: None,
         }
@@ -315,6 +322,13 @@ impl ExecutorConfig {
         self
     }
 
+    /// Sets [`split_bytes`](Self::split_bytes) (at least 1).
+    #[must_use]
+    pub fn with_split_bytes(mut self, bytes: u64) -> Self {
+        self.split_bytes = bytes.max(1);
+        self
+    }
+
     /// Runs only the plan shards of `selection`; see [`ShardSelection`].
     #[must_use]
     pub fn with_shard_selection(mut self, selection: ShardSelection) -> Self {
@@ -343,6 +357,9 @@ pub struct PlannedShard {
     pub index: usize,
     /// Its input files, as indexes into [`Plan::inputs`].
     pub inputs: Range<usize>,
+    /// For one byte range of a split file (then `inputs` holds that one
+    /// file): the bytes whose lines the shard reads.
+    pub byte_range: Option<Range<u64>>,
     /// The size of its input files.
     pub bytes: u64,
     /// Its results file.
@@ -580,21 +597,36 @@ impl BatchExecutor {
             })
             .collect();
         let output_format = input.effective_output_data_format();
-        let mut ranges: Vec<(Range<usize>, u64)> = Vec::new();
+        let data_format = input.data_format.expect("validated");
+        let splittable = matches!(data_format, DataFormat::Json | DataFormat::Text);
+        // (files, bytes, byte range of a split file)
+        let mut ranges: Vec<(Range<usize>, u64, Option<Range<u64>>)> = Vec::new();
         for (i, meta) in inputs.iter().enumerate() {
+            if splittable && meta.size > self.config.split_bytes {
+                let parts = meta.size.div_ceil(self.config.split_bytes);
+                let cut = |k: u64| {
+                    // k * size / parts without overflow
+                    (u128::from(k) * u128::from(meta.size) / u128::from(parts)) as u64
+                };
+                for k in 0..parts {
+                    let (start, end) = (cut(k), cut(k + 1));
+                    ranges.push((i..i + 1, end - start, Some(start..end)));
+                }
+                continue;
+            }
             match ranges.last_mut() {
-                Some((range, bytes)) if *bytes < self.config.shard_target_bytes => {
+                Some((range, bytes, None)) if *bytes < self.config.shard_target_bytes => {
                     range.end = i + 1;
                     *bytes += meta.size;
                 }
-                _ => ranges.push((i..i + 1, meta.size)),
+                _ => ranges.push((i..i + 1, meta.size, None)),
             }
         }
         let count = ranges.len();
         let shards = ranges
             .into_iter()
             .enumerate()
-            .map(|(index, (inputs, bytes))| {
+            .map(|(index, (inputs, bytes, byte_range))| {
                 let at = |prefix: &str, suffix: &str| {
                     join_location(
                         &output_path,
@@ -604,6 +636,7 @@ impl BatchExecutor {
                 PlannedShard {
                     index,
                     inputs,
+                    byte_range,
                     bytes,
                     results_file: at(
                         RESULTS_FILE_PREFIX,
@@ -1025,7 +1058,11 @@ fn shard_identity(plan: &Plan, shard: &PlannedShard, settings: &Value) -> Value 
             })
         })
         .collect();
-    json!({"shard": shard.index, "inputs": inputs, "settings": settings})
+    let mut identity = json!({"shard": shard.index, "inputs": inputs, "settings": settings});
+    if let Some(range) = &shard.byte_range {
+        identity["byteRange"] = json!([range.start, range.end]);
+    }
+    identity
 }
 
 /// A committed shard's record of what it read and wrote.
@@ -1079,12 +1116,16 @@ impl ShardSummary {
             ),
             _ => None,
         };
+        let mut identity = json!({
+            "shard": value.get("shard")?,
+            "inputs": value.get("inputs")?,
+            "settings": value.get("settings")?,
+        });
+        if let Some(range) = value.get("byteRange") {
+            identity["byteRange"] = range.clone();
+        }
         Some(ShardSummary {
-            identity: json!({
-                "shard": value.get("shard")?,
-                "inputs": value.get("inputs")?,
-                "settings": value.get("settings")?,
-            }),
+            identity,
             predictions: value.get("predictionCount")?.as_u64()?,
             errors: value.get("errorCount")?.as_u64()?,
             records: value.get("recordsRead")?.as_u64()?,
@@ -1291,17 +1332,30 @@ impl Run<'_> {
             if self.stopping() || !send_event(&mut seq, Event::ShardStart { shard }) {
                 return;
             }
+            let byte_range = self.plan.shards[shard].byte_range.clone();
             for meta in &self.plan.inputs[self.plan.shards[shard].inputs.clone()] {
                 let location = meta.location.as_str();
-                let opened = self
-                    .executor
-                    .storage
-                    .open(location)
-                    .map_err(|e| e.to_string());
-                let mut reader = match opened.and_then(|r| {
-                    RawReader::new(self.plan.data_format, location, r, options)
-                        .map_err(|e| e.to_string())
-                }) {
+                let storage = &self.executor.storage;
+                let opened = match &byte_range {
+                    // A range's reader starts one byte early, to find where
+                    // the first line that starts in the range begins.
+                    Some(range) => storage.open_at(location, range.start.saturating_sub(1)),
+                    None => storage.open(location),
+                };
+                let framed = opened.map_err(|e| e.to_string()).and_then(|r| {
+                    match &byte_range {
+                        Some(range) => RawReader::new_range(
+                            self.plan.data_format,
+                            location,
+                            r,
+                            options,
+                            range.clone(),
+                        ),
+                        None => RawReader::new(self.plan.data_format, location, r, options),
+                    }
+                    .map_err(|e| e.to_string())
+                });
+                let mut reader = match framed {
                     Ok(mut reader) => {
                         reader.defer_data_checksums();
                         reader

@@ -223,6 +223,21 @@ pub fn storage_conformance(storage: &dyn Storage, base: &str) {
         .put_bytes(&at("a/1.json"), b"{}\n")
         .expect("overwrite");
     assert_eq!(storage.read_bytes(&at("a/1.json")).expect("read"), b"{}\n");
+    // open_at reads from an offset; past the end, nothing.
+    for (offset, tail) in [(0u64, &b"{}\n"[..]), (1, b"}\n"), (3, b""), (10, b"")] {
+        let mut got = Vec::new();
+        storage
+            .open_at(&at("a/1.json"), offset)
+            .expect("open_at")
+            .read_to_end(&mut got)
+            .expect("read");
+        assert_eq!(got, tail, "open_at offset {offset}");
+    }
+    assert_eq!(
+        storage.open_at(&at("missing"), 1).err().map(|e| e.kind()),
+        Some(StorageErrorKind::NotFound),
+        "open_at of a missing object is NotFound"
+    );
 
     // Listing: every depth, sorted, by prefix (not by directory).
     for name in ["a/2.json", "ab", "b/c/d", "a/sub/3.json"] {

@@ -17,6 +17,10 @@ pub struct LineReader {
     limit: usize,
     line: u64,
     offset: u64,
+    /// Where in the file the reader starts (a byte range of a split file).
+    base: u64,
+    /// Whether line numbers are known: not when starting inside a file.
+    count_lines: bool,
 }
 
 impl std::fmt::Debug for LineReader {
@@ -42,7 +46,23 @@ impl LineReader {
             limit: options.max_record_bytes,
             line: 0,
             offset: 0,
+            base: 0,
+            count_lines: true,
         }
+    }
+
+    /// Reads from byte `base` of the file on (the reader given must start
+    /// there): positions count from the file's start, and, unless `base` is
+    /// 0, lines are not numbered, since the lines before are not read.
+    pub(crate) fn starting_at(mut self, base: u64) -> Self {
+        self.base = base;
+        self.count_lines = base == 0;
+        self
+    }
+
+    /// The position in the file of the next byte to read.
+    pub(crate) fn file_offset(&self) -> u64 {
+        self.base + self.offset
     }
 
     /// The file name used in errors.
@@ -66,8 +86,8 @@ impl LineReader {
         let start = buf.len();
         let position = Position {
             record: 0,
-            line: Some(self.line + 1),
-            byte: self.offset,
+            line: self.count_lines.then_some(self.line + 1),
+            byte: self.base + self.offset,
         };
         let mut total: u64 = 0;
         let mut too_long = false;

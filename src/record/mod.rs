@@ -116,9 +116,13 @@ fn shorten(s: &str) -> String {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub struct Position {
     /// The record's index in the file, from 0, counting every record the
-    /// reader saw (good or bad; blank JSON lines are not records).
+    /// reader saw (good or bad; blank JSON lines are not records). In a
+    /// byte range of a split file (see `ExecutorConfig::split_bytes`), from
+    /// the range's start.
     pub record: u64,
-    /// The 1-based line number, for JSON and TEXT files.
+    /// The 1-based line number, for JSON and TEXT files; `None` in a byte
+    /// range of a split file that does not start at byte 0, where the lines
+    /// before were not read (`byte` still says where the record is).
     pub line: Option<u64>,
     /// The offset of the record's first byte (in the uncompressed stream for gzip).
     pub byte: u64,
@@ -343,6 +347,10 @@ pub struct RawReader {
     framing: Framing,
     records: u64,
     done: bool,
+    /// For a byte range of a file: where lines stop starting.
+    end: Option<u64>,
+    /// A storage failure met before the first record, to report first.
+    pending: Option<RecordError>,
 }
 
 impl fmt::Debug for RawReader {
@@ -382,6 +390,8 @@ impl RawReader {
             framing,
             records: 0,
             done: false,
+            end: None,
+            pending: None,
         })
     }
 
@@ -396,6 +406,44 @@ impl RawReader {
             Framing::Lines(r) => r.offset(),
             Framing::TfRecord(r) => r.offset(),
         }
+    }
+
+    /// A reader of the lines that start in `range` of a JSON or TEXT file,
+    /// one byte range of a split file: `reader` must start at byte
+    /// `range.start - 1` of the file (or 0). Positions count from the
+    /// file's start; lines are not numbered unless the range starts at 0,
+    /// and record numbers count from the range's start.
+    pub(crate) fn new_range(
+        format: DataFormat,
+        source: &str,
+        reader: Box<dyn Read + Send>,
+        options: ReadOptions,
+        range: std::ops::Range<u64>,
+    ) -> Result<Self, NotAnInputFormat> {
+        if !matches!(format, DataFormat::Json | DataFormat::Text) {
+            return Err(NotAnInputFormat(format));
+        }
+        let base = range.start.saturating_sub(1);
+        let mut lines = LineReader::new(Arc::from(source), reader, options).starting_at(base);
+        let mut pending = None;
+        if range.start > 0 {
+            // The line holding byte start - 1 is the range before's (its
+            // last line, or just its newline): skip through its end. Only
+            // a storage failure matters here; a damaged line is reported
+            // by the range it starts in.
+            match lines.read_line(&mut Vec::new()) {
+                Err(e) if matches!(e.kind, RecordErrorKind::Io(_)) => pending = Some(e),
+                _ => {}
+            }
+        }
+        Ok(RawReader {
+            format,
+            framing: Framing::Lines(lines),
+            records: 0,
+            done: false,
+            end: Some(range.end),
+            pending,
+        })
     }
 
     /// For TFRecords: leaves each record's data checksum to the caller
@@ -421,9 +469,19 @@ impl RawReader {
         if self.done {
             return None;
         }
+        if let Some(e) = self.pending.take() {
+            self.done = true;
+            return Some(Err(e));
+        }
+        let end = self.end;
         let result = match &mut self.framing {
             Framing::TfRecord(r) => r.read_record(buf),
             Framing::Lines(r) => loop {
+                // A byte range ends where lines stop starting in it (blank
+                // lines skipped on the way count too).
+                if end.is_some_and(|end| r.file_offset() >= end) {
+                    break Ok(None);
+                }
                 let start = buf.len();
                 match r.read_line(buf) {
                     Ok(Some(_)) if self.format == DataFormat::Json && is_blank(&buf[start..]) => {

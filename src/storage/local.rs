@@ -303,6 +303,25 @@ fn push_entry(
     Ok(())
 }
 
+impl LocalStorage {
+    /// The file of `location`, open for reading: a regular file only.
+    fn open_file(&self, location: &str) -> Result<File, StorageError> {
+        let path = self.resolve(location)?;
+        let file = File::open(&path).map_err(|e| StorageError::io(location, "open", e))?;
+        let meta = file
+            .metadata()
+            .map_err(|e| StorageError::io(location, "open", e))?;
+        if !meta.is_file() {
+            return Err(StorageError::new(
+                StorageErrorKind::NotFound,
+                location,
+                "no object (a directory or special file) at",
+            ));
+        }
+        Ok(file)
+    }
+}
+
 impl Storage for LocalStorage {
     fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StorageError> {
         let (dir_part, name_prefix) = match prefix.rfind('/') {
@@ -368,18 +387,15 @@ impl Storage for LocalStorage {
     }
 
     fn open(&self, location: &str) -> Result<Box<dyn Read + Send>, StorageError> {
-        let path = self.resolve(location)?;
-        let file = File::open(&path).map_err(|e| StorageError::io(location, "open", e))?;
-        let meta = file
-            .metadata()
-            .map_err(|e| StorageError::io(location, "open", e))?;
-        if !meta.is_file() {
-            return Err(StorageError::new(
-                StorageErrorKind::NotFound,
-                location,
-                "no object (a directory or special file) at",
-            ));
-        }
+        Ok(Box::new(self.open_file(location)?))
+    }
+
+    fn open_at(&self, location: &str, offset: u64) -> Result<Box<dyn Read + Send>, StorageError> {
+        use std::io::{Seek, SeekFrom};
+        let mut file = self.open_file(location)?;
+        // Past the end, reads find nothing.
+        file.seek(SeekFrom::Start(offset))
+            .map_err(|e| StorageError::io(location, "seek in", e))?;
         Ok(Box::new(file))
     }
 

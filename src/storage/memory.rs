@@ -121,6 +121,18 @@ impl Storage for InMemoryStorage {
         Ok(Box::new(Cursor::new(SharedBytes(bytes))))
     }
 
+    fn open_at(&self, location: &str, offset: u64) -> Result<Box<dyn Read + Send>, StorageError> {
+        let mut reader = Cursor::new(SharedBytes(
+            self.inner
+                .read()
+                .get(location)
+                .map(|o| Arc::clone(&o.bytes))
+                .ok_or_else(|| StorageError::not_found(location))?,
+        ));
+        reader.set_position(offset);
+        Ok(Box::new(reader))
+    }
+
     fn create(&self, location: &str) -> Result<Box<dyn ObjectWriter>, StorageError> {
         Ok(Box::new(MemoryWriter {
             inner: Arc::clone(&self.inner),

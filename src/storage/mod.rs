@@ -138,6 +138,19 @@ pub trait Storage: Send + Sync + fmt::Debug + 'static {
     /// [`StorageError`].
     fn open(&self, location: &str) -> Result<Box<dyn Read + Send>, StorageError>;
 
+    /// Opens an object for a streaming read from byte `offset` on (the end
+    /// of the object if it is shorter). The default opens it and skips
+    /// `offset` bytes; a backend that can seek should.
+    ///
+    /// # Errors
+    /// As [`Storage::open`], and a read error while skipping.
+    fn open_at(&self, location: &str, offset: u64) -> Result<Box<dyn Read + Send>, StorageError> {
+        let mut reader = self.open(location)?;
+        std::io::copy(&mut (&mut reader).take(offset), &mut std::io::sink())
+            .map_err(|e| StorageError::io(location, "read", e))?;
+        Ok(reader)
+    }
+
     /// Starts an atomic write of an object (see the contract).
     ///
     /// # Errors
@@ -174,6 +187,13 @@ macro_rules! forward_storage {
             }
             fn open(&self, location: &str) -> Result<Box<dyn Read + Send>, StorageError> {
                 (**self).open(location)
+            }
+            fn open_at(
+                &self,
+                location: &str,
+                offset: u64,
+            ) -> Result<Box<dyn Read + Send>, StorageError> {
+                (**self).open_at(location, offset)
             }
             fn create(&self, location: &str) -> Result<Box<dyn ObjectWriter>, StorageError> {
                 (**self).create(location)

@@ -1301,3 +1301,86 @@ fn csv_header_comes_from_the_first_object_with_outputs() {
     );
     assert_eq!((summary.prediction_count, summary.error_count), (3, 2));
 }
+
+/// A file split into byte ranges, a shard each, yields every line exactly
+/// once, whatever the split: the same predictions in the same order, the
+/// same damaged lines at the same bytes.
+#[test]
+fn byte_ranges_of_a_split_file_read_every_line_once() {
+    let mut text = String::new();
+    for i in 0..12 {
+        text.push_str(&format!(
+            "{{\"i\": {i}, \"pad\": \"{}\"}}\n",
+            "x".repeat(i * 3)
+        ));
+        if i % 4 == 1 {
+            text.push_str("\r\n"); // a blank CRLF line, skipped
+        }
+        if i == 5 {
+            text.push_str("not json\r\n");
+        }
+    }
+    text.push_str("{\"i\": \"last, without a newline\"}");
+    let storage = InMemoryStorage::new();
+    storage.put("gs://b/in/big.jsonl", text.clone());
+    let run = |split: u64| {
+        let out = format!("gs://b/out{split}");
+        let mut job = queued_job(DataFormat::Json, &["gs://b/in/big.jsonl"], 2, 2);
+        job.prediction_input.as_mut().unwrap().output_path = Some(out.clone());
+        let summary = run_with(
+            Arc::new(storage.clone()),
+            Arc::new(EchoPredictor),
+            ExecutorConfig::default().with_split_bytes(split),
+            &mut job,
+        );
+        assert_eq!(summary.state, State::Succeeded, "split {split}");
+        let mut results = Vec::new();
+        let mut errors = Vec::new();
+        for location in storage.locations() {
+            if !location.starts_with(&format!("{out}/")) {
+                continue;
+            }
+            let bytes = storage.get(&location).unwrap();
+            if location.contains("prediction.results-") {
+                results.push((location, bytes));
+            } else if location.contains("prediction.errors-") {
+                for line in String::from_utf8(bytes).unwrap().lines() {
+                    let e: Value = serde_json::from_str(line).unwrap();
+                    errors.push((e["byte"].as_u64().unwrap(), e["error"].clone()));
+                }
+            }
+        }
+        results.sort();
+        let all: Vec<u8> = results.into_iter().flat_map(|(_, b)| b).collect();
+        (summary, all, errors)
+    };
+    let (whole, whole_results, whole_errors) = run(u64::MAX);
+    assert_eq!(whole.shards, 1);
+    assert_eq!((whole.prediction_count, whole.error_count), (13, 1));
+    for split in 1..=text.len() as u64 + 1 {
+        let (summary, results, errors) = run(split);
+        let expected_shards = (text.len() as u64).div_ceil(split).max(1) as usize;
+        assert_eq!(summary.shards, expected_shards, "split {split}");
+        assert_eq!(
+            (
+                summary.prediction_count,
+                summary.error_count,
+                summary.records_read
+            ),
+            (
+                whole.prediction_count,
+                whole.error_count,
+                whole.records_read
+            ),
+            "split {split}"
+        );
+        assert_eq!(
+            results, whole_results,
+            "split {split}: same lines, same order"
+        );
+        assert_eq!(
+            errors, whole_errors,
+            "split {split}: same damage, same bytes"
+        );
+    }
+}

@@ -384,3 +384,93 @@ proptest! {
         prop_assert_eq!(Job::from_json(&serde_json::to_string(&job).unwrap()).unwrap(), job);
     }
 }
+
+/// Every record of a JSON or TEXT file, read whole or as byte ranges
+/// (`RawReader` over `Storage::open_at`, as the executor's split shards
+/// read): the same records, at the same bytes, each once.
+mod byte_ranges {
+    use std::sync::Arc;
+
+    use batch_prediction::{
+        BatchExecutor, CancelHandle, DataFormat, EchoResolver, ExecutorConfig, InMemoryStorage,
+        Job, ModelVersion, PredictionInput, State, SystemClock, Transition,
+    };
+    use proptest::prelude::*;
+    use serde_json::Value;
+
+    /// (predictions in order, damaged records as (byte, error)) of a run.
+    fn run(
+        storage: &InMemoryStorage,
+        format: DataFormat,
+        split: u64,
+    ) -> (Vec<u8>, Vec<(u64, Value)>) {
+        let out = format!("mem://out{split}");
+        let mut job = Job::new(
+            "ranges",
+            PredictionInput::new(
+                format,
+                ["mem://in/f"],
+                out.as_str(),
+                "local",
+                ModelVersion::uri("echo"),
+            )
+            .set_batch_size(3),
+        );
+        job.apply(Transition::Queue, &SystemClock).unwrap();
+        let summary = BatchExecutor::new(Arc::new(storage.clone()), Arc::new(EchoResolver))
+            .with_config(
+                ExecutorConfig::default()
+                    .with_split_bytes(split)
+                    .with_max_threads(2),
+            )
+            .run(&mut job, &CancelHandle::new())
+            .unwrap();
+        assert_eq!(summary.state, State::Succeeded, "{:?}", job.error_message);
+        let mut results: Vec<(String, Vec<u8>)> = Vec::new();
+        let mut errors = Vec::new();
+        for location in storage.locations() {
+            if !location.starts_with(&format!("{out}/")) {
+                continue;
+            }
+            let bytes = storage.get(&location).unwrap();
+            if location.contains("prediction.results-") {
+                results.push((location, bytes));
+            } else if location.contains("prediction.errors-") {
+                for line in String::from_utf8(bytes).unwrap().lines() {
+                    let e: Value = serde_json::from_str(line).unwrap();
+                    errors.push((e["byte"].as_u64().unwrap(), e["error"].clone()));
+                }
+            }
+        }
+        results.sort();
+        (results.into_iter().flat_map(|(_, b)| b).collect(), errors)
+    }
+
+    fn text() -> impl Strategy<Value = String> {
+        let piece = prop_oneof![
+            Just("{\"a\": 1}".to_owned()),
+            Just("[1, 2]".to_owned()),
+            Just("\n".to_owned()),
+            Just("\r\n".to_owned()),
+            Just(" ".to_owned()),
+            Just("not json".to_owned()),
+            Just("\"é\"".to_owned()),
+            "[a-z0-9]{1,5}",
+        ];
+        proptest::collection::vec(piece, 0..40).prop_map(|v| v.concat())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(128))]
+
+        #[test]
+        fn any_split_reads_every_record_once(text in text(), split in 1u64..64, text_format in any::<bool>()) {
+            let format = if text_format { DataFormat::Text } else { DataFormat::Json };
+            let storage = InMemoryStorage::new();
+            storage.put("mem://in/f", text.clone());
+            let whole = run(&storage, format, u64::MAX);
+            let split = run(&storage, format, split);
+            prop_assert_eq!(split, whole);
+        }
+    }
+}

@@ -34,10 +34,12 @@ fn job(root: &Path, out: &str) -> Job {
     job
 }
 
-/// One plan shard per input file: six shards.
+/// One plan shard per small input file, and three byte ranges of the
+/// large one: nine shards.
 fn executor(part: Option<ShardSelection>) -> BatchExecutor {
     let mut config = ExecutorConfig::default()
         .with_shard_target_bytes(1)
+        .with_split_bytes(500)
         .with_max_threads(2);
     if let Some(part) = part {
         config = config.with_shard_selection(part);
@@ -117,14 +119,18 @@ fn parts_in_separate_processes_write_what_one_process_writes() {
         }
         std::fs::write(root.join(format!("in/{f}.jsonl")), text).unwrap();
     }
+    let large: String = (0..80).map(|i| format!("{{\"large\": {i}}}\n")).collect();
+    assert!((1001..=1500).contains(&large.len()), "{}", large.len());
+    std::fs::write(root.join("in/6.jsonl"), large).unwrap();
     let (single_job, single) = run(root, "single", None);
     assert_eq!(single.state, State::Succeeded);
     assert_eq!(
         (single.prediction_count, single.error_count, single.shards),
-        (120, 3, 6)
+        (200, 3, 9)
     );
 
-    // Four processes at once; shards 0 and 4, 1 and 5, 2, 3.
+    // Four processes at once: shards 0, 4, 8; 1, 5; 2, 6; 3, 7 (6 to 8 are
+    // the three byte ranges of the large file).
     let children: Vec<_> = (0..4)
         .map(|i| spawn_part(root, &format!("{i}/4")))
         .collect();
@@ -158,32 +164,32 @@ fn parts_in_separate_processes_write_what_one_process_writes() {
     assert_eq!(files(&root.join("multi")), one, "byte for byte");
     assert_eq!(
         one.len(),
-        6 * 4,
+        9 * 4,
         "results, errors, errors_stats and a summary per shard"
     );
 
     // A finished part run again changes nothing, not even its summaries.
     let summaries = |dir: &str| -> Vec<Vec<u8>> {
-        (0..6)
+        (0..9)
             .map(|i| {
-                std::fs::read(root.join(format!("{dir}/prediction.summary-{i:05}-of-00006.json")))
+                std::fs::read(root.join(format!("{dir}/prediction.summary-{i:05}-of-00009.json")))
                     .unwrap()
             })
             .collect()
     };
     let before = summaries("multi");
-    assert!(spawn_part(root, "1/4").wait().unwrap().success());
+    assert!(spawn_part(root, "2/4").wait().unwrap().success()); // shards 2 and 6, a byte range
     assert_eq!(summaries("multi"), before);
     assert_eq!(files(&root.join("multi")), one);
 
     // A lost part: the merge names it; running that part alone repairs it.
-    std::fs::remove_file(root.join("multi/prediction.results-00003-of-00006")).unwrap();
+    std::fs::remove_file(root.join("multi/prediction.results-00007-of-00009")).unwrap();
     let (broken_job, broken) = merge(root);
     assert_eq!(broken.state, State::Failed);
     assert_eq!(
         broken_job.error_message.as_deref(),
         Some(
-            "cannot merge: 1 of 6 shards are not finished (plan shards 3); run them and merge again"
+            "cannot merge: 1 of 9 shards are not finished (plan shards 7); run them and merge again"
         )
     );
     assert!(spawn_part(root, "3/4").wait().unwrap().success());
