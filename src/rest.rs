@@ -84,7 +84,7 @@ impl RestRequest {
 pub struct RestResponse {
     /// The HTTP status, e.g. 200.
     pub status: u16,
-    /// The headers: always `Content-Type`, and `Allow` on a 405.
+    /// The headers: always `Content-Type`, and `Allow` when the HTTP method is wrong.
     pub headers: Vec<(String, String)>,
     /// The JSON body.
     pub body: Vec<u8>,
