@@ -986,12 +986,7 @@ impl BatchExecutor {
             .map(|i| i.to_string())
             .collect();
         for summary in finished.values() {
-            totals.shards_resumed += 1;
-            totals.committed_predictions += summary.predictions;
-            totals.committed_errors += summary.errors;
-            totals.committed_stats.merge(&summary.stats);
-            totals.node_seconds += summary.node_seconds;
-            totals.records_read += summary.records;
+            totals.add_finished(summary);
         }
         let stop = (!missing.is_empty()).then(|| {
             Stop::Failed(format!(
@@ -1158,6 +1153,18 @@ struct Totals {
     committed_stats: ErrorStats,
     records_read: u64,
     node_seconds: f64,
+}
+
+impl Totals {
+    /// Counts a shard an earlier run (or another process) finished.
+    fn add_finished(&mut self, summary: &ShardSummary) {
+        self.shards_resumed += 1;
+        self.committed_predictions += summary.predictions;
+        self.committed_errors += summary.errors;
+        self.committed_stats.merge(&summary.stats);
+        self.node_seconds += summary.node_seconds;
+        self.records_read += summary.records;
+    }
 }
 
 /// Whole batches of raw records from one file, framed but not decoded.
@@ -1797,12 +1804,7 @@ impl<'r, 'a> Writer<'r, 'a> {
             .collect();
         let mut csv_header = None;
         for (index, summary) in resumed {
-            totals.shards_resumed += 1;
-            totals.committed_predictions += summary.predictions;
-            totals.committed_errors += summary.errors;
-            totals.committed_stats.merge(&summary.stats);
-            totals.node_seconds += summary.node_seconds;
-            totals.records_read += summary.records;
+            totals.add_finished(&summary);
             csv_header = csv_header.or(summary.csv_header);
             progress[index] = ShardProgress {
                 records: summary.records,

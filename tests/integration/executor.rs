@@ -1334,24 +1334,7 @@ fn byte_ranges_of_a_split_file_read_every_line_once() {
             &mut job,
         );
         assert_eq!(summary.state, State::Succeeded, "split {split}");
-        let mut results = Vec::new();
-        let mut errors = Vec::new();
-        for location in storage.locations() {
-            if !location.starts_with(&format!("{out}/")) {
-                continue;
-            }
-            let bytes = storage.get(&location).unwrap();
-            if location.contains("prediction.results-") {
-                results.push((location, bytes));
-            } else if location.contains("prediction.errors-") {
-                for line in String::from_utf8(bytes).unwrap().lines() {
-                    let e: Value = serde_json::from_str(line).unwrap();
-                    errors.push((e["byte"].as_u64().unwrap(), e["error"].clone()));
-                }
-            }
-        }
-        results.sort();
-        let all: Vec<u8> = results.into_iter().flat_map(|(_, b)| b).collect();
+        let (all, errors) = crate::results_and_errors(&storage, &out);
         (summary, all, errors)
     };
     let (whole, whole_results, whole_errors) = run(u64::MAX);

@@ -24,3 +24,29 @@ pub fn data_path(name: &str) -> PathBuf {
         .join("tests/data")
         .join(name)
 }
+
+/// The results files under `out` of an in-memory storage, concatenated in
+/// shard order, and each error file entry as (byte, error).
+pub fn results_and_errors(
+    storage: &batch_prediction::InMemoryStorage,
+    out: &str,
+) -> (Vec<u8>, Vec<(u64, serde_json::Value)>) {
+    let mut results: Vec<(String, Vec<u8>)> = Vec::new();
+    let mut errors = Vec::new();
+    for location in storage.locations() {
+        if !location.starts_with(&format!("{out}/")) {
+            continue;
+        }
+        let bytes = storage.get(&location).unwrap();
+        if location.contains("prediction.results-") {
+            results.push((location, bytes));
+        } else if location.contains("prediction.errors-") {
+            for line in String::from_utf8(bytes).unwrap().lines() {
+                let e: serde_json::Value = serde_json::from_str(line).unwrap();
+                errors.push((e["byte"].as_u64().unwrap(), e["error"].clone()));
+            }
+        }
+    }
+    results.sort();
+    (results.into_iter().flat_map(|(_, b)| b).collect(), errors)
+}

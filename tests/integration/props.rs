@@ -426,24 +426,7 @@ mod byte_ranges {
             .run(&mut job, &CancelHandle::new())
             .unwrap();
         assert_eq!(summary.state, State::Succeeded, "{:?}", job.error_message);
-        let mut results: Vec<(String, Vec<u8>)> = Vec::new();
-        let mut errors = Vec::new();
-        for location in storage.locations() {
-            if !location.starts_with(&format!("{out}/")) {
-                continue;
-            }
-            let bytes = storage.get(&location).unwrap();
-            if location.contains("prediction.results-") {
-                results.push((location, bytes));
-            } else if location.contains("prediction.errors-") {
-                for line in String::from_utf8(bytes).unwrap().lines() {
-                    let e: Value = serde_json::from_str(line).unwrap();
-                    errors.push((e["byte"].as_u64().unwrap(), e["error"].clone()));
-                }
-            }
-        }
-        results.sort();
-        (results.into_iter().flat_map(|(_, b)| b).collect(), errors)
+        crate::results_and_errors(storage, &out)
     }
 
     fn text() -> impl Strategy<Value = String> {
