@@ -70,7 +70,9 @@ use crate::record::{
     decode, masked_crc32c, shard_file_name,
 };
 use crate::state::Transition;
-use crate::storage::{ObjectMeta, ObjectWriter, Storage, StorageError, StorageExt, join_location};
+use crate::storage::{
+    ObjectMeta, ObjectWriter, Storage, StorageError, StorageErrorKind, StorageExt, join_location,
+};
 
 /// The default of [`ExecutorConfig::shard_target_bytes`]: 64 MiB.
 pub const SHARD_TARGET_BYTES: u64 = 64 << 20;
@@ -143,9 +145,10 @@ pub struct ExecutorConfig {
     /// many bytes. Keep it fixed for a job: output names depend on it.
     pub shard_target_bytes: u64,
     /// A JSON or TEXT file larger than this is split into byte ranges of at
-    /// most this size, a shard each (a line belongs to the range it starts
-    /// in), so that one large file spreads over workers' shards and
-    /// processes. Keep it fixed for a job: output names depend on it.
+    /// most this size (and at most 10,000 ranges), a shard each (a line
+    /// belongs to the range it starts in), so that one large file spreads
+    /// over workers' shards and processes. Keep it fixed for a job: output
+    /// names depend on it.
     pub split_bytes: u64,
     /// Where state changes take their times from.
     pub clock: Arc<dyn Clock>,
@@ -525,6 +528,9 @@ impl fmt::Debug for BatchExecutor {
     }
 }
 
+/// The most byte ranges one file is split into.
+const MAX_RANGES_PER_FILE: u64 = 10_000;
+
 /// Why a run stopped early.
 enum Stop {
     Failed(String),
@@ -602,8 +608,10 @@ impl BatchExecutor {
         // (files, bytes, byte range of a split file)
         let mut ranges: Vec<(Range<usize>, u64, Option<Range<u64>>)> = Vec::new();
         for (i, meta) in inputs.iter().enumerate() {
-            if splittable && meta.size > self.config.split_bytes {
-                let parts = meta.size.div_ceil(self.config.split_bytes);
+            let split = self.config.split_bytes.max(1);
+            if splittable && meta.size > split {
+                // At most MAX_RANGES_PER_FILE ranges, whatever split_bytes says.
+                let parts = meta.size.div_ceil(split).min(MAX_RANGES_PER_FILE);
                 let cut = |k: u64| {
                     // k * size / parts without overflow
                     (u128::from(k) * u128::from(meta.size) / u128::from(parts)) as u64
@@ -737,6 +745,23 @@ impl BatchExecutor {
         job.apply(Transition::Run, clock)?;
         if let Err(stop) = self.notify_state(job) {
             return Ok(self.finish(job, Some(&plan), Some(stop), totals, started));
+        }
+        if self.config.shard_selection.is_some() {
+            let refused = if plan.output_format == DataFormat::Csv {
+                Some(
+                    "CSV output cannot be spread over processes: its header columns come from the job's first prediction, which one part cannot know; use JSON output",
+                )
+            } else if self.config.resume == ResumeMode::Fresh {
+                Some(
+                    "a fresh start cannot be one part's: a part deletes only its own shards, so the others' earlier output would be merged with the new; clear outputPath once, then run the parts",
+                )
+            } else {
+                None
+            };
+            if let Some(why) = refused {
+                let stop = Stop::Failed(why.to_owned());
+                return Ok(self.finish(job, Some(&plan), Some(stop), totals, started));
+            }
         }
         let settings = settings(job, &plan, &self.config);
         let resumed = match self.prepare_output(&plan, &settings) {
@@ -887,7 +912,11 @@ impl BatchExecutor {
         }
         for meta in ours {
             if !keep.contains(&meta.location.as_str()) {
-                self.storage.delete(&meta.location).map_err(storage_error)?;
+                match self.storage.delete(&meta.location) {
+                    // Another part of the job deleted it first.
+                    Err(e) if e.kind() == StorageErrorKind::NotFound => {}
+                    other => other.map_err(storage_error)?,
+                }
             }
         }
         Ok(resumed)
@@ -1351,12 +1380,18 @@ impl Run<'_> {
                 };
                 let framed = opened.map_err(|e| e.to_string()).and_then(|r| {
                     match &byte_range {
+                        // The last range reads to the file's end as it is
+                        // now, as an unsplit file is read.
                         Some(range) => RawReader::new_range(
                             self.plan.data_format,
                             location,
                             r,
                             options,
-                            range.clone(),
+                            range.start..if range.end >= meta.size {
+                                u64::MAX
+                            } else {
+                                range.end
+                            },
                         ),
                         None => RawReader::new(self.plan.data_format, location, r, options),
                     }

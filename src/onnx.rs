@@ -92,7 +92,7 @@ impl Column {
     /// Appends one scalar; `None` when it is not of the column's kind.
     fn push(&mut self, v: &Value) -> Option<()> {
         match self {
-            Column::F32(c) => c.push(v.as_f64()? as f32),
+            Column::F32(c) => c.push(Some(v.as_f64()? as f32).filter(|x| x.is_finite())?),
             Column::F64(c) => c.push(v.as_f64()?),
             Column::I32(c) => c.push(i32::try_from(v.as_i64()?).ok()?),
             Column::I64(c) => c.push(v.as_i64()?),
@@ -335,17 +335,18 @@ fn nest(values: &dyn Fn(usize) -> Value, start: usize, shape: &[usize]) -> Value
     }
 }
 
-fn f32_json(v: f32) -> Value {
-    // The shortest decimal that reads back as this f32, as a JSON number.
+/// The shortest decimal that reads back as this f32, as a JSON number;
+/// `None` for NaN and infinities, which JSON cannot hold.
+fn f32_json(v: f32) -> Option<Value> {
     format!("{v}")
         .parse::<f64>()
         .ok()
         .and_then(Number::from_f64)
-        .map_or(Value::Null, Value::Number)
+        .map(Value::Number)
 }
 
-fn f64_json(v: f64) -> Value {
-    Number::from_f64(v).map_or(Value::Null, Value::Number)
+fn f64_json(v: f64) -> Option<Value> {
+    Number::from_f64(v).map(Value::Number)
 }
 
 impl Predictor for OnnxPredictor {
@@ -414,23 +415,23 @@ impl Predictor for OnnxPredictor {
             }
             let inner = &shape[1..];
             let per_instance: usize = inner.iter().product();
-            let column: Box<dyn Fn(usize) -> Value> = match output.datum_type() {
-                DatumType::F32 => {
-                    let v = plain::<f32>(output, name)?;
-                    Box::new(move |i| f32_json(v[i]))
-                }
-                DatumType::F64 => {
-                    let v = plain::<f64>(output, name)?;
-                    Box::new(move |i| f64_json(v[i]))
-                }
-                DatumType::Bool => {
-                    let v = plain::<bool>(output, name)?;
-                    Box::new(move |i| Value::Bool(v[i]))
-                }
+            let column: Vec<Value> = match output.datum_type() {
+                DatumType::F32 => finite(plain::<f32>(output, name)?, f32_json, name)?,
+                DatumType::F64 => finite(plain::<f64>(output, name)?, f64_json, name)?,
+                DatumType::Bool => plain::<bool>(output, name)?
+                    .into_iter()
+                    .map(Value::Bool)
+                    .collect(),
+                DatumType::U64 => plain::<u64>(output, name)?
+                    .into_iter()
+                    .map(Value::from)
+                    .collect(),
                 dt if dt.is_integer() => {
                     let cast = output.cast_to::<i64>().map_err(output_error(name))?;
-                    let v = plain::<i64>(&cast, name)?;
-                    Box::new(move |i| Value::from(v[i]))
+                    plain::<i64>(&cast, name)?
+                        .into_iter()
+                        .map(Value::from)
+                        .collect()
                 }
                 dt => {
                     return Err(PredictError::new(format!(
@@ -438,12 +439,32 @@ impl Predictor for OnnxPredictor {
                     )));
                 }
             };
+            let column = |i: usize| column[i].clone();
             for (i, prediction) in predictions.iter_mut().enumerate() {
-                prediction.insert(name.clone(), nest(&*column, i * per_instance, inner));
+                prediction.insert(name.clone(), nest(&column, i * per_instance, inner));
             }
         }
         Ok(predictions.into_iter().map(Value::Object).collect())
     }
+}
+
+/// JSON numbers of float outputs; an error naming the output for NaN or
+/// an infinity, which JSON cannot hold.
+fn finite<T: Copy>(
+    values: Vec<T>,
+    json: fn(T) -> Option<Value>,
+    name: &str,
+) -> Result<Vec<Value>, PredictError> {
+    values
+        .into_iter()
+        .map(|v| {
+            json(v).ok_or_else(|| {
+                PredictError::new(format!(
+                    "output {name:?} holds NaN or an infinity, which JSON cannot hold"
+                ))
+            })
+        })
+        .collect()
 }
 
 /// The values of an output tensor, in row-major order.

@@ -60,6 +60,42 @@ impl LineReader {
         self
     }
 
+    /// Skips through the next newline, looking no further than byte `end`
+    /// of the file: where a byte range of a split file starts reading.
+    pub(crate) fn skip_through_newline(&mut self, end: u64) -> Result<(), RecordError> {
+        while self.file_offset() < end {
+            let left = usize::try_from(end - self.file_offset()).unwrap_or(usize::MAX);
+            let available = match self.inner.fill_buf() {
+                Ok([]) => return Ok(()),
+                Ok(b) => b,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    return Err(RecordError {
+                        source: Arc::clone(&self.source),
+                        position: Position {
+                            record: 0,
+                            line: None,
+                            byte: self.base + self.offset,
+                        },
+                        kind: RecordErrorKind::Io(e.to_string()),
+                        raw: None,
+                    });
+                }
+            };
+            let window = available.len().min(left);
+            let (take, found) = match memchr::memchr(b'\n', &available[..window]) {
+                Some(i) => (i + 1, true),
+                None => (window, false),
+            };
+            self.inner.consume(take);
+            self.offset += take as u64;
+            if found {
+                return Ok(());
+            }
+        }
+        Ok(())
+    }
+
     /// The position in the file of the next byte to read.
     pub(crate) fn file_offset(&self) -> u64 {
         self.base + self.offset

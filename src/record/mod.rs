@@ -272,12 +272,15 @@ impl RecordError {
     }
 
     /// The record as the error file shows it: a line as a string when it is
-    /// UTF-8, else `{"b64": …}`; `null` when nothing was kept.
+    /// UTF-8, else (and a TFRecord's data always) `{"b64": …}`; `null` when
+    /// nothing was kept.
     pub fn raw_json(&self) -> Value {
         match &self.raw {
             None => Value::Null,
             Some(raw) => match std::str::from_utf8(raw) {
-                Ok(s) if self.position.line.is_some() => Value::String(s.to_owned()),
+                Ok(s) if !matches!(self.kind, RecordErrorKind::DataChecksum { .. }) => {
+                    Value::String(s.to_owned())
+                }
                 _ => bytes_to_json(raw),
             },
         }
@@ -347,8 +350,8 @@ pub struct RawReader {
     framing: Framing,
     records: u64,
     done: bool,
-    /// For a byte range of a file: where lines stop starting.
-    end: Option<u64>,
+    /// For a byte range of a file: the range, where lines start.
+    range: Option<std::ops::Range<u64>>,
     /// A storage failure met before the first record, to report first.
     pending: Option<RecordError>,
 }
@@ -390,7 +393,7 @@ impl RawReader {
             framing,
             records: 0,
             done: false,
-            end: None,
+            range: None,
             pending: None,
         })
     }
@@ -400,8 +403,12 @@ impl RawReader {
         self.format
     }
 
-    /// Bytes of the (uncompressed) stream consumed so far.
+    /// Bytes of the (uncompressed) stream consumed so far; for a byte range
+    /// of a file, of the range only (so that ranges add up to the file).
     pub fn bytes_read(&self) -> u64 {
+        if let (Some(range), Framing::Lines(r)) = (&self.range, &self.framing) {
+            return r.file_offset().clamp(range.start, range.end) - range.start;
+        }
         match &self.framing {
             Framing::Lines(r) => r.offset(),
             Framing::TfRecord(r) => r.offset(),
@@ -428,12 +435,12 @@ impl RawReader {
         let mut pending = None;
         if range.start > 0 {
             // The line holding byte start - 1 is the range before's (its
-            // last line, or just its newline): skip through its end. Only
-            // a storage failure matters here; a damaged line is reported
-            // by the range it starts in.
-            match lines.read_line(&mut Vec::new()) {
-                Err(e) if matches!(e.kind, RecordErrorKind::Io(_)) => pending = Some(e),
-                _ => {}
+            // last line, or just its newline): skip through its newline,
+            // looking no further than the range's end (past it, no line
+            // starts in the range). A damaged line is reported by the range
+            // it starts in; only a storage failure matters here.
+            if let Err(e) = lines.skip_through_newline(range.end) {
+                pending = Some(e);
             }
         }
         Ok(RawReader {
@@ -441,7 +448,7 @@ impl RawReader {
             framing: Framing::Lines(lines),
             records: 0,
             done: false,
-            end: Some(range.end),
+            range: Some(range),
             pending,
         })
     }
@@ -473,7 +480,7 @@ impl RawReader {
             self.done = true;
             return Some(Err(e));
         }
-        let end = self.end;
+        let end = self.range.as_ref().map(|r| r.end);
         let result = match &mut self.framing {
             Framing::TfRecord(r) => r.read_record(buf),
             Framing::Lines(r) => loop {

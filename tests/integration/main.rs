@@ -26,7 +26,8 @@ pub fn data_path(name: &str) -> PathBuf {
 }
 
 /// The results files under `out` of an in-memory storage, concatenated in
-/// shard order, and each error file entry as (byte, error).
+/// shard order, and each error file entry by its byte, without `line` and
+/// `record` (which a byte range of a split file does not know).
 pub fn results_and_errors(
     storage: &batch_prediction::InMemoryStorage,
     out: &str,
@@ -42,8 +43,11 @@ pub fn results_and_errors(
             results.push((location, bytes));
         } else if location.contains("prediction.errors-") {
             for line in String::from_utf8(bytes).unwrap().lines() {
-                let e: serde_json::Value = serde_json::from_str(line).unwrap();
-                errors.push((e["byte"].as_u64().unwrap(), e["error"].clone()));
+                let mut e: serde_json::Value = serde_json::from_str(line).unwrap();
+                let entry = e.as_object_mut().unwrap();
+                entry.remove("line");
+                entry.remove("record");
+                errors.push((entry["byte"].as_u64().unwrap(), e));
             }
         }
     }

@@ -134,6 +134,20 @@ fn bad_instances_are_errors_that_say_which_input_and_what_was_expected() {
             "{instance}"
         );
     }
+    // Numbers an f32 cannot hold are refused; an output JSON cannot hold
+    // (an f32 sum overflowing to infinity) is an error, not a null.
+    assert_eq!(
+        predict(
+            &classifier,
+            vec![json!({"features": [1e39, 1.0, 1.0, 1.0]})]
+        )
+        .unwrap_err(),
+        "input \"features\": expected numbers of shape [4]: got [1e+39,1.0,1.0,1.0]"
+    );
+    assert_eq!(
+        predict(&two, vec![json!({"a": [3e38, 3e38], "b": 1})]).unwrap_err(),
+        "output \"total\" holds NaN or an infinity, which JSON cannot hold"
+    );
     // A non-object instance feeds a one-input model.
     let bare = predict(&classifier, vec![json!([5.1, 3.5, 1.4, 0.2])]).unwrap();
     assert_eq!(bare[0].as_object().unwrap().len(), 2);

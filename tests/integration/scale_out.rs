@@ -160,6 +160,21 @@ fn parts_in_separate_processes_write_what_one_process_writes() {
             .unwrap()
             .prediction_count()
     );
+    // The shards' bytes add up to the inputs', byte ranges included.
+    let read: u64 = (0..9)
+        .map(|i| {
+            let summary =
+                std::fs::read(root.join(format!("single/prediction.summary-{i:05}-of-00009.json")))
+                    .unwrap();
+            let summary: serde_json::Value = serde_json::from_slice(&summary).unwrap();
+            summary["bytesRead"].as_u64().unwrap()
+        })
+        .sum();
+    let inputs: u64 = std::fs::read_dir(root.join("in"))
+        .unwrap()
+        .map(|e| e.unwrap().metadata().unwrap().len())
+        .sum();
+    assert_eq!(read, inputs);
     let one = files(&root.join("single"));
     assert_eq!(files(&root.join("multi")), one, "byte for byte");
     assert_eq!(
@@ -195,6 +210,55 @@ fn parts_in_separate_processes_write_what_one_process_writes() {
     assert!(spawn_part(root, "3/4").wait().unwrap().success());
     assert_eq!(merge(root).1.state, State::Succeeded);
     assert_eq!(files(&root.join("multi")), one);
+}
+
+#[test]
+fn csv_output_and_fresh_starts_are_not_spread_over_processes() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    std::fs::create_dir_all(root.join("in")).unwrap();
+    std::fs::write(root.join("in/0.jsonl"), "{\"a\": 1}\n").unwrap();
+    let part: ShardSelection = "0/2".parse().unwrap();
+    let mut csv = job(root, "csv");
+    csv.prediction_input.as_mut().unwrap().output_data_format =
+        Some(batch_prediction::DataFormat::Csv);
+    executor(Some(part))
+        .run(&mut csv, &CancelHandle::new())
+        .unwrap();
+    assert_eq!(csv.state(), State::Failed);
+    assert!(
+        csv.error_message
+            .unwrap()
+            .starts_with("CSV output cannot be spread over processes")
+    );
+    let mut fresh = job(root, "fresh");
+    let config = ExecutorConfig::default()
+        .with_shard_selection(part)
+        .with_resume(batch_prediction::ResumeMode::Fresh);
+    BatchExecutor::new(Arc::new(LocalStorage::new()), Arc::new(EchoResolver))
+        .with_config(config)
+        .run(&mut fresh, &CancelHandle::new())
+        .unwrap();
+    assert_eq!(fresh.state(), State::Failed);
+    assert!(
+        fresh
+            .error_message
+            .unwrap()
+            .starts_with("a fresh start cannot be one part's")
+    );
+    // A split size of 0 is taken as 1, and a file is cut into at most 10,000 ranges.
+    let mut config = ExecutorConfig::default();
+    config.split_bytes = 0;
+    std::fs::write(root.join("in/0.jsonl"), "{\"a\": 1}\n".repeat(2000)).unwrap();
+    let plan = BatchExecutor::new(Arc::new(LocalStorage::new()), Arc::new(EchoResolver))
+        .with_config(config)
+        .plan(&job(root, "plan"))
+        .unwrap();
+    assert_eq!(plan.shards.len(), 10_000);
+    assert_eq!(
+        plan.shards.last().unwrap().byte_range.as_ref().unwrap().end,
+        18_000
+    );
 }
 
 #[test]
