@@ -320,18 +320,11 @@ fn flatten(value: &Value, shape: &[usize], column: &mut Column) -> bool {
     }
 }
 
-/// The JSON of `count` values from `flat` at `start`, nested as `shape`.
-fn nest(values: &dyn Fn(usize) -> Value, start: usize, shape: &[usize]) -> Value {
+/// The next values of a row-major output, nested as `shape`.
+fn nest(values: &mut impl Iterator<Item = Value>, shape: &[usize]) -> Value {
     match shape.split_first() {
-        None => values(start),
-        Some((&n, rest)) => {
-            let inner: usize = rest.iter().product();
-            Value::Array(
-                (0..n)
-                    .map(|i| nest(values, start + i * inner, rest))
-                    .collect(),
-            )
-        }
+        None => values.next().unwrap_or(Value::Null),
+        Some((&n, rest)) => Value::Array((0..n).map(|_| nest(values, rest)).collect()),
     }
 }
 
@@ -414,7 +407,6 @@ impl Predictor for OnnxPredictor {
                 )));
             }
             let inner = &shape[1..];
-            let per_instance: usize = inner.iter().product();
             let column: Vec<Value> = match output.datum_type() {
                 DatumType::F32 => finite(plain::<f32>(output, name)?, f32_json, name)?,
                 DatumType::F64 => finite(plain::<f64>(output, name)?, f64_json, name)?,
@@ -439,9 +431,10 @@ impl Predictor for OnnxPredictor {
                     )));
                 }
             };
-            let column = |i: usize| column[i].clone();
-            for (i, prediction) in predictions.iter_mut().enumerate() {
-                prediction.insert(name.clone(), nest(&column, i * per_instance, inner));
+            // Row-major: each instance's values follow the previous one's.
+            let mut values = column.into_iter();
+            for prediction in &mut predictions {
+                prediction.insert(name.clone(), nest(&mut values, inner));
             }
         }
         Ok(predictions.into_iter().map(Value::Object).collect())

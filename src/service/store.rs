@@ -197,21 +197,6 @@ impl Index {
         Ok(record)
     }
 
-    /// Prepares a write with `prepare`, hands the record to `persist`, and
-    /// puts it in place only if that succeeded: the one write path of both stores.
-    pub(crate) fn write(
-        lock: &RwLock<Index>,
-        record: JobRecord,
-        prepare: fn(&Index, JobRecord) -> Result<JobRecord, Error>,
-        persist: impl FnOnce(&JobRecord) -> Result<(), Error>,
-    ) -> Result<JobRecord, Error> {
-        let mut index = write(lock);
-        let record = prepare(&index, record)?;
-        persist(&record)?;
-        index.put(record.clone());
-        Ok(record)
-    }
-
     /// Puts a prepared (or loaded) record in place.
     pub(crate) fn put(&mut self, record: JobRecord) {
         let record = Arc::new(record);
@@ -293,11 +278,17 @@ impl JobStore for InMemoryJobStore {
     }
 
     fn insert(&self, record: JobRecord) -> Result<JobRecord, Error> {
-        Index::write(&self.index, record, Index::prepare_insert, |_| Ok(()))
+        let mut index = write(&self.index);
+        let record = index.prepare_insert(record)?;
+        index.put(record.clone());
+        Ok(record)
     }
 
     fn update(&self, record: JobRecord) -> Result<JobRecord, Error> {
-        Index::write(&self.index, record, Index::prepare_update, |_| Ok(()))
+        let mut index = write(&self.index);
+        let record = index.prepare_update(record)?;
+        index.put(record.clone());
+        Ok(record)
     }
 
     fn scan(

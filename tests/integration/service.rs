@@ -984,24 +984,33 @@ fn a_waiting_runner_wakes_for_a_new_job() {
     let service = service();
     let storage = input_storage();
     let executor = BatchExecutor::new(Arc::new(storage), Arc::new(EchoResolver));
-    let ran = std::thread::scope(|s| {
-        let runner = s.spawn(|| {
-            // Each wait is long; a create must end it, not the timeout.
-            for _ in 0..3 {
-                if let Some(job) = service
-                    .run_next_or_wait(&executor, Duration::from_secs(30))
-                    .unwrap()
-                {
-                    return Some(job);
-                }
-            }
-            None
+    let woken = std::thread::scope(|s| {
+        // One wait of an hour, which only the creation of a job can end in
+        // time: a lost wake-up fails the bound below (three thousand times
+        // what the wake-up takes), rather than passing by the timeout.
+        let waiter = s.spawn(|| {
+            service
+                .run_next_or_wait(&executor, Duration::from_secs(3600))
+                .unwrap()
         });
         std::thread::sleep(Duration::from_millis(20));
         service.create(&project(), job("j1")).unwrap();
-        runner.join().unwrap()
+        let start = Instant::now();
+        while !waiter.is_finished() {
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "the create did not wake the runner"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        waiter.join().unwrap()
     });
-    assert_eq!(ran.unwrap().state(), State::Succeeded);
+    // Woken, it returns to its caller's loop; had the job come first, it ran it.
+    let ran = match woken {
+        Some(job) => job,
+        None => service.run_next(&executor).unwrap().unwrap(),
+    };
+    assert_eq!(ran.state(), State::Succeeded);
     assert!(service.running_jobs().is_empty());
 }
 
