@@ -854,15 +854,19 @@ fn a_model_that_fails_to_load_fails_the_job() {
 fn cancel_from_another_thread_reaches_the_running_executor() {
     let service = service();
     let storage = input_storage();
-    // Blocks until the job is cancelled (or a generous safety limit passes).
-    let saw_cancel = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let seen = saw_cancel.clone();
+    // Blocks until the job is cancelled (or a generous safety limit passes,
+    // which counts as a miss). The cancel may also stop the run before its
+    // first batch, and then the predictor is never called.
+    let missed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let seen = missed.clone();
     let predictor = Arc::new(predictor_fn(move |batch, ctx| {
         let start = Instant::now();
         while !ctx.is_cancelled() && start.elapsed() < Duration::from_secs(120) {
             std::thread::sleep(Duration::from_millis(2));
         }
-        seen.store(ctx.is_cancelled(), std::sync::atomic::Ordering::SeqCst);
+        if !ctx.is_cancelled() {
+            seen.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
         Ok(batch.into_iter().map(|i| i.into_json()).collect())
     }));
     let executor = executor_with(&storage, predictor);
@@ -881,8 +885,8 @@ fn cancel_from_another_thread_reaches_the_running_executor() {
     });
     let finished = finished.unwrap().unwrap();
     assert!(
-        saw_cancel.load(std::sync::atomic::Ordering::SeqCst),
-        "the cancel reached the predictor"
+        !missed.load(std::sync::atomic::Ordering::SeqCst),
+        "the cancel reached the run"
     );
     assert_eq!(finished.state(), State::Cancelled);
     assert_eq!(service.get(&name).unwrap(), finished);
@@ -952,12 +956,20 @@ fn cancels_reach_runs_whichever_runner_took_them() {
             }
             service.cancel(&name).unwrap();
         }
+        // A job cancelled between its claim and its run's start is
+        // cancelled outright and not run: 4 echo jobs and up to 4 others ran.
         let ran: usize = runners.into_iter().map(|r| r.join().unwrap()).sum();
-        assert_eq!(ran, 8);
+        assert!((4..=8).contains(&ran), "{ran}");
     });
     for id in &cancelled {
         let job = service.get(&project().job(id).unwrap()).unwrap();
         assert_eq!(job.state(), State::Cancelled, "{id}");
+    }
+    for i in 0..4 {
+        let job = service
+            .get(&project().job(&format!("echo_{i}")).unwrap())
+            .unwrap();
+        assert_eq!(job.state(), State::Succeeded, "echo_{i}");
     }
     assert_eq!(
         missed.load(std::sync::atomic::Ordering::SeqCst),
