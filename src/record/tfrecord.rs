@@ -22,8 +22,52 @@ use super::{Position, ReadOptions, RecordError, RecordErrorKind};
 /// assert_eq!(batch_prediction::masked_crc32c(b"123456789"), masked);
 /// ```
 pub fn masked_crc32c(data: &[u8]) -> u32 {
-    let crc = crc32c::crc32c(data);
+    mask(crc32c::crc32c(data))
+}
+
+fn mask(crc: u32) -> u32 {
     crc.rotate_right(15).wrapping_add(0xa282_ead8)
+}
+
+/// An 8-byte-aligned copy of a frame's length, so that its checksum takes
+/// one 8-byte CRC step instead of eight 1-byte ones (the CRC-32C crate
+/// handles unaligned leading bytes one by one).
+#[repr(C, align(8))]
+struct AlignedLength([u8; 8]);
+
+/// The masked checksum of a frame's 8 length bytes.
+fn length_checksum(length: [u8; 8]) -> u32 {
+    let aligned = AlignedLength(length);
+    mask(crc32c::crc32c(&aligned.0))
+}
+
+/// Checks frame headers (length and its checksum), remembering the last
+/// good one: records of a file mostly share a few lengths, and a header
+/// equal to one already verified needs no checksum of its own. The check
+/// is as strict as computing it every time: the checksum is a function of
+/// the length bytes alone.
+#[derive(Debug, Default)]
+struct HeaderCheck {
+    last_good: Option<[u8; 12]>,
+}
+
+impl HeaderCheck {
+    /// `Ok(length)` when `header`'s stored checksum matches its length;
+    /// else `Err((stored, computed))`.
+    #[inline]
+    fn check(&mut self, header: [u8; 12]) -> Result<u64, (u32, u32)> {
+        let (length, stored) = header.split_at(8);
+        let length: [u8; 8] = length.try_into().expect("8 bytes");
+        if self.last_good != Some(header) {
+            let stored = u32::from_le_bytes(stored.try_into().expect("4 bytes"));
+            let computed = length_checksum(length);
+            if stored != computed {
+                return Err((stored, computed));
+            }
+            self.last_good = Some(header);
+        }
+        Ok(u64::from_le_bytes(length))
+    }
 }
 
 /// Counts the bytes read through it, and notes whether the underlying
@@ -93,7 +137,9 @@ impl<R: BufRead> Read for LazyGzip<R> {
 /// error is fatal and gives the offset and the bytes left unread.
 pub struct TfRecordReader {
     source: Arc<str>,
-    inner: Box<dyn BufRead + Send>,
+    /// Buffered here, over the source (plain) or the decoder (gzip), so that
+    /// the per-record calls to the buffer are static and inlined.
+    inner: BufReader<Box<dyn Read + Send>>,
     /// Compressed bytes consumed, and whether the storage failed, for gzip streams.
     compressed: Option<(Arc<AtomicU64>, Arc<AtomicBool>)>,
     limit: usize,
@@ -102,6 +148,7 @@ pub struct TfRecordReader {
     /// it, off the framing thread): the stored one of the last record.
     defer_data_crc: bool,
     deferred: Option<u32>,
+    headers: HeaderCheck,
 }
 
 impl std::fmt::Debug for TfRecordReader {
@@ -155,12 +202,13 @@ impl TfRecordReader {
     ) -> Self {
         TfRecordReader {
             source: source.into(),
-            inner: Box::new(BufReader::with_capacity(READ_BUFFER, reader)),
+            inner: BufReader::with_capacity(READ_BUFFER, Box::new(reader)),
             compressed: None,
             limit: options.max_record_bytes,
             offset: 0,
             defer_data_crc: false,
             deferred: None,
+            headers: HeaderCheck::default(),
         }
     }
 
@@ -180,12 +228,13 @@ impl TfRecordReader {
         let decoder = LazyGzip::Start(BufReader::with_capacity(READ_BUFFER, counting));
         TfRecordReader {
             source: source.into(),
-            inner: Box::new(BufReader::with_capacity(READ_BUFFER, decoder)),
+            inner: BufReader::with_capacity(READ_BUFFER, Box::new(decoder)),
             compressed: Some((count, failed)),
             limit: options.max_record_bytes,
             offset: 0,
             defer_data_crc: false,
             deferred: None,
+            headers: HeaderCheck::default(),
         }
     }
 
@@ -239,58 +288,65 @@ impl TfRecordReader {
     /// # Errors
     /// See the type's documentation; [`RecordError::is_fatal`] tells whether
     /// reading may go on.
+    #[inline]
     pub fn read_record(&mut self, buf: &mut Vec<u8>) -> Result<Option<Position>, RecordError> {
         self.deferred = None;
+        let start = self.offset;
+        if self.read_buffered(buf) {
+            return Ok(Some(Position {
+                record: 0,
+                line: None,
+                byte: start,
+            }));
+        }
+        self.read_record_slow(buf)
+    }
+
+    /// The fast path: when a whole, good frame is in the reader's buffer,
+    /// as nearly every small record is, appends its data to `buf`, consumes
+    /// it and returns `true`. Anything else (a frame cut by the buffer's
+    /// end, a bad checksum, an oversized length) returns `false` having
+    /// consumed nothing, for [`Self::read_record_slow`] to deal with.
+    #[inline]
+    fn read_buffered(&mut self, buf: &mut Vec<u8>) -> bool {
+        let avail = self.inner.buffer();
+        let Some(header) = avail.first_chunk::<12>() else {
+            return false;
+        };
+        let Ok(len) = self.headers.check(*header) else {
+            return false;
+        };
+        if len > self.limit as u64 || (avail.len() as u64 - 12) < len + 4 {
+            return false;
+        }
+        let len = len as usize;
+        let data = &avail[12..12 + len];
+        let stored = u32::from_le_bytes(avail[12 + len..16 + len].try_into().expect("4 bytes"));
+        if self.defer_data_crc {
+            self.deferred = Some(stored);
+        } else if masked_crc32c(data) != stored {
+            return false;
+        }
+        buf.extend_from_slice(data);
+        self.inner.consume(16 + len);
+        self.offset += 16 + len as u64;
+        true
+    }
+
+    /// Reads one frame piece by piece from the stream: the path for frames
+    /// that are not whole in the buffer, the end of the stream, and every
+    /// kind of damage.
+    #[cold]
+    #[inline(never)]
+    fn read_record_slow(&mut self, buf: &mut Vec<u8>) -> Result<Option<Position>, RecordError> {
         let start = self.offset;
         let position = Position {
             record: 0,
             line: None,
             byte: start,
         };
-        // Fast path: the whole frame is in the reader's buffer, as nearly
-        // every small record is: one call, one copy. Anything unusual (a
-        // short buffer, a bad length) takes the path below, which reads from
-        // where this one left off, having consumed nothing.
-        let avail = loop {
-            match self.inner.fill_buf() {
-                Ok(avail) => break avail,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(self.io_error(start, &e)),
-            }
-        };
-        if avail.len() >= 12 {
-            let len = u64::from_le_bytes(avail[..8].try_into().expect("8 bytes"));
-            let stored = u32::from_le_bytes(avail[8..12].try_into().expect("4 bytes"));
-            if len <= self.limit as u64
-                && (avail.len() as u64 - 12) >= len + 4
-                && masked_crc32c(&avail[..8]) == stored
-            {
-                let len = len as usize;
-                let data = &avail[12..12 + len];
-                let stored =
-                    u32::from_le_bytes(avail[12 + len..16 + len].try_into().expect("4 bytes"));
-                if self.defer_data_crc {
-                    buf.extend_from_slice(data);
-                    self.inner.consume(16 + len);
-                    self.offset += 16 + len as u64;
-                    self.deferred = Some(stored);
-                    return Ok(Some(position));
-                }
-                let computed = masked_crc32c(data);
-                let at = buf.len();
-                buf.extend_from_slice(data);
-                self.inner.consume(16 + len);
-                self.offset += 16 + len as u64;
-                if stored != computed {
-                    let kind = RecordErrorKind::DataChecksum { stored, computed };
-                    let raw = buf.split_off(at);
-                    return Err(self.error(start, kind, Some(raw)));
-                }
-                return Ok(Some(position));
-            }
-        }
         let mut header = [0u8; 12];
-        let got = read_full(&mut *self.inner, &mut header).map_err(|e| self.io_error(start, &e))?;
+        let got = read_full(&mut self.inner, &mut header).map_err(|e| self.io_error(start, &e))?;
         if got == 0 {
             return Ok(None);
         }
@@ -302,23 +358,23 @@ impl TfRecordReader {
                 None,
             ));
         }
-        let len = u64::from_le_bytes(header[..8].try_into().expect("8 bytes"));
-        let stored = u32::from_le_bytes(header[8..].try_into().expect("4 bytes"));
-        let computed = masked_crc32c(&header[..8]);
-        if stored != computed {
-            // The framing is lost: count what is left (up to any read error), without keeping it.
-            let rest = count_rest(&mut *self.inner);
-            self.offset += 12 + rest;
-            let kind = RecordErrorKind::LengthChecksum {
-                stored,
-                computed,
-                unread: 12 + rest,
-            };
-            return Err(self.error(start, kind, None));
-        }
+        let len = match self.headers.check(header) {
+            Ok(len) => len,
+            Err((stored, computed)) => {
+                // The framing is lost: count what is left (up to any read error), without keeping it.
+                let rest = count_rest(&mut self.inner);
+                self.offset += 12 + rest;
+                let kind = RecordErrorKind::LengthChecksum {
+                    stored,
+                    computed,
+                    unread: 12 + rest,
+                };
+                return Err(self.error(start, kind, None));
+            }
+        };
         if len > self.limit as u64 {
             let want = len.saturating_add(4);
-            let skipped = skip(&mut *self.inner, want).map_err(|e| self.io_error(start, &e))?;
+            let skipped = skip(&mut self.inner, want).map_err(|e| self.io_error(start, &e))?;
             self.offset += 12 + skipped;
             if skipped < want {
                 let kind = RecordErrorKind::Truncated {
@@ -334,7 +390,7 @@ impl TfRecordReader {
         }
         let at = buf.len();
         buf.reserve(len as usize);
-        let read = (&mut *self.inner).take(len).read_to_end(buf);
+        let read = (&mut self.inner).take(len).read_to_end(buf);
         let got = match read {
             Ok(n) => n as u64,
             Err(e) => {
@@ -348,7 +404,7 @@ impl TfRecordReader {
             return Err(self.error(start, RecordErrorKind::Truncated { unread: 12 + got }, None));
         }
         let mut footer = [0u8; 4];
-        let got = match read_full(&mut *self.inner, &mut footer) {
+        let got = match read_full(&mut self.inner, &mut footer) {
             Ok(n) => n,
             Err(e) => {
                 buf.truncate(at);

@@ -6,7 +6,7 @@ use std::io::Write;
 use base64::Engine as _;
 use batch_prediction::{
     DataFormat, Instance, InstanceReader, ReadOptions, Record, RecordError, RecordErrorKind,
-    masked_crc32c,
+    TfRecordWriter, masked_crc32c,
 };
 use flate2::Compression;
 use flate2::write::GzEncoder;
@@ -183,6 +183,41 @@ fn flipped_data_byte_is_one_bad_record_and_reading_goes_on() {
     let mut want = tensorflow_records();
     want.remove(5);
     assert_eq!(bytes_of(&items), want);
+}
+
+/// Frame headers equal to one already verified are not checksummed again:
+/// a header that differs from it in any byte, the checksum included, is.
+#[test]
+fn damaged_header_after_good_ones_of_the_same_length_is_caught() {
+    let frames = |damage: &dyn Fn(&mut Vec<u8>)| {
+        let mut w = TfRecordWriter::new(Vec::new());
+        for data in [b"aaaa", b"bbbb", b"cccc", b"dddd"] {
+            w.write(data).unwrap();
+        }
+        let mut file = w.into_inner();
+        damage(&mut file);
+        read(DataFormat::TfRecord, file)
+    };
+    let frame = 16 + 4;
+    // The third record's stored length checksum, then its length (kept
+    // equal in size to the others by flipping a high byte).
+    for (what, byte) in [("checksum", 2 * frame + 8), ("length", 2 * frame + 7)] {
+        let items = frames(&|file| file[byte] ^= 0x10);
+        assert_eq!(items.len(), 3, "{what}");
+        assert_eq!(
+            bytes_of(&items),
+            [b"aaaa".to_vec(), b"bbbb".to_vec()],
+            "{what}"
+        );
+        let e = items[2].as_ref().unwrap_err();
+        assert!(
+            matches!(e.kind, RecordErrorKind::LengthChecksum { unread: 40, .. }),
+            "{what}: {e}"
+        );
+        assert_eq!(e.position.byte, 2 * frame as u64, "{what}");
+    }
+    let clean = frames(&|_| {});
+    assert_eq!(bytes_of(&clean).len(), 4);
 }
 
 #[test]
