@@ -5,7 +5,8 @@ use std::hint::black_box;
 use std::io::{Cursor, Write};
 
 use batch_prediction::{
-    CsvResultWriter, DataFormat, InstanceReader, JsonLinesWriter, ReadOptions, TfRecordWriter,
+    CsvResultWriter, DataFormat, InstanceReader, JsonLinesWriter, RawReader, ReadOptions,
+    TfRecordWriter,
 };
 use criterion::{Criterion, Throughput};
 use serde_json::{Value, json};
@@ -57,6 +58,41 @@ fn count(format: DataFormat, data: &[u8]) -> usize {
     n
 }
 
+fn raw(format: DataFormat, data: &[u8]) -> RawReader {
+    let source = Box::new(Cursor::new(data.to_vec()));
+    RawReader::new(format, "bench", source, ReadOptions::default()).unwrap()
+}
+
+/// Frames every record without decoding it, one call per record.
+fn frame_one_by_one(format: DataFormat, data: &[u8]) -> usize {
+    let mut reader = raw(format, data);
+    let (mut buf, mut n) = (Vec::with_capacity(1 << 20), 0);
+    while let Some(item) = reader.read_into(&mut buf) {
+        item.unwrap();
+        n += 1;
+        if buf.len() > 1 << 20 {
+            black_box(&buf);
+            buf.clear();
+        }
+    }
+    n
+}
+
+/// Frames every record without decoding it, up to 1024 per call.
+fn frame_many(format: DataFormat, data: &[u8]) -> usize {
+    let mut reader = raw(format, data);
+    let (mut buf, mut records, mut n) = (Vec::with_capacity(2 << 20), Vec::new(), 0);
+    while let Some(item) = reader.read_many(&mut buf, &mut records, 1024) {
+        n += item.unwrap();
+        if buf.len() > 1 << 20 {
+            black_box((&buf, &records));
+            buf.clear();
+            records.clear();
+        }
+    }
+    n
+}
+
 pub fn define(c: &mut Criterion) {
     let lines = json_lines();
     let records = tfrecords(&lines);
@@ -82,6 +118,19 @@ pub fn define(c: &mut Criterion) {
         group.throughput(Throughput::Elements(RECORDS as u64));
         group.bench_function(format!("{name}_records"), |b| {
             b.iter(|| assert_eq!(count(format, data), RECORDS))
+        });
+    }
+    // Framing alone (the executor's framing thread): per call, and in runs.
+    group.throughput(Throughput::Elements(RECORDS as u64));
+    for (name, format, data) in [
+        ("json", DataFormat::Json, &lines),
+        ("tfrecord", DataFormat::TfRecord, &records),
+    ] {
+        group.bench_function(format!("frame_{name}_read_into"), |b| {
+            b.iter(|| assert_eq!(frame_one_by_one(format, data), RECORDS))
+        });
+        group.bench_function(format!("frame_{name}_read_many"), |b| {
+            b.iter(|| assert_eq!(frame_many(format, data), RECORDS))
         });
     }
     let predictions: Vec<Value> = (0..RECORDS)

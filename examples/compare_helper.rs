@@ -4,7 +4,7 @@
 //! ```text
 //! compare_helper bare-json IN OUT                  # serde_json parse + serialize of each line, one thread
 //! compare_helper bare-tfrecord-echo IN OUT         # frame each TFRecord, write it as a {"b64": …} line
-//! compare_helper read FORMAT IN                    # frame every record (json, tfrecord, tfrecord-gzip)
+//! compare_helper read FORMAT IN                    # frame every record (json, tfrecord, tfrecord-gzip), RawReader::read_many
 //! compare_helper job echo|cpu FORMAT IN OUTDIR N   # a BatchExecutor job with N workers, batches of 64
 //! compare_helper to-tfrecord BLOBS OUT             # frame (u32 LE length, bytes)* as TFRecords (untimed)
 //! compare_helper onnx-bare MODEL IN OUT            # (feature onnx) the model over batches of 64 lines, one loop
@@ -99,14 +99,15 @@ fn read(format: DataFormat, input: &str) -> (f64, u64) {
         ReadOptions::default(),
     )
     .expect("an input format");
-    let mut buf = Vec::with_capacity(1 << 20);
+    let mut buf = Vec::with_capacity(2 << 20);
+    let mut records = Vec::with_capacity(1024);
     let mut n = 0u64;
-    while let Some(item) = reader.read_into(&mut buf) {
-        item.expect("clean input");
-        n += 1;
+    while let Some(item) = reader.read_many(&mut buf, &mut records, 1024) {
+        n += item.expect("clean input") as u64;
         if buf.len() > 1 << 20 {
-            std::hint::black_box(&buf);
+            std::hint::black_box((&buf, &records));
             buf.clear();
+            records.clear();
         }
     }
     (start.elapsed().as_secs_f64(), n)

@@ -1430,6 +1430,28 @@ impl Run<'_> {
                         if full {
                             break;
                         }
+                        // The records whole in the read buffer, in one go,
+                        // up to the next batch boundary; the per-record path
+                        // for anything else.
+                        let to_boundary = batch_size - batch.instances % batch_size;
+                        let room = max_chunk_bytes.saturating_sub(batch.data.len());
+                        let items = &mut batch.items;
+                        let ran = reader.read_run(
+                            &mut batch.data,
+                            to_boundary.min(chunk_instances - batch.instances),
+                            room,
+                            |position, range, crc| {
+                                items.push(RawItem::Record {
+                                    position,
+                                    range,
+                                    crc,
+                                });
+                            },
+                        );
+                        if ran > 0 {
+                            batch.instances += ran;
+                            continue;
+                        }
                         let start = batch.data.len();
                         match reader.read_into(&mut batch.data) {
                             None => {
@@ -1607,7 +1629,10 @@ impl Run<'_> {
             ranges: &pending.ranges,
         };
         pending.results.clear();
-        let instances = std::mem::take(&mut pending.instances);
+        // The predictor keeps the batch; the next one gets room for a whole
+        // batch at once rather than growing into it.
+        let room = Vec::with_capacity(self.plan.batch_size.min(4096));
+        let instances = std::mem::replace(&mut pending.instances, room);
         if !instances.is_empty() {
             let span = 0..instances.len();
             let stopping = || self.stopping();

@@ -121,8 +121,8 @@ pub use record::{
     CSV_HEADER_FILE, CsvResultWriter, CsvRowError, CsvWriteError, DEFAULT_MAX_RECORD_BYTES,
     ERRORS_FILE_PREFIX, ERRORS_STATS_FILE_PREFIX, ErrorRecordWriter, ErrorStats, Instance,
     InstanceReader, JsonLinesWriter, LineReader, NotAnInputFormat, Position, RESULTS_FILE_PREFIX,
-    RawReader, ReadOptions, Record, RecordError, RecordErrorKind, TfRecordReader, TfRecordWriter,
-    bytes_to_json, csv_header_bytes, decode, masked_crc32c, shard_file_name,
+    RawReader, RawRecord, ReadOptions, Record, RecordError, RecordErrorKind, TfRecordReader,
+    TfRecordWriter, bytes_to_json, csv_header_bytes, decode, masked_crc32c, shard_file_name,
 };
 #[cfg(feature = "rest")]
 pub use rest::{DEFAULT_MAX_BODY_BYTES, RestApi, RestRequest, RestResponse};

@@ -1,6 +1,68 @@
 //! Shared by the reader targets: read everything, check the accounting.
 
-use batch_prediction::{DataFormat, InstanceReader, ReadOptions};
+use std::io::Read;
+
+use batch_prediction::{DataFormat, InstanceReader, Position, RawReader, ReadOptions};
+
+/// Hands out at most `piece` bytes per read, so that records straddle the
+/// end of what a reader has buffered.
+struct Pieces {
+    data: std::io::Cursor<Vec<u8>>,
+    piece: usize,
+}
+
+impl Read for Pieces {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.piece.min(buf.len());
+        self.data.read(&mut buf[..n])
+    }
+}
+
+/// What a raw reader gave: a record, or an error's text, place and fatality.
+#[derive(Debug, PartialEq)]
+enum Item {
+    Record(Position, Vec<u8>),
+    Error(String, Position, bool),
+}
+
+/// Checks that `RawReader::read_many` (records framed straight from the
+/// read buffer) gives what `read_into` gives one record at a time, with the
+/// source handing out its bytes in pieces sized by the input's first byte.
+pub fn read_many_matches_read_into(format: DataFormat, data: &[u8]) {
+    let piece = 1 + usize::from(data.first().copied().unwrap_or(0)) % 64;
+    let max = 1 + usize::from(data.last().copied().unwrap_or(0)) % 5;
+    let reader = || {
+        let source = Pieces {
+            data: std::io::Cursor::new(data.to_vec()),
+            piece,
+        };
+        let options = ReadOptions::default().with_max_record_bytes(64);
+        RawReader::new(format, "fuzz", Box::new(source), options).expect("an input format")
+    };
+    let mut one = Vec::new();
+    let (mut r, mut buf) = (reader(), Vec::new());
+    while let Some(item) = r.read_into(&mut buf) {
+        one.push(match item {
+            Ok(position) => Item::Record(position, std::mem::take(&mut buf)),
+            Err(e) => Item::Error(e.to_string(), e.position, e.is_fatal()),
+        });
+    }
+    let mut many = Vec::new();
+    let (mut r, mut buf, mut records) = (reader(), Vec::new(), Vec::new());
+    while let Some(n) = r.read_many(&mut buf, &mut records, max) {
+        match n {
+            Ok(n) => {
+                assert!((1..=max).contains(&n) && n == records.len());
+                for rec in records.drain(..) {
+                    many.push(Item::Record(rec.position, buf[rec.range].to_vec()));
+                }
+                buf.clear();
+            }
+            Err(e) => many.push(Item::Error(e.to_string(), e.position, e.is_fatal())),
+        }
+    }
+    assert_eq!(many, one, "read_many and read_into differ");
+}
 
 /// Reads `data` in `format` with a small record limit and checks that every
 /// record is accounted for, numbered in order, and that only the last error

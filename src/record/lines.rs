@@ -3,7 +3,7 @@
 use std::io::{self, BufRead, BufReader, Read};
 use std::sync::Arc;
 
-use super::{Position, ReadOptions, RecordError, RecordErrorKind};
+use super::{Position, ReadOptions, RecordError, RecordErrorKind, is_blank};
 
 /// The read buffer of line and TFRecord readers.
 pub(crate) const READ_BUFFER: usize = 256 * 1024;
@@ -13,7 +13,8 @@ pub(crate) const READ_BUFFER: usize = 256 * 1024;
 /// is skipped without being stored and reported as a record-level error.
 pub struct LineReader {
     source: Arc<str>,
-    inner: Box<dyn BufRead + Send>,
+    /// Buffered here, so that the per-line calls to the buffer are static.
+    inner: BufReader<Box<dyn Read + Send>>,
     limit: usize,
     line: u64,
     offset: u64,
@@ -42,7 +43,7 @@ impl LineReader {
     ) -> Self {
         LineReader {
             source: source.into(),
-            inner: Box::new(BufReader::with_capacity(READ_BUFFER, reader)),
+            inner: BufReader::with_capacity(READ_BUFFER, Box::new(reader)),
             limit: options.max_record_bytes,
             line: 0,
             offset: 0,
@@ -109,6 +110,60 @@ impl LineReader {
     /// Bytes consumed so far.
     pub fn offset(&self) -> u64 {
         self.offset
+    }
+
+    /// [`RawReader::read_run`](super::RawReader::read_run) for lines: the
+    /// lines that end in the read buffer and are within the size limit,
+    /// copied to `buf` at once (line endings with them), up to a line that
+    /// starts at or past byte `end` of the file. Blank lines are skipped
+    /// (and counted) when `skip_blank`.
+    pub(crate) fn read_run(
+        &mut self,
+        buf: &mut Vec<u8>,
+        max_records: usize,
+        max_bytes: usize,
+        end: Option<u64>,
+        skip_blank: bool,
+        push: &mut impl FnMut(Position, std::ops::Range<usize>, Option<u32>),
+    ) -> usize {
+        let avail = self.inner.buffer();
+        let base = buf.len();
+        let start = self.base + self.offset;
+        let (mut at, mut n) = (0, 0);
+        while n < max_records && at < max_bytes {
+            if end.is_some_and(|end| start + at as u64 >= end) {
+                break;
+            }
+            let Some(newline) = memchr::memchr(b'\n', &avail[at..]).map(|i| at + i) else {
+                break;
+            };
+            let content = if newline > at && avail[newline - 1] == b'\r' {
+                at..newline - 1
+            } else {
+                at..newline
+            };
+            if content.len() > self.limit {
+                break;
+            }
+            self.line += 1;
+            if !(skip_blank && is_blank(&avail[content.clone()])) {
+                push(
+                    Position {
+                        record: 0,
+                        line: self.count_lines.then_some(self.line),
+                        byte: start + at as u64,
+                    },
+                    base + content.start..base + content.end,
+                    None,
+                );
+                n += 1;
+            }
+            at = newline + 1;
+        }
+        buf.extend_from_slice(&avail[..at]);
+        self.inner.consume(at);
+        self.offset += at as u64;
+        n
     }
 
     /// Appends the next line to `buf` (without its line ending) and returns

@@ -334,6 +334,16 @@ enum Framing {
     TfRecord(TfRecordReader),
 }
 
+/// A record read by [`RawReader::read_many`]: where it is in its file, and
+/// where its bytes are in the buffer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawRecord {
+    /// Where the record is in its file.
+    pub position: Position,
+    /// Where its bytes are in the buffer given to `read_many`.
+    pub range: std::ops::Range<usize>,
+}
+
 /// The error of asking for a reader of a format that is not an input format.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0} is not an input format: expected one of JSON, TEXT, TF_RECORD, TF_RECORD_GZIP")]
@@ -467,6 +477,93 @@ impl RawReader {
             Framing::TfRecord(r) => r.take_data_checksum(),
             Framing::Lines(_) => None,
         }
+    }
+
+    /// Reads up to `max` records at once: appends their raw bytes to `buf`
+    /// and their positions and ranges in `buf` to `records`, and returns how
+    /// many; `None` at the end of the file or after a fatal error. The
+    /// records that sit whole in the read buffer are framed in one pass and
+    /// copied at once (the ranges leave out the line endings or TFRecord
+    /// framing copied along); an error comes alone, after the records before
+    /// it. The records, positions and errors are those of
+    /// [`read_into`](Self::read_into).
+    ///
+    /// ```
+    /// use batch_prediction::{DataFormat, RawReader, ReadOptions};
+    ///
+    /// let file = b"{\"x\": 1}\n\n{\"x\": 2}\n".to_vec();
+    /// let mut reader = RawReader::new(DataFormat::Json, "in.json", Box::new(std::io::Cursor::new(file)), ReadOptions::default())?;
+    /// let (mut buf, mut records) = (Vec::new(), Vec::new());
+    /// while let Some(n) = reader.read_many(&mut buf, &mut records, 1024) {
+    ///     n?;
+    /// }
+    /// assert_eq!(records.len(), 2);
+    /// assert_eq!(&buf[records[1].range.clone()], br#"{"x": 2}"#);
+    /// assert_eq!((records[1].position.record, records[1].position.line), (1, Some(3)));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn read_many(
+        &mut self,
+        buf: &mut Vec<u8>,
+        records: &mut Vec<RawRecord>,
+        max: usize,
+    ) -> Option<Result<usize, RecordError>> {
+        if max == 0 {
+            return Some(Ok(0));
+        }
+        let n = self.read_run(buf, max, usize::MAX, |position, range, _| {
+            records.push(RawRecord { position, range });
+        });
+        if n > 0 {
+            return Some(Ok(n));
+        }
+        let start = buf.len();
+        Some(self.read_into(buf)?.map(|position| {
+            records.push(RawRecord {
+                position,
+                range: start..buf.len(),
+            });
+            1
+        }))
+    }
+
+    /// The fast path of [`read_many`](Self::read_many) and of the
+    /// executor's framing thread: frames the records that sit whole and
+    /// sound in the read buffer, up to `max_records`, stopping once
+    /// `max_bytes` were appended to `buf`, copies their bytes to `buf` at
+    /// once, and gives each one's position, range in `buf` and (TFRecords,
+    /// checksums deferred) stored data checksum to `push`. Returns how many;
+    /// 0 when the next record needs [`read_into`](Self::read_into) (the
+    /// buffer is empty or holds part of it, damage, the end).
+    pub(crate) fn read_run(
+        &mut self,
+        buf: &mut Vec<u8>,
+        max_records: usize,
+        max_bytes: usize,
+        mut push: impl FnMut(Position, std::ops::Range<usize>, Option<u32>),
+    ) -> usize {
+        if self.done || self.pending.is_some() {
+            return 0;
+        }
+        let mut record = self.records;
+        let mut numbered = |mut position: Position, range, crc| {
+            position.record = record;
+            record += 1;
+            push(position, range, crc);
+        };
+        let n = match &mut self.framing {
+            Framing::TfRecord(r) => r.read_run(buf, max_records, max_bytes, &mut numbered),
+            Framing::Lines(r) => r.read_run(
+                buf,
+                max_records,
+                max_bytes,
+                self.range.as_ref().map(|r| r.end),
+                self.format == DataFormat::Json,
+                &mut numbered,
+            ),
+        };
+        self.records += n as u64;
+        n
     }
 
     /// Appends the next record's raw bytes to `buf` and returns its
@@ -629,6 +726,6 @@ impl Iterator for InstanceReader {
     }
 }
 
-fn is_blank(line: &[u8]) -> bool {
+pub(crate) fn is_blank(line: &[u8]) -> bool {
     line.iter().all(u8::is_ascii_whitespace)
 }

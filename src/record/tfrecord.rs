@@ -333,6 +333,55 @@ impl TfRecordReader {
         true
     }
 
+    /// [`RawReader::read_run`](super::RawReader::read_run) for TFRecords:
+    /// the whole, good frames at the start of the read buffer, copied to
+    /// `buf` at once (headers and checksums with them).
+    pub(crate) fn read_run(
+        &mut self,
+        buf: &mut Vec<u8>,
+        max_records: usize,
+        max_bytes: usize,
+        push: &mut impl FnMut(Position, std::ops::Range<usize>, Option<u32>),
+    ) -> usize {
+        self.deferred = None;
+        let avail = self.inner.buffer();
+        let base = buf.len();
+        let (mut at, mut n) = (0, 0);
+        while n < max_records && at < max_bytes {
+            let Some(header) = avail[at..].first_chunk::<12>() else {
+                break;
+            };
+            let Ok(len) = self.headers.check(*header) else {
+                break;
+            };
+            if len > self.limit as u64 || ((avail.len() - at - 12) as u64) < len + 4 {
+                break;
+            }
+            let len = len as usize;
+            let data = at + 12..at + 12 + len;
+            let stored =
+                u32::from_le_bytes(avail[data.end..data.end + 4].try_into().expect("4 bytes"));
+            if !self.defer_data_crc && masked_crc32c(&avail[data.clone()]) != stored {
+                break;
+            }
+            push(
+                Position {
+                    record: 0,
+                    line: None,
+                    byte: self.offset + at as u64,
+                },
+                base + data.start..base + data.end,
+                self.defer_data_crc.then_some(stored),
+            );
+            at = data.end + 4;
+            n += 1;
+        }
+        buf.extend_from_slice(&avail[..at]);
+        self.inner.consume(at);
+        self.offset += at as u64;
+        n
+    }
+
     /// Reads one frame piece by piece from the stream: the path for frames
     /// that are not whole in the buffer, the end of the stream, and every
     /// kind of damage.

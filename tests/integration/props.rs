@@ -457,3 +457,153 @@ mod byte_ranges {
         }
     }
 }
+
+/// `RawReader::read_many` (whole records framed straight from the read
+/// buffer, the executor's path) gives what `read_into` gives one record at
+/// a time: the same records, positions and errors, whatever the number
+/// asked for and however the source hands out its bytes.
+mod read_many {
+    use std::io::{self, Cursor, Read};
+
+    use batch_prediction::{
+        DataFormat, Position, RawReader, RawRecord, ReadOptions, TfRecordWriter,
+    };
+    use proptest::prelude::*;
+
+    /// Hands out at most `piece` bytes per read, so that records straddle
+    /// the end of what the reader has buffered.
+    struct Pieces {
+        data: Cursor<Vec<u8>>,
+        piece: usize,
+    }
+
+    impl Read for Pieces {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            let n = self.piece.min(buf.len());
+            self.data.read(&mut buf[..n])
+        }
+    }
+
+    #[derive(Debug, PartialEq)]
+    enum Item {
+        Record(Position, Vec<u8>),
+        Error(String, Position, bool, Option<Vec<u8>>),
+    }
+
+    fn reader(format: DataFormat, data: &[u8], piece: usize, limit: usize) -> RawReader {
+        let options = ReadOptions::default().with_max_record_bytes(limit);
+        let source = Pieces {
+            data: Cursor::new(data.to_vec()),
+            piece,
+        };
+        RawReader::new(format, "f", Box::new(source), options).unwrap()
+    }
+
+    fn error(e: batch_prediction::RecordError) -> Item {
+        Item::Error(e.to_string(), e.position, e.is_fatal(), e.raw)
+    }
+
+    fn one_by_one(mut r: RawReader) -> Vec<Item> {
+        let mut items = Vec::new();
+        let mut buf = Vec::new();
+        while let Some(item) = r.read_into(&mut buf) {
+            items.push(match item {
+                Ok(position) => Item::Record(position, std::mem::take(&mut buf)),
+                Err(e) => error(e),
+            });
+        }
+        items
+    }
+
+    fn many(mut r: RawReader, max: usize) -> Vec<Item> {
+        let mut items = Vec::new();
+        let (mut buf, mut records) = (Vec::new(), Vec::<RawRecord>::new());
+        while let Some(n) = r.read_many(&mut buf, &mut records, max) {
+            match n {
+                Ok(n) => {
+                    assert!((1..=max).contains(&n), "{n} records for at most {max}");
+                    assert_eq!(n, records.len());
+                    items.extend(
+                        records
+                            .drain(..)
+                            .map(|rec| Item::Record(rec.position, buf[rec.range].to_vec())),
+                    );
+                    buf.clear();
+                }
+                Err(e) => {
+                    assert!(records.is_empty());
+                    items.push(error(e));
+                }
+            }
+        }
+        items
+    }
+
+    fn lines() -> impl Strategy<Value = Vec<u8>> {
+        let piece = prop_oneof![
+            Just("{\"a\": 1}".to_owned()),
+            Just("\n".to_owned()),
+            Just("\n".to_owned()),
+            Just("\r\n".to_owned()),
+            Just("\r".to_owned()),
+            Just(" ".to_owned()),
+            Just("not json".to_owned()),
+            Just("a line longer than most limits".to_owned()),
+            "[a-z0-9]{1,5}",
+        ];
+        proptest::collection::vec(piece, 0..60).prop_map(|v| v.concat().into_bytes())
+    }
+
+    /// TFRecord frames of random data, perhaps with one byte flipped and
+    /// the end cut off.
+    fn frames() -> impl Strategy<Value = Vec<u8>> {
+        (
+            proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..40), 0..30),
+            proptest::option::of((any::<usize>(), 1u8..)),
+            proptest::option::of(any::<usize>()),
+        )
+            .prop_map(|(records, flip, cut)| {
+                let mut w = TfRecordWriter::new(Vec::new());
+                for r in &records {
+                    w.write(r).unwrap();
+                }
+                let mut file = w.into_inner();
+                if let Some((at, bits)) = flip.filter(|_| !file.is_empty()) {
+                    let at = at % file.len();
+                    file[at] ^= bits;
+                }
+                if let Some(cut) = cut.filter(|_| !file.is_empty()) {
+                    file.truncate(cut % file.len());
+                }
+                file
+            })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        #[test]
+        fn lines_read_many_is_read_into(
+            data in lines(),
+            piece in 1usize..100,
+            max in 1usize..8,
+            limit in 4usize..40,
+            text in any::<bool>(),
+        ) {
+            let format = if text { DataFormat::Text } else { DataFormat::Json };
+            let want = one_by_one(reader(format, &data, piece, limit));
+            prop_assert_eq!(many(reader(format, &data, piece, limit), max), want);
+        }
+
+        #[test]
+        fn tfrecord_read_many_is_read_into(
+            data in frames(),
+            piece in 1usize..300,
+            max in 1usize..8,
+            limit in 8usize..48,
+        ) {
+            let want = one_by_one(reader(DataFormat::TfRecord, &data, piece, limit));
+            prop_assert_eq!(many(reader(DataFormat::TfRecord, &data, piece, limit), max), want);
+        }
+    }
+}
