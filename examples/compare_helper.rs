@@ -7,6 +7,7 @@
 //! compare_helper read FORMAT IN                    # frame every record (json, tfrecord, tfrecord-gzip), RawReader::read_many
 //! compare_helper job echo|cpu FORMAT IN OUTDIR N   # a BatchExecutor job with N workers, batches of 64
 //! compare_helper to-tfrecord BLOBS OUT             # frame (u32 LE length, bytes)* as TFRecords (untimed)
+//! compare_helper phases FORMAT IN OUT              # the bare echo loop's parts, timed apart (json, tfrecord)
 //! compare_helper onnx-bare MODEL IN OUT            # (feature onnx) the model over batches of 64 lines, one loop
 //! compare_helper job onnx:MODEL json IN OUTDIR N   # (feature onnx) the job with that ONNX model
 //! ```
@@ -82,6 +83,131 @@ fn bare_tfrecord_echo(input: &str, output: &str) -> (f64, u64) {
     }
     sync(out);
     (start.elapsed().as_secs_f64(), n)
+}
+
+/// The bare echo loop of `format` (json: parse and serialize each line;
+/// tfrecord: each record as a `{"b64": …}` line) in parts, each timed on
+/// its own (the best of 5): framing every record (TFRecord checksums
+/// included), the checksums alone, the work on records held in memory,
+/// writing the result lines to a file, and the final sync. Then the bounds
+/// these parts put on a job on 2 cores even if the executor cost nothing:
+/// the workers do the work and the checksums, the framing and writing
+/// threads the rest, and the final sync comes after everything.
+fn phases(format: DataFormat, input: &str, output: &str) -> (f64, u64) {
+    const TRIES: usize = 5;
+    let best = |f: &mut dyn FnMut()| {
+        (0..TRIES)
+            .map(|_| {
+                let start = Instant::now();
+                f();
+                start.elapsed().as_secs_f64()
+            })
+            .fold(f64::INFINITY, f64::min)
+    };
+    let storage = LocalStorage::new();
+    let read_all = |data: &mut Vec<u8>, records: &mut Vec<batch_prediction::RawRecord>| {
+        let mut reader = RawReader::new(
+            format,
+            input,
+            storage.open(input).expect("open"),
+            ReadOptions::default(),
+        )
+        .expect("an input format");
+        while let Some(item) = reader.read_many(data, records, 1024) {
+            item.expect("clean input");
+            if data.len() > 1 << 20 {
+                std::hint::black_box((&*data, &*records));
+                data.clear();
+                records.clear();
+            }
+        }
+    };
+    let (mut scratch, mut scratch_records) =
+        (Vec::with_capacity(2 << 20), Vec::with_capacity(1024));
+    let frame = best(&mut || read_all(&mut scratch, &mut scratch_records));
+    // Every record in memory, for the parts that follow.
+    let (mut data, mut records) = (Vec::new(), Vec::new());
+    let mut reader = RawReader::new(
+        format,
+        input,
+        storage.open(input).expect("open"),
+        ReadOptions::default(),
+    )
+    .expect("an input format");
+    while let Some(item) = reader.read_many(&mut data, &mut records, 1024) {
+        item.expect("clean input");
+    }
+    let checksums = if format == DataFormat::TfRecord {
+        best(&mut || {
+            let crc = records.iter().fold(0, |c, r| {
+                c ^ batch_prediction::masked_crc32c(&data[r.range.clone()])
+            });
+            std::hint::black_box(crc);
+        })
+    } else {
+        0.0
+    };
+    let work_on = |raw: &[u8], out: &mut Vec<u8>| {
+        if format == DataFormat::TfRecord {
+            serde_json::to_writer(&mut *out, &batch_prediction::bytes_to_json(raw)).expect("JSON");
+        } else {
+            let value: Value = serde_json::from_slice(raw).expect("valid JSON");
+            serde_json::to_writer(&mut *out, &value).expect("JSON");
+        }
+        out.push(b'\n');
+    };
+    let mut lines = Vec::with_capacity(2 << 20);
+    let work = best(&mut || {
+        for r in &records {
+            work_on(&data[r.range.clone()], &mut lines);
+            if lines.len() > 1 << 20 {
+                std::hint::black_box(&lines);
+                lines.clear();
+            }
+        }
+    });
+    let mut all = Vec::new();
+    for r in &records {
+        work_on(&data[r.range.clone()], &mut all);
+    }
+    // As the executor's writer does: each chunk's lines (about 1024) at once.
+    let chunk = all.len() / records.len().max(1) * 1024 + 1;
+    let mut file = None;
+    let write = best(&mut || {
+        let mut out =
+            BufWriter::with_capacity(256 << 10, std::fs::File::create(output).expect("output"));
+        for piece in all.chunks(chunk) {
+            out.write_all(piece).expect("write");
+        }
+        file = Some(out.into_inner().expect("flush"));
+    });
+    let start = Instant::now();
+    file.expect("written").sync_all().expect("sync");
+    let sync = start.elapsed().as_secs_f64();
+    // The framing thread's share leaves the checksums to the workers.
+    let (read, work) = (frame - checksums, work + checksums);
+    let one = work.max((read + work + write) / 2.0) + sync;
+    let two = (work / 2.0)
+        .max(read)
+        .max(write)
+        .max((read + work + write) / 2.0)
+        + sync;
+    eprintln!(
+        "{} records: framing {:.1} ms (checksums {:.1} ms of it), work {:.1} ms, writing {:.1} ms, final sync {:.1} ms",
+        records.len(),
+        frame * 1e3,
+        checksums * 1e3,
+        (work - checksums) * 1e3,
+        write * 1e3,
+        sync * 1e3
+    );
+    eprintln!(
+        "so with an executor that cost nothing: 1 worker >= {:.1} ms, 2 workers >= {:.1} ms, 2w/1w <= {:.2}",
+        one * 1e3,
+        two * 1e3,
+        one / two
+    );
+    (one / two, records.len() as u64)
 }
 
 /// Flushes and syncs a bare loop's output, as a job commits its files.
@@ -221,6 +347,7 @@ fn main() {
         ["bare-tfrecord-echo", input, output] => bare_tfrecord_echo(input, output),
         ["read", format, input] => read(format_of(format), input),
         ["to-tfrecord", blobs, output] => to_tfrecord(blobs, output),
+        ["phases", format, input, output] => phases(format_of(format), input, output),
         #[cfg(feature = "onnx")]
         ["onnx-bare", model, input, output] => onnx_bare(model, input, output),
         ["job", predictor, format, input, outdir, workers] => job(
