@@ -1419,35 +1419,39 @@ impl Run<'_> {
                         bytes: 0,
                     };
                     let mut ended = false;
+                    // The bytes of the chunk's records: its data also holds
+                    // the framing copied along with runs of records (line
+                    // endings, TFRecord headers), which the limits ignore.
+                    let mut record_bytes = 0;
                     loop {
                         let at_boundary = batch.instances.is_multiple_of(batch_size);
                         let full = batch.instances >= chunk_instances
-                            || (at_boundary
-                                && batch.instances > 0
-                                && batch.data.len() >= CHUNK_BYTES)
-                            || batch.data.len() >= max_chunk_bytes
+                            || (at_boundary && batch.instances > 0 && record_bytes >= CHUNK_BYTES)
+                            || record_bytes >= max_chunk_bytes
                             || batch.items.len() >= max_items;
                         if full {
                             break;
                         }
                         // The records whole in the read buffer, in one go,
-                        // up to the next batch boundary; the per-record path
-                        // for anything else.
+                        // up to the next batch boundary and within the
+                        // chunk's limits; the per-record path for anything
+                        // else. Either way the chunk ends where it would if
+                        // every record were read alone.
                         let to_boundary = batch_size - batch.instances % batch_size;
-                        let room = max_chunk_bytes.saturating_sub(batch.data.len());
+                        let most = to_boundary
+                            .min(chunk_instances - batch.instances)
+                            .min(max_items - batch.items.len());
+                        let room = max_chunk_bytes - record_bytes;
                         let items = &mut batch.items;
-                        let ran = reader.read_run(
-                            &mut batch.data,
-                            to_boundary.min(chunk_instances - batch.instances),
-                            room,
-                            |position, range, crc| {
+                        let ran =
+                            reader.read_run(&mut batch.data, most, room, |position, range, crc| {
+                                record_bytes += range.len();
                                 items.push(RawItem::Record {
                                     position,
                                     range,
                                     crc,
                                 });
-                            },
-                        );
+                            });
                         if ran > 0 {
                             batch.instances += ran;
                             continue;
@@ -1459,6 +1463,7 @@ impl Run<'_> {
                                 break;
                             }
                             Some(Ok(position)) => {
+                                record_bytes += batch.data.len() - start;
                                 batch.items.push(RawItem::Record {
                                     position,
                                     range: start..batch.data.len(),
@@ -1576,6 +1581,11 @@ impl Run<'_> {
                     match damaged.map_or_else(|| decode(self.plan.data_format, raw), Err) {
                         Ok(instance) => {
                             pending.slots.push(Slot::Instance(pending.instances.len()));
+                            if pending.instances.capacity() == 0 {
+                                // The predictor kept the last batch: room for
+                                // a whole one at once, rather than growing.
+                                pending.instances.reserve(batch_size.min(4096));
+                            }
                             pending.instances.push(instance);
                             pending.ranges.push(range.clone());
                             pending.positions.push(*position);
@@ -1629,10 +1639,7 @@ impl Run<'_> {
             ranges: &pending.ranges,
         };
         pending.results.clear();
-        // The predictor keeps the batch; the next one gets room for a whole
-        // batch at once rather than growing into it.
-        let room = Vec::with_capacity(self.plan.batch_size.min(4096));
-        let instances = std::mem::replace(&mut pending.instances, room);
+        let instances = std::mem::take(&mut pending.instances);
         if !instances.is_empty() {
             let span = 0..instances.len();
             let stopping = || self.stopping();

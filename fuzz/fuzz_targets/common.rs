@@ -18,11 +18,11 @@ impl Read for Pieces {
     }
 }
 
-/// What a raw reader gave: a record, or an error's text, place and fatality.
+/// What a raw reader gave: a record, or an error's text, place, fatality and bytes.
 #[derive(Debug, PartialEq)]
 enum Item {
     Record(Position, Vec<u8>),
-    Error(String, Position, bool),
+    Error(String, Position, bool, Option<Vec<u8>>),
 }
 
 /// Checks that `RawReader::read_many` (records framed straight from the
@@ -44,7 +44,7 @@ pub fn read_many_matches_read_into(format: DataFormat, data: &[u8]) {
     while let Some(item) = r.read_into(&mut buf) {
         one.push(match item {
             Ok(position) => Item::Record(position, std::mem::take(&mut buf)),
-            Err(e) => Item::Error(e.to_string(), e.position, e.is_fatal()),
+            Err(e) => Item::Error(e.to_string(), e.position, e.is_fatal(), e.raw),
         });
     }
     let mut many = Vec::new();
@@ -58,7 +58,7 @@ pub fn read_many_matches_read_into(format: DataFormat, data: &[u8]) {
                 }
                 buf.clear();
             }
-            Err(e) => many.push(Item::Error(e.to_string(), e.position, e.is_fatal())),
+            Err(e) => many.push(Item::Error(e.to_string(), e.position, e.is_fatal(), e.raw)),
         }
     }
     assert_eq!(many, one, "read_many and read_into differ");

@@ -114,9 +114,10 @@ impl LineReader {
 
     /// [`RawReader::read_run`](super::RawReader::read_run) for lines: the
     /// lines that end in the read buffer and are within the size limit,
-    /// copied to `buf` at once (line endings with them), up to a line that
-    /// starts at or past byte `end` of the file. Blank lines are skipped
-    /// (and counted) when `skip_blank`.
+    /// copied to `buf` in one go (line endings with them) up to a line that
+    /// starts at or past byte `end` of the file. With `skip_blank`, blank
+    /// lines are skipped, counted and not copied. `max_bytes` counts the
+    /// lines' contents only.
     pub(crate) fn read_run(
         &mut self,
         buf: &mut Vec<u8>,
@@ -127,10 +128,12 @@ impl LineReader {
         push: &mut impl FnMut(Position, std::ops::Range<usize>, Option<u32>),
     ) -> usize {
         let avail = self.inner.buffer();
-        let base = buf.len();
         let start = self.base + self.offset;
-        let (mut at, mut n) = (0, 0);
-        while n < max_records && at < max_bytes {
+        // `avail[copy_from..at]` is still to be copied; it goes to `buf`
+        // from `copy_to` on.
+        let (mut at, mut n, mut bytes) = (0, 0, 0);
+        let (mut copy_from, mut copy_to) = (0, buf.len());
+        while n < max_records && bytes < max_bytes {
             if end.is_some_and(|end| start + at as u64 >= end) {
                 break;
             }
@@ -146,21 +149,25 @@ impl LineReader {
                 break;
             }
             self.line += 1;
-            if !(skip_blank && is_blank(&avail[content.clone()])) {
+            if skip_blank && is_blank(&avail[content.clone()]) {
+                buf.extend_from_slice(&avail[copy_from..at]);
+                (copy_from, copy_to) = (newline + 1, buf.len());
+            } else {
                 push(
                     Position {
                         record: 0,
                         line: self.count_lines.then_some(self.line),
                         byte: start + at as u64,
                     },
-                    base + content.start..base + content.end,
+                    copy_to + content.start - copy_from..copy_to + content.end - copy_from,
                     None,
                 );
+                bytes += content.len();
                 n += 1;
             }
             at = newline + 1;
         }
-        buf.extend_from_slice(&avail[..at]);
+        buf.extend_from_slice(&avail[copy_from..at]);
         self.inner.consume(at);
         self.offset += at as u64;
         n

@@ -479,9 +479,10 @@ impl RawReader {
         }
     }
 
-    /// Reads up to `max` records at once: appends their raw bytes to `buf`
-    /// and their positions and ranges in `buf` to `records`, and returns how
-    /// many; `None` at the end of the file or after a fatal error. The
+    /// Reads up to `max` records at once (at least 1): appends their raw
+    /// bytes to `buf` and their positions and ranges in `buf` to `records`,
+    /// and returns how many; `None` at the end of the file or after a fatal
+    /// error. The
     /// records that sit whole in the read buffer are framed in one pass and
     /// copied at once (the ranges leave out the line endings or TFRecord
     /// framing copied along); an error comes alone, after the records before
@@ -508,9 +509,7 @@ impl RawReader {
         records: &mut Vec<RawRecord>,
         max: usize,
     ) -> Option<Result<usize, RecordError>> {
-        if max == 0 {
-            return Some(Ok(0));
-        }
+        let max = max.max(1);
         let n = self.read_run(buf, max, usize::MAX, |position, range, _| {
             records.push(RawRecord { position, range });
         });
@@ -529,12 +528,14 @@ impl RawReader {
 
     /// The fast path of [`read_many`](Self::read_many) and of the
     /// executor's framing thread: frames the records that sit whole and
-    /// sound in the read buffer, up to `max_records`, stopping once
-    /// `max_bytes` were appended to `buf`, copies their bytes to `buf` at
-    /// once, and gives each one's position, range in `buf` and (TFRecords,
-    /// checksums deferred) stored data checksum to `push`. Returns how many;
-    /// 0 when the next record needs [`read_into`](Self::read_into) (the
-    /// buffer is empty or holds part of it, damage, the end).
+    /// sound in the read buffer, up to `max_records`, stopping once the
+    /// records hold `max_bytes` (framing aside), copies their bytes to `buf`
+    /// at once, and gives each one's position, range in `buf` and
+    /// (TFRecords, checksums deferred) stored data checksum to `push`.
+    /// Returns how many; 0 when the next record needs
+    /// [`read_into`](Self::read_into) (the buffer is empty or holds part of
+    /// it, damage, the end), maybe after skipping blank JSON lines as it
+    /// would.
     pub(crate) fn read_run(
         &mut self,
         buf: &mut Vec<u8>,
@@ -728,4 +729,151 @@ impl Iterator for InstanceReader {
 
 pub(crate) fn is_blank(line: &[u8]) -> bool {
     line.iter().all(u8::is_ascii_whitespace)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Cursor, Read};
+
+    use super::*;
+
+    /// Hands out at most `piece` bytes per read.
+    struct Pieces(Cursor<Vec<u8>>, usize);
+
+    impl Read for Pieces {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            let n = self.1.min(buf.len());
+            self.0.read(&mut buf[..n])
+        }
+    }
+
+    type Item = Result<(Position, Vec<u8>, Option<u32>), (String, Option<Vec<u8>>)>;
+
+    fn one_by_one(mut r: RawReader) -> Vec<Item> {
+        let mut items = Vec::new();
+        let mut buf = Vec::new();
+        while let Some(item) = r.read_into(&mut buf) {
+            let crc = r.take_data_checksum();
+            items.push(match item {
+                Ok(p) => Ok((p, std::mem::take(&mut buf), crc)),
+                Err(e) => Err((e.to_string(), e.raw)),
+            });
+        }
+        items
+    }
+
+    /// As the executor reads: runs of at most `most` records and `bytes`
+    /// bytes, one record alone when a run cannot start.
+    fn in_runs(mut r: RawReader, most: usize, bytes: usize) -> Vec<Item> {
+        let mut items = Vec::new();
+        let mut buf = Vec::new();
+        loop {
+            let mut run = Vec::new();
+            let n = r.read_run(&mut buf, most, bytes, |p, range, crc| {
+                run.push((p, range, crc))
+            });
+            assert_eq!(n, run.len());
+            assert!(n <= most);
+            let held: usize = run.iter().map(|(_, range, _)| range.len()).sum();
+            assert!(
+                n <= 1 || held - run[n - 1].1.len() < bytes,
+                "stops once past the bytes"
+            );
+            if n > 0 {
+                for (p, range, crc) in run {
+                    items.push(Ok((p, buf[range].to_vec(), crc)));
+                }
+                buf.clear();
+                continue;
+            }
+            let Some(item) = r.read_into(&mut buf) else {
+                return items;
+            };
+            let crc = r.take_data_checksum();
+            items.push(match item {
+                Ok(p) => Ok((p, std::mem::take(&mut buf), crc)),
+                Err(e) => Err((e.to_string(), e.raw)),
+            });
+        }
+    }
+
+    #[test]
+    fn runs_of_lines_in_byte_ranges_are_read_into_one_by_one() {
+        let text = b"{\"a\": 1}\n\n  \r\n[1]\r\nlonger than the limit\nx\n\n\ny\r\nz";
+        let options = ReadOptions::default().with_max_record_bytes(8);
+        for format in [DataFormat::Json, DataFormat::Text] {
+            for start in 0..text.len() as u64 {
+                for end in [start + 1, start + 7, u64::MAX] {
+                    for (piece, most, bytes) in [(1, 1, 1), (5, 2, 3), (64, 3, usize::MAX)] {
+                        let reader = || {
+                            let from = start.saturating_sub(1) as usize;
+                            let source = Pieces(Cursor::new(text[from..].to_vec()), piece);
+                            RawReader::new_range(format, "f", Box::new(source), options, start..end)
+                                .unwrap()
+                        };
+                        let want = one_by_one(reader());
+                        let got = in_runs(reader(), most, bytes);
+                        assert_eq!(got, want, "{format} {start}..{end} {piece} {most} {bytes}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn runs_of_frames_keep_the_deferred_checksums() {
+        let mut w = TfRecordWriter::new(Vec::new());
+        for data in [&b"first"[..], b"", b"third one", b"4th"] {
+            w.write(data).unwrap();
+        }
+        let mut file = w.into_inner();
+        let last = file.len() - 1;
+        file[last] ^= 1; // the last record's data checksum
+        for (piece, most, bytes) in [(1, 1, 1), (7, 2, 6), (1024, 8, usize::MAX)] {
+            let reader = || {
+                let source = Pieces(Cursor::new(file.clone()), piece);
+                let mut r = RawReader::new(
+                    DataFormat::TfRecord,
+                    "f",
+                    Box::new(source),
+                    ReadOptions::default(),
+                )
+                .unwrap();
+                r.defer_data_checksums();
+                r
+            };
+            let want = one_by_one(reader());
+            assert_eq!(want.len(), 4);
+            assert!(want.iter().all(|item| matches!(item, Ok((_, _, Some(_))))));
+            assert_eq!(
+                in_runs(reader(), most, bytes),
+                want,
+                "{piece} {most} {bytes}"
+            );
+        }
+    }
+
+    #[test]
+    fn runs_of_json_lines_leave_blank_lines_out() {
+        let text = b"{}\n   \n\n{}\r\n \n".to_vec();
+        let mut r = RawReader::new(
+            DataFormat::Json,
+            "f",
+            Box::new(Cursor::new(text)),
+            ReadOptions::default(),
+        )
+        .unwrap();
+        let mut buf = Vec::new();
+        // Fill the read buffer, then frame what it holds.
+        assert!(r.read_into(&mut buf).is_some());
+        buf.clear();
+        let mut lines = Vec::new();
+        let n = r.read_run(&mut buf, 10, usize::MAX, |p, range, _| {
+            lines.push((p.line, range))
+        });
+        assert_eq!(n, 1);
+        assert_eq!(lines, [(Some(4), 0..2)]);
+        assert_eq!(buf, b"{}\r\n", "blank lines are skipped, not copied");
+        assert!(r.read_into(&mut buf).is_none());
+    }
 }

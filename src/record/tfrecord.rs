@@ -316,7 +316,8 @@ impl TfRecordReader {
         let Ok(len) = self.headers.check(*header) else {
             return false;
         };
-        if len > self.limit as u64 || (avail.len() as u64 - 12) < len + 4 {
+        let left = avail.len() as u64 - 12;
+        if len > self.limit as u64 || len.checked_add(4).is_none_or(|frame| left < frame) {
             return false;
         }
         let len = len as usize;
@@ -335,7 +336,8 @@ impl TfRecordReader {
 
     /// [`RawReader::read_run`](super::RawReader::read_run) for TFRecords:
     /// the whole, good frames at the start of the read buffer, copied to
-    /// `buf` at once (headers and checksums with them).
+    /// `buf` at once (headers and checksums with them); `max_bytes` counts
+    /// the records' data only.
     pub(crate) fn read_run(
         &mut self,
         buf: &mut Vec<u8>,
@@ -346,15 +348,16 @@ impl TfRecordReader {
         self.deferred = None;
         let avail = self.inner.buffer();
         let base = buf.len();
-        let (mut at, mut n) = (0, 0);
-        while n < max_records && at < max_bytes {
+        let (mut at, mut n, mut bytes) = (0, 0, 0);
+        while n < max_records && bytes < max_bytes {
             let Some(header) = avail[at..].first_chunk::<12>() else {
                 break;
             };
             let Ok(len) = self.headers.check(*header) else {
                 break;
             };
-            if len > self.limit as u64 || ((avail.len() - at - 12) as u64) < len + 4 {
+            let left = (avail.len() - at - 12) as u64;
+            if len > self.limit as u64 || len.checked_add(4).is_none_or(|frame| left < frame) {
                 break;
             }
             let len = len as usize;
@@ -373,6 +376,7 @@ impl TfRecordReader {
                 base + data.start..base + data.end,
                 self.defer_data_crc.then_some(stored),
             );
+            bytes += len;
             at = data.end + 4;
             n += 1;
         }
@@ -438,7 +442,8 @@ impl TfRecordReader {
             return Err(self.error(start, kind, None));
         }
         let at = buf.len();
-        buf.reserve(len as usize);
+        // The length is not to be trusted with memory before the bytes arrive.
+        buf.reserve(usize::try_from(len).unwrap_or(usize::MAX).min(READ_BUFFER));
         let read = (&mut self.inner).take(len).read_to_end(buf);
         let got = match read {
             Ok(n) => n as u64,

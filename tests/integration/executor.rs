@@ -448,6 +448,49 @@ fn output_is_byte_identical_whatever_the_threads() {
     }
 }
 
+/// `max_batch_bytes` counts the records' bytes only: not the TFRecord
+/// framing, line endings or blank lines the framing thread copies along
+/// with runs of records.
+#[test]
+fn batch_byte_limit_counts_record_bytes_only() {
+    let sizes = Arc::new(Mutex::new(Vec::new()));
+    let seen = Arc::clone(&sizes);
+    let recorder: Arc<dyn Predictor> =
+        Arc::new(predictor_fn(move |batch: Vec<Instance>, _: &_| {
+            seen.lock().unwrap().push(batch.len());
+            Ok(batch.into_iter().map(Instance::into_json).collect())
+        }));
+    let mut frames = batch_prediction::TfRecordWriter::new(Vec::new());
+    for i in 0..200u32 {
+        frames.write(&i.to_le_bytes()).unwrap();
+    }
+    let lines = "{}\n\n  \n".repeat(20);
+    for (format, data, batch_size, limit, want) in [
+        (
+            DataFormat::TfRecord,
+            frames.into_inner(),
+            64,
+            256,
+            vec![64, 64, 64, 8],
+        ),
+        (DataFormat::Json, lines.into_bytes(), 10, 8, vec![4; 5]),
+    ] {
+        sizes.lock().unwrap().clear();
+        let storage = InMemoryStorage::new();
+        storage.put("gs://b/in/f", data);
+        let mut job = queued_job(format, &["gs://b/in/f"], batch_size, 1);
+        let config = ExecutorConfig::default().with_max_batch_bytes(limit);
+        let summary = run_with(
+            Arc::new(storage.clone()),
+            Arc::clone(&recorder),
+            config,
+            &mut job,
+        );
+        assert_eq!(summary.state, State::Succeeded, "{format}");
+        assert_eq!(*sizes.lock().unwrap(), want, "{format}");
+    }
+}
+
 /// An echo job over two one-file shards whose storage fails `fault` on
 /// locations containing `pattern`; returns the storage behind the faults.
 fn echo_two_shards_with(fault: Fault, pattern: &str) -> (InMemoryStorage, Job, RunSummary) {

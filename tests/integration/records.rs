@@ -185,6 +185,38 @@ fn flipped_data_byte_is_one_bad_record_and_reading_goes_on() {
     assert_eq!(bytes_of(&items), want);
 }
 
+/// A length near `u64::MAX` with a good checksum, and no size limit: the
+/// frame is truncated, not an overflow or a huge allocation.
+#[test]
+fn huge_length_without_a_limit_is_a_truncated_frame() {
+    let mut file = Vec::new();
+    for len in [u64::MAX, u64::MAX - 3] {
+        file.clear();
+        file.extend_from_slice(&len.to_le_bytes());
+        file.extend_from_slice(&masked_crc32c(&len.to_le_bytes()).to_le_bytes());
+        file.extend_from_slice(b"some data");
+        let options = ReadOptions::default().with_max_record_bytes(usize::MAX);
+        let mut reader = batch_prediction::RawReader::new(
+            DataFormat::TfRecord,
+            "f",
+            Box::new(std::io::Cursor::new(file.clone())),
+            options,
+        )
+        .unwrap();
+        let (mut buf, mut records) = (Vec::new(), Vec::new());
+        let e = reader
+            .read_many(&mut buf, &mut records, 8)
+            .unwrap()
+            .unwrap_err();
+        assert!(
+            matches!(e.kind, RecordErrorKind::Truncated { unread: 21 }),
+            "{len}: {e}"
+        );
+        assert!(e.is_fatal());
+        assert!(reader.read_many(&mut buf, &mut records, 8).is_none());
+    }
+}
+
 /// Frame headers equal to one already verified are not checksummed again:
 /// a header that differs from it in any byte, the checksum included, is.
 #[test]
@@ -199,8 +231,9 @@ fn damaged_header_after_good_ones_of_the_same_length_is_caught() {
         read(DataFormat::TfRecord, file)
     };
     let frame = 16 + 4;
-    // The third record's stored length checksum, then its length (kept
-    // equal in size to the others by flipping a high byte).
+    // A bit of the third record's stored length checksum, then a bit of
+    // its length's top byte: each makes a header that differs from the
+    // good ones in that byte alone.
     for (what, byte) in [("checksum", 2 * frame + 8), ("length", 2 * frame + 7)] {
         let items = frames(&|file| file[byte] ^= 0x10);
         assert_eq!(items.len(), 3, "{what}");
