@@ -70,6 +70,32 @@ impl HeaderCheck {
     }
 }
 
+/// The whole, sound frame at `at` in `avail`, if there is one: its data's
+/// range in `avail` and its stored data checksum, checked here if `verify`.
+/// `None` for anything else, for the careful path to deal with: a frame
+/// cut by the buffer's end, a bad checksum, a length over `limit`.
+#[inline]
+fn whole_frame(
+    headers: &mut HeaderCheck,
+    limit: usize,
+    verify: bool,
+    avail: &[u8],
+    at: usize,
+) -> Option<(std::ops::Range<usize>, u32)> {
+    let header = avail.get(at..)?.first_chunk::<12>()?;
+    let len = headers.check(*header).ok()?;
+    let left = (avail.len() - at - 12) as u64;
+    if len > limit as u64 || len.checked_add(4).is_none_or(|frame| left < frame) {
+        return None;
+    }
+    let data = at + 12..at + 12 + len as usize;
+    let stored = u32::from_le_bytes(avail[data.end..data.end + 4].try_into().ok()?);
+    if verify && masked_crc32c(&avail[data.clone()]) != stored {
+        return None;
+    }
+    Some((data, stored))
+}
+
 /// Counts the bytes read through it, and notes whether the underlying
 /// reader failed, shared with the reader for messages: a gzip reader must
 /// tell a storage failure from a damaged stream.
@@ -310,27 +336,18 @@ impl TfRecordReader {
     #[inline]
     fn read_buffered(&mut self, buf: &mut Vec<u8>) -> bool {
         let avail = self.inner.buffer();
-        let Some(header) = avail.first_chunk::<12>() else {
+        let verify = !self.defer_data_crc;
+        let Some((data, stored)) = whole_frame(&mut self.headers, self.limit, verify, avail, 0)
+        else {
             return false;
         };
-        let Ok(len) = self.headers.check(*header) else {
-            return false;
-        };
-        let left = avail.len() as u64 - 12;
-        if len > self.limit as u64 || len.checked_add(4).is_none_or(|frame| left < frame) {
-            return false;
-        }
-        let len = len as usize;
-        let data = &avail[12..12 + len];
-        let stored = u32::from_le_bytes(avail[12 + len..16 + len].try_into().expect("4 bytes"));
-        if self.defer_data_crc {
+        if !verify {
             self.deferred = Some(stored);
-        } else if masked_crc32c(data) != stored {
-            return false;
         }
-        buf.extend_from_slice(data);
-        self.inner.consume(16 + len);
-        self.offset += 16 + len as u64;
+        buf.extend_from_slice(&avail[data.clone()]);
+        let frame = data.end + 4;
+        self.inner.consume(frame);
+        self.offset += frame as u64;
         true
     }
 
@@ -347,38 +364,28 @@ impl TfRecordReader {
     ) -> usize {
         self.deferred = None;
         let avail = self.inner.buffer();
+        let verify = !self.defer_data_crc;
         let base = buf.len();
         let (mut at, mut n, mut bytes) = (0, 0, 0);
         while n < max_records && bytes < max_bytes {
-            let Some(header) = avail[at..].first_chunk::<12>() else {
+            let Some((data, stored)) =
+                whole_frame(&mut self.headers, self.limit, verify, avail, at)
+            else {
                 break;
             };
-            let Ok(len) = self.headers.check(*header) else {
-                break;
+            let position = Position {
+                record: 0,
+                line: None,
+                byte: self.offset + at as u64,
             };
-            let left = (avail.len() - at - 12) as u64;
-            if len > self.limit as u64 || len.checked_add(4).is_none_or(|frame| left < frame) {
-                break;
-            }
-            let len = len as usize;
-            let data = at + 12..at + 12 + len;
-            let stored =
-                u32::from_le_bytes(avail[data.end..data.end + 4].try_into().expect("4 bytes"));
-            if !self.defer_data_crc && masked_crc32c(&avail[data.clone()]) != stored {
-                break;
-            }
-            push(
-                Position {
-                    record: 0,
-                    line: None,
-                    byte: self.offset + at as u64,
-                },
-                base + data.start..base + data.end,
-                self.defer_data_crc.then_some(stored),
-            );
-            bytes += len;
+            bytes += data.len();
             at = data.end + 4;
             n += 1;
+            push(
+                position,
+                base + data.start..base + data.end,
+                (!verify).then_some(stored),
+            );
         }
         buf.extend_from_slice(&avail[..at]);
         self.inner.consume(at);
