@@ -1582,8 +1582,9 @@ impl Run<'_> {
                         Ok(instance) => {
                             pending.slots.push(Slot::Instance(pending.instances.len()));
                             if pending.instances.capacity() == 0 {
-                                // The predictor kept the last batch: room for
-                                // a whole one at once, rather than growing.
+                                // The predictor kept the last batch: the
+                                // spare, with room for a whole one.
+                                pending.instances = std::mem::take(&mut pending.spare);
                                 pending.instances.reserve(batch_size.min(4096));
                             }
                             pending.instances.push(instance);
@@ -1643,14 +1644,18 @@ impl Run<'_> {
         if !instances.is_empty() {
             let span = 0..instances.len();
             let stopping = || self.stopping();
-            isolate(
-                &*self.predictor,
-                instances,
-                &records,
-                span,
+            let iso = Isolation {
+                predictor: &*self.predictor,
+                records: &records,
                 ctx,
-                &stopping,
+                stopping: &stopping,
+            };
+            isolate(
+                &iso,
+                instances,
+                span,
                 &mut pending.results,
+                &mut pending.spare,
             );
             if pending.results.len() < pending.ranges.len() {
                 return false;
@@ -1719,6 +1724,8 @@ struct Pending {
     positions: Vec<Position>,
     bytes: usize,
     results: Vec<Result<Value, Failure>>,
+    /// An empty vector with room, to hold the next batch.
+    spare: Vec<Instance>,
 }
 
 /// Why an instance failed: the message for `errors_stats` (without
@@ -1800,31 +1807,50 @@ impl Records<'_> {
     }
 }
 
-/// Predicts `batch` (the decoded `records`), splitting it in halves on
-/// failure until the failing instances are alone; pushes one result per
+/// What [`isolate`] works with besides the batch.
+struct Isolation<'r> {
+    predictor: &'r dyn Predictor,
+    /// The batch's records, decoded again for retries.
+    records: &'r Records<'r>,
+    ctx: &'r PredictContext<'r>,
+    stopping: &'r dyn Fn() -> bool,
+}
+
+/// Predicts `batch` (the decoded records of `span`), splitting it in halves
+/// on failure until the failing instances are alone; pushes one result per
 /// instance, in order — unless `stopping` says to give up, which leaves
-/// `out` short.
+/// `out` short. The allocation of the predictions' vector is left in
+/// `spare` for the next batch: a predictor that maps its batch in place (as
+/// [`EchoPredictor`](crate::EchoPredictor) does) then hands the same one
+/// back each time, and the worker makes no large allocation per batch (with
+/// glibc's allocator, each one first sweeps up the small blocks the batch
+/// before freed).
 fn isolate(
-    predictor: &dyn Predictor,
+    iso: &Isolation<'_>,
     batch: Vec<Instance>,
-    records: &Records<'_>,
     span: Range<usize>,
-    ctx: &PredictContext<'_>,
-    stopping: &dyn Fn() -> bool,
     out: &mut Vec<Result<Value, Failure>>,
+    spare: &mut Vec<Instance>,
 ) {
-    if stopping() {
+    if (iso.stopping)() {
         return;
     }
     let len = batch.len();
-    match call(predictor, batch, ctx) {
-        Ok(predictions) => out.extend(predictions.into_iter().map(Ok)),
+    match call(iso.predictor, batch, iso.ctx) {
+        Ok(mut predictions) => {
+            out.extend(predictions.drain(..).map(Ok));
+            if predictions.capacity() > spare.capacity() {
+                // Empty, and Value and Instance have one size: the vector
+                // is rebuilt in its own allocation.
+                *spare = predictions.into_iter().map(Instance::Json).collect();
+            }
+        }
         Err(failure) if len == 1 => out.push(Err(failure)),
         Err(_) => {
             let mid = span.start + len / 2;
             for half in [span.start..mid, mid..span.end] {
-                let batch = records.decode(half.clone());
-                isolate(predictor, batch, records, half, ctx, stopping, out);
+                let batch = iso.records.decode(half.clone());
+                isolate(iso, batch, half, out, spare);
             }
         }
     }
