@@ -90,13 +90,18 @@ const CHUNK_INSTANCES: usize = 1024;
 /// … and a chunk ends at the first batch boundary past this many bytes.
 const CHUNK_BYTES: usize = 1 << 20;
 
-/// A pool of byte buffers handed between threads, so that big buffers are
+/// A pool of buffers handed between threads, so that big buffers are
 /// reused instead of being allocated in one thread and freed in another.
-#[derive(Default)]
-struct Pool(Mutex<Vec<Vec<u8>>>);
+struct Pool<T>(Mutex<Vec<Vec<T>>>);
 
-impl Pool {
-    fn take(&self) -> Vec<u8> {
+impl<T> Default for Pool<T> {
+    fn default() -> Self {
+        Pool(Mutex::new(Vec::new()))
+    }
+}
+
+impl<T> Pool<T> {
+    fn take(&self) -> Vec<T> {
         self.0
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -104,7 +109,7 @@ impl Pool {
             .unwrap_or_default()
     }
 
-    fn give(&self, mut buf: Vec<u8>) {
+    fn give(&self, mut buf: Vec<T>) {
         buf.clear();
         let mut pool = self.0.lock().unwrap_or_else(|e| e.into_inner());
         if pool.len() < 64 {
@@ -787,6 +792,7 @@ impl BatchExecutor {
             failure: Mutex::new(None),
             started,
             raw_buffers: Pool::default(),
+            item_lists: Pool::default(),
             result_buffers: Pool::default(),
         };
         let stop = run.execute(resumed, &mut totals);
@@ -1255,9 +1261,11 @@ struct Run<'a> {
     failure: Mutex<Option<String>>,
     started: Instant,
     /// Buffers of raw records (framing thread → workers → back).
-    raw_buffers: Pool,
+    raw_buffers: Pool<u8>,
+    /// The lists of a chunk's records, likewise.
+    item_lists: Pool<RawItem>,
     /// Buffers of result lines (workers → writer → back).
-    result_buffers: Pool,
+    result_buffers: Pool<u8>,
 }
 
 impl Run<'_> {
@@ -1414,7 +1422,7 @@ impl Run<'_> {
                         seq: 0,
                         source: Arc::clone(&source),
                         data: self.raw_buffers.take(),
-                        items: Vec::with_capacity(chunk_instances.min(4096)),
+                        items: self.item_lists.take(),
                         instances: 0,
                         bytes: 0,
                     };
@@ -1475,6 +1483,7 @@ impl Run<'_> {
                                 // The storage failed, not the file: the rest of it was never read.
                                 let message = format!("cannot read {location:?}: {}", e.message());
                                 self.raw_buffers.give(batch.data);
+                                self.item_lists.give(batch.items);
                                 send_event(&mut seq, Event::Fatal(message));
                                 return;
                             }
@@ -1486,6 +1495,7 @@ impl Run<'_> {
                     consumed = now;
                     if batch.items.is_empty() && batch.bytes == 0 {
                         self.raw_buffers.give(batch.data);
+                        self.item_lists.give(batch.items);
                     } else {
                         // Wait for room in the window of batches in flight.
                         loop {
@@ -1523,6 +1533,8 @@ impl Run<'_> {
         done: SyncSender<(u64, Event)>,
     ) {
         let ctx = PredictContext::new(&self.signature, self.cancel, worker);
+        // Kept from chunk to chunk, so that its lists do not grow anew each time.
+        let mut pending = Pending::default();
         loop {
             let next = {
                 // A panic cannot happen while the lock is held; recover the guard anyway.
@@ -1538,7 +1550,7 @@ impl Run<'_> {
                 return;
             }
             let seq = batch.seq;
-            let Some(output) = self.process(batch, &ctx) else {
+            let Some(output) = self.process(batch, &ctx, &mut pending) else {
                 return; // stopping
             };
             if done.send((seq, Event::Batch(output))).is_err() {
@@ -1551,7 +1563,12 @@ impl Run<'_> {
     /// and the errors, each in input order. One batch at a time is decoded,
     /// so few values are alive at once. `None` when the run stops meanwhile:
     /// the chunk is abandoned at the next batch boundary.
-    fn process(&self, batch: RawBatch, ctx: &PredictContext<'_>) -> Option<BatchOutput> {
+    fn process(
+        &self,
+        batch: RawBatch,
+        ctx: &PredictContext<'_>,
+        pending: &mut Pending,
+    ) -> Option<BatchOutput> {
         let started = Instant::now();
         let mut out = BatchOutput {
             results: self.result_buffers.take(),
@@ -1559,7 +1576,7 @@ impl Run<'_> {
             bytes: batch.bytes,
             ..BatchOutput::default()
         };
-        let mut pending = Pending::default();
+        pending.clear();
         let mut errors = ErrorRecordWriter::new(Vec::new());
         let batch_size = self.plan.batch_size;
         let max_bytes = self.executor.config.max_batch_bytes.unwrap_or(usize::MAX);
@@ -1606,15 +1623,16 @@ impl Run<'_> {
                 RawItem::Damaged(e) => pending.slots.push(Slot::Damaged(e.clone())),
             }
             if (pending.instances.len() >= batch_size || pending.bytes >= max_bytes)
-                && !self.flush(&mut pending, &batch, ctx, &mut out, &mut errors)
+                && !self.flush(pending, &batch, ctx, &mut out, &mut errors)
             {
                 return None;
             }
         }
-        if !self.flush(&mut pending, &batch, ctx, &mut out, &mut errors) {
+        if !self.flush(pending, &batch, ctx, &mut out, &mut errors) {
             return None;
         }
         self.raw_buffers.give(batch.data);
+        self.item_lists.give(batch.items);
         out.error_lines = errors.into_inner();
         out.busy = started.elapsed();
         Some(out)
@@ -1726,6 +1744,19 @@ struct Pending {
     results: Vec<Result<Value, Failure>>,
     /// An empty vector with room, to hold the next batch.
     spare: Vec<Instance>,
+}
+
+impl Pending {
+    /// Empties it for a new chunk (an abandoned one may have left items),
+    /// keeping the room it has.
+    fn clear(&mut self) {
+        self.slots.clear();
+        self.instances.clear();
+        self.ranges.clear();
+        self.positions.clear();
+        self.bytes = 0;
+        self.results.clear();
+    }
 }
 
 /// Why an instance failed: the message for `errors_stats` (without
