@@ -1422,7 +1422,11 @@ impl Run<'_> {
                         seq: 0,
                         source: Arc::clone(&source),
                         data: self.raw_buffers.take(),
-                        items: self.item_lists.take(),
+                        items: {
+                            let mut items = self.item_lists.take();
+                            items.reserve(chunk_instances.min(4096));
+                            items
+                        },
                         instances: 0,
                         bytes: 0,
                     };
@@ -1667,6 +1671,7 @@ impl Run<'_> {
                 records: &records,
                 ctx,
                 stopping: &stopping,
+                spare_room: 2 * self.plan.batch_size.min(4096),
             };
             isolate(
                 &iso,
@@ -1747,8 +1752,9 @@ struct Pending {
 }
 
 impl Pending {
-    /// Empties it for a new chunk (an abandoned one may have left items),
-    /// keeping the room it has.
+    /// Empties it for a new chunk, keeping the room it has: a safeguard, as
+    /// a chunk that was not abandoned leaves it empty, and an abandoned one
+    /// ends the worker.
     fn clear(&mut self) {
         self.slots.clear();
         self.instances.clear();
@@ -1845,17 +1851,21 @@ struct Isolation<'r> {
     records: &'r Records<'r>,
     ctx: &'r PredictContext<'r>,
     stopping: &'r dyn Fn() -> bool,
+    /// The most room a spare vector keeps (a predictor may return vectors
+    /// with far more room than predictions).
+    spare_room: usize,
 }
 
 /// Predicts `batch` (the decoded records of `span`), splitting it in halves
 /// on failure until the failing instances are alone; pushes one result per
 /// instance, in order — unless `stopping` says to give up, which leaves
-/// `out` short. The allocation of the predictions' vector is left in
-/// `spare` for the next batch: a predictor that maps its batch in place (as
-/// [`EchoPredictor`](crate::EchoPredictor) does) then hands the same one
-/// back each time, and the worker makes no large allocation per batch (with
-/// glibc's allocator, each one first sweeps up the small blocks the batch
-/// before freed).
+/// `out` short. The allocation of the predictions' vector, emptied, is
+/// left in `spare` for the next batch when it has more room than `spare`
+/// (and no more than `spare_room`): a predictor that maps its batch in
+/// place (as [`EchoPredictor`](crate::EchoPredictor) does) then gets the
+/// same one back each time, and the worker makes no large allocation per
+/// batch (with glibc's allocator, each one first sweeps up the small blocks
+/// the batch before freed).
 fn isolate(
     iso: &Isolation<'_>,
     batch: Vec<Instance>,
@@ -1870,7 +1880,8 @@ fn isolate(
     match call(iso.predictor, batch, iso.ctx) {
         Ok(mut predictions) => {
             out.extend(predictions.drain(..).map(Ok));
-            if predictions.capacity() > spare.capacity() {
+            let room = predictions.capacity();
+            if room > spare.capacity() && room <= iso.spare_room {
                 // Empty, and Value and Instance have one size: the vector
                 // is rebuilt in its own allocation.
                 *spare = predictions.into_iter().map(Instance::Json).collect();
@@ -2209,5 +2220,26 @@ impl<'r, 'a> Writer<'r, 'a> {
         if catch_unwind(AssertUnwindSafe(|| observer.on_progress(&progress))).is_err() {
             self.observer_failed.set(true);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::Value;
+
+    use crate::Instance;
+
+    /// Workers turn the emptied vector of a batch's predictions into the
+    /// next batch's vector of instances (`isolate`): without a new
+    /// allocation only while a `Value` and an `Instance` have one layout.
+    #[test]
+    fn predictions_vectors_become_instance_vectors_in_place() {
+        assert_eq!(size_of::<Value>(), size_of::<Instance>());
+        assert_eq!(align_of::<Value>(), align_of::<Instance>());
+        let predictions: Vec<Value> = Vec::with_capacity(64);
+        let at = predictions.as_ptr() as usize;
+        let instances: Vec<Instance> = predictions.into_iter().map(Instance::Json).collect();
+        assert_eq!(instances.as_ptr() as usize, at, "the same allocation");
+        assert!(instances.capacity() >= 64);
     }
 }
