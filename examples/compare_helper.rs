@@ -38,6 +38,12 @@ fn format_of(name: &str) -> DataFormat {
     }
 }
 
+/// A reader of `input`'s raw records, through `LocalStorage`.
+fn raw_reader(format: DataFormat, input: &str) -> RawReader {
+    let source = LocalStorage::new().open(input).expect("open");
+    RawReader::new(format, input, source, ReadOptions::default()).expect("an input format")
+}
+
 fn bare_json(input: &str, output: &str) -> (f64, u64) {
     let start = Instant::now();
     let reader = BufReader::with_capacity(256 << 10, std::fs::File::open(input).expect("input"));
@@ -61,15 +67,8 @@ fn bare_json(input: &str, output: &str) -> (f64, u64) {
 /// The echo job's work on TFRecords in one loop: frame each record and
 /// write it as the echo predictor's `{"b64": …}` line.
 fn bare_tfrecord_echo(input: &str, output: &str) -> (f64, u64) {
-    let storage = LocalStorage::new();
     let start = Instant::now();
-    let mut reader = RawReader::new(
-        DataFormat::TfRecord,
-        input,
-        storage.open(input).expect("open"),
-        ReadOptions::default(),
-    )
-    .expect("an input format");
+    let mut reader = raw_reader(DataFormat::TfRecord, input);
     let mut out =
         BufWriter::with_capacity(256 << 10, std::fs::File::create(output).expect("output"));
     let mut buf = Vec::new();
@@ -104,15 +103,8 @@ fn phases(format: DataFormat, input: &str, output: &str) -> (f64, u64) {
             })
             .fold(f64::INFINITY, f64::min)
     };
-    let storage = LocalStorage::new();
     let read_all = |data: &mut Vec<u8>, records: &mut Vec<batch_prediction::RawRecord>| {
-        let mut reader = RawReader::new(
-            format,
-            input,
-            storage.open(input).expect("open"),
-            ReadOptions::default(),
-        )
-        .expect("an input format");
+        let mut reader = raw_reader(format, input);
         while let Some(item) = reader.read_many(data, records, 1024) {
             item.expect("clean input");
             if data.len() > 1 << 20 {
@@ -127,13 +119,7 @@ fn phases(format: DataFormat, input: &str, output: &str) -> (f64, u64) {
     let frame = best(&mut || read_all(&mut scratch, &mut scratch_records));
     // Every record in memory, for the parts that follow.
     let (mut data, mut records) = (Vec::new(), Vec::new());
-    let mut reader = RawReader::new(
-        format,
-        input,
-        storage.open(input).expect("open"),
-        ReadOptions::default(),
-    )
-    .expect("an input format");
+    let mut reader = raw_reader(format, input);
     while let Some(item) = reader.read_many(&mut data, &mut records, 1024) {
         item.expect("clean input");
     }
@@ -216,15 +202,8 @@ fn sync(out: BufWriter<std::fs::File>) {
 }
 
 fn read(format: DataFormat, input: &str) -> (f64, u64) {
-    let storage = LocalStorage::new();
     let start = Instant::now();
-    let mut reader = RawReader::new(
-        format,
-        input,
-        storage.open(input).expect("open"),
-        ReadOptions::default(),
-    )
-    .expect("an input format");
+    let mut reader = raw_reader(format, input);
     let mut buf = Vec::with_capacity(2 << 20);
     let mut records = Vec::with_capacity(1024);
     let mut n = 0u64;

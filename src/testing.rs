@@ -1,7 +1,8 @@
 //! Test support for users of the crate (cargo feature `testing`):
 //! conformance suites that check a [`Storage`] backend and a
-//! [`JobStore`] against their traits' contracts, and [`FaultyStorage`], which fails chosen operations so a test
-//! can prove that nothing is lost when storage breaks.
+//! [`JobStore`] against their traits' contracts, [`FaultyStorage`], which fails chosen operations so a test
+//! can prove that nothing is lost when storage breaks, and [`ShortReads`], a reader that hands out
+//! its bytes a few at a time, as network storage may.
 //!
 //! ```
 //! # #[cfg(feature = "testing")] {
@@ -526,5 +527,43 @@ impl ObjectWriter for FailingWrite {
             ));
         }
         self.inner.commit()
+    }
+}
+
+/// A reader that hands out at most `piece` bytes per `read` call, as a
+/// network stream may: readers built on it must cope with records cut at
+/// any byte.
+///
+/// ```
+/// # #[cfg(feature = "testing")] {
+/// use std::io::Read;
+/// use batch_prediction::testing::ShortReads;
+///
+/// let mut r = ShortReads::new(&b"abcdef"[..], 4);
+/// let mut buf = [0; 8];
+/// assert_eq!(r.read(&mut buf).unwrap(), 4);
+/// assert_eq!(r.read(&mut buf).unwrap(), 2);
+/// # }
+/// ```
+#[derive(Debug)]
+pub struct ShortReads<R> {
+    inner: R,
+    piece: usize,
+}
+
+impl<R: std::io::Read> ShortReads<R> {
+    /// Reads from `inner` at most `piece` bytes at a time (at least 1).
+    pub fn new(inner: R, piece: usize) -> Self {
+        ShortReads {
+            inner,
+            piece: piece.max(1),
+        }
+    }
+}
+
+impl<R: std::io::Read> std::io::Read for ShortReads<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.piece.min(buf.len());
+        self.inner.read(&mut buf[..n])
     }
 }

@@ -1,22 +1,7 @@
 //! Shared by the reader targets: read everything, check the accounting.
 
-use std::io::Read;
-
+use batch_prediction::testing::ShortReads;
 use batch_prediction::{DataFormat, InstanceReader, Position, RawReader, ReadOptions};
-
-/// Hands out at most `piece` bytes per read, so that records straddle the
-/// end of what a reader has buffered.
-struct Pieces {
-    data: std::io::Cursor<Vec<u8>>,
-    piece: usize,
-}
-
-impl Read for Pieces {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = self.piece.min(buf.len());
-        self.data.read(&mut buf[..n])
-    }
-}
 
 /// What a raw reader gave: a record, or an error's text, place, fatality and bytes.
 #[derive(Debug, PartialEq)]
@@ -32,10 +17,8 @@ pub fn read_many_matches_read_into(format: DataFormat, data: &[u8]) {
     let piece = 1 + usize::from(data.first().copied().unwrap_or(0)) % 64;
     let max = 1 + usize::from(data.last().copied().unwrap_or(0)) % 5;
     let reader = || {
-        let source = Pieces {
-            data: std::io::Cursor::new(data.to_vec()),
-            piece,
-        };
+        // Records straddle the end of what the reader has buffered.
+        let source = ShortReads::new(std::io::Cursor::new(data.to_vec()), piece);
         let options = ReadOptions::default().with_max_record_bytes(64);
         RawReader::new(format, "fuzz", Box::new(source), options).expect("an input format")
     };

@@ -463,26 +463,13 @@ mod byte_ranges {
 /// a time: the same records, positions and errors, whatever the number
 /// asked for and however the source hands out its bytes.
 mod read_many {
-    use std::io::{self, Cursor, Read};
+    use std::io::Cursor;
 
+    use batch_prediction::testing::ShortReads;
     use batch_prediction::{
         DataFormat, Position, RawReader, RawRecord, ReadOptions, TfRecordWriter,
     };
     use proptest::prelude::*;
-
-    /// Hands out at most `piece` bytes per read, so that records straddle
-    /// the end of what the reader has buffered.
-    struct Pieces {
-        data: Cursor<Vec<u8>>,
-        piece: usize,
-    }
-
-    impl Read for Pieces {
-        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-            let n = self.piece.min(buf.len());
-            self.data.read(&mut buf[..n])
-        }
-    }
 
     #[derive(Debug, PartialEq)]
     enum Item {
@@ -492,10 +479,8 @@ mod read_many {
 
     fn reader(format: DataFormat, data: &[u8], piece: usize, limit: usize) -> RawReader {
         let options = ReadOptions::default().with_max_record_bytes(limit);
-        let source = Pieces {
-            data: Cursor::new(data.to_vec()),
-            piece,
-        };
+        // Records straddle the end of what the reader has buffered.
+        let source = ShortReads::new(Cursor::new(data.to_vec()), piece);
         RawReader::new(format, "f", Box::new(source), options).unwrap()
     }
 
