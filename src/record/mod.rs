@@ -482,11 +482,10 @@ impl RawReader {
     /// Reads up to `max` records at once (at least 1): appends their raw
     /// bytes to `buf` and their positions and ranges in `buf` to `records`,
     /// and returns how many; `None` at the end of the file or after a fatal
-    /// error. The
-    /// records that sit whole in the read buffer are framed in one pass and
-    /// copied at once (the ranges leave out the line endings or TFRecord
-    /// framing copied along); an error comes alone, after the records before
-    /// it. The records, positions and errors are those of
+    /// error. The records that sit whole in the read buffer are framed in
+    /// one pass and copied at once (the ranges leave out the line endings
+    /// or TFRecord framing copied along); an error comes alone, after the
+    /// records before it. The records, positions and errors are those of
     /// [`read_into`](Self::read_into).
     ///
     /// ```
