@@ -25,9 +25,13 @@ use std::time::Instant;
 use batch_prediction::{
     BatchExecutor, CancelHandle, DataFormat, EchoPredictor, ExecutorConfig, Instance, Job,
     LocalStorage, ModelVersion, PredictError, PredictionInput, Predictor, RawReader, ReadOptions,
-    ResumeMode, State, Storage, SystemClock, Transition, predictor_fn,
+    ResumeMode, State, Storage, SystemClock, Transition,
 };
-use serde_json::{Value, json};
+use serde_json::Value;
+
+#[path = "shared/cpu_bound.rs"]
+mod cpu_bound;
+use cpu_bound::cpu_bound;
 
 fn format_of(name: &str) -> DataFormat {
     match name {
@@ -216,21 +220,6 @@ fn read(format: DataFormat, input: &str) -> (f64, u64) {
         }
     }
     (start.elapsed().as_secs_f64(), n)
-}
-
-fn cpu_bound() -> Arc<dyn Predictor> {
-    Arc::new(predictor_fn(|batch: Vec<Instance>, _: &_| {
-        Ok(batch
-            .iter()
-            .map(|i| {
-                let mut acc = i.to_json()["key"].as_f64().unwrap_or(0.0);
-                for k in 0..1000 {
-                    acc = (acc * 1.000_001 + k as f64).sqrt();
-                }
-                json!({"score": acc})
-            })
-            .collect())
-    }))
 }
 
 fn job(predictor: &str, format: DataFormat, input: &str, outdir: &str, workers: i64) -> (f64, u64) {

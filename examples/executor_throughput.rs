@@ -24,11 +24,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use batch_prediction::{
-    BatchExecutor, CancelHandle, DataFormat, EchoPredictor, ExecutorConfig, InMemoryStorage,
-    Instance, Job, LocalStorage, ModelVersion, PredictError, PredictionInput, Predictor, RawReader,
-    ReadOptions, State, Storage, SystemClock, TfRecordWriter, Transition, predictor_fn,
+    BatchExecutor, CancelHandle, DataFormat, EchoPredictor, ExecutorConfig, InMemoryStorage, Job,
+    LocalStorage, ModelVersion, PredictError, PredictionInput, Predictor, RawReader, ReadOptions,
+    State, Storage, SystemClock, TfRecordWriter, Transition,
 };
 use serde_json::{Value, json};
+
+#[path = "shared/cpu_bound.rs"]
+mod cpu_bound;
+use cpu_bound::cpu_bound;
 
 /// Alternating rounds per case, unless `--rounds N` says otherwise.
 const ROUNDS: usize = 5;
@@ -145,22 +149,6 @@ fn bare_tfrecord(file: &[u8], records: usize, echo: bool) -> Duration {
     assert_eq!(n, records);
     std::hint::black_box(out);
     start.elapsed()
-}
-
-/// A few microseconds of floating-point work per instance.
-fn cpu_bound() -> Arc<dyn Predictor> {
-    Arc::new(predictor_fn(|batch: Vec<Instance>, _: &_| {
-        Ok(batch
-            .iter()
-            .map(|i| {
-                let mut acc = i.to_json()["key"].as_f64().unwrap_or(0.0);
-                for k in 0..1000 {
-                    acc = (acc * 1.000_001 + k as f64).sqrt();
-                }
-                json!({"score": acc})
-            })
-            .collect())
-    }))
 }
 
 fn peak_rss_kb() -> u64 {

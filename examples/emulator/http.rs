@@ -109,36 +109,22 @@ fn connection(mut stream: TcpStream, limits: Limits, handler: &Handler) {
             }
             Ok(httparse::Status::Partial) => {}
             Err(httparse::Error::TooManyHeaders) => {
-                return reply(
-                    &mut stream,
-                    "-",
-                    "-",
-                    started,
-                    431,
-                    Code::InvalidArgument,
-                    "more than 64 request headers",
-                );
+                return bad_head(&mut stream, started, 431, "more than 64 request headers");
             }
             Err(e) => {
-                return reply(
+                return bad_head(
                     &mut stream,
-                    "-",
-                    "-",
                     started,
                     400,
-                    Code::InvalidArgument,
                     &format!("malformed HTTP request: {e}"),
                 );
             }
         }
         if buf.len() >= limits.max_head_bytes {
-            return reply(
+            return bad_head(
                 &mut stream,
-                "-",
-                "-",
                 started,
                 431,
-                Code::InvalidArgument,
                 &format!("request head over {} bytes", limits.max_head_bytes),
             );
         }
@@ -229,6 +215,19 @@ fn connection(mut stream: TcpStream, limits: Limits, handler: &Handler) {
     let status = response.status;
     let _ = write_response(&mut stream, &response);
     log(&method, &target, status, started);
+}
+
+/// Answers a request whose head could not be read (no method or target to log).
+fn bad_head(stream: &mut TcpStream, started: Instant, status: u16, message: &str) {
+    reply(
+        stream,
+        "-",
+        "-",
+        started,
+        status,
+        Code::InvalidArgument,
+        message,
+    );
 }
 
 fn reply(

@@ -272,23 +272,31 @@ impl InMemoryJobStore {
     }
 }
 
+impl InMemoryJobStore {
+    /// Checks `record` with `prepare` (insert or update) and keeps it.
+    fn write(
+        &self,
+        record: JobRecord,
+        prepare: fn(&Index, JobRecord) -> Result<JobRecord, Error>,
+    ) -> Result<JobRecord, Error> {
+        let mut index = write(&self.index);
+        let record = prepare(&index, record)?;
+        index.put(record.clone());
+        Ok(record)
+    }
+}
+
 impl JobStore for InMemoryJobStore {
     fn get(&self, name: &JobName) -> Result<Option<JobRecord>, Error> {
         Ok(read(&self.index).get(name).cloned())
     }
 
     fn insert(&self, record: JobRecord) -> Result<JobRecord, Error> {
-        let mut index = write(&self.index);
-        let record = index.prepare_insert(record)?;
-        index.put(record.clone());
-        Ok(record)
+        self.write(record, Index::prepare_insert)
     }
 
     fn update(&self, record: JobRecord) -> Result<JobRecord, Error> {
-        let mut index = write(&self.index);
-        let record = index.prepare_update(record)?;
-        index.put(record.clone());
-        Ok(record)
+        self.write(record, Index::prepare_update)
     }
 
     fn scan(
