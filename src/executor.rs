@@ -45,6 +45,19 @@
 //! counts are taken from the summary. Files of the output families that do
 //! not belong to the current plan are deleted. [`ResumeMode::Fresh`] runs
 //! everything again.
+//!
+//! # A job never reads or deletes its own output
+//! The `prediction.*` names above belong to the job in its `outputPath`: a
+//! run writes them and deletes stale ones. So a job whose `inputPaths` can
+//! match such a name there (`gs://b/out/prediction.results-*` or
+//! `gs://b/**` with `outputPath` `gs://b/out`) is refused — by
+//! [`Job::validate`] when the text shows it, and again by
+//! [`BatchExecutor::plan`] through the storage's
+//! [`object_key`](crate::Storage::object_key), so `gs://b/out/`,
+//! `gs://b/./out` and a symbolic link to the directory are the same place
+//! — before anything is read, written or deleted; the job ends `FAILED`
+//! with a message naming both. Deleting stale outputs never touches an
+//! input of the plan.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -60,7 +73,7 @@ use regex::Regex;
 use serde_json::{Value, json};
 
 use crate::clock::{Clock, SystemClock};
-use crate::error::{Error, InvalidTransition};
+use crate::error::{Error, InvalidTransition, ValidationError, Violation};
 use crate::model::{DataFormat, Job, PredictionOutput, State};
 use crate::predict::{CancelHandle, ModelResolver, PredictContext, Predictor};
 use crate::record::{
@@ -582,31 +595,21 @@ impl BatchExecutor {
     /// the model or writing anything.
     ///
     /// # Errors
-    /// The job's [`ValidationError`](crate::ValidationError), or the
-    /// storage's error for a pattern that matches nothing or cannot be listed.
+    /// The job's [`ValidationError`](crate::ValidationError) (also for
+    /// input patterns that can match the job's own output files, compared
+    /// through the storage), or the storage's error for a pattern that
+    /// matches nothing or cannot be listed.
     pub fn plan(&self, job: &Job) -> Result<Plan, Error> {
         job.validate()?;
         let input = job.prediction_input.as_ref().expect("validated");
-        let output_path = input
-            .output_path
-            .as_deref()
-            .expect("validated")
-            .trim_end_matches('/')
-            .to_owned();
-        // A pattern such as gs://b/** may cover the output path: the job's
-        // own output files (of an earlier run) are never its input.
+        let given_output_path = input.output_path.as_deref().expect("validated");
+        let output_path = given_output_path.trim_end_matches('/').to_owned();
+        self.refuse_own_output(&input.input_paths, given_output_path, None)?;
         let inputs: Vec<ObjectMeta> = self
             .storage
             .expand(&input.input_paths)
-            .map_err(storage_error)?
-            .into_iter()
-            .filter(|m| {
-                !m.location
-                    .strip_prefix(&output_path)
-                    .and_then(|rest| rest.strip_prefix('/'))
-                    .is_some_and(is_output_file_name)
-            })
-            .collect();
+            .map_err(storage_error)?;
+        self.refuse_own_output(&input.input_paths, given_output_path, Some(&inputs))?;
         let output_format = input.effective_output_data_format();
         let data_format = input.data_format.expect("validated");
         let splittable = matches!(data_format, DataFormat::Json | DataFormat::Text);
@@ -680,6 +683,69 @@ impl BatchExecutor {
             batch_size,
             workers,
         })
+    }
+
+    /// Refuses a job whose input patterns can match (or, given the objects
+    /// they matched, did match) a file the job writes into its output
+    /// directory, with the locations compared through the storage, so a
+    /// run never reads or deletes its own output, however either is spelled.
+    fn refuse_own_output(
+        &self,
+        patterns: &[String],
+        output_path: &str,
+        matched: Option<&[ObjectMeta]>,
+    ) -> Result<(), Error> {
+        let storage: &dyn Storage = &*self.storage;
+        let found = match matched {
+            None => {
+                let samples = sample_output_names();
+                let keys = crate::overlap::Keys::Storage(storage);
+                patterns.iter().enumerate().find_map(|(i, pattern)| {
+                    crate::overlap::pattern_reaches_output(
+                        pattern,
+                        output_path,
+                        &samples,
+                        is_output_file_name,
+                        &keys,
+                    )
+                    .map(|example| (i, example))
+                })
+            }
+            Some(objects) => objects
+                .iter()
+                .find(|m| {
+                    crate::overlap::is_own_output(
+                        storage,
+                        &m.location,
+                        output_path,
+                        is_output_file_name,
+                    )
+                })
+                .map(|m| {
+                    let i = patterns
+                        .iter()
+                        .position(|p| {
+                            crate::storage::glob::Pattern::new(p)
+                                .is_ok_and(|g| g.matches(&m.location))
+                        })
+                        .unwrap_or(0);
+                    (i, m.location.clone())
+                }),
+        };
+        match found {
+            None => Ok(()),
+            Some((i, example)) => Err(ValidationError::from_violations(vec![Violation {
+                field: "predictionInput.outputPath".to_owned(),
+                description: crate::validate::overlap_message(
+                    output_path,
+                    i,
+                    &patterns[i],
+                    &example,
+                ),
+            }])
+            .expect("one violation")
+            .into()),
+        }
     }
 
     /// Runs a `QUEUED` job (or one a service already moved to `PREPARING`)
@@ -916,7 +982,22 @@ impl BatchExecutor {
         {
             keep.push(&header);
         }
+        // The guard in `plan` refuses jobs whose inputs are their outputs;
+        // this makes sure no deletion ever reaches an input all the same.
+        let inputs: std::collections::HashSet<String> = plan
+            .inputs
+            .iter()
+            .map(|m| self.storage.object_key(&m.location))
+            .collect();
         for meta in ours {
+            if inputs.contains(&self.storage.object_key(&meta.location)) {
+                return Err(StorageError::new(
+                    StorageErrorKind::InvalidLocation,
+                    &meta.location,
+                    "an input of this job lies among its output files; it is neither deleted nor overwritten",
+                )
+                .into());
+            }
             if !keep.contains(&meta.location.as_str()) {
                 match self.storage.delete(&meta.location) {
                     // Another part of the job deleted it first.
@@ -1046,8 +1127,22 @@ impl BatchExecutor {
     }
 }
 
+/// One name of each kind of file a run writes into `outputPath`, for the
+/// check that no input pattern can match them.
+pub(crate) fn sample_output_names() -> Vec<String> {
+    let shard = |prefix: &str, suffix: &str| format!("{}{suffix}", shard_file_name(prefix, 0, 1));
+    vec![
+        shard(RESULTS_FILE_PREFIX, ""),
+        shard(RESULTS_FILE_PREFIX, ".csv"),
+        shard(ERRORS_STATS_FILE_PREFIX, ""),
+        shard(ERRORS_FILE_PREFIX, ""),
+        shard(SUMMARY_FILE_PREFIX, ".json"),
+        CSV_HEADER_FILE.to_owned(),
+    ]
+}
+
 /// Whether `name` is one of the files a run writes into `outputPath`.
-fn is_output_file_name(name: &str) -> bool {
+pub(crate) fn is_output_file_name(name: &str) -> bool {
     static RE: OnceLock<Regex> = OnceLock::new();
     RE.get_or_init(|| {
         Regex::new(

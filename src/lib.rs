@@ -86,6 +86,7 @@ mod model;
 mod name;
 #[cfg(feature = "onnx")]
 mod onnx;
+mod overlap;
 mod predict;
 mod record;
 #[cfg(feature = "rest")]

@@ -13,6 +13,7 @@
 //! | `predictionInput.outputDataFormat` | if set: `JSON`, `TEXT`, `CSV` (`DATA_FORMAT_UNSPECIFIED` is proto3's unset value: JSON) | §2.2, §10 |
 //! | `predictionInput.inputPaths` | at least one; none empty | §2.2 |
 //! | `predictionInput.outputPath`, `.region` | required, non-empty | §2.2 |
+//! | `predictionInput.outputPath` | no `inputPaths` pattern matches a file the job writes there (compared after dropping `.` and empty segments and trailing `/`; the executor compares again through its storage, links followed) | this crate: a job never reads or deletes its own output |
 //! | `modelName` / `versionName` / `uri` | exactly one; names by the rules of [`ModelName`](crate::ModelName), [`VersionName`](crate::VersionName); `uri` non-empty | §2.2, §5.1 |
 //! | `predictionInput.batchSize`, `.maxWorkerCount` | if set, positive; no upper bound | §5.6 |
 //!
@@ -152,6 +153,23 @@ fn check_prediction_input(input: &PredictionInput, v: &mut Violations) {
     if input.output_path.as_deref().is_none_or(str::is_empty) {
         v.add(format!("{P}outputPath"), "required");
     }
+    if let Some(output_path) = input.output_path.as_deref().filter(|p| !p.is_empty()) {
+        let samples = crate::executor::sample_output_names();
+        for (i, pattern) in input.input_paths.iter().enumerate() {
+            if let Some(example) = crate::overlap::pattern_reaches_output(
+                pattern,
+                output_path,
+                &samples,
+                crate::executor::is_output_file_name,
+                &crate::overlap::Keys::Lexical,
+            ) {
+                v.add(
+                    format!("{P}outputPath"),
+                    overlap_message(output_path, i, pattern, &example),
+                );
+            }
+        }
+    }
     if input.region.as_deref().is_none_or(str::is_empty) {
         v.add(format!("{P}region"), "required");
     }
@@ -194,6 +212,19 @@ fn check_prediction_input(input: &PredictionInput, v: &mut Violations) {
             v.add(format!("{P}{name}"), format!("must be positive, got {n}"));
         }
     }
+}
+
+/// Why a job whose `inputPaths[index]` (`pattern`) can match `example`, a
+/// file it writes into `output_path`, is refused.
+pub(crate) fn overlap_message(
+    output_path: &str,
+    index: usize,
+    pattern: &str,
+    example: &str,
+) -> String {
+    format!(
+        "\"{output_path}\" overlaps inputPaths[{index}] \"{pattern}\": that pattern matches this job's own output files (such as \"{example}\"), which a run writes and deletes; choose an outputPath that no input path matches"
+    )
 }
 
 impl Job {

@@ -208,6 +208,41 @@ fn beneath(root: &Path, path: &Path) -> Result<(), &'static str> {
     Ok(())
 }
 
+/// `path` with its deepest existing ancestor made canonical and the rest
+/// appended (`.` dropped, `..` applied to what is appended: nothing below an
+/// ancestor that does not exist can be a link).
+fn canonical_key(path: &Path) -> Option<String> {
+    let path = if path.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        path
+    };
+    let mut existing = path;
+    let mut rest: Vec<&std::ffi::OsStr> = Vec::new();
+    let base = loop {
+        match fs::canonicalize(existing) {
+            Ok(real) => break real,
+            Err(_) => {
+                let name = existing.file_name()?;
+                rest.push(name);
+                existing = existing.parent()?;
+                if existing.as_os_str().is_empty() {
+                    existing = Path::new(".");
+                }
+            }
+        }
+    };
+    let mut key = base;
+    for name in rest.into_iter().rev() {
+        if name == ".." {
+            key.pop();
+        } else {
+            key.push(name);
+        }
+    }
+    key.to_str().map(str::to_owned)
+}
+
 /// Why a confined storage refuses a dot-name at the top of its root.
 const PRIVATE: &str = "names starting with '.' at the top of the storage root are private";
 
@@ -435,12 +470,14 @@ impl Storage for LocalStorage {
         fs::remove_file(&path).map_err(|e| StorageError::io(location, "delete", e))
     }
 
-    /// The canonical file-system path (links and `.`/`..` resolved).
+    /// The canonical file-system path (links and `.`/`..` resolved), also
+    /// for a path that does not exist yet: its deepest existing ancestor
+    /// made canonical, and the rest appended.
     fn object_key(&self, location: &str) -> String {
         self.resolve(location)
             .ok()
-            .and_then(|p| fs::canonicalize(p).ok())
-            .map_or_else(|| location.to_owned(), |p| p.display().to_string())
+            .and_then(|p| canonical_key(&p))
+            .unwrap_or_else(|| location.to_owned())
     }
 }
 

@@ -46,7 +46,7 @@
 //! }
 //! ```
 
-mod glob;
+pub(crate) mod glob;
 mod local;
 mod memory;
 
@@ -166,8 +166,13 @@ pub trait Storage: Send + Sync + fmt::Debug + 'static {
 
     /// A key that is the same for every location naming the same object
     /// (`dir/a.json`, `dir/./a.json`, `file:///…/dir/a.json`), so that
-    /// overlapping patterns read each object once. The default is the
-    /// location itself, right for stores with one name per object.
+    /// overlapping patterns read each object once, and a job's output
+    /// directory is recognised among its inputs however either is spelled.
+    /// It must also be defined for locations that do not exist yet
+    /// (directories, objects not yet written), and key a directory so that
+    /// the key of an object in it is the directory's key, `/`, and the
+    /// object's name. The default is the location itself, right for stores
+    /// with one name per object.
     fn object_key(&self, location: &str) -> String {
         location.to_owned()
     }

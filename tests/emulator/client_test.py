@@ -184,6 +184,30 @@ def main():
     assert cancelled["state"] == "CANCELLED", cancelled
     checks.append("cancel of a finished job -> 400 FAILED_PRECONDITION; cancel of a running job -> CANCELLED")
 
+    # A job never reads or deletes its own output: refused at create where
+    # the text shows it, FAILED before anything is touched where only the
+    # storage does (a link to the output directory).
+    results = os.path.join(args.root, "bucket", "out", "full_run", "prediction.results-00000-of-00001")
+    with open(results, "rb") as f:
+        results_bytes = f.read()
+    err = expect_http_error(
+        400,
+        jobs.create(
+            parent=PROJECT,
+            body=job_body("own_output", "gs://bucket/out/full_run/prediction.results-*", "gs://bucket/out/./full_run/"),
+        ),
+    )
+    assert err["status"] == "INVALID_ARGUMENT" and "overlaps inputPaths[0]" in err["message"], err
+    fields = [v["field"] for d in err["details"] for v in d.get("fieldViolations", [])]
+    assert fields == ["predictionInput.outputPath"], err
+    os.symlink(os.path.join(args.root, "bucket", "out", "full_run"), os.path.join(args.root, "bucket", "linked"))
+    jobs.create(parent=PROJECT, body=job_body("own_output_link", "gs://bucket/out/full_run/*", "gs://bucket/linked")).execute()
+    failed = wait_for(jobs, f"{PROJECT}/jobs/own_output_link", {"SUCCEEDED", "FAILED"})
+    assert failed["state"] == "FAILED" and "overlaps inputPaths[0]" in failed["errorMessage"], failed
+    with open(results, "rb") as f:
+        assert f.read() == results_bytes, "an input was changed"
+    checks.append("a job reading its own output: 400 INVALID_ARGUMENT at create, or FAILED through a link; no input touched")
+
     # IAM.
     policy = jobs.getIamPolicy(resource=name, options_requestedPolicyVersion=3).execute()
     assert policy["version"] == 1 and "etag" in policy, policy

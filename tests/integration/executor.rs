@@ -1229,7 +1229,7 @@ fn resume_checks_the_shards_files_and_the_inputs_version() {
 }
 
 #[test]
-fn an_object_named_twice_is_read_once_and_outputs_are_never_inputs() {
+fn an_object_named_twice_is_read_once_and_a_job_covering_its_output_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(dir.path().join("in")).unwrap();
     std::fs::write(dir.path().join("in/a.jsonl"), b"{\"id\": 1}\n").unwrap();
@@ -1261,15 +1261,19 @@ fn an_object_named_twice_is_read_once_and_outputs_are_never_inputs() {
         .run(&mut make_job(patterns), &CancelHandle::new())
         .unwrap();
     assert_eq!(summary.prediction_count, 1, "one file, however it is named");
-    // A ** pattern covers the output of the first run: it is not read as input.
+    // A ** pattern covers the output: refused, the first run's output kept.
     let mut job = make_job(vec![format!("{base}/in/**")]);
     let summary = executor.run(&mut job, &CancelHandle::new()).unwrap();
-    assert_eq!(
-        (summary.state, summary.prediction_count),
-        (State::Succeeded, 1),
+    assert_eq!(summary.state, State::Failed);
+    assert!(
+        job.error_message
+            .as_deref()
+            .unwrap()
+            .contains("overlaps inputPaths[0]"),
         "{:?}",
         job.error_message
     );
+    assert!(std::path::Path::new(&format!("{out}/prediction.results-00000-of-00001")).is_file());
 }
 
 #[test]

@@ -5,6 +5,7 @@ mod executor;
 mod job_store;
 #[cfg(feature = "onnx")]
 mod onnx;
+mod own_output;
 mod props;
 mod records;
 #[cfg(feature = "rest")]

@@ -92,8 +92,10 @@ prop_compose! {
     fn prediction_input()(
         data_format in input_format(),
         output_data_format in output_format(),
-        input_paths in prop::collection::vec("[a-z0-9/*?.:_-]{1,30}", 1..4),
-        output_path in "[a-z0-9/:._-]{1,30}",
+        // Inputs and output in different trees: a pattern that can match
+        // the job's own output files is refused (tests/integration/own_output.rs).
+        input_paths in prop::collection::vec("in/[a-z0-9/*?.:_-]{1,27}", 1..4),
+        output_path in "out/[a-z0-9/:._-]{1,26}",
         region in "[a-z]{2,6}-[a-z]{2,8}[0-9]",
         model in model(),
         runtime_version in prop::option::of("[0-9]\\.[0-9]{1,2}"),

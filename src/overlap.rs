@@ -1,0 +1,173 @@
+//! The guard that keeps a job from reading or deleting its own output: a
+//! job whose `inputPaths` can match a file it writes into `outputPath` is
+//! refused before anything is read, written or deleted.
+//!
+//! Locations are compared as *keys*: [`lexical`] forms when only the text is
+//! known (`jobs.create`), and the storage's [`Storage::object_key`] of those
+//! when the run has a storage (which follows symbolic links and maps
+//! `gs://` into a local root), so `gs://b/out`, `gs://b/out/`,
+//! `gs://b/./out` and a link to the same directory all name one place.
+
+use crate::storage::{Storage, glob};
+
+/// The lexical form of a location, for comparisons: the scheme (`gs://`,
+/// `file://`) kept, empty and `.` segments dropped, no trailing `/`. `..`
+/// is kept as it is: only the file system knows where it leads.
+pub(crate) fn lexical(location: &str) -> String {
+    let (scheme, rest) = match location.find("://") {
+        Some(i) => location.split_at(i + 3),
+        None => ("", location),
+    };
+    let absolute = rest.starts_with('/');
+    let segments: Vec<&str> = rest
+        .split('/')
+        .filter(|s| !s.is_empty() && *s != ".")
+        .collect();
+    let mut out = String::with_capacity(location.len());
+    out.push_str(scheme);
+    if absolute {
+        out.push('/');
+    }
+    out.push_str(&segments.join("/"));
+    out
+}
+
+/// The path of `path` below the directory `dir` (both keys), or `None` when
+/// it is not below it; `Some("")` when they are the same.
+fn below<'a>(dir: &str, path: &'a str) -> Option<&'a str> {
+    if dir == path {
+        return Some("");
+    }
+    if dir.is_empty() {
+        // The working directory: every relative path is below it.
+        return (!path.starts_with('/') && !path.contains("://")).then_some(path);
+    }
+    if dir.ends_with('/') {
+        // "/" or "gs://": the rest is below.
+        return path.strip_prefix(dir);
+    }
+    path.strip_prefix(dir)?.strip_prefix('/')
+}
+
+/// How a job's locations are keyed for the comparison.
+pub(crate) enum Keys<'a> {
+    /// By their text alone ([`lexical`]).
+    Lexical,
+    /// By the storage's [`Storage::object_key`] of their lexical form.
+    Storage(&'a dyn Storage),
+}
+
+impl Keys<'_> {
+    fn key(&self, location: &str) -> String {
+        let lexical = lexical(location);
+        match self {
+            Keys::Lexical => lexical,
+            Keys::Storage(storage) => {
+                let key = storage.object_key(&lexical);
+                // Keys of directories compare without a trailing '/'.
+                if key.len() > 1 && key.ends_with('/') && !key.ends_with("://") {
+                    key.trim_end_matches('/').to_owned()
+                } else {
+                    key
+                }
+            }
+        }
+    }
+}
+
+/// If `pattern` (one of a job's `inputPaths`) can match a file the job
+/// writes into `output_path`, that file's location (as `output_path`
+/// spells it); `None` otherwise.
+///
+/// The pattern is split at the last `/` before its first wildcard: the
+/// literal directory before it is keyed like `output_path`, and the rest
+/// is matched against the output directory's path below it joined with
+/// each kind of output file name (`output_names`).
+pub(crate) fn pattern_reaches_output(
+    pattern: &str,
+    output_path: &str,
+    output_names: &[String],
+    is_output_name: impl Fn(&str) -> bool,
+    keys: &Keys<'_>,
+) -> Option<String> {
+    let wildcard_at = pattern
+        .find(['*', '?', '['])
+        .unwrap_or(pattern.len());
+    let split = pattern[..wildcard_at].rfind('/').map_or(0, |i| i + 1);
+    let (dir, rest) = pattern.split_at(split);
+    let output_key = keys.key(output_path);
+    let within = below(&keys.key(dir), &output_key)?.to_owned();
+    let rest = lexical(rest);
+    let example = |name: &str| crate::storage::join_location(output_path, name);
+    if !glob::has_wildcard(&rest) {
+        return (within.is_empty() && is_output_name(&rest)).then(|| example(&rest));
+    }
+    let compiled = glob::Pattern::new(&rest).ok()?;
+    output_names
+        .iter()
+        .find(|name| {
+            if within.is_empty() {
+                compiled.matches(name)
+            } else {
+                compiled.matches(&format!("{within}/{name}"))
+            }
+        })
+        .map(|name| example(name))
+}
+
+/// Whether `input` (an object a job's patterns matched) is a file the job
+/// writes into `output_path`: an output file name directly in that
+/// directory, once both are keyed by the storage.
+pub(crate) fn is_own_output(
+    storage: &dyn Storage,
+    input: &str,
+    output_path: &str,
+    is_output_name: impl Fn(&str) -> bool,
+) -> bool {
+    let keys = Keys::Storage(storage);
+    let key = keys.key(input);
+    let Some(slash) = key.rfind('/') else {
+        return false;
+    };
+    let (dir, name) = (&key[..slash], &key[slash + 1..]);
+    let dir = if dir.is_empty() || dir.ends_with(":/") {
+        &key[..=slash]
+    } else {
+        dir
+    };
+    is_output_name(name) && dir == keys.key(output_path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lexical_forms() {
+        for (location, expected) in [
+            ("gs://b/out/", "gs://b/out"),
+            ("gs://b/./out", "gs://b/out"),
+            ("gs://b//out/.", "gs://b/out"),
+            ("/data/./in/", "/data/in"),
+            ("./in", "in"),
+            (".", ""),
+            ("/", "/"),
+            ("data/../in", "data/../in"),
+            ("file:///x/./y", "file:///x/y"),
+            ("gs://", "gs://"),
+        ] {
+            assert_eq!(lexical(location), expected, "{location}");
+        }
+    }
+
+    #[test]
+    fn below_directories() {
+        assert_eq!(below("gs://b/out", "gs://b/out"), Some(""));
+        assert_eq!(below("gs://b", "gs://b/out"), Some("out"));
+        assert_eq!(below("gs://b/o", "gs://b/out"), None);
+        assert_eq!(below("", "in/out"), Some("in/out"));
+        assert_eq!(below("", "/in"), None);
+        assert_eq!(below("/", "/in"), Some("in"));
+        assert_eq!(below("gs://", "gs://b"), Some("b"));
+    }
+}
