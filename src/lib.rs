@@ -86,7 +86,7 @@ mod model;
 mod name;
 #[cfg(feature = "onnx")]
 mod onnx;
-mod overlap;
+
 mod predict;
 mod record;
 #[cfg(feature = "rest")]
@@ -104,8 +104,8 @@ pub use error::{
     Status, UnknownCode, ValidationError, Violation,
 };
 pub use executor::{
-    BatchExecutor, ExecutorConfig, Plan, PlannedShard, Progress, ProgressObserver, ResumeMode,
-    RunSummary, SHARD_TARGET_BYTES, SUMMARY_FILE_PREFIX, ShardProgress, ShardSelection,
+    BatchExecutor, ExecutorConfig, OutputFile, Plan, PlannedShard, Progress, ProgressObserver,
+    ResumeMode, RunSummary, SHARD_TARGET_BYTES, SUMMARY_FILE_PREFIX, ShardProgress, ShardSelection,
 };
 pub use model::{
     DataFormat, Etag, InvalidEtag, Job, ModelVersion, PredictionInput, PredictionOutput, State,

@@ -156,12 +156,12 @@ fn check_prediction_input(input: &PredictionInput, v: &mut Violations) {
     if let Some(output_path) = input.output_path.as_deref().filter(|p| !p.is_empty()) {
         let samples = crate::executor::sample_output_names();
         for (i, pattern) in input.input_paths.iter().enumerate() {
-            if let Some(example) = crate::overlap::pattern_reaches_output(
+            if let Some(example) = crate::executor::overlap::pattern_reaches_output(
                 pattern,
                 output_path,
                 &samples,
                 crate::executor::is_output_file_name,
-                &crate::overlap::Keys::Lexical,
+                &crate::executor::overlap::Keys::Lexical,
             ) {
                 v.add(
                     format!("{P}outputPath"),

@@ -90,9 +90,7 @@ pub(crate) fn pattern_reaches_output(
     is_output_name: impl Fn(&str) -> bool,
     keys: &Keys<'_>,
 ) -> Option<String> {
-    let wildcard_at = pattern
-        .find(['*', '?', '['])
-        .unwrap_or(pattern.len());
+    let wildcard_at = pattern.find(['*', '?', '[']).unwrap_or(pattern.len());
     let split = pattern[..wildcard_at].rfind('/').map_or(0, |i| i + 1);
     let (dir, rest) = pattern.split_at(split);
     let output_key = keys.key(output_path);

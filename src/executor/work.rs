@@ -1,0 +1,419 @@
+//! The workers: decode, predict and format batches, and isolate the
+//! instances of a batch that fails.
+
+use std::ops::Range;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use super::panic_message;
+use super::read::{RawBatch, RawItem};
+use super::run::{Event, POLL, Run};
+use crate::model::DataFormat;
+use crate::predict::{PredictContext, Predictor};
+use crate::record::{
+    ErrorRecordWriter, Instance, Position, RecordError, RecordErrorKind, decode, masked_crc32c,
+};
+
+/// What a worker made of a batch.
+#[derive(Default)]
+pub(super) struct BatchOutput {
+    /// JSON output: the result lines, ready to write.
+    pub(super) results: Vec<u8>,
+    /// CSV output: (prediction, raw record, source, position), formatted by the writer.
+    pub(super) csv: Vec<(Value, Vec<u8>, Arc<str>, Position)>,
+    /// Error file lines, ready to write.
+    pub(super) error_lines: Vec<u8>,
+    /// The message of each failed instance, for errors_stats.
+    pub(super) error_messages: Vec<String>,
+    pub(super) predictions: u64,
+    pub(super) records: u64,
+    pub(super) bytes: u64,
+    pub(super) busy: Duration,
+}
+
+impl Run<'_> {
+    /// A worker thread: decodes, predicts and formats batches.
+    pub(super) fn work(
+        &self,
+        worker: usize,
+        work: &Mutex<Receiver<RawBatch>>,
+        done: SyncSender<(u64, Event)>,
+    ) {
+        let ctx = PredictContext::new(&self.signature, self.cancel, worker);
+        // Kept from chunk to chunk, so that its lists do not grow anew each time.
+        let mut pending = Pending::default();
+        loop {
+            let next = {
+                // A panic cannot happen while the lock is held; recover the guard anyway.
+                let rx = work.lock().unwrap_or_else(|e| e.into_inner());
+                rx.recv_timeout(POLL)
+            };
+            let batch = match next {
+                Ok(batch) => batch,
+                Err(RecvTimeoutError::Timeout) if !self.stopping() => continue,
+                Err(_) => return,
+            };
+            if self.stopping() {
+                return;
+            }
+            let seq = batch.seq;
+            let Some(output) = self.process(batch, &ctx, &mut pending) else {
+                return; // stopping
+            };
+            if done.send((seq, Event::Batch(output))).is_err() {
+                return;
+            }
+        }
+    }
+
+    /// Decodes a chunk, predicts it batch by batch, and formats the results
+    /// and the errors, each in input order. One batch at a time is decoded,
+    /// so few values are alive at once. `None` when the run stops meanwhile:
+    /// the chunk is abandoned at the next batch boundary.
+    pub(super) fn process(
+        &self,
+        batch: RawBatch,
+        ctx: &PredictContext<'_>,
+        pending: &mut Pending,
+    ) -> Option<BatchOutput> {
+        let started = Instant::now();
+        let mut out = BatchOutput {
+            results: self.result_buffers.take(),
+            records: batch.items.len() as u64,
+            bytes: batch.bytes,
+            ..BatchOutput::default()
+        };
+        pending.clear();
+        let mut errors = ErrorRecordWriter::new(Vec::new());
+        let batch_size = self.plan.batch_size;
+        let max_bytes = self.executor.config.max_batch_bytes.unwrap_or(usize::MAX);
+        for item in &batch.items {
+            match item {
+                RawItem::Record {
+                    position,
+                    range,
+                    crc,
+                } => {
+                    let raw = &batch.data[range.clone()];
+                    // A TFRecord's data checksum, checked here rather than on
+                    // the framing thread, which all workers wait on.
+                    let damaged = crc.and_then(|stored| {
+                        let computed = masked_crc32c(raw);
+                        (stored != computed)
+                            .then_some(RecordErrorKind::DataChecksum { stored, computed })
+                    });
+                    match damaged.map_or_else(|| decode(self.plan.data_format, raw), Err) {
+                        Ok(instance) => {
+                            pending.slots.push(Slot::Instance(pending.instances.len()));
+                            if pending.instances.capacity() == 0 {
+                                // The predictor kept the last batch: the
+                                // spare, with room for a whole one.
+                                pending.instances = std::mem::take(&mut pending.spare);
+                                pending.instances.reserve(batch_size.min(4096));
+                            }
+                            pending.instances.push(instance);
+                            pending.ranges.push(range.clone());
+                            pending.positions.push(*position);
+                            pending.bytes += raw.len();
+                        }
+                        Err(kind) => {
+                            let e = RecordError {
+                                source: Arc::clone(&batch.source),
+                                position: *position,
+                                kind,
+                                raw: Some(raw.to_vec()),
+                            };
+                            pending.slots.push(Slot::Damaged(Box::new(e)));
+                        }
+                    }
+                }
+                RawItem::Damaged(e) => pending.slots.push(Slot::Damaged(e.clone())),
+            }
+            if (pending.instances.len() >= batch_size || pending.bytes >= max_bytes)
+                && !self.flush(pending, &batch, ctx, &mut out, &mut errors)
+            {
+                return None;
+            }
+        }
+        if !self.flush(pending, &batch, ctx, &mut out, &mut errors) {
+            return None;
+        }
+        self.raw_buffers.give(batch.data);
+        self.item_lists.give(batch.items);
+        out.error_lines = errors.into_inner();
+        out.busy = started.elapsed();
+        Some(out)
+    }
+
+    /// Predicts the pending batch and writes its items out in input order;
+    /// `false` when the run is stopping.
+    pub(super) fn flush(
+        &self,
+        pending: &mut Pending,
+        batch: &RawBatch,
+        ctx: &PredictContext<'_>,
+        out: &mut BatchOutput,
+        errors: &mut ErrorRecordWriter<Vec<u8>>,
+    ) -> bool {
+        if self.stopping() {
+            return false;
+        }
+        let csv = self.plan.output_format == DataFormat::Csv;
+        let records = Records {
+            format: self.plan.data_format,
+            data: &batch.data,
+            ranges: &pending.ranges,
+        };
+        pending.results.clear();
+        let instances = std::mem::take(&mut pending.instances);
+        if !instances.is_empty() {
+            let span = 0..instances.len();
+            let stopping = || self.stopping();
+            let iso = Isolation {
+                predictor: &*self.predictor,
+                records: &records,
+                ctx,
+                stopping: &stopping,
+                spare_room: 2 * self.plan.batch_size.min(4096),
+            };
+            isolate(
+                &iso,
+                instances,
+                span,
+                &mut pending.results,
+                &mut pending.spare,
+            );
+            if pending.results.len() < pending.ranges.len() {
+                return false;
+            }
+        }
+        // The instance as JSON, for the error file: decoded again from its record.
+        let instance_json = |i: usize| records.decode(i..i + 1).pop().map(Instance::into_json);
+        let mut results = pending.results.drain(..);
+        for slot in pending.slots.drain(..) {
+            let (position, instance, raw, failure) = match slot {
+                Slot::Damaged(e) => {
+                    let failure = Failure {
+                        stats: e.stats_message(),
+                        full: e.message(),
+                    };
+                    let raw = e.raw.is_some().then(|| e.raw_json());
+                    (e.position, None, raw, failure)
+                }
+                Slot::Instance(i) => match results.next().expect("one result per instance") {
+                    Ok(prediction) if csv => {
+                        let raw = batch.data[pending.ranges[i].clone()].to_vec();
+                        out.csv.push((
+                            prediction,
+                            raw,
+                            Arc::clone(&batch.source),
+                            pending.positions[i],
+                        ));
+                        out.predictions += 1;
+                        continue;
+                    }
+                    Ok(prediction) => {
+                        serde_json::to_writer(&mut out.results, &prediction)
+                            .expect("JSON into memory");
+                        out.results.push(b'\n');
+                        out.predictions += 1;
+                        continue;
+                    }
+                    Err(failure) => (pending.positions[i], instance_json(i), None, failure),
+                },
+            };
+            // Writing into memory cannot fail.
+            let _ = errors.write(&batch.source, &position, instance, raw, &failure.full);
+            out.error_messages.push(failure.stats);
+        }
+        drop(results);
+        pending.ranges.clear();
+        pending.positions.clear();
+        pending.bytes = 0;
+        true
+    }
+}
+
+/// An item's fate before prediction: an instance (by index) or a damaged record.
+pub(super) enum Slot {
+    Instance(usize),
+    Damaged(Box<RecordError>),
+}
+
+/// The batch being gathered by a worker, with the errors between its instances.
+#[derive(Default)]
+pub(super) struct Pending {
+    pub(super) slots: Vec<Slot>,
+    pub(super) instances: Vec<Instance>,
+    /// Each instance's record in the chunk's data.
+    pub(super) ranges: Vec<Range<usize>>,
+    pub(super) positions: Vec<Position>,
+    pub(super) bytes: usize,
+    pub(super) results: Vec<Result<Value, Failure>>,
+    /// An empty vector with room, to hold the next batch.
+    pub(super) spare: Vec<Instance>,
+}
+
+impl Pending {
+    /// Empties it for a new chunk, keeping the room it has: a safeguard, as
+    /// a chunk that was not abandoned leaves it empty, and an abandoned one
+    /// ends the worker.
+    pub(super) fn clear(&mut self) {
+        self.slots.clear();
+        self.instances.clear();
+        self.ranges.clear();
+        self.positions.clear();
+        self.bytes = 0;
+        self.results.clear();
+    }
+}
+
+/// Why an instance failed: the message for `errors_stats` (without
+/// details) and the full one for the error file.
+#[derive(Debug, Clone)]
+pub(super) struct Failure {
+    pub(super) stats: String,
+    pub(super) full: String,
+}
+
+impl Failure {
+    pub(super) fn same(message: String) -> Self {
+        Failure {
+            stats: message.clone(),
+            full: message,
+        }
+    }
+}
+
+/// Calls the predictor once with `batch`, turning an error, a panic or a
+/// wrong count into a [`Failure`]. Everything that runs user code (the
+/// error's `Display`, dropping a panic payload) stays inside the guard.
+pub(super) fn call(
+    predictor: &dyn Predictor,
+    batch: Vec<Instance>,
+    ctx: &PredictContext<'_>,
+) -> Result<Vec<Value>, Failure> {
+    let expected = batch.len();
+    let outcome = catch_unwind(AssertUnwindSafe(|| match predictor.predict(batch, ctx) {
+        Ok(predictions) if predictions.len() == expected => Ok(predictions),
+        Ok(predictions) => Err(Failure::same(format!(
+            "wrong number of predictions: expected {expected}, got {}",
+            predictions.len()
+        ))),
+        Err(e) => Err(Failure {
+            stats: e.message().to_owned(),
+            full: e.to_string(),
+        }),
+    }));
+    match outcome {
+        Ok(result) => result,
+        Err(payload) => {
+            let message = catch_unwind(AssertUnwindSafe(|| {
+                let message = panic_message(&*payload);
+                drop(payload);
+                message
+            }))
+            .unwrap_or_else(|_| "a payload that panicked".to_owned());
+            Err(Failure::same(format!("predictor panicked: {message}")))
+        }
+    }
+}
+
+/// The records of a batch, to decode its instances again when a part of it
+/// must be retried (the predictor owns what it was given).
+pub(super) struct Records<'a> {
+    pub(super) format: DataFormat,
+    pub(super) data: &'a [u8],
+    pub(super) ranges: &'a [Range<usize>],
+}
+
+impl Records<'_> {
+    pub(super) fn decode(&self, range: Range<usize>) -> Vec<Instance> {
+        self.ranges[range]
+            .iter()
+            .map(|r| {
+                decode(self.format, &self.data[r.clone()])
+                    .expect("a record decodes as it did before")
+            })
+            .collect()
+    }
+}
+
+/// What [`isolate`] works with besides the batch.
+pub(super) struct Isolation<'r> {
+    pub(super) predictor: &'r dyn Predictor,
+    /// The batch's records, decoded again for retries.
+    pub(super) records: &'r Records<'r>,
+    pub(super) ctx: &'r PredictContext<'r>,
+    pub(super) stopping: &'r dyn Fn() -> bool,
+    /// The most room a spare vector keeps (a predictor may return vectors
+    /// with far more room than predictions).
+    pub(super) spare_room: usize,
+}
+
+/// Predicts `batch` (the decoded records of `span`), splitting it in halves
+/// on failure until the failing instances are alone; pushes one result per
+/// instance, in order — unless `stopping` says to give up, which leaves
+/// `out` short. The allocation of the predictions' vector, emptied, is
+/// left in `spare` for the next batch when it has more room than `spare`
+/// (and no more than `spare_room`): a predictor that maps its batch in
+/// place (as [`EchoPredictor`](crate::EchoPredictor) does) then gets the
+/// same one back each time, and the worker makes no large allocation per
+/// batch (with glibc's allocator, each one first sweeps up the small blocks
+/// the batch before freed).
+pub(super) fn isolate(
+    iso: &Isolation<'_>,
+    batch: Vec<Instance>,
+    span: Range<usize>,
+    out: &mut Vec<Result<Value, Failure>>,
+    spare: &mut Vec<Instance>,
+) {
+    if (iso.stopping)() {
+        return;
+    }
+    let len = batch.len();
+    match call(iso.predictor, batch, iso.ctx) {
+        Ok(mut predictions) => {
+            out.extend(predictions.drain(..).map(Ok));
+            let room = predictions.capacity();
+            if room > spare.capacity() && room <= iso.spare_room {
+                // Empty, and Value and Instance have one size: the vector
+                // is rebuilt in its own allocation.
+                *spare = predictions.into_iter().map(Instance::Json).collect();
+            }
+        }
+        Err(failure) if len == 1 => out.push(Err(failure)),
+        Err(_) => {
+            let mid = span.start + len / 2;
+            for half in [span.start..mid, mid..span.end] {
+                let batch = iso.records.decode(half.clone());
+                isolate(iso, batch, half, out, spare);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::Value;
+
+    use crate::Instance;
+
+    /// Workers turn the emptied vector of a batch's predictions into the
+    /// next batch's vector of instances (`isolate`): without a new
+    /// allocation only while a `Value` and an `Instance` have one layout.
+    #[test]
+    pub(super) fn predictions_vectors_become_instance_vectors_in_place() {
+        assert_eq!(size_of::<Value>(), size_of::<Instance>());
+        assert_eq!(align_of::<Value>(), align_of::<Instance>());
+        let predictions: Vec<Value> = Vec::with_capacity(64);
+        let at = predictions.as_ptr() as usize;
+        let instances: Vec<Instance> = predictions.into_iter().map(Instance::Json).collect();
+        assert_eq!(instances.as_ptr() as usize, at, "the same allocation");
+        assert!(instances.capacity() >= 64);
+    }
+}
