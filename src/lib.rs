@@ -93,6 +93,7 @@ mod record;
 mod rest;
 mod service;
 pub mod state;
+mod status;
 mod storage;
 #[cfg(feature = "testing")]
 pub mod testing;
@@ -100,8 +101,7 @@ mod validate;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{
-    Code, Error, ErrorKind, InvalidName, InvalidTransition, MalformedStatus, NameKind, Result,
-    Status, UnknownCode, ValidationError, Violation,
+    Error, ErrorKind, InvalidName, InvalidTransition, NameKind, Result, ValidationError, Violation,
 };
 pub use executor::{
     BatchExecutor, ExecutorConfig, OutputFile, Plan, PlannedShard, Progress, ProgressObserver,
@@ -134,6 +134,7 @@ pub use service::{
     MAX_POLICY_GROUPS, MAX_POLICY_MEMBERS, Policy, ScanOrder, role_permissions,
 };
 pub use state::Transition;
+pub use status::{Code, MalformedStatus, Status, UnknownCode};
 pub use storage::{
     DynStorage, InMemoryStorage, LocalStorage, ObjectMeta, ObjectWriter, Storage, StorageError,
     StorageErrorKind, StorageExt, join_location,

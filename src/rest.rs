@@ -8,10 +8,11 @@ use std::sync::Arc;
 
 use serde_json::{Map, Value, json};
 
-use crate::error::{Code, Error, Status};
+use crate::error::Error;
 use crate::model::Job;
 use crate::name::{JobName, ProjectName};
 use crate::service::{Caller, JobService, ListJobsRequest, Policy};
+use crate::status::{Code, Status};
 
 /// The default limit on request bodies: 1 MiB (a job, or a policy of
 /// "a few 10s of KB", is far smaller).

@@ -10,11 +10,12 @@ use std::sync::{Mutex, RwLock};
 
 use serde_json::{Value, json};
 
-use crate::error::{Code, Error};
+use crate::error::Error;
 use crate::model::Job;
 use crate::name::{JobName, ProjectName};
 use crate::service::iam::Policy;
 use crate::service::store::{self, Index, JobRecord, JobStore, ScanOrder, read};
+use crate::status::Code;
 
 /// A durable job store: one JSON file per job under a directory, each
 /// write made atomic and durable before it is acknowledged.

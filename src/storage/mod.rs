@@ -60,7 +60,7 @@ use chrono::{DateTime, Utc};
 pub use local::LocalStorage;
 pub use memory::InMemoryStorage;
 
-use crate::error::Code;
+use crate::status::Code;
 
 /// What a listing or a `head` tells about one object.
 #[derive(Debug, Clone, PartialEq, Eq)]
