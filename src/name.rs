@@ -1,7 +1,8 @@
 //! Typed resource names: [`ProjectName`], [`ModelName`], [`VersionName`], [`JobName`].
 //!
 //! Each keeps its segments private and can only hold a name that follows the
-//! documented rules (jobs-api.md §5.1):
+//! documented rules
+//! (<https://cloud.google.com/ai-platform/training/docs/managing-models-jobs>):
 //!
 //! - a **project** segment is a project ID — 6 to 30 characters, lowercase
 //!   ASCII letters, digits and hyphens, starting with a letter and not ending

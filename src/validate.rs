@@ -1,21 +1,25 @@
 //! [`Job::validate`]: the rules a `jobs.create` request must satisfy.
 //!
-//! Each rule and its source in the reference (jobs-api.md):
+//! Each rule and its source (links below the table):
 //!
 //! | field | rule | source |
 //! |---|---|---|
-//! | `jobId` | required; `^[A-Za-z][A-Za-z0-9_]{0,127}$` | §5.1 |
-//! | `labels` | at most 64 | §5.2 |
-//! | label key | 1–63 characters; starts with a lowercase letter or a letter without case (international, `\p{Lo}`); lowercase letters, other letters without case (`\p{Lo}`), digits, `_`, `-` | §5.2 |
-//! | label value | 0–63 characters of the same set | §5.2 |
-//! | `predictionInput` | required; a training job (`trainingInput`) is not run by this crate | §2.1 |
-//! | `predictionInput.dataFormat` | required; `JSON`, `TEXT` (deprecated JSON), `TF_RECORD`, `TF_RECORD_GZIP` | §2.2, §10 |
-//! | `predictionInput.outputDataFormat` | if set: `JSON`, `TEXT`, `CSV` (`DATA_FORMAT_UNSPECIFIED` is proto3's unset value: JSON) | §2.2, §10 |
-//! | `predictionInput.inputPaths` | at least one; none empty | §2.2 |
-//! | `predictionInput.outputPath`, `.region` | required, non-empty | §2.2 |
+//! | `jobId` | required; `^[A-Za-z][A-Za-z0-9_]{0,127}$` | [names] |
+//! | `labels` | at most 64 | [labels] |
+//! | label key | 1–63 characters; starts with a lowercase letter or a letter without case (international, `\p{Lo}`); lowercase letters, other letters without case (`\p{Lo}`), digits, `_`, `-` | [labels] |
+//! | label value | 0–63 characters of the same set | [labels] |
+//! | `predictionInput` | required; a training job (`trainingInput`) is not run by this crate | [REST] |
+//! | `predictionInput.dataFormat` | required; `JSON`, `TEXT` (deprecated JSON), `TF_RECORD`, `TF_RECORD_GZIP` | [REST] |
+//! | `predictionInput.outputDataFormat` | if set: `JSON`, `TEXT`, `CSV` (`DATA_FORMAT_UNSPECIFIED` is proto3's unset value: JSON) | [REST] |
+//! | `predictionInput.inputPaths` | at least one; none empty | [REST] |
+//! | `predictionInput.outputPath`, `.region` | required, non-empty | [REST] |
 //! | `predictionInput.outputPath` | no `inputPaths` pattern matches a file the job writes there (compared after dropping `.` and empty segments and trailing `/`; the executor compares again through its storage, links followed) | this crate: a job never reads or deletes its own output |
-//! | `modelName` / `versionName` / `uri` | exactly one; names by the rules of [`ModelName`](crate::ModelName), [`VersionName`](crate::VersionName); `uri` non-empty | §2.2, §5.1 |
-//! | `predictionInput.batchSize`, `.maxWorkerCount` | if set, positive; no upper bound | §5.6 |
+//! | `modelName` / `versionName` / `uri` | exactly one; names by the rules of [`ModelName`](crate::ModelName), [`VersionName`](crate::VersionName); `uri` non-empty | [REST], [names] |
+//! | `predictionInput.batchSize`, `.maxWorkerCount` | if set, positive; no upper bound | [REST] (no bound documented) |
+//!
+//! [REST]: https://cloud.google.com/ai-platform/prediction/docs/reference/rest/v1/projects.jobs
+//! [names]: https://cloud.google.com/ai-platform/training/docs/managing-models-jobs
+//! [labels]: https://cloud.google.com/ai-platform/prediction/docs/resource-labels
 //!
 //! Label lengths are counted in characters (Unicode scalar values), as the
 //! English reference states; the Korean page's "(bytes)" is not followed.

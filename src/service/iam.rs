@@ -37,8 +37,10 @@ pub const JOB_PERMISSIONS: &[&str] = &[
 ];
 
 /// The `ml.jobs.*` permissions a predefined role grants, from Google's
-/// role reference (jobs-api.md §7). Roles this table does not know (custom
-/// roles, `roles/ml.serviceAgent`) grant none.
+/// role reference (<https://cloud.google.com/iam/docs/roles-permissions/ml>,
+/// <https://cloud.google.com/ai-platform/training/docs/access-control>).
+/// Roles this table does not know (custom roles, `roles/ml.serviceAgent`)
+/// grant none.
 ///
 /// # Example
 /// ```

@@ -220,8 +220,7 @@ impl JobServiceBuilder {
 /// | setIamPolicy | `ml.jobs.setIamPolicy` | project and job |
 /// | testIamPermissions | none | — |
 ///
-/// Choices where the API's documentation is silent (jobs-api.md marks them
-/// UNCONFIRMED):
+/// Choices where the API's public documentation is silent:
 /// - a duplicate `jobId` is `ALREADY_EXISTS`; an etag mismatch `ABORTED`;
 ///   `cancel` of a finished job `FAILED_PRECONDITION`; an update mask with a
 ///   path other than `labels` and `etag`, or none, `INVALID_ARGUMENT`;

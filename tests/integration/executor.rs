@@ -1414,3 +1414,40 @@ fn byte_ranges_of_a_split_file_read_every_line_once() {
         );
     }
 }
+
+#[test]
+fn run_and_merge_say_the_same_of_the_same_error_limit() {
+    let storage = InMemoryStorage::new();
+    storage.put(
+        "gs://b/in/a.jsonl",
+        b"{\"x\":1}\nbad\nbad\n{\"x\":2}\n".to_vec(),
+    );
+    let limited = ExecutorConfig::default().with_max_error_count(1);
+    let mut job = queued_job(DataFormat::Json, &["gs://b/in/*"], 1, 1);
+    run_with(
+        Arc::new(storage.clone()),
+        Arc::new(EchoPredictor),
+        limited.clone(),
+        &mut job,
+    );
+    let ran = job.error_message.clone().unwrap();
+    // The same job, run as the only part of one, then merged under the limit.
+    let mut part = queued_job(DataFormat::Json, &["gs://b/in/*"], 1, 1);
+    let whole = batch_prediction::ShardSelection::new(0, 1).unwrap();
+    let summary = run_with(
+        Arc::new(storage.clone()),
+        Arc::new(EchoPredictor),
+        ExecutorConfig::default().with_shard_selection(whole),
+        &mut part,
+    );
+    assert_eq!(summary.state, State::Succeeded);
+    let mut merged = queued_job(DataFormat::Json, &["gs://b/in/*"], 1, 1);
+    BatchExecutor::new(Arc::new(storage), Arc::new(EchoResolver))
+        .with_config(limited)
+        .merge(&mut merged)
+        .unwrap();
+    let merge_message = merged.error_message.unwrap();
+    let expected = "too many errors: 2 instances failed, over the limit of 1 (";
+    assert!(ran.starts_with(expected), "{ran}");
+    assert_eq!(merge_message, format!("{expected}4 instances read)"));
+}

@@ -488,8 +488,9 @@ const METHODS: [&str; 8] = [
     "testIamPermissions",
 ];
 
-/// What each predefined role may call, written out from jobs-api.md §7
-/// (not derived from the crate's role table).
+/// What each predefined role may call, written out from Google's role
+/// reference (<https://cloud.google.com/iam/docs/roles-permissions/ml>), not
+/// derived from the crate's role table.
 fn allowed_methods(role: &str) -> &'static [&'static str] {
     match role {
         "roles/ml.admin" | "roles/ml.jobOwner" | "roles/owner" => &METHODS,

@@ -9,7 +9,9 @@ fn round_trip(value: &Value) -> Value {
     Job::from_json(&value.to_string()).unwrap().to_json()
 }
 
-/// Every example job of jobs-api.md §4, and its round trip.
+/// Example jobs in the shapes of the API reference
+/// (<https://cloud.google.com/ai-platform/prediction/docs/reference/rest/v1/projects.jobs>),
+/// and their round trips.
 #[test]
 fn reference_examples_round_trip() {
     let create = json!({"jobId":"census_batch_1","labels":{"team":"engineering"},
