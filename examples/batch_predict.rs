@@ -3,12 +3,13 @@
 //! ```text
 //! cargo run --release --example batch_predict -- JOB.json [options]
 //!
-//!   JOB.json                 a jobs.create request body (local paths or file:// in
-//!                            inputPaths and outputPath; gs:// with --gcs-root)
+//!   JOB.json                 a jobs.create request body: local paths or file:// in
+//!                            inputPaths and outputPath; with the `cloud` feature, gs:// and
+//!                            s3:// buckets (credentials and emulators from the environment)
 //!   --predictor NAME         the model to run: `onnx` (with the `onnx` feature, and then the
 //!                            default) runs the ONNX model at the job's uri; `echo` predicts
 //!                            each instance as itself (the default without the feature)
-//!   --gcs-root DIR           read and write gs://BUCKET/PATH at DIR/BUCKET/PATH
+//!   --gcs-root DIR           read and write gs://BUCKET/PATH at DIR/BUCKET/PATH, not on Cloud Storage
 //!   --threads N              at most N worker threads (default: all cores)
 //!   --max-errors N           fail the job once more than N instances failed
 //!   --max-error-ratio R      fail the job when more than R of the instances failed
@@ -30,7 +31,7 @@ use std::time::{Duration, Instant};
 
 use batch_prediction::{
     BatchExecutor, CancelHandle, EchoResolver, ExecutorConfig, Job, LocalStorage, ModelResolver,
-    Progress, ResumeMode, State, SystemClock, Transition,
+    Progress, ResumeMode, State, Storage, SystemClock, Transition,
 };
 
 const USAGE: &str = "usage: batch_predict JOB.json [--predictor onnx|echo] [--gcs-root DIR] [--threads N] \
@@ -110,23 +111,37 @@ fn parse_args() -> Result<Args, String> {
     })
 }
 
-fn resolver(name: &str, storage: &LocalStorage) -> Result<Arc<dyn ModelResolver>, String> {
+/// Where the job's files are: with the `cloud` feature, `gs://` and `s3://`
+/// are real buckets (unless `--gcs-root` maps `gs://` into a directory);
+/// without it, local paths (and `gs://` under `--gcs-root`) only.
+fn storage(args: &Args, local: LocalStorage) -> Arc<dyn Storage> {
+    #[cfg(feature = "cloud")]
+    if args.gcs_root.is_none() {
+        return Arc::new(batch_prediction::CloudStorage::new(local));
+    }
+    let _ = args;
+    Arc::new(local)
+}
+
+fn resolver(
+    name: &str,
+    local: LocalStorage,
+    storage: &Arc<dyn Storage>,
+) -> Result<Arc<dyn ModelResolver>, String> {
+    let _ = (&local, storage);
     match name {
         "echo" => Ok(Arc::new(EchoResolver)),
         #[cfg(feature = "onnx")]
-        "onnx" => Ok(Arc::new(batch_prediction::OnnxResolver::new(
-            storage.clone(),
-        ))),
+        "onnx" => Ok(Arc::new(
+            batch_prediction::OnnxResolver::new(local).with_buckets(Arc::clone(storage)),
+        )),
         #[cfg(not(feature = "onnx"))]
         "onnx" => {
             Err("the onnx predictor needs the onnx feature: cargo run --features onnx …".into())
         }
-        other => {
-            let _ = storage;
-            Err(format!(
-                "unknown predictor {other:?}: expected onnx or echo"
-            ))
-        }
+        other => Err(format!(
+            "unknown predictor {other:?}: expected onnx or echo"
+        )),
     }
 }
 
@@ -189,18 +204,19 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let storage = match &args.gcs_root {
+    let local = match &args.gcs_root {
         Some(root) => LocalStorage::with_gcs_root(root),
         None => LocalStorage::new(),
     };
-    let resolver = match resolver(&args.predictor, &storage) {
+    let storage = storage(&args, local.clone());
+    let resolver = match resolver(&args.predictor, local, &storage) {
         Ok(r) => r,
         Err(message) => {
             eprintln!("batch_predict: {message}");
             return ExitCode::from(2);
         }
     };
-    let executor = BatchExecutor::new(Arc::new(storage), resolver)
+    let executor = BatchExecutor::new(storage, resolver)
         .with_config(args.config)
         .with_observer(Arc::new(progress_bar()));
 

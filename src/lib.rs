@@ -135,6 +135,8 @@ pub use service::{
 };
 pub use state::Transition;
 pub use status::{Code, MalformedStatus, Status, UnknownCode};
+#[cfg(feature = "cloud")]
+pub use storage::{CloudStorage, GcsStorage, RetryPolicy, S3Storage};
 pub use storage::{
     DynStorage, InMemoryStorage, LocalStorage, ObjectMeta, ObjectWriter, Storage, StorageError,
     StorageErrorKind, StorageExt, join_location,

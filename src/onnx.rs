@@ -3,7 +3,7 @@
 //! every worker.
 
 use std::fmt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use serde_json::{Map, Number, Value};
@@ -14,7 +14,7 @@ use tract_onnx::tract_hir::internal::DimLike;
 use crate::model::{Job, ModelVersion};
 use crate::predict::{ModelResolver, PredictContext, PredictError, Predictor};
 use crate::record::Instance;
-use crate::storage::LocalStorage;
+use crate::storage::{LocalStorage, Storage, StorageErrorKind, StorageExt, join_location};
 
 /// The label a job sets to `off` to leave out of its predictions the
 /// instance fields that name no model input (see [`OnnxPredictor`]).
@@ -167,13 +167,13 @@ pub struct OnnxPredictor {
     inputs: Vec<InputSpec>,
     outputs: Vec<String>,
     passthrough: bool,
-    path: PathBuf,
+    source: String,
 }
 
 impl fmt::Debug for OnnxPredictor {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("OnnxPredictor")
-            .field("path", &self.path)
+            .field("source", &self.source)
             .field("inputs", &self.inputs)
             .field("outputs", &self.outputs)
             .field("passthrough", &self.passthrough)
@@ -196,13 +196,33 @@ impl OnnxPredictor {
         } else {
             path.to_path_buf()
         };
-        let fail = |why: String| PredictError::new(format!("ONNX model {}: {why}", file.display()));
+        let name = file.display().to_string();
         if !file.is_file() {
-            return Err(fail("no such file".into()));
+            return Err(PredictError::new(format!(
+                "ONNX model {name}: no such file"
+            )));
         }
-        let mut model = tract_onnx::onnx()
+        let model = tract_onnx::onnx()
             .model_for_path(&file)
-            .map_err(|e| fail(format!("cannot read it: {e}")))?;
+            .map_err(|e| PredictError::new(format!("ONNX model {name}: cannot read it: {e}")))?;
+        Self::from_model(&name, model)
+    }
+
+    /// Loads and optimizes the model serialized in `bytes` (an `.onnx`
+    /// file's content, with its weights inside it); `name` says where it
+    /// came from in error messages.
+    ///
+    /// # Errors
+    /// As [`load`](Self::load).
+    pub fn from_bytes(name: &str, bytes: &[u8]) -> Result<OnnxPredictor, PredictError> {
+        let model = tract_onnx::onnx()
+            .model_for_read(&mut &bytes[..])
+            .map_err(|e| PredictError::new(format!("ONNX model {name}: cannot read it: {e}")))?;
+        Self::from_model(name, model)
+    }
+
+    fn from_model(name: &str, mut model: InferenceModel) -> Result<OnnxPredictor, PredictError> {
+        let fail = |why: String| PredictError::new(format!("ONNX model {name}: {why}"));
         let batch = model.sym("N");
         let mut inputs = Vec::new();
         for i in 0..model.inputs.len() {
@@ -265,7 +285,7 @@ impl OnnxPredictor {
             inputs,
             outputs,
             passthrough: true,
-            path: file,
+            source: name.to_owned(),
         })
     }
 
@@ -491,12 +511,42 @@ fn output_error(name: &str) -> impl Fn(TractError) -> PredictError + '_ {
 #[derive(Debug, Clone, Default)]
 pub struct OnnxResolver {
     storage: LocalStorage,
+    buckets: Option<Arc<dyn Storage>>,
 }
 
 impl OnnxResolver {
     /// A resolver that finds model files as `storage` finds objects.
     pub fn new(storage: LocalStorage) -> Self {
-        OnnxResolver { storage }
+        OnnxResolver {
+            storage,
+            buckets: None,
+        }
+    }
+
+    /// Reads `gs://` and `s3://` models from `buckets` (such as a
+    /// [`CloudStorage`](crate::CloudStorage)): the `.onnx` object at the
+    /// `uri`, or `model.onnx` under it, downloaded once per job into memory.
+    #[must_use]
+    pub fn with_buckets(mut self, buckets: Arc<dyn Storage>) -> Self {
+        self.buckets = Some(buckets);
+        self
+    }
+
+    /// The model at `uri` on `buckets`.
+    fn download(buckets: &dyn Storage, uri: &str) -> Result<OnnxPredictor, PredictError> {
+        let object = match buckets.head(uri) {
+            Ok(_) => uri.to_owned(),
+            Err(e) if e.kind() == StorageErrorKind::NotFound => join_location(uri, "model.onnx"),
+            Err(e) => return Err(PredictError::new(e.to_string())),
+        };
+        let bytes = buckets.read_bytes(&object).map_err(|e| {
+            PredictError::new(if object == uri {
+                e.to_string()
+            } else {
+                format!("{e} (no object at {uri:?} either)")
+            })
+        })?;
+        OnnxPredictor::from_bytes(&object, &bytes)
     }
 }
 
@@ -507,13 +557,19 @@ impl ModelResolver for OnnxResolver {
                 "the ONNX resolver loads models from predictionInput.uri, not {model}"
             )));
         };
-        let path = self
-            .storage
-            .resolve(uri)
-            .map_err(|e| PredictError::new(e.to_string()))?;
         let passthrough = job.labels.get(PASSTHROUGH_LABEL).map(String::as_str) != Some("off");
-        Ok(Arc::new(
-            OnnxPredictor::load(path)?.with_passthrough(passthrough),
-        ))
+        let predictor = match &self.buckets {
+            Some(buckets) if uri.starts_with("gs://") || uri.starts_with("s3://") => {
+                Self::download(&**buckets, uri)?
+            }
+            _ => {
+                let path = self
+                    .storage
+                    .resolve(uri)
+                    .map_err(|e| PredictError::new(e.to_string()))?;
+                OnnxPredictor::load(path)?
+            }
+        };
+        Ok(Arc::new(predictor.with_passthrough(passthrough)))
     }
 }

@@ -46,6 +46,8 @@
 //! }
 //! ```
 
+#[cfg(feature = "cloud")]
+mod cloud;
 pub(crate) mod glob;
 mod local;
 mod memory;
@@ -57,6 +59,8 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 
+#[cfg(feature = "cloud")]
+pub use cloud::{CloudStorage, GcsStorage, RetryPolicy, S3Storage};
 pub use local::LocalStorage;
 pub use memory::InMemoryStorage;
 
@@ -401,6 +405,16 @@ impl StorageError {
             message: message.into(),
             source: Some(source.into()),
         }
+    }
+
+    /// The same error with `source` as its cause.
+    #[cfg_attr(not(feature = "cloud"), allow(dead_code))]
+    pub(crate) fn with_source(
+        mut self,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync + 'static>>,
+    ) -> Self {
+        self.source = Some(source.into());
+        self
     }
 
     /// The kind of failure.

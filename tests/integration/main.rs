@@ -1,5 +1,7 @@
 //! The integration tests: one binary, one module per area.
 
+#[cfg(feature = "cloud")]
+mod cloud;
 mod discovery;
 mod executor;
 mod job_store;
@@ -54,4 +56,19 @@ pub fn results_and_errors(
     }
     results.sort();
     (results.into_iter().flat_map(|(_, b)| b).collect(), errors)
+}
+
+/// The path of an example program cargo built beside this test binary, or
+/// `None` (with a note) when it was not built, as under a filtered build.
+pub fn example(name: &str) -> Option<PathBuf> {
+    let exe = std::env::current_exe().unwrap();
+    let path = exe.parent()?.parent()?.join("examples").join(name);
+    if path.is_file() {
+        Some(path)
+    } else if std::env::var_os("CI").is_some() {
+        panic!("{} was not built", path.display());
+    } else {
+        eprintln!("SKIP: {} was not built", path.display());
+        None
+    }
 }

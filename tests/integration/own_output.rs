@@ -208,7 +208,7 @@ fn a_rerun_naming_the_input_directory_in_another_spelling_is_refused() {
 
 #[test]
 fn the_command_line_refuses_a_job_reading_its_own_output() {
-    let Some(exe) = example("batch_predict") else {
+    let Some(exe) = crate::example("batch_predict") else {
         return;
     };
     let (dir, root) = local_layout();
@@ -240,21 +240,6 @@ fn the_command_line_refuses_a_job_reading_its_own_output() {
         );
         std::fs::remove_file(&job_file).unwrap();
         assert_eq!(tree(dir.path()), before, "{output}");
-    }
-}
-
-/// The path of an example program cargo built beside this test binary, or
-/// `None` (with a note) when it was not built, as under a filtered build.
-fn example(name: &str) -> Option<PathBuf> {
-    let exe = std::env::current_exe().unwrap();
-    let path = exe.parent()?.parent()?.join("examples").join(name);
-    if path.is_file() {
-        Some(path)
-    } else if std::env::var_os("CI").is_some() {
-        panic!("{} was not built", path.display());
-    } else {
-        eprintln!("SKIP: {} was not built", path.display());
-        None
     }
 }
 

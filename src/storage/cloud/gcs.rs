@@ -1,0 +1,450 @@
+//! [`GcsStorage`]: Google Cloud Storage through its JSON API (`gcloud-storage`).
+
+use std::io::{self, Read, Write};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use futures_util::StreamExt;
+use gcloud_storage::client::{Client, ClientConfig};
+use gcloud_storage::http::Error as GcsError;
+use gcloud_storage::http::objects::Object;
+use gcloud_storage::http::objects::delete::DeleteObjectRequest;
+use gcloud_storage::http::objects::download::Range;
+use gcloud_storage::http::objects::get::GetObjectRequest;
+use gcloud_storage::http::objects::list::ListObjectsRequest;
+use gcloud_storage::http::objects::upload::{Media, UploadObjectRequest, UploadType};
+use gcloud_storage::http::resumable_upload_client::{ChunkSize, ResumableUploadClient};
+
+use super::{
+    ChunkReader, RetryPolicy, Runtime, UPLOAD_PART_BYTES, feed, shared_runtime, split_location,
+};
+use crate::storage::{ObjectMeta, ObjectWriter, Storage, StorageError, StorageErrorKind};
+
+/// Google Cloud Storage: `gs://BUCKET/NAME`.
+///
+/// [`from_env`](Self::from_env) finds credentials the standard way
+/// (Application Default Credentials: `GOOGLE_APPLICATION_CREDENTIALS`, the
+/// gcloud CLI's, or the metadata server on Google Cloud), or, when
+/// `STORAGE_EMULATOR_HOST` is set (e.g. `http://127.0.0.1:4443`), talks to
+/// that emulator without credentials, as Google's own SDKs do.
+///
+/// Objects carry their generation as etag, so a rewritten input is never
+/// taken for the one a job read. Objects stored with `Content-Encoding:
+/// gzip` are read as the server serves them to a client that does not ask
+/// for gzip: decompressed.
+#[derive(Clone)]
+pub struct GcsStorage {
+    client: Client,
+    runtime: Arc<Runtime>,
+    retry: RetryPolicy,
+    endpoint: String,
+}
+
+impl std::fmt::Debug for GcsStorage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GcsStorage")
+            .field("endpoint", &self.endpoint)
+            .field("retry", &self.retry)
+            .finish_non_exhaustive()
+    }
+}
+
+impl GcsStorage {
+    /// The emulator at `STORAGE_EMULATOR_HOST` if that is set, else Cloud
+    /// Storage with Application Default Credentials.
+    ///
+    /// # Errors
+    /// A [`StorageError`] when no credentials can be found.
+    pub fn from_env() -> Result<GcsStorage, StorageError> {
+        match std::env::var("STORAGE_EMULATOR_HOST") {
+            Ok(host) if !host.is_empty() => Self::emulator(&host),
+            _ => {
+                let runtime = shared_runtime()?;
+                let config = runtime
+                    .block_on(ClientConfig::default().with_auth())
+                    .map_err(|e| {
+                        StorageError::new(
+                            StorageErrorKind::Other,
+                            "gs://",
+                            format!(
+                                "no Google Cloud credentials (Application Default Credentials: set GOOGLE_APPLICATION_CREDENTIALS, run `gcloud auth application-default login`, or run on Google Cloud): {e}"
+                            ),
+                        )
+                    })?;
+                Ok(Self::with_config(config, runtime))
+            }
+        }
+    }
+
+    /// A server at `endpoint` (`http://HOST:PORT`, as `STORAGE_EMULATOR_HOST`
+    /// gives it; `http://` is assumed without a scheme), without credentials.
+    ///
+    /// # Errors
+    /// A [`StorageError`] when the runtime cannot start.
+    pub fn emulator(endpoint: &str) -> Result<GcsStorage, StorageError> {
+        let endpoint = if endpoint.contains("://") {
+            endpoint.trim_end_matches('/').to_owned()
+        } else {
+            format!("http://{}", endpoint.trim_end_matches('/'))
+        };
+        let config = ClientConfig {
+            storage_endpoint: endpoint,
+            ..ClientConfig::default()
+        }
+        .anonymous();
+        Ok(Self::with_config(config, shared_runtime()?))
+    }
+
+    fn with_config(config: ClientConfig, runtime: Arc<Runtime>) -> GcsStorage {
+        let endpoint = config.storage_endpoint.clone();
+        GcsStorage {
+            client: Client::new(config),
+            runtime,
+            retry: RetryPolicy::default(),
+            endpoint,
+        }
+    }
+
+    /// Retries transient failures by `retry` (the default: [`RetryPolicy::default`]).
+    #[must_use]
+    pub fn with_retry(mut self, retry: RetryPolicy) -> Self {
+        self.retry = retry;
+        self
+    }
+
+    fn head_object(&self, location: &str) -> Result<Object, StorageError> {
+        let (bucket, name) = split_location(location, "gs", false)?;
+        let request = GetObjectRequest {
+            bucket: bucket.to_owned(),
+            object: name.to_owned(),
+            ..GetObjectRequest::default()
+        };
+        let (client, retry) = (self.client.clone(), self.retry);
+        self.runtime
+            .block_on(async move { retry.run(transient, || client.get_object(&request)).await })
+            .map_err(|e| error(location, "read the metadata of", e))
+    }
+}
+
+/// Whether a failure is worth another try: 408, 429, 5xx, and transport errors.
+fn transient(e: &GcsError) -> bool {
+    match e {
+        GcsError::Response(r) => matches!(r.code, 408 | 429 | 500..=599),
+        GcsError::HttpClient(e) => {
+            e.is_timeout() || e.is_connect() || e.is_request() || e.is_body()
+        }
+        GcsError::RawResponse(e, _) => e
+            .status()
+            .is_none_or(|s| s.as_u16() == 429 || s.is_server_error()),
+        GcsError::HttpMiddleware(_) => true,
+        _ => false,
+    }
+}
+
+fn error(location: &str, operation: &str, e: GcsError) -> StorageError {
+    let kind = match &e {
+        GcsError::Response(r) if r.code == 404 => StorageErrorKind::NotFound,
+        GcsError::Response(r) if r.code == 401 || r.code == 403 => {
+            StorageErrorKind::PermissionDenied
+        }
+        _ => StorageErrorKind::Other,
+    };
+    if kind == StorageErrorKind::NotFound {
+        return StorageError::not_found(location);
+    }
+    StorageError::new(kind, location, format!("cannot {operation}")).with_source(e)
+}
+
+fn meta(bucket: &str, object: &Object) -> ObjectMeta {
+    ObjectMeta {
+        location: format!("gs://{bucket}/{}", object.name),
+        size: u64::try_from(object.size).unwrap_or(0),
+        last_modified: object
+            .updated
+            .and_then(|t| DateTime::<Utc>::from_timestamp(t.unix_timestamp(), t.nanosecond())),
+        etag: Some(object.generation.to_string()),
+    }
+}
+
+impl Storage for GcsStorage {
+    fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StorageError> {
+        let (bucket, name_prefix) = split_location(prefix, "gs", true)?;
+        let (client, retry) = (self.client.clone(), self.retry);
+        let request = ListObjectsRequest {
+            bucket: bucket.to_owned(),
+            prefix: (!name_prefix.is_empty()).then(|| name_prefix.to_owned()),
+            ..ListObjectsRequest::default()
+        };
+        let objects = self
+            .runtime
+            .block_on(async move {
+                let mut objects = Vec::new();
+                let mut request = request;
+                loop {
+                    let page = retry
+                        .run(transient, || client.list_objects(&request))
+                        .await?;
+                    objects.extend(page.items.unwrap_or_default());
+                    match page.next_page_token {
+                        Some(token) if !token.is_empty() => request.page_token = Some(token),
+                        _ => return Ok(objects),
+                    }
+                }
+            })
+            .map_err(|e| error(prefix, "list", e))?;
+        let mut found: Vec<ObjectMeta> = objects.iter().map(|o| meta(bucket, o)).collect();
+        found.sort_by(|a, b| a.location.cmp(&b.location));
+        found.dedup_by(|a, b| a.location == b.location);
+        Ok(found)
+    }
+
+    fn head(&self, location: &str) -> Result<ObjectMeta, StorageError> {
+        let (bucket, _) = split_location(location, "gs", false)?;
+        let object = self.head_object(location)?;
+        let mut found = meta(bucket, &object);
+        found.location = location.to_owned();
+        Ok(found)
+    }
+
+    fn open(&self, location: &str) -> Result<Box<dyn Read + Send>, StorageError> {
+        self.open_at(location, 0)
+    }
+
+    fn open_at(&self, location: &str, offset: u64) -> Result<Box<dyn Read + Send>, StorageError> {
+        let object = self.head_object(location)?;
+        let size = u64::try_from(object.size).unwrap_or(0);
+        if offset >= size {
+            return Ok(Box::new(ChunkReader::empty()));
+        }
+        let (bucket, name) = split_location(location, "gs", false)?;
+        // Pinned to the generation just seen: a resumed read reads the same bytes.
+        let request = GetObjectRequest {
+            bucket: bucket.to_owned(),
+            object: name.to_owned(),
+            generation: Some(object.generation),
+            ..GetObjectRequest::default()
+        };
+        let (client, retry) = (self.client.clone(), self.retry);
+        let (reader, tx) = ChunkReader::new();
+        let location = location.to_owned();
+        self.runtime.spawn(async move {
+            let mut at = offset;
+            let mut failures = 0;
+            let started = std::time::Instant::now();
+            while at < size {
+                let range = Range(Some(at), None);
+                let body = retry
+                    .run(transient, || {
+                        client.download_streamed_object(&request, &range)
+                    })
+                    .await;
+                let mut body = match body {
+                    Ok(body) => Box::pin(body),
+                    Err(e) => {
+                        let e = error(&location, "read", e);
+                        feed(&tx, Err(io::Error::other(e)));
+                        return;
+                    }
+                };
+                let mut broken = None;
+                while let Some(chunk) = body.next().await {
+                    match chunk {
+                        Ok(chunk) => {
+                            at += chunk.len() as u64;
+                            if !feed(&tx, Ok(chunk)) {
+                                return; // the reader is gone
+                            }
+                        }
+                        Err(e) => {
+                            broken = Some(e);
+                            break;
+                        }
+                    }
+                }
+                match broken {
+                    // The body ended early without an error: ask for the rest.
+                    None if at < size => {}
+                    None => return,
+                    Some(e)
+                        if failures < retry.max_retries
+                            && started.elapsed() < retry.max_elapsed =>
+                    {
+                        failures += 1;
+                        let _ = e;
+                        tokio::time::sleep(retry.backoff(failures)).await;
+                    }
+                    Some(e) => {
+                        let e = error(&location, "read", e);
+                        feed(&tx, Err(io::Error::other(e)));
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(Box::new(reader))
+    }
+
+    fn create(&self, location: &str) -> Result<Box<dyn ObjectWriter>, StorageError> {
+        let (bucket, name) = split_location(location, "gs", false)?;
+        Ok(Box::new(GcsWriter {
+            storage: self.clone(),
+            location: location.to_owned(),
+            bucket: bucket.to_owned(),
+            name: name.to_owned(),
+            buffer: Vec::new(),
+            session: None,
+            uploaded: 0,
+        }))
+    }
+
+    fn delete(&self, location: &str) -> Result<(), StorageError> {
+        let (bucket, name) = split_location(location, "gs", false)?;
+        let request = DeleteObjectRequest {
+            bucket: bucket.to_owned(),
+            object: name.to_owned(),
+            ..DeleteObjectRequest::default()
+        };
+        let (client, retry) = (self.client.clone(), self.retry);
+        self.runtime
+            .block_on(async move {
+                retry
+                    .run(transient, || client.delete_object(&request))
+                    .await
+            })
+            .map_err(|e| error(location, "delete", e))
+    }
+}
+
+/// An upload: one request when the object fits in one part, else a
+/// resumable session that the object appears with only when finalized.
+struct GcsWriter {
+    storage: GcsStorage,
+    location: String,
+    bucket: String,
+    name: String,
+    buffer: Vec<u8>,
+    session: Option<ResumableUploadClient>,
+    uploaded: u64,
+}
+
+impl GcsWriter {
+    /// Uploads the buffer's whole parts through the resumable session.
+    fn upload_parts(&mut self) -> io::Result<()> {
+        while self.buffer.len() >= UPLOAD_PART_BYTES {
+            let part: Vec<u8> = self.buffer.drain(..UPLOAD_PART_BYTES).collect();
+            self.upload(part, None)?;
+        }
+        Ok(())
+    }
+
+    /// Uploads `part` as the next chunk; `total` for the last one.
+    fn upload(&mut self, part: Vec<u8>, total: Option<u64>) -> io::Result<()> {
+        let client = self.storage.client.clone();
+        let request = UploadObjectRequest {
+            bucket: self.bucket.clone(),
+            ..UploadObjectRequest::default()
+        };
+        let name = self.name.clone();
+        let session = self.session.take();
+        let first = self.uploaded;
+        let len = part.len() as u64;
+        let (session, result) = self.storage.runtime.block_on(async move {
+            let session = match session {
+                Some(s) => s,
+                None => {
+                    let object = Object {
+                        name,
+                        ..Object::default()
+                    };
+                    match client
+                        .prepare_resumable_upload(
+                            &request,
+                            &UploadType::Multipart(Box::new(object)),
+                        )
+                        .await
+                    {
+                        Ok(s) => s,
+                        Err(e) => return (None, Err(e)),
+                    }
+                }
+            };
+            let result = if len == 0 {
+                // Finalize with nothing more to send.
+                session.status(total).await.map(|_| ())
+            } else {
+                let chunk = ChunkSize::new(first, first + len - 1, total);
+                session
+                    .upload_multiple_chunk(part, &chunk)
+                    .await
+                    .map(|_| ())
+            };
+            (Some(session), result)
+        });
+        self.session = session;
+        result.map_err(|e| io::Error::other(error(&self.location, "upload", e)))?;
+        self.uploaded += len;
+        Ok(())
+    }
+}
+
+impl Write for GcsWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.buffer.extend_from_slice(buf);
+        if self.buffer.len() >= 2 * UPLOAD_PART_BYTES {
+            self.upload_parts()?;
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl ObjectWriter for GcsWriter {
+    fn commit(mut self: Box<Self>) -> Result<ObjectMeta, StorageError> {
+        let location = self.location.clone();
+        let failed = |e: io::Error| StorageError::io(&location, "write", e);
+        if self.session.is_none() && self.buffer.len() <= UPLOAD_PART_BYTES {
+            // One request: the object appears complete or not at all.
+            let data = std::mem::take(&mut self.buffer);
+            let client = self.storage.client.clone();
+            let retry = self.storage.retry;
+            let request = UploadObjectRequest {
+                bucket: self.bucket.clone(),
+                ..UploadObjectRequest::default()
+            };
+            let media = UploadType::Simple(Media::new(self.name.clone()));
+            let data = Bytes::from(data);
+            self.storage
+                .runtime
+                .block_on(async move {
+                    retry
+                        .run(transient, || {
+                            client.upload_object(&request, data.clone(), &media)
+                        })
+                        .await
+                })
+                .map_err(|e| error(&location, "upload", e))?;
+        } else {
+            self.upload_parts().map_err(failed)?;
+            let rest = std::mem::take(&mut self.buffer);
+            let total = self.uploaded + rest.len() as u64;
+            self.upload(rest, Some(total)).map_err(failed)?;
+            self.session = None; // finalized: nothing to cancel
+        }
+        self.storage.head(&location)
+    }
+}
+
+impl Drop for GcsWriter {
+    fn drop(&mut self) {
+        // An upload never committed: cancel its session so nothing appears.
+        if let Some(session) = self.session.take() {
+            self.storage.runtime.spawn(async move {
+                let _ = session.cancel().await;
+            });
+        }
+    }
+}

@@ -1,0 +1,398 @@
+//! Real object stores (feature `cloud`): [`GcsStorage`] for Cloud Storage
+//! (`gs://BUCKET/PATH`), [`S3Storage`] for S3 and S3-compatible stores
+//! (`s3://BUCKET/PATH`), and [`CloudStorage`], which routes each location
+//! to one of them by its scheme and everything else to a [`LocalStorage`].
+//!
+//! Both clients are async; each backend owns a small Tokio runtime and waits
+//! for it on the calling thread, so the crate stays synchronous for its
+//! users, and calling it from a thread that is itself inside a Tokio
+//! runtime (an axum handler, say) does not panic.
+//!
+//! Reads stream with read-ahead: a task on the runtime pulls the object's
+//! body into a bounded queue of chunks while the caller reads. A read that
+//! fails mid-object is resumed from the byte it reached, pinned to the
+//! object's generation (GCS) or etag (S3), so no byte is lost or read twice.
+//! Writes are uploads that become visible only when committed: one request
+//! for a small object, a resumable (GCS) or multipart (S3) upload for a large
+//! one; a writer dropped without commit cancels its upload.
+
+mod gcs;
+mod s3;
+
+use std::future::Future;
+use std::io::{self, Read};
+use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+
+pub use gcs::GcsStorage;
+pub use s3::S3Storage;
+
+use super::{LocalStorage, ObjectMeta, ObjectWriter, Storage, StorageError, StorageErrorKind};
+
+/// How many chunks of an object a reader holds ahead of the caller.
+const READ_AHEAD_CHUNKS: usize = 16;
+
+/// The size of the parts a large object is uploaded in: a multiple of
+/// 256 KiB (GCS's resumable chunk unit) and at least 5 MiB (S3's smallest part).
+pub(crate) const UPLOAD_PART_BYTES: usize = 8 << 20;
+
+/// How transient failures (HTTP 429 and 5xx, dropped connections, time-outs)
+/// are retried: exponential backoff with jitter, bounded in count and time.
+#[derive(Debug, Clone, Copy, PartialEq)]
+#[non_exhaustive]
+pub struct RetryPolicy {
+    /// Retries after the first attempt.
+    pub max_retries: u32,
+    /// The first wait; each next one doubles, up to `max_backoff`.
+    pub initial_backoff: Duration,
+    /// The longest wait between attempts.
+    pub max_backoff: Duration,
+    /// No retry starts after this long since the first attempt.
+    pub max_elapsed: Duration,
+}
+
+impl Default for RetryPolicy {
+    /// 10 retries from 100 ms, at most 15 s apart, within 3 minutes.
+    fn default() -> Self {
+        RetryPolicy {
+            max_retries: 10,
+            initial_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(15),
+            max_elapsed: Duration::from_secs(180),
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// Sets [`max_retries`](Self::max_retries).
+    #[must_use]
+    pub fn with_max_retries(mut self, n: u32) -> Self {
+        self.max_retries = n;
+        self
+    }
+
+    /// Sets the backoff bounds.
+    #[must_use]
+    pub fn with_backoff(mut self, initial: Duration, max: Duration) -> Self {
+        self.initial_backoff = initial;
+        self.max_backoff = max;
+        self
+    }
+
+    /// Sets [`max_elapsed`](Self::max_elapsed).
+    #[must_use]
+    pub fn with_max_elapsed(mut self, elapsed: Duration) -> Self {
+        self.max_elapsed = elapsed;
+        self
+    }
+
+    /// The wait before retry `attempt` (from 1), with up to half of it as jitter.
+    fn backoff(&self, attempt: u32) -> Duration {
+        let base = self
+            .initial_backoff
+            .saturating_mul(1u32 << attempt.saturating_sub(1).min(16))
+            .min(self.max_backoff);
+        // Jitter from the clock's low bits: no random-number crate for this.
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        let jitter = base.mul_f64(f64::from(nanos % 1000) / 2000.0);
+        base - jitter
+    }
+
+    /// Runs `attempt` until it succeeds, fails for good, or the policy is
+    /// spent; `transient` tells the errors worth another try.
+    pub(crate) async fn run<T, E, F, Fut>(
+        &self,
+        transient: impl Fn(&E) -> bool,
+        mut attempt: F,
+    ) -> Result<T, E>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+    {
+        let started = std::time::Instant::now();
+        let mut tries = 0;
+        loop {
+            match attempt().await {
+                Err(e)
+                    if transient(&e)
+                        && tries < self.max_retries
+                        && started.elapsed() < self.max_elapsed =>
+                {
+                    tries += 1;
+                    tokio::time::sleep(self.backoff(tries)).await;
+                }
+                other => return other,
+            }
+        }
+    }
+}
+
+/// The runtime a backend's async client runs on.
+#[derive(Debug)]
+pub(crate) struct Runtime(tokio::runtime::Runtime);
+
+impl Runtime {
+    fn new() -> Result<Arc<Runtime>, StorageError> {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("bp-storage")
+            .enable_all()
+            .build()
+            .map(|rt| Arc::new(Runtime(rt)))
+            .map_err(|e| StorageError::io("", "start the storage runtime", e))
+    }
+
+    /// Runs `future` on the runtime and waits for it on this thread, which
+    /// may itself be inside another Tokio runtime.
+    pub(crate) fn block_on<F>(&self, future: F) -> F::Output
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        let (tx, rx) = sync_channel(1);
+        self.0.spawn(async move {
+            let _ = tx.send(future.await);
+        });
+        rx.recv()
+            .expect("the storage runtime ran the task to its end")
+    }
+
+    pub(crate) fn spawn<F>(&self, future: F)
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        self.0.spawn(future);
+    }
+}
+
+/// The one runtime all cloud backends of a process share.
+pub(crate) fn shared_runtime() -> Result<Arc<Runtime>, StorageError> {
+    static RUNTIME: OnceLock<Arc<Runtime>> = OnceLock::new();
+    if let Some(rt) = RUNTIME.get() {
+        return Ok(Arc::clone(rt));
+    }
+    let rt = Runtime::new()?;
+    Ok(Arc::clone(RUNTIME.get_or_init(|| rt)))
+}
+
+/// A location's bucket and object name: `SCHEME://BUCKET/NAME`. With
+/// `prefix`, the name may be empty or end in `/` (a listing prefix).
+pub(crate) fn split_location<'a>(
+    location: &'a str,
+    scheme: &str,
+    prefix: bool,
+) -> Result<(&'a str, &'a str), StorageError> {
+    let invalid = |why: &str| StorageError::new(StorageErrorKind::InvalidLocation, location, why);
+    let rest = location
+        .strip_prefix(scheme)
+        .and_then(|r| r.strip_prefix("://"))
+        .ok_or_else(|| invalid(&format!("expected {scheme}://BUCKET/NAME")))?;
+    let (bucket, name) = rest.split_once('/').unwrap_or((rest, ""));
+    if bucket.is_empty() {
+        return Err(invalid("no bucket name"));
+    }
+    if bucket.contains(['*', '?', '[']) {
+        return Err(invalid("wildcards in bucket names are not supported"));
+    }
+    if name.is_empty() && !prefix {
+        return Err(invalid("no object name after the bucket"));
+    }
+    let segments: Vec<&str> = name.split('/').collect();
+    for (i, segment) in segments.iter().enumerate() {
+        let last = i + 1 == segments.len();
+        match *segment {
+            "." | ".." => return Err(invalid("'.' and '..' segments are not object names")),
+            "" if !(name.is_empty() || (last && prefix)) => {
+                return Err(invalid("empty path segment"));
+            }
+            _ => {}
+        }
+    }
+    Ok((bucket, name))
+}
+
+/// Chunks of an object's body, read ahead by a task on the runtime.
+pub(crate) struct ChunkReader {
+    chunks: Receiver<io::Result<Bytes>>,
+    current: Bytes,
+}
+
+impl ChunkReader {
+    /// A reader fed through the returned sender; at most
+    /// [`READ_AHEAD_CHUNKS`] chunks wait in between.
+    pub(crate) fn new() -> (ChunkReader, SyncSender<io::Result<Bytes>>) {
+        let (tx, rx) = sync_channel(READ_AHEAD_CHUNKS);
+        (
+            ChunkReader {
+                chunks: rx,
+                current: Bytes::new(),
+            },
+            tx,
+        )
+    }
+
+    /// A reader of nothing.
+    pub(crate) fn empty() -> ChunkReader {
+        let (reader, _) = Self::new();
+        reader
+    }
+}
+
+impl Read for ChunkReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.current.is_empty() {
+            match self.chunks.recv() {
+                Ok(Ok(chunk)) => self.current = chunk,
+                Ok(Err(e)) => return Err(e),
+                Err(_) => return Ok(0), // the feeder is done: end of object
+            }
+        }
+        let n = buf.len().min(self.current.len());
+        buf[..n].copy_from_slice(&self.current[..n]);
+        self.current = self.current.slice(n..);
+        Ok(n)
+    }
+}
+
+/// Sends a chunk from a task on the runtime: blocks that worker while the
+/// reader is [`READ_AHEAD_CHUNKS`] behind (bounded memory); `false` once
+/// the reader is gone.
+pub(crate) fn feed(tx: &SyncSender<io::Result<Bytes>>, item: io::Result<Bytes>) -> bool {
+    tokio::task::block_in_place(|| tx.send(item).is_ok())
+}
+
+/// [`LocalStorage`] for plain paths and `file://`, [`GcsStorage`] for
+/// `gs://`, [`S3Storage`] for `s3://`: a job may read from one store and
+/// write to another. The cloud backends are made on first use, from the
+/// environment ([`GcsStorage::from_env`], [`S3Storage::from_env`]), so a
+/// job that never names a bucket needs no credentials.
+#[derive(Debug, Default)]
+pub struct CloudStorage {
+    local: LocalStorage,
+    gcs: OnceLock<Result<GcsStorage, StorageError>>,
+    s3: OnceLock<Result<S3Storage, StorageError>>,
+}
+
+impl CloudStorage {
+    /// Local paths through `local`; buckets from the environment.
+    pub fn new(local: LocalStorage) -> Self {
+        CloudStorage {
+            local,
+            ..CloudStorage::default()
+        }
+    }
+
+    /// Uses `gcs` for `gs://` instead of one made from the environment.
+    #[must_use]
+    pub fn with_gcs(self, gcs: GcsStorage) -> Self {
+        let _ = self.gcs.set(Ok(gcs));
+        self
+    }
+
+    /// Uses `s3` for `s3://` instead of one made from the environment.
+    #[must_use]
+    pub fn with_s3(self, s3: S3Storage) -> Self {
+        let _ = self.s3.set(Ok(s3));
+        self
+    }
+
+    fn route(&self, location: &str) -> Result<&dyn Storage, StorageError> {
+        if location.starts_with("gs://") {
+            made(self.gcs.get_or_init(GcsStorage::from_env), location)
+        } else if location.starts_with("s3://") {
+            made(self.s3.get_or_init(S3Storage::from_env), location)
+        } else {
+            Ok(&self.local)
+        }
+    }
+}
+
+/// The backend a [`CloudStorage`] made, or why it could not, for `location`.
+fn made<'a, S: Storage>(
+    slot: &'a Result<S, StorageError>,
+    location: &str,
+) -> Result<&'a dyn Storage, StorageError> {
+    match slot {
+        Ok(storage) => Ok(storage),
+        Err(e) => Err(StorageError::new(e.kind(), location, e.to_string())),
+    }
+}
+
+impl Storage for CloudStorage {
+    fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StorageError> {
+        self.route(prefix)?.list(prefix)
+    }
+    fn head(&self, location: &str) -> Result<ObjectMeta, StorageError> {
+        self.route(location)?.head(location)
+    }
+    fn open(&self, location: &str) -> Result<Box<dyn Read + Send>, StorageError> {
+        self.route(location)?.open(location)
+    }
+    fn open_at(&self, location: &str, offset: u64) -> Result<Box<dyn Read + Send>, StorageError> {
+        self.route(location)?.open_at(location, offset)
+    }
+    fn create(&self, location: &str) -> Result<Box<dyn ObjectWriter>, StorageError> {
+        self.route(location)?.create(location)
+    }
+    fn delete(&self, location: &str) -> Result<(), StorageError> {
+        self.route(location)?.delete(location)
+    }
+    fn object_key(&self, location: &str) -> String {
+        match self.route(location) {
+            Ok(storage) => storage.object_key(location),
+            Err(_) => location.to_owned(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn locations_split_into_bucket_and_name() {
+        assert_eq!(
+            split_location("gs://b/x/y", "gs", false).unwrap(),
+            ("b", "x/y")
+        );
+        assert_eq!(split_location("s3://b/", "s3", true).unwrap(), ("b", ""));
+        assert_eq!(split_location("s3://b", "s3", true).unwrap(), ("b", ""));
+        assert_eq!(
+            split_location("gs://b/in/", "gs", true).unwrap(),
+            ("b", "in/")
+        );
+        for (location, prefix, why) in [
+            ("gs://", false, "no bucket name"),
+            ("gs:///x", false, "no bucket name"),
+            ("gs://b", false, "no object name"),
+            ("gs://b/", false, "no object name"),
+            ("gs://b/../x", false, "'.' and '..'"),
+            ("gs://b/./x", true, "'.' and '..'"),
+            ("gs://b/x//y", false, "empty path segment"),
+            ("gs://b*/x", true, "wildcards in bucket names"),
+            ("s3://b/x", false, "expected gs://"),
+        ] {
+            let err = split_location(location, "gs", prefix).unwrap_err();
+            assert_eq!(err.kind(), StorageErrorKind::InvalidLocation, "{location}");
+            assert!(err.to_string().contains(why), "{location}: {err}");
+        }
+    }
+
+    #[test]
+    fn backoff_grows_and_is_bounded() {
+        let policy =
+            RetryPolicy::default().with_backoff(Duration::from_millis(100), Duration::from_secs(1));
+        for attempt in 1..20 {
+            let wait = policy.backoff(attempt);
+            let base = Duration::from_millis(100)
+                .saturating_mul(1 << (attempt - 1).min(16))
+                .min(Duration::from_secs(1));
+            assert!(wait <= base && wait >= base / 2, "{attempt}: {wait:?}");
+        }
+    }
+}

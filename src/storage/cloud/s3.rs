@@ -1,0 +1,406 @@
+//! [`S3Storage`]: S3 and S3-compatible stores through Apache Arrow's `object_store`.
+
+use std::collections::HashMap;
+use std::io::{self, Read, Write};
+use std::sync::{Arc, Mutex};
+
+use futures_util::StreamExt;
+use object_store::aws::AmazonS3Builder;
+use object_store::path::Path;
+use object_store::{
+    BackoffConfig, GetOptions, GetRange, MultipartUpload, ObjectStore, ObjectStoreExt, PutPayload,
+    RetryConfig,
+};
+
+use super::{
+    ChunkReader, RetryPolicy, Runtime, UPLOAD_PART_BYTES, feed, shared_runtime, split_location,
+};
+use crate::storage::{ObjectMeta, ObjectWriter, Storage, StorageError, StorageErrorKind};
+
+/// S3 and S3-compatible stores (MinIO, R2, Ceph): `s3://BUCKET/NAME`.
+///
+/// [`from_env`](Self::from_env) takes what the AWS SDKs take: the default
+/// credential chain (`AWS_ACCESS_KEY_ID` / `AWS_SECRET_ACCESS_KEY`, web
+/// identity, the container and instance metadata), `AWS_REGION`, and
+/// `AWS_ENDPOINT_URL` for an S3-compatible server (plain `http://` is
+/// allowed for such an endpoint). Requests use path-style addressing.
+///
+/// Objects carry their ETag, so a rewritten input is never taken for the one
+/// a job read.
+#[derive(Clone)]
+pub struct S3Storage {
+    builder: AmazonS3Builder,
+    stores: Arc<Mutex<HashMap<String, Arc<dyn ObjectStore>>>>,
+    runtime: Arc<Runtime>,
+    retry: RetryPolicy,
+}
+
+impl std::fmt::Debug for S3Storage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("S3Storage")
+            .field("retry", &self.retry)
+            .finish_non_exhaustive()
+    }
+}
+
+impl S3Storage {
+    /// A store configured from the environment, as the AWS SDKs are.
+    ///
+    /// # Errors
+    /// A [`StorageError`] when the runtime cannot start.
+    pub fn from_env() -> Result<S3Storage, StorageError> {
+        let mut builder = AmazonS3Builder::from_env();
+        if let Ok(endpoint) = std::env::var("AWS_ENDPOINT_URL") {
+            builder = builder.with_allow_http(endpoint.starts_with("http://"));
+        }
+        if std::env::var_os("AWS_REGION").is_none()
+            && std::env::var_os("AWS_DEFAULT_REGION").is_none()
+        {
+            builder = builder.with_region("us-east-1");
+        }
+        Self::with_builder(builder)
+    }
+
+    /// A server at `endpoint` (such as MinIO or a test server) with static
+    /// credentials; `http://` endpoints are allowed.
+    ///
+    /// # Errors
+    /// A [`StorageError`] when the runtime cannot start.
+    pub fn with_endpoint(
+        endpoint: &str,
+        region: &str,
+        access_key_id: &str,
+        secret_access_key: &str,
+    ) -> Result<S3Storage, StorageError> {
+        Self::with_builder(
+            AmazonS3Builder::new()
+                .with_endpoint(endpoint)
+                .with_allow_http(endpoint.starts_with("http://"))
+                .with_region(region)
+                .with_access_key_id(access_key_id)
+                .with_secret_access_key(secret_access_key),
+        )
+    }
+
+    fn with_builder(builder: AmazonS3Builder) -> Result<S3Storage, StorageError> {
+        Ok(S3Storage {
+            builder,
+            stores: Arc::default(),
+            runtime: shared_runtime()?,
+            retry: RetryPolicy::default(),
+        })
+    }
+
+    /// Retries transient failures by `retry` (the default: [`RetryPolicy::default`]).
+    #[must_use]
+    pub fn with_retry(mut self, retry: RetryPolicy) -> Self {
+        self.retry = retry;
+        self.stores = Arc::default();
+        self
+    }
+
+    /// The store of `bucket`, made on first use.
+    fn store(&self, bucket: &str, location: &str) -> Result<Arc<dyn ObjectStore>, StorageError> {
+        let mut stores = self.stores.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(store) = stores.get(bucket) {
+            return Ok(Arc::clone(store));
+        }
+        let retry = RetryConfig {
+            backoff: BackoffConfig {
+                init_backoff: self.retry.initial_backoff,
+                max_backoff: self.retry.max_backoff,
+                base: 2.0,
+            },
+            max_retries: self.retry.max_retries as usize,
+            retry_timeout: self.retry.max_elapsed,
+        };
+        let store: Arc<dyn ObjectStore> = Arc::new(
+            self.builder
+                .clone()
+                .with_bucket_name(bucket)
+                .with_retry(retry)
+                .build()
+                .map_err(|e| StorageError::other(location, "cannot configure S3 for", e))?,
+        );
+        stores.insert(bucket.to_owned(), Arc::clone(&store));
+        Ok(store)
+    }
+
+    /// The store and object path of `location`.
+    fn object(&self, location: &str) -> Result<(Arc<dyn ObjectStore>, Path), StorageError> {
+        let (bucket, name) = split_location(location, "s3", false)?;
+        let path = Path::parse(name).map_err(|e| {
+            StorageError::new(
+                StorageErrorKind::InvalidLocation,
+                location,
+                format!("not an object name: {e}"),
+            )
+        })?;
+        Ok((self.store(bucket, location)?, path))
+    }
+
+    fn head_object(&self, location: &str) -> Result<object_store::ObjectMeta, StorageError> {
+        let (store, path) = self.object(location)?;
+        self.runtime
+            .block_on(async move { store.head(&path).await })
+            .map_err(|e| error(location, "read the metadata of", e))
+    }
+}
+
+fn error(location: &str, operation: &str, e: object_store::Error) -> StorageError {
+    match e {
+        object_store::Error::NotFound { .. } => StorageError::not_found(location),
+        object_store::Error::PermissionDenied { .. }
+        | object_store::Error::Unauthenticated { .. } => StorageError::new(
+            StorageErrorKind::PermissionDenied,
+            location,
+            format!("cannot {operation}"),
+        )
+        .with_source(e),
+        e => StorageError::other(location, format!("cannot {operation}"), e),
+    }
+}
+
+impl Storage for S3Storage {
+    fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StorageError> {
+        let (bucket, name_prefix) = split_location(prefix, "s3", true)?;
+        // object_store lists by directory: list the one the prefix is in,
+        // and keep the names that start with the prefix.
+        let dir = match name_prefix.rfind('/') {
+            Some(i) => &name_prefix[..i],
+            None => "",
+        };
+        let dir_path = if dir.is_empty() {
+            None
+        } else {
+            Some(Path::parse(dir).map_err(|e| {
+                StorageError::new(
+                    StorageErrorKind::InvalidLocation,
+                    prefix,
+                    format!("not an object name prefix: {e}"),
+                )
+            })?)
+        };
+        let store = self.store(bucket, prefix)?;
+        let wanted = name_prefix.to_owned();
+        let objects = self
+            .runtime
+            .block_on(async move {
+                let mut listing = store.list(dir_path.as_ref());
+                let mut found = Vec::new();
+                while let Some(item) = listing.next().await {
+                    let item = item?;
+                    if item.location.as_ref().starts_with(&wanted) {
+                        found.push(item);
+                    }
+                }
+                Ok(found)
+            })
+            .map_err(|e| error(prefix, "list", e))?;
+        let mut found: Vec<ObjectMeta> = objects
+            .into_iter()
+            .map(|o| ObjectMeta {
+                location: format!("s3://{bucket}/{}", o.location),
+                size: o.size,
+                last_modified: Some(o.last_modified),
+                etag: o.e_tag,
+            })
+            .collect();
+        found.sort_by(|a, b| a.location.cmp(&b.location));
+        Ok(found)
+    }
+
+    fn head(&self, location: &str) -> Result<ObjectMeta, StorageError> {
+        let o = self.head_object(location)?;
+        Ok(ObjectMeta {
+            location: location.to_owned(),
+            size: o.size,
+            last_modified: Some(o.last_modified),
+            etag: o.e_tag,
+        })
+    }
+
+    fn open(&self, location: &str) -> Result<Box<dyn Read + Send>, StorageError> {
+        self.open_at(location, 0)
+    }
+
+    fn open_at(&self, location: &str, offset: u64) -> Result<Box<dyn Read + Send>, StorageError> {
+        let meta = self.head_object(location)?;
+        if offset >= meta.size {
+            return Ok(Box::new(ChunkReader::empty()));
+        }
+        let (store, path) = self.object(location)?;
+        let (reader, tx) = ChunkReader::new();
+        let (size, etag, retry) = (meta.size, meta.e_tag, self.retry);
+        let location = location.to_owned();
+        self.runtime.spawn(async move {
+            let mut at = offset;
+            let mut failures = 0;
+            let started = std::time::Instant::now();
+            while at < size {
+                // Pinned to the ETag just seen: a resumed read reads the same bytes.
+                let options = GetOptions {
+                    range: Some(GetRange::Offset(at)),
+                    if_match: etag.clone(),
+                    ..GetOptions::default()
+                };
+                let mut body = match store.get_opts(&path, options).await {
+                    Ok(result) => result.into_stream(),
+                    Err(e) => {
+                        feed(&tx, Err(io::Error::other(error(&location, "read", e))));
+                        return;
+                    }
+                };
+                let mut broken = None;
+                while let Some(chunk) = body.next().await {
+                    match chunk {
+                        Ok(chunk) => {
+                            at += chunk.len() as u64;
+                            if !feed(&tx, Ok(chunk)) {
+                                return; // the reader is gone
+                            }
+                        }
+                        Err(e) => {
+                            broken = Some(e);
+                            break;
+                        }
+                    }
+                }
+                match broken {
+                    None => {} // to the end, or asked for the rest
+                    Some(_)
+                        if failures < retry.max_retries
+                            && started.elapsed() < retry.max_elapsed =>
+                    {
+                        failures += 1;
+                        tokio::time::sleep(retry.backoff(failures)).await;
+                    }
+                    Some(e) => {
+                        feed(&tx, Err(io::Error::other(error(&location, "read", e))));
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(Box::new(reader))
+    }
+
+    fn create(&self, location: &str) -> Result<Box<dyn ObjectWriter>, StorageError> {
+        let (store, path) = self.object(location)?;
+        Ok(Box::new(S3Writer {
+            storage: self.clone(),
+            store,
+            path,
+            location: location.to_owned(),
+            buffer: Vec::new(),
+            upload: None,
+        }))
+    }
+
+    fn delete(&self, location: &str) -> Result<(), StorageError> {
+        // S3 answers a delete of a missing object with success: look first.
+        self.head_object(location)?;
+        let (store, path) = self.object(location)?;
+        self.runtime
+            .block_on(async move { store.delete(&path).await })
+            .map_err(|e| error(location, "delete", e))
+    }
+}
+
+/// An upload: one PUT when the object fits in one part, else a multipart
+/// upload that the object appears with only when completed.
+struct S3Writer {
+    storage: S3Storage,
+    store: Arc<dyn ObjectStore>,
+    path: Path,
+    location: String,
+    buffer: Vec<u8>,
+    upload: Option<Box<dyn MultipartUpload>>,
+}
+
+impl S3Writer {
+    fn failed(&self, e: object_store::Error) -> io::Error {
+        io::Error::other(error(&self.location, "upload", e))
+    }
+
+    /// Uploads the buffer's whole parts (all of it with `all`).
+    fn upload_parts(&mut self, all: bool) -> io::Result<()> {
+        let mut upload = match self.upload.take() {
+            Some(upload) => upload,
+            None => {
+                let (store, path) = (Arc::clone(&self.store), self.path.clone());
+                self.storage
+                    .runtime
+                    .block_on(async move { store.put_multipart(&path).await })
+                    .map_err(|e| self.failed(e))?
+            }
+        };
+        let mut result = Ok(());
+        while self.buffer.len() >= UPLOAD_PART_BYTES || (all && !self.buffer.is_empty()) {
+            let take = self.buffer.len().min(UPLOAD_PART_BYTES);
+            let part: Vec<u8> = self.buffer.drain(..take).collect();
+            let sent = upload.put_part(PutPayload::from(part));
+            if let Err(e) = self.storage.runtime.block_on(sent) {
+                result = Err(self.failed(e));
+                break;
+            }
+        }
+        self.upload = Some(upload);
+        result
+    }
+}
+
+impl Write for S3Writer {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.buffer.extend_from_slice(buf);
+        if self.buffer.len() >= 2 * UPLOAD_PART_BYTES {
+            self.upload_parts(false)?;
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl ObjectWriter for S3Writer {
+    fn commit(mut self: Box<Self>) -> Result<ObjectMeta, StorageError> {
+        let location = self.location.clone();
+        if self.upload.is_none() && self.buffer.len() <= UPLOAD_PART_BYTES {
+            // One PUT: the object appears complete or not at all.
+            let payload = PutPayload::from(std::mem::take(&mut self.buffer));
+            let (store, path) = (Arc::clone(&self.store), self.path.clone());
+            self.storage
+                .runtime
+                .block_on(async move { store.put(&path, payload).await })
+                .map_err(|e| error(&location, "upload", e))?;
+        } else {
+            self.upload_parts(true)
+                .map_err(|e| StorageError::io(&location, "write", e))?;
+            let mut upload = self.upload.take().expect("started above");
+            let completed = self.storage.runtime.block_on(async move {
+                match upload.complete().await {
+                    Ok(_) => Ok(()),
+                    Err(e) => {
+                        let _ = upload.abort().await;
+                        Err(e)
+                    }
+                }
+            });
+            completed.map_err(|e| error(&location, "complete the upload of", e))?;
+        }
+        self.storage.head(&location)
+    }
+}
+
+impl Drop for S3Writer {
+    fn drop(&mut self) {
+        // An upload never completed: abort it so nothing appears and its parts go.
+        if let Some(mut upload) = self.upload.take() {
+            self.storage.runtime.spawn(async move {
+                let _ = upload.abort().await;
+            });
+        }
+    }
+}

@@ -1,0 +1,383 @@
+//! Real object stores (feature `cloud`), against real servers started on
+//! loopback by `tests/cloud/servers.sh`: moto for S3, fake-gcs-server for
+//! Cloud Storage. Without them (no Python, no PyPI) each test says SKIP;
+//! under CI (`CI=true`) that is a failure.
+
+use std::io::{Read, Write};
+use std::sync::{Arc, OnceLock};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use batch_prediction::testing::storage_conformance;
+use batch_prediction::{
+    BatchExecutor, CancelHandle, CloudStorage, EchoResolver, ExecutorConfig, GcsStorage, Job,
+    LocalStorage, RetryPolicy, S3Storage, State, Storage, StorageErrorKind, StorageExt,
+    SystemClock, Transition,
+};
+use serde_json::json;
+
+struct Servers {
+    s3: String,
+    gcs: String,
+    bucket: String,
+}
+
+/// The servers, started once for this test binary (they stop when it exits).
+fn servers() -> Option<&'static Servers> {
+    static SERVERS: OnceLock<Result<Servers, String>> = OnceLock::new();
+    let started = SERVERS.get_or_init(|| {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/cloud/servers.sh");
+        let out = std::process::Command::new("bash")
+            .arg(script)
+            .arg(std::process::id().to_string())
+            .output()
+            .map_err(|e| format!("cannot run {script}: {e}"))?;
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let value = |key: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(&format!("{key}=")))
+                .map(str::to_owned)
+        };
+        match (
+            value("AWS_ENDPOINT_URL"),
+            value("STORAGE_EMULATOR_HOST"),
+            value("BUCKET"),
+        ) {
+            (Some(s3), Some(gcs), Some(bucket)) => Ok(Servers { s3, gcs, bucket }),
+            _ => Err(format!(
+                "{}{}",
+                text.trim(),
+                String::from_utf8_lossy(&out.stderr).trim()
+            )),
+        }
+    });
+    match started {
+        Ok(servers) => Some(servers),
+        Err(why) if std::env::var("CI").is_ok_and(|v| v == "true") => {
+            panic!("the cloud test servers are required under CI: {why}")
+        }
+        Err(why) => {
+            eprintln!("SKIP: no cloud test servers: {why}");
+            None
+        }
+    }
+}
+
+/// A short retry policy: tests should fail fast, not wait minutes.
+fn quick() -> RetryPolicy {
+    RetryPolicy::default()
+        .with_max_retries(3)
+        .with_backoff(
+            std::time::Duration::from_millis(10),
+            std::time::Duration::from_millis(100),
+        )
+        .with_max_elapsed(std::time::Duration::from_secs(10))
+}
+
+fn gcs(servers: &Servers) -> GcsStorage {
+    GcsStorage::emulator(&servers.gcs)
+        .unwrap()
+        .with_retry(quick())
+}
+
+fn s3(servers: &Servers) -> S3Storage {
+    S3Storage::with_endpoint(&servers.s3, "us-east-1", "test", "test")
+        .unwrap()
+        .with_retry(quick())
+}
+
+/// A fresh prefix for one test: `SCHEME://BUCKET/NAME-NANOS`.
+fn fresh(scheme: &str, servers: &Servers, name: &str) -> String {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!("{scheme}://{}/{name}-{nanos}", servers.bucket)
+}
+
+/// Both backends, each with a fresh prefix for `name`.
+fn backends(servers: &Servers, name: &str) -> Vec<(Arc<dyn Storage>, String)> {
+    vec![
+        (Arc::new(gcs(servers)), fresh("gs", servers, name)),
+        (Arc::new(s3(servers)), fresh("s3", servers, name)),
+    ]
+}
+
+#[test]
+fn both_backends_keep_the_storage_contract() {
+    let Some(servers) = servers() else { return };
+    for (storage, base) in backends(servers, "conformance") {
+        storage_conformance(&*storage, &base);
+    }
+}
+
+/// Bytes that differ from offset to offset, so a misplaced range shows.
+fn pattern(len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i * 7 % 251) as u8).collect()
+}
+
+#[test]
+fn large_objects_go_up_in_parts_and_read_back_from_any_offset() {
+    let Some(servers) = servers() else { return };
+    let data = pattern(20 << 20); // three parts of 8 MiB
+    for (storage, base) in backends(servers, "large") {
+        let location = format!("{base}/big.bin");
+        let mut writer = storage.create(&location).unwrap();
+        for chunk in data.chunks(1 << 20) {
+            writer.write_all(chunk).unwrap();
+        }
+        assert!(
+            storage.head(&location).is_err(),
+            "{location}: visible before commit"
+        );
+        let meta = writer.commit().unwrap();
+        assert_eq!(meta.size, data.len() as u64, "{location}");
+        assert_eq!(storage.read_bytes(&location).unwrap(), data, "{location}");
+        for offset in [1u64, (8 << 20) - 1, 8 << 20, 19 << 20] {
+            let mut tail = Vec::new();
+            storage
+                .open_at(&location, offset)
+                .unwrap()
+                .read_to_end(&mut tail)
+                .unwrap();
+            assert!(
+                tail == data[offset as usize..],
+                "{location}: open_at {offset}"
+            );
+        }
+        // A large write abandoned after parts went up leaves nothing.
+        let abandoned = format!("{base}/abandoned.bin");
+        {
+            let mut writer = storage.create(&abandoned).unwrap();
+            writer.write_all(&data).unwrap();
+        }
+        assert_eq!(
+            storage.head(&abandoned).err().map(|e| e.kind()),
+            Some(StorageErrorKind::NotFound),
+            "{abandoned}"
+        );
+    }
+}
+
+#[test]
+fn calls_from_inside_a_tokio_runtime_do_not_panic() {
+    let Some(servers) = servers() else { return };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    for (storage, base) in backends(servers, "in-runtime") {
+        let location = format!("{base}/x.json");
+        let read = runtime.block_on(async {
+            storage.put_bytes(&location, b"{}\n").unwrap();
+            storage.read_bytes(&location).unwrap()
+        });
+        assert_eq!(read, b"{}\n");
+    }
+}
+
+#[test]
+fn malformed_and_missing_locations_are_clear_errors() {
+    let Some(servers) = servers() else { return };
+    let storage = CloudStorage::new(LocalStorage::new())
+        .with_gcs(gcs(servers))
+        .with_s3(s3(servers));
+    for location in ["gs://", "gs:///x", "s3://b/../x", "gs://b/x//y"] {
+        let err = storage.head(location).unwrap_err();
+        assert_eq!(
+            err.kind(),
+            StorageErrorKind::InvalidLocation,
+            "{location}: {err}"
+        );
+    }
+    for location in [
+        format!("gs://{}/no/such/object", servers.bucket),
+        format!("s3://{}/no/such/object", servers.bucket),
+    ] {
+        let err = storage.head(&location).unwrap_err();
+        assert_eq!(err.kind(), StorageErrorKind::NotFound, "{location}: {err}");
+        assert!(err.to_string().contains(&location), "{err}");
+    }
+    let err = storage.list("gs://no-such-bucket-here/x").unwrap_err();
+    assert!(
+        err.to_string().contains("gs://no-such-bucket-here/x"),
+        "{err}"
+    );
+}
+
+fn job(inputs: &[String], output: &str, format: &str) -> Job {
+    let mut job = Job::from_value(json!({
+        "jobId": "cloud",
+        "predictionInput": {
+            "dataFormat": format,
+            "inputPaths": inputs,
+            "outputPath": output,
+            "region": "local",
+            "uri": "echo",
+            "batchSize": "7",
+        }
+    }))
+    .unwrap();
+    job.apply(Transition::Queue, &SystemClock).unwrap();
+    job
+}
+
+/// The results and errors files under `output`, by name.
+fn outputs(storage: &dyn Storage, output: &str) -> Vec<(String, Vec<u8>)> {
+    storage
+        .list(&format!("{output}/prediction."))
+        .unwrap()
+        .into_iter()
+        .filter(|m| !m.location.contains("prediction.summary"))
+        .map(|m| {
+            let name = m.location.rsplit('/').next().unwrap().to_owned();
+            let bytes = storage.read_bytes(&m.location).unwrap();
+            // Error entries name their input file, which differs from store
+            // to store: compare how many there are.
+            let bytes = if name.starts_with("prediction.errors-") {
+                bytes
+                    .split(|&b| b == b'\n')
+                    .count()
+                    .to_string()
+                    .into_bytes()
+            } else {
+                bytes
+            };
+            (name, bytes)
+        })
+        .collect()
+}
+
+#[test]
+fn jobs_on_buckets_write_what_they_write_on_local_files() {
+    let Some(servers) = servers() else { return };
+    let storage: Arc<dyn Storage> = Arc::new(
+        CloudStorage::new(LocalStorage::new())
+            .with_gcs(gcs(servers))
+            .with_s3(s3(servers)),
+    );
+    let local = tempfile::tempdir().unwrap();
+    let root = local.path().display().to_string();
+    let mut lines = String::new();
+    for i in 0..500 {
+        lines.push_str(&json!({"key": i, "x": [i, 0.5]}).to_string());
+        lines.push('\n');
+        if i % 97 == 0 {
+            lines.push_str("not json\n");
+        }
+    }
+    let mut frames = batch_prediction::TfRecordWriter::new(Vec::new());
+    for i in 0..300u32 {
+        frames.write(&i.to_le_bytes()).unwrap();
+    }
+    let tfrecord = frames.into_inner();
+    let cases = [
+        ("JSON", "a.jsonl", lines.as_bytes().to_vec()),
+        ("TF_RECORD", "a.tfrecord", tfrecord),
+    ];
+    for (format, name, bytes) in cases {
+        // The same input on the local disk, on GCS and on S3; output on another store.
+        let gs_in = fresh("gs", servers, "job-in");
+        let s3_in = fresh("s3", servers, "job-in");
+        for dir in [format!("{root}/{format}"), gs_in.clone(), s3_in.clone()] {
+            for part in ["1", "2"] {
+                storage
+                    .put_bytes(&format!("{dir}/{part}-{name}"), &bytes)
+                    .unwrap();
+            }
+        }
+        let runs = [
+            (
+                format!("{root}/{format}/*-{name}"),
+                format!("{root}/{format}-out"),
+            ),
+            (format!("{gs_in}/*-{name}"), fresh("s3", servers, "job-out")),
+            (format!("{s3_in}/*-{name}"), fresh("gs", servers, "job-out")),
+        ];
+        let mut seen = Vec::new();
+        for (pattern, output) in runs {
+            let mut job = job(std::slice::from_ref(&pattern), &output, format);
+            let summary = BatchExecutor::new(Arc::clone(&storage), Arc::new(EchoResolver))
+                .with_config(ExecutorConfig::default().with_max_threads(2))
+                .run(&mut job, &CancelHandle::new())
+                .unwrap();
+            assert_eq!(
+                summary.state,
+                State::Succeeded,
+                "{pattern}: {:?}",
+                job.error_message
+            );
+            // Run again: resumed from the summaries on the bucket, nothing redone.
+            let mut again = self::job(std::slice::from_ref(&pattern), &output, format);
+            let resumed = BatchExecutor::new(Arc::clone(&storage), Arc::new(EchoResolver))
+                .run(&mut again, &CancelHandle::new())
+                .unwrap();
+            assert_eq!(
+                (resumed.state, resumed.shards_resumed),
+                (State::Succeeded, resumed.shards),
+                "{pattern}"
+            );
+            seen.push((pattern, outputs(&*storage, &output)));
+        }
+        let (first, expected) = &seen[0];
+        assert!(!expected.is_empty());
+        for (pattern, got) in &seen[1..] {
+            assert!(got == expected, "{pattern} wrote other files than {first}");
+        }
+    }
+}
+
+#[test]
+fn the_command_line_reads_one_bucket_and_writes_another() {
+    let Some(servers) = servers() else { return };
+    let Some(exe) = crate::example("batch_predict") else {
+        return;
+    };
+    let storage = CloudStorage::new(LocalStorage::new())
+        .with_gcs(gcs(servers))
+        .with_s3(s3(servers));
+    let input = fresh("gs", servers, "cli-in");
+    let output = fresh("s3", servers, "cli-out");
+    storage
+        .put_bytes(
+            &format!("{input}/a.jsonl"),
+            b"{\"x\": 1}\n{\"x\": 2}\nnot json\n",
+        )
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let job_file = dir.path().join("job.json");
+    let body = json!({
+        "jobId": "cli_cloud",
+        "predictionInput": {
+            "dataFormat": "JSON", "inputPaths": [format!("{input}/*.jsonl")],
+            "outputPath": output, "region": "local", "uri": "echo"
+        }
+    });
+    std::fs::write(&job_file, body.to_string()).unwrap();
+    let out = std::process::Command::new(&exe)
+        .arg(&job_file)
+        .args(["--predictor", "echo"])
+        .env("STORAGE_EMULATOR_HOST", &servers.gcs)
+        .env("AWS_ENDPOINT_URL", &servers.s3)
+        .env("AWS_ACCESS_KEY_ID", "test")
+        .env("AWS_SECRET_ACCESS_KEY", "test")
+        .env("AWS_REGION", "us-east-1")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let done: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(done["state"], "SUCCEEDED", "{done}");
+    assert_eq!(
+        (
+            &done["predictionOutput"]["predictionCount"],
+            &done["predictionOutput"]["errorCount"]
+        ),
+        (&json!("2"), &json!("1"))
+    );
+    assert_eq!(
+        storage
+            .read_bytes(&format!("{output}/prediction.results-00000-of-00001"))
+            .unwrap(),
+        b"{\"x\":1}\n{\"x\":2}\n"
+    );
+}
