@@ -24,8 +24,17 @@
 //!   with IAM [`Policy`] checks, and runs queued jobs. With the `rest`
 //!   feature, `RestApi` serves it as the REST API Google's clients speak.
 //!
-//! It does not talk to Google: it is for services and tests that run or
-//! emulate batch prediction themselves.
+//! # Features
+//! | feature | what it adds |
+//! |---|---|
+//! | `cloud` | `GcsStorage`, `S3Storage` and `CloudStorage`: jobs on real Cloud Storage and S3 buckets |
+//! | `onnx` | `OnnxPredictor` and `OnnxResolver`: ONNX models run by the pure-Rust `tract-onnx` |
+//! | `rest` | `RestApi`: the `projects.jobs` REST API over a [`JobService`] |
+//! | `testing` | the conformance suites for [`Storage`] and [`JobStore`], fault injection |
+//!
+//! None is on by default. Without `cloud` the crate does not talk to Google
+//! or AWS: it is for services and tests that run or emulate batch
+//! prediction themselves, over the storage they give it.
 //!
 //! # Quick start
 //! ```

@@ -381,3 +381,240 @@ fn the_command_line_reads_one_bucket_and_writes_another() {
         b"{\"x\":1}\n{\"x\":2}\n"
     );
 }
+
+/// A fault proxy (`tests/cloud/fault_proxy.py`) in front of `upstream`,
+/// stopped when dropped.
+struct Proxy {
+    child: std::process::Child,
+    url: String,
+}
+
+impl Proxy {
+    fn start(upstream: &str, mode: &str) -> Proxy {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/cloud/fault_proxy.py");
+        let mut child = std::process::Command::new("python3")
+            .args([script, "--upstream", upstream, "--mode", mode])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("python3 runs the fault proxy");
+        let mut line = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+            &mut line,
+        )
+        .unwrap();
+        let port: u16 = line.trim().parse().expect("the proxy prints its port");
+        Proxy {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+        }
+    }
+
+    /// What the proxy did: cuts, failed requests, Range headers seen.
+    fn stats(&self) -> serde_json::Value {
+        // No HTTP client among the test dependencies: ask with curl.
+        let out = std::process::Command::new("curl")
+            .args(["-sf", &format!("{}/__proxy_stats", self.url)])
+            .output()
+            .unwrap();
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn a_connection_dropped_mid_object_resumes_from_the_byte_it_reached() {
+    let Some(servers) = servers() else { return };
+    let data = pattern(3 << 20);
+    for (scheme, upstream) in [("gs", &servers.gcs), ("s3", &servers.s3)] {
+        let location = format!("{}/cut.bin", fresh(scheme, servers, "cut"));
+        let direct: Box<dyn Storage> = match scheme {
+            "gs" => Box::new(gcs(servers)),
+            _ => Box::new(s3(servers)),
+        };
+        direct.put_bytes(&location, &data).unwrap();
+        let proxy = Proxy::start(upstream, "cut");
+        let through: Box<dyn Storage> = match scheme {
+            "gs" => Box::new(
+                GcsStorage::emulator(&proxy.url)
+                    .unwrap()
+                    .with_retry(quick()),
+            ),
+            _ => Box::new(
+                S3Storage::with_endpoint(&proxy.url, "us-east-1", "test", "test")
+                    .unwrap()
+                    .with_retry(quick()),
+            ),
+        };
+        let read = through.read_bytes(&location).unwrap();
+        assert!(
+            read == data,
+            "{location}: {} bytes read, {} stored",
+            read.len(),
+            data.len()
+        );
+        let stats = proxy.stats();
+        assert_eq!(stats["cuts"], 1, "{location}: {stats}");
+        assert!(
+            stats["ranges"].as_array().unwrap().iter().any(|r| r
+                .as_str()
+                .unwrap()
+                .starts_with(&format!("bytes={}-", 1 << 20))),
+            "{location}: resumed from the byte reached: {stats}"
+        );
+    }
+}
+
+#[test]
+fn a_503_storm_is_retried_and_an_endless_one_fails_the_job_saying_why() {
+    let Some(servers) = servers() else { return };
+    for (scheme, upstream) in [("gs", &servers.gcs), ("s3", &servers.s3)] {
+        let base = fresh(scheme, servers, "storm");
+        let direct: Box<dyn Storage> = match scheme {
+            "gs" => Box::new(gcs(servers)),
+            _ => Box::new(s3(servers)),
+        };
+        direct
+            .put_bytes(&format!("{base}/in/a.jsonl"), b"{\"x\": 1}\n")
+            .unwrap();
+        for (failures, succeeds) in [(3, true), (1000, false)] {
+            let proxy = Proxy::start(upstream, &format!("fail:{failures}"));
+            let through: Arc<dyn Storage> = match scheme {
+                "gs" => Arc::new(
+                    GcsStorage::emulator(&proxy.url)
+                        .unwrap()
+                        .with_retry(quick()),
+                ),
+                _ => Arc::new(
+                    S3Storage::with_endpoint(&proxy.url, "us-east-1", "test", "test")
+                        .unwrap()
+                        .with_retry(quick()),
+                ),
+            };
+            let output = format!("{base}/out-{failures}");
+            let mut job = job(&[format!("{base}/in/*.jsonl")], &output, "JSON");
+            let summary = BatchExecutor::new(Arc::clone(&through), Arc::new(EchoResolver))
+                .run(&mut job, &CancelHandle::new())
+                .unwrap();
+            if succeeds {
+                assert_eq!(
+                    summary.state,
+                    State::Succeeded,
+                    "{scheme}: {:?}",
+                    job.error_message
+                );
+                assert_eq!(
+                    direct
+                        .read_bytes(&format!("{output}/prediction.results-00000-of-00001"))
+                        .unwrap(),
+                    b"{\"x\":1}\n"
+                );
+            } else {
+                assert_eq!(summary.state, State::Failed, "{scheme}");
+                let message = job.error_message.unwrap();
+                assert!(
+                    message.contains(&base) && message.contains("503"),
+                    "{scheme}: {message}"
+                );
+                assert!(
+                    direct.list(&format!("{output}/")).unwrap().is_empty(),
+                    "{scheme}: nothing written"
+                );
+            }
+        }
+    }
+}
+
+#[cfg(feature = "onnx")]
+#[test]
+fn onnx_models_load_from_a_bucket() {
+    let Some(servers) = servers() else { return };
+    let storage: Arc<dyn Storage> = Arc::new(
+        CloudStorage::new(LocalStorage::new())
+            .with_gcs(gcs(servers))
+            .with_s3(s3(servers)),
+    );
+    let model = std::fs::read(crate::data_path("../../examples/iris/model/model.onnx")).unwrap();
+    let resolver =
+        batch_prediction::OnnxResolver::new(LocalStorage::new()).with_buckets(Arc::clone(&storage));
+    let model_dir = crate::data_path("../../examples/iris/model")
+        .display()
+        .to_string();
+    let mut expected = None;
+    let local_dir = tempfile::tempdir().unwrap();
+    for scheme in ["file", "gs", "s3"] {
+        let base = if scheme == "file" {
+            local_dir.path().display().to_string()
+        } else {
+            fresh(scheme, servers, "model")
+        };
+        storage
+            .put_bytes(&format!("{base}/iris/model.onnx"), &model)
+            .unwrap();
+        storage
+            .put_bytes(
+                &format!("{base}/in/a.jsonl"),
+                b"{\"key\": 1, \"features\": [5.1, 3.5, 1.4, 0.2]}\n",
+            )
+            .unwrap();
+        let uris = if scheme == "file" {
+            vec![model_dir.clone()]
+        } else {
+            vec![format!("{base}/iris"), format!("{base}/iris/model.onnx")]
+        };
+        for uri in uris {
+            let mut job = Job::from_value(json!({
+                "jobId": "bucket_model",
+                "predictionInput": {
+                    "dataFormat": "JSON", "inputPaths": [format!("{base}/in/*")],
+                    "outputPath": format!("{base}/out"), "region": "local", "uri": uri
+                }
+            }))
+            .unwrap();
+            job.apply(Transition::Queue, &SystemClock).unwrap();
+            let summary = BatchExecutor::new(Arc::clone(&storage), Arc::new(resolver.clone()))
+                .with_config(
+                    ExecutorConfig::default().with_resume(batch_prediction::ResumeMode::Fresh),
+                )
+                .run(&mut job, &CancelHandle::new())
+                .unwrap();
+            assert_eq!(
+                summary.state,
+                State::Succeeded,
+                "{uri}: {:?}",
+                job.error_message
+            );
+            let line = storage
+                .read_bytes(&format!("{base}/out/prediction.results-00000-of-00001"))
+                .unwrap();
+            let prediction: serde_json::Value = serde_json::from_slice(&line).unwrap();
+            // The same prediction as the model loaded from the local file.
+            assert_eq!(
+                expected.get_or_insert(prediction.clone()),
+                &prediction,
+                "{uri}"
+            );
+        }
+        let mut job = Job::from_value(json!({
+            "jobId": "missing_model",
+            "predictionInput": {
+                "dataFormat": "JSON", "inputPaths": [format!("{base}/in/*")],
+                "outputPath": format!("{base}/out2"), "region": "local", "uri": format!("{base}/nothing")
+            }
+        }))
+        .unwrap();
+        job.apply(Transition::Queue, &SystemClock).unwrap();
+        BatchExecutor::new(Arc::clone(&storage), Arc::new(resolver.clone()))
+            .run(&mut job, &CancelHandle::new())
+            .unwrap();
+        let message = job.error_message.unwrap();
+        assert!(message.contains(&format!("{base}/nothing")), "{message}");
+    }
+}

@@ -131,23 +131,24 @@ impl GcsStorage {
 fn transient(e: &GcsError) -> bool {
     match e {
         GcsError::Response(r) => matches!(r.code, 408 | 429 | 500..=599),
-        GcsError::HttpClient(e) => {
-            e.is_timeout() || e.is_connect() || e.is_request() || e.is_body()
-        }
-        GcsError::RawResponse(e, _) => e
-            .status()
-            .is_none_or(|s| s.as_u16() == 429 || s.is_server_error()),
+        GcsError::HttpClient(e) | GcsError::RawResponse(e, _) => match e.status() {
+            Some(status) => matches!(status.as_u16(), 408 | 429 | 500..=599),
+            None => e.is_timeout() || e.is_connect() || e.is_request() || e.is_body(),
+        },
         GcsError::HttpMiddleware(_) => true,
         _ => false,
     }
 }
 
 fn error(location: &str, operation: &str, e: GcsError) -> StorageError {
-    let kind = match &e {
-        GcsError::Response(r) if r.code == 404 => StorageErrorKind::NotFound,
-        GcsError::Response(r) if r.code == 401 || r.code == 403 => {
-            StorageErrorKind::PermissionDenied
-        }
+    let status = match &e {
+        GcsError::Response(r) => Some(r.code),
+        GcsError::HttpClient(e) | GcsError::RawResponse(e, _) => e.status().map(|s| s.as_u16()),
+        _ => None,
+    };
+    let kind = match status {
+        Some(404) => StorageErrorKind::NotFound,
+        Some(401 | 403) => StorageErrorKind::PermissionDenied,
         _ => StorageErrorKind::Other,
     };
     if kind == StorageErrorKind::NotFound {

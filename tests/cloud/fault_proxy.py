@@ -1,0 +1,113 @@
+"""A small HTTP proxy in front of a test object store that shows the faults
+a real server cannot be made to show on demand.
+
+  python3 fault_proxy.py --upstream http://127.0.0.1:PORT --mode MODE
+
+Modes:
+  cut        the first GET of each object whose body is longer than 1 MiB
+             is cut off after 1 MiB (the connection closes mid-body);
+  fail:N     the first N requests are answered 503, then all pass.
+
+Prints the port it listens on (127.0.0.1) as its first line. GET
+/__proxy_stats answers {"cuts": .., "failed": .., "ranges": [..]}: how many
+bodies it cut, how many requests it failed, and the Range headers it saw.
+Stops when its standard input closes.
+"""
+
+import argparse
+import http.client
+import json
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import urlparse
+
+CUT_AFTER = 1 << 20
+lock = threading.Lock()
+stats = {"cuts": 0, "failed": 0, "ranges": []}
+cut_paths = set()
+
+
+def make_handler(upstream, mode):
+    host = urlparse(upstream)
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args):
+            pass
+
+        def handle_any(self):
+            if self.path == "/__proxy_stats":
+                body = json.dumps(stats).encode()
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+                return
+            length = int(self.headers.get("Content-Length") or 0)
+            body = self.rfile.read(length) if length else None
+            if mode.startswith("fail:"):
+                with lock:
+                    fail = stats["failed"] < int(mode[5:])
+                    if fail:
+                        stats["failed"] += 1
+                if fail:
+                    self.send_response(503)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+            if self.command == "GET" and self.headers.get("Range"):
+                with lock:
+                    stats["ranges"].append(self.headers["Range"])
+            conn = http.client.HTTPConnection(host.hostname, host.port, timeout=60)
+            headers = {k: v for k, v in self.headers.items() if k.lower() not in ("connection",)}
+            conn.request(self.command, self.path, body=body, headers=headers)
+            reply = conn.getresponse()
+            data = reply.read()
+            cut = False
+            if mode == "cut" and self.command == "GET" and len(data) > CUT_AFTER:
+                key = self.path.split("?")[0]
+                with lock:
+                    if key not in cut_paths:
+                        cut_paths.add(key)
+                        stats["cuts"] += 1
+                        cut = True
+            self.send_response(reply.status)
+            for k, v in reply.getheaders():
+                if k.lower() not in ("transfer-encoding", "connection", "content-length"):
+                    self.send_header(k, v)
+            if self.command == "HEAD":
+                self.send_header("Content-Length", reply.getheader("Content-Length") or "0")
+                self.end_headers()
+                return
+            self.send_header("Content-Length", str(len(data)))
+            if cut:
+                self.send_header("Connection", "close")
+            self.end_headers()
+            if cut:
+                self.wfile.write(data[:CUT_AFTER])
+                self.wfile.flush()
+                self.close_connection = True
+                return
+            self.wfile.write(data)
+
+        do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = do_PATCH = handle_any
+
+    return Handler
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--upstream", required=True)
+    parser.add_argument("--mode", required=True)
+    args = parser.parse_args()
+    server = ThreadingHTTPServer(("127.0.0.1", 0), make_handler(args.upstream, args.mode))
+    server.daemon_threads = True
+    print(server.server_address[1], flush=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    sys.stdin.read()  # until the test closes our stdin (or exits)
+
+
+if __name__ == "__main__":
+    main()
