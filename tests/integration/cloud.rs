@@ -272,7 +272,13 @@ fn jobs_on_buckets_write_what_they_write_on_local_files() {
     let tfrecord = frames.into_inner();
     let cases = [
         ("JSON", "a.jsonl", lines.as_bytes().to_vec()),
+        ("TEXT", "a.txt", lines.as_bytes().to_vec()),
         ("TF_RECORD", "a.tfrecord", tfrecord),
+        (
+            "TF_RECORD_GZIP",
+            "a.tfrecord.gz",
+            std::fs::read(crate::data_path("tensorflow/examples.tfrecord.gz")).unwrap(),
+        ),
     ];
     for (format, name, bytes) in cases {
         // The same input on the local disk, on GCS and on S3; output on another store.
@@ -617,4 +623,196 @@ fn onnx_models_load_from_a_bucket() {
         let message = job.error_message.unwrap();
         assert!(message.contains(&format!("{base}/nothing")), "{message}");
     }
+}
+
+#[test]
+fn parts_of_one_job_on_a_bucket_merge_into_what_one_run_writes() {
+    let Some(servers) = servers() else { return };
+    let storage: Arc<dyn Storage> = Arc::new(
+        CloudStorage::new(LocalStorage::new())
+            .with_gcs(gcs(servers))
+            .with_s3(s3(servers)),
+    );
+    let input = fresh("s3", servers, "parts-in");
+    for i in 0..5 {
+        let lines: String = (0..40)
+            .map(|j| format!("{{\"x\": {}}}\n", i * 100 + j))
+            .collect();
+        storage
+            .put_bytes(&format!("{input}/{i}.jsonl"), lines.as_bytes())
+            .unwrap();
+    }
+    let executor = |part: Option<batch_prediction::ShardSelection>| {
+        let mut config = ExecutorConfig::default().with_shard_target_bytes(1);
+        if let Some(part) = part {
+            config = config.with_shard_selection(part);
+        }
+        BatchExecutor::new(Arc::clone(&storage), Arc::new(EchoResolver)).with_config(config)
+    };
+    let pattern = format!("{input}/*.jsonl");
+    let whole = fresh("gs", servers, "parts-whole");
+    let mut one = job(std::slice::from_ref(&pattern), &whole, "JSON");
+    assert_eq!(
+        executor(None)
+            .run(&mut one, &CancelHandle::new())
+            .unwrap()
+            .state,
+        State::Succeeded
+    );
+    // Three parts at once, each with its own executor, then the merge.
+    let parted = fresh("gs", servers, "parts-merged");
+    std::thread::scope(|scope| {
+        for i in 0..3 {
+            let (pattern, parted, executor) = (&pattern, &parted, &executor);
+            scope.spawn(move || {
+                let part = batch_prediction::ShardSelection::new(i, 3).unwrap();
+                let mut job = job(std::slice::from_ref(pattern), parted, "JSON");
+                let summary = executor(Some(part))
+                    .run(&mut job, &CancelHandle::new())
+                    .unwrap();
+                assert_eq!(
+                    summary.state,
+                    State::Succeeded,
+                    "part {i}: {:?}",
+                    job.error_message
+                );
+            });
+        }
+    });
+    let mut merged = job(std::slice::from_ref(&pattern), &parted, "JSON");
+    let summary = executor(None).merge(&mut merged).unwrap();
+    assert_eq!(
+        summary.state,
+        State::Succeeded,
+        "{:?}",
+        merged.error_message
+    );
+    assert_eq!(summary.prediction_count, 200);
+    assert!(outputs(&*storage, &parted) == outputs(&*storage, &whole));
+}
+
+#[test]
+fn csv_output_and_a_cancelled_job_on_a_bucket() {
+    let Some(servers) = servers() else { return };
+    let storage: Arc<dyn Storage> = Arc::new(gcs(servers));
+    let base = fresh("gs", servers, "csv");
+    storage
+        .put_bytes(
+            &format!("{base}/in/a.jsonl"),
+            b"{\"a\": 1, \"b\": \"x\"}\n{\"a\": 2, \"b\": \"y,z\"}\n",
+        )
+        .unwrap();
+    let mut csv = Job::from_value(json!({
+        "jobId": "csv",
+        "predictionInput": {
+            "dataFormat": "JSON", "outputDataFormat": "CSV", "inputPaths": [format!("{base}/in/*")],
+            "outputPath": format!("{base}/out"), "region": "local", "uri": "echo"
+        }
+    }))
+    .unwrap();
+    csv.apply(Transition::Queue, &SystemClock).unwrap();
+    let summary = BatchExecutor::new(Arc::clone(&storage), Arc::new(EchoResolver))
+        .run(&mut csv, &CancelHandle::new())
+        .unwrap();
+    assert_eq!(summary.state, State::Succeeded, "{:?}", csv.error_message);
+    assert_eq!(
+        storage
+            .read_bytes(&format!("{base}/out/prediction.results-00000-of-00001.csv"))
+            .unwrap(),
+        b"1,x\r\n2,\"y,z\"\r\n"
+    );
+    assert_eq!(
+        storage
+            .read_bytes(&format!("{base}/out/prediction.results_header.csv"))
+            .unwrap(),
+        b"a,b\r\n"
+    );
+    // Cancelled before it starts: CANCELLED, nothing written.
+    let cancel = CancelHandle::new();
+    cancel.cancel();
+    let mut cancelled = job(
+        &[format!("{base}/in/*")],
+        &format!("{base}/cancelled"),
+        "JSON",
+    );
+    let summary = BatchExecutor::new(Arc::clone(&storage), Arc::new(EchoResolver))
+        .run(&mut cancelled, &cancel)
+        .unwrap();
+    assert_eq!(summary.state, State::Cancelled);
+    assert!(
+        storage
+            .list(&format!("{base}/cancelled/"))
+            .unwrap()
+            .is_empty()
+    );
+}
+
+#[test]
+fn gzip_encoded_objects_on_cloud_storage_are_read_decompressed_and_never_by_range() {
+    let Some(servers) = servers() else { return };
+    let content = b"{\"x\": 1}\n{\"x\": 2}\n{\"x\": 3}\n";
+    let mut gzip = std::process::Command::new("gzip")
+        .arg("-c")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    gzip.stdin.take().unwrap().write_all(content).unwrap();
+    let compressed = gzip.wait_with_output().unwrap().stdout;
+    let base = fresh("gs", servers, "transcoded");
+    let name = format!(
+        "{}/in/a.jsonl",
+        base.split_once(&format!("gs://{}/", servers.bucket))
+            .unwrap()
+            .1
+    );
+    // An upload with Content-Encoding: gzip in its metadata, as `gsutil cp -Z` makes.
+    let mut body = Vec::new();
+    body.extend_from_slice(b"--BOUNDARY\r\nContent-Type: application/json\r\n\r\n");
+    body.extend_from_slice(
+        json!({"name": name, "contentEncoding": "gzip"})
+            .to_string()
+            .as_bytes(),
+    );
+    body.extend_from_slice(b"\r\n--BOUNDARY\r\nContent-Type: application/octet-stream\r\n\r\n");
+    body.extend_from_slice(&compressed);
+    body.extend_from_slice(b"\r\n--BOUNDARY--\r\n");
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("body"), &body).unwrap();
+    let upload = std::process::Command::new("curl")
+        .args([
+            "-sf",
+            "-X",
+            "POST",
+            "-H",
+            "Content-Type: multipart/related; boundary=BOUNDARY",
+        ])
+        .arg("--data-binary")
+        .arg(format!("@{}", dir.path().join("body").display()))
+        .arg(format!(
+            "{}/upload/storage/v1/b/{}/o?uploadType=multipart",
+            servers.gcs, servers.bucket
+        ))
+        .output()
+        .unwrap();
+    assert!(
+        upload.status.success(),
+        "{}",
+        String::from_utf8_lossy(&upload.stderr)
+    );
+    let storage: Arc<dyn Storage> = Arc::new(gcs(servers));
+    let location = format!("{base}/in/a.jsonl");
+    assert_eq!(storage.read_bytes(&location).unwrap(), content);
+    let err = storage.open_at(&location, 3).err().expect("refused");
+    assert!(err.to_string().contains("Content-Encoding: gzip"), "{err}");
+    let mut job = job(&[format!("{base}/in/*")], &format!("{base}/out"), "JSON");
+    let summary = BatchExecutor::new(Arc::clone(&storage), Arc::new(EchoResolver))
+        .run(&mut job, &CancelHandle::new())
+        .unwrap();
+    assert_eq!(
+        (summary.state, summary.prediction_count),
+        (State::Succeeded, 3),
+        "{:?}",
+        job.error_message
+    );
 }

@@ -212,10 +212,27 @@ impl Storage for GcsStorage {
         self.open_at(location, 0)
     }
 
+    /// Objects stored with `Content-Encoding: gzip` are served decompressed
+    /// (decompressive transcoding), from their start whatever the range
+    /// asked for: they are read from the start, a dropped connection is
+    /// resumed by skipping what was read, and reading from an offset is
+    /// refused (their size is the compressed one, so offsets into the
+    /// decompressed content cannot be planned).
     fn open_at(&self, location: &str, offset: u64) -> Result<Box<dyn Read + Send>, StorageError> {
         let object = self.head_object(location)?;
         let size = u64::try_from(object.size).unwrap_or(0);
-        if offset >= size {
+        let transcoded = object
+            .content_encoding
+            .as_deref()
+            .is_some_and(|e| e.eq_ignore_ascii_case("gzip"));
+        if transcoded && offset > 0 {
+            return Err(StorageError::other(
+                location,
+                format!("cannot read from byte {offset} of"),
+                "it is stored with Content-Encoding: gzip, which Cloud Storage serves decompressed from its start, so no byte range of it can be read (as a job split into ranges would); store it without that encoding, or in smaller objects",
+            ));
+        }
+        if offset >= size && !transcoded {
             return Ok(Box::new(ChunkReader::empty()));
         }
         let (bucket, name) = split_location(location, "gs", false)?;
@@ -230,11 +247,16 @@ impl Storage for GcsStorage {
         let (reader, tx) = ChunkReader::new();
         let location = location.to_owned();
         self.runtime.spawn(async move {
+            // Bytes delivered so far, counted from the object's start.
             let mut at = offset;
             let mut failures = 0;
             let started = std::time::Instant::now();
-            while at < size {
-                let range = Range(Some(at), None);
+            loop {
+                let (range, mut skip) = if transcoded {
+                    (Range(None, None), at)
+                } else {
+                    (Range(Some(at), None), 0)
+                };
                 let body = retry
                     .run(transient, || {
                         client.download_streamed_object(&request, &range)
@@ -243,44 +265,45 @@ impl Storage for GcsStorage {
                 let mut body = match body {
                     Ok(body) => Box::pin(body),
                     Err(e) => {
-                        let e = error(&location, "read", e);
-                        feed(&tx, Err(io::Error::other(e)));
+                        feed(&tx, Err(io::Error::other(error(&location, "read", e))));
                         return;
                     }
                 };
                 let mut broken = None;
                 while let Some(chunk) = body.next().await {
                     match chunk {
-                        Ok(chunk) => {
+                        Ok(mut chunk) => {
+                            let dropped = skip.min(chunk.len() as u64);
+                            skip -= dropped;
+                            chunk = chunk.slice(dropped as usize..);
                             at += chunk.len() as u64;
-                            if !feed(&tx, Ok(chunk)) {
+                            if !chunk.is_empty() && !feed(&tx, Ok(chunk)) {
                                 return; // the reader is gone
                             }
                         }
                         Err(e) => {
-                            broken = Some(e);
+                            broken = Some(error(&location, "read", e));
                             break;
                         }
                     }
                 }
-                match broken {
+                let broken = match broken {
+                    // The whole object (a transcoded body ends where its content does).
+                    None if transcoded || at >= size => return,
                     // The body ended early without an error: ask for the rest.
-                    None if at < size => {}
-                    None => return,
-                    Some(e)
-                        if failures < retry.max_retries
-                            && started.elapsed() < retry.max_elapsed =>
-                    {
-                        failures += 1;
-                        let _ = e;
-                        tokio::time::sleep(retry.backoff(failures)).await;
-                    }
-                    Some(e) => {
-                        let e = error(&location, "read", e);
-                        feed(&tx, Err(io::Error::other(e)));
-                        return;
-                    }
+                    None => StorageError::other(
+                        &location,
+                        "cannot read",
+                        format!("the body ended at byte {at} of {size}"),
+                    ),
+                    Some(e) => e,
+                };
+                if failures >= retry.max_retries || started.elapsed() >= retry.max_elapsed {
+                    feed(&tx, Err(io::Error::other(broken)));
+                    return;
                 }
+                failures += 1;
+                tokio::time::sleep(retry.backoff(failures)).await;
             }
         });
         Ok(Box::new(reader))

@@ -237,7 +237,7 @@ impl Storage for S3Storage {
             let mut at = offset;
             let mut failures = 0;
             let started = std::time::Instant::now();
-            while at < size {
+            loop {
                 // Pinned to the ETag just seen: a resumed read reads the same bytes.
                 let options = GetOptions {
                     range: Some(GetRange::Offset(at)),
@@ -266,20 +266,22 @@ impl Storage for S3Storage {
                         }
                     }
                 }
-                match broken {
-                    None => {} // to the end, or asked for the rest
-                    Some(_)
-                        if failures < retry.max_retries
-                            && started.elapsed() < retry.max_elapsed =>
-                    {
-                        failures += 1;
-                        tokio::time::sleep(retry.backoff(failures)).await;
-                    }
-                    Some(e) => {
-                        feed(&tx, Err(io::Error::other(error(&location, "read", e))));
-                        return;
-                    }
+                let broken = match broken {
+                    None if at >= size => return,
+                    // The body ended early without an error: ask for the rest.
+                    None => StorageError::other(
+                        &location,
+                        "cannot read",
+                        format!("the body ended at byte {at} of {size}"),
+                    ),
+                    Some(e) => error(&location, "read", e),
+                };
+                if failures >= retry.max_retries || started.elapsed() >= retry.max_elapsed {
+                    feed(&tx, Err(io::Error::other(broken)));
+                    return;
                 }
+                failures += 1;
+                tokio::time::sleep(retry.backoff(failures)).await;
             }
         });
         Ok(Box::new(reader))
