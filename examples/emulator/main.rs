@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! cargo run --release --features rest --example emulator -- --port 8080 --root DIR [--predictor echo]
-//!     [--enforce-iam] [--max-body-bytes N]
+//!     [--enforce-iam] [--max-body-bytes N] [--buckets]
 //! ```
 //!
 //! It serves the API on 127.0.0.1:PORT, keeps jobs in a durable store in
@@ -16,6 +16,10 @@
 //! without that feature, jobs fail saying no model can be loaded. One log line per request on
 //! stderr; Ctrl-C cancels running jobs and stops cleanly. The HTTP server
 //! (http.rs) bounds connections, heads, bodies and the time of every read.
+//!
+//! With `--buckets` (and the `cloud` feature), `gs://` and `s3://` are real
+//! buckets instead, reached with the credentials and emulators the
+//! environment names (see `CloudStorage`); other paths stay confined to DIR.
 //!
 //! Callers: `Authorization: Bearer user:alice@example.com` acts as that
 //! principal; with `--enforce-iam` it needs a role on the job (set one with
@@ -42,6 +46,7 @@ struct Options {
     echo: bool,
     enforce_iam: bool,
     max_body_bytes: usize,
+    buckets: bool,
 }
 
 fn parse_args() -> Result<Options, String> {
@@ -51,6 +56,7 @@ fn parse_args() -> Result<Options, String> {
         echo: false,
         enforce_iam: false,
         max_body_bytes: batch_prediction::DEFAULT_MAX_BODY_BYTES,
+        buckets: false,
     };
     let mut args = std::env::args().skip(1);
     let mut port = None;
@@ -75,6 +81,8 @@ fn parse_args() -> Result<Options, String> {
                 }
             },
             "--enforce-iam" => options.enforce_iam = true,
+            "--buckets" if cfg!(feature = "cloud") => options.buckets = true,
+            "--buckets" => return Err("--buckets needs the cloud feature".into()),
             "--max-body-bytes" => {
                 options.max_body_bytes = value("--max-body-bytes")?
                     .parse()
@@ -102,12 +110,22 @@ fn no_model(
     )))
 }
 
+/// The folders under DIR, and with `--buckets` real `gs://` and `s3://` buckets.
+fn storage(options: &Options, local: LocalStorage) -> Arc<dyn batch_prediction::Storage> {
+    #[cfg(feature = "cloud")]
+    if options.buckets {
+        return Arc::new(batch_prediction::CloudStorage::new(local));
+    }
+    let _ = options;
+    Arc::new(local)
+}
+
 fn main() -> ExitCode {
     let options = match parse_args() {
         Ok(options) => options,
         Err(e) => {
             eprintln!(
-                "error: {e}\nusage: emulator --port PORT --root DIR [--predictor echo] [--enforce-iam] [--max-body-bytes N]"
+                "error: {e}\nusage: emulator --port PORT --root DIR [--predictor echo] [--enforce-iam] [--max-body-bytes N] [--buckets]"
             );
             return ExitCode::from(2);
         }
@@ -130,11 +148,13 @@ fn serve(options: Options) -> Result<(), Box<dyn std::error::Error>> {
             .build()?,
     );
     let api = Arc::new(RestApi::new(service.clone()).with_max_body_bytes(options.max_body_bytes));
-    // With the onnx feature, a job's uri names an ONNX model under DIR.
+    let storage = storage(&options, LocalStorage::confined(&root));
+    // With the onnx feature, a job's uri names an ONNX model under DIR (or on a bucket).
     #[cfg(feature = "onnx")]
-    let models: Arc<dyn ModelResolver> = Arc::new(batch_prediction::OnnxResolver::new(
-        LocalStorage::confined(&root),
-    ));
+    let models: Arc<dyn ModelResolver> = Arc::new(
+        batch_prediction::OnnxResolver::new(LocalStorage::confined(&root))
+            .with_buckets(Arc::clone(&storage)),
+    );
     #[cfg(not(feature = "onnx"))]
     let models: Arc<dyn ModelResolver> = Arc::new(no_model);
     let resolver: Arc<dyn ModelResolver> = if options.echo {
@@ -142,7 +162,7 @@ fn serve(options: Options) -> Result<(), Box<dyn std::error::Error>> {
     } else {
         models
     };
-    let executor = BatchExecutor::new(Arc::new(LocalStorage::confined(&root)), resolver);
+    let executor = BatchExecutor::new(storage, resolver);
 
     let listener = TcpListener::bind(("127.0.0.1", options.port))
         .map_err(|e| format!("cannot listen on 127.0.0.1:{}: {e}", options.port))?;

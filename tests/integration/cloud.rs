@@ -816,3 +816,152 @@ fn gzip_encoded_objects_on_cloud_storage_are_read_decompressed_and_never_by_rang
         job.error_message
     );
 }
+
+/// A program started by a test, killed when dropped.
+struct Running(std::process::Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Sends an HTTP request with curl; the body of the answer as JSON.
+fn curl(method: &str, url: &str, body: Option<&serde_json::Value>) -> serde_json::Value {
+    let mut command = std::process::Command::new("curl");
+    command.args(["-s", "-X", method, url]);
+    if let Some(body) = body {
+        command.args([
+            "-H",
+            "Content-Type: application/json",
+            "-d",
+            &body.to_string(),
+        ]);
+    }
+    let out = command.output().unwrap();
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|_| panic!("{method} {url}: {}", String::from_utf8_lossy(&out.stdout)))
+}
+
+#[test]
+fn the_emulator_runs_jobs_on_real_buckets() {
+    let Some(servers) = servers() else { return };
+    let Some(exe) = crate::example("emulator") else {
+        return;
+    };
+    let root = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let _emulator = Running(
+        std::process::Command::new(&exe)
+            .args([
+                "--port",
+                &port.to_string(),
+                "--predictor",
+                "echo",
+                "--buckets",
+                "--root",
+            ])
+            .arg(root.path())
+            .env("STORAGE_EMULATOR_HOST", &servers.gcs)
+            .env("AWS_ENDPOINT_URL", &servers.s3)
+            .env("AWS_ACCESS_KEY_ID", "test")
+            .env("AWS_SECRET_ACCESS_KEY", "test")
+            .env("AWS_REGION", "us-east-1")
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the emulator did not start"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let input = fresh("gs", servers, "emulator-in");
+    let output = fresh("s3", servers, "emulator-out");
+    gcs(servers)
+        .put_bytes(&format!("{input}/a.jsonl"), b"{\"x\": 1}\n{\"x\": 2}\n")
+        .unwrap();
+    let api = format!("http://127.0.0.1:{port}/v1/projects/bucket-test/jobs");
+    let created = curl(
+        "POST",
+        &api,
+        Some(&json!({
+            "jobId": "on_buckets",
+            "predictionInput": {
+                "dataFormat": "JSON", "inputPaths": [format!("{input}/*")],
+                "outputPath": output, "region": "us-central1", "uri": "gs://models/echo"
+            }
+        })),
+    );
+    assert_eq!(created["state"], "QUEUED", "{created}");
+    let done = loop {
+        let job = curl("GET", &format!("{api}/on_buckets"), None);
+        if matches!(job["state"].as_str(), Some("SUCCEEDED" | "FAILED")) {
+            break job;
+        }
+        assert!(std::time::Instant::now() < deadline, "stuck: {job}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert_eq!(done["state"], "SUCCEEDED", "{done}");
+    assert_eq!(done["predictionOutput"]["predictionCount"], "2", "{done}");
+    assert_eq!(
+        s3(servers)
+            .read_bytes(&format!("{output}/prediction.results-00000-of-00001"))
+            .unwrap(),
+        b"{\"x\":1}\n{\"x\":2}\n"
+    );
+}
+
+#[test]
+fn a_missing_bucket_fails_the_job_before_it_predicts() {
+    let Some(servers) = servers() else { return };
+    let storage: Arc<dyn Storage> = Arc::new(
+        CloudStorage::new(LocalStorage::new())
+            .with_gcs(gcs(servers))
+            .with_s3(s3(servers)),
+    );
+    let input = fresh("gs", servers, "missing-bucket");
+    storage
+        .put_bytes(&format!("{input}/a.jsonl"), b"{\"x\": 1}\n")
+        .unwrap();
+    for (inputs, output, named) in [
+        (
+            format!("{input}/*"),
+            "gs://no-such-bucket-out/o".to_owned(),
+            "gs://no-such-bucket-out/o",
+        ),
+        (
+            format!("{input}/*"),
+            "s3://no-such-bucket-out/o".to_owned(),
+            "s3://no-such-bucket-out/o",
+        ),
+        (
+            "s3://no-such-bucket-in/*".to_owned(),
+            format!("{input}-out"),
+            "s3://no-such-bucket-in/",
+        ),
+    ] {
+        let mut job = job(std::slice::from_ref(&inputs), &output, "JSON");
+        let summary = BatchExecutor::new(Arc::clone(&storage), Arc::new(EchoResolver))
+            .run(&mut job, &CancelHandle::new())
+            .unwrap();
+        assert_eq!(
+            (summary.state, summary.records_read),
+            (State::Failed, 0),
+            "{inputs} -> {output}"
+        );
+        let message = job.error_message.unwrap();
+        assert!(
+            message.contains(named) && message.contains("does not exist"),
+            "{inputs} -> {output}: {message}"
+        );
+    }
+}

@@ -157,6 +157,15 @@ fn error(location: &str, operation: &str, e: GcsError) -> StorageError {
     StorageError::new(kind, location, format!("cannot {operation}")).with_source(e)
 }
 
+/// The error of a listing in a bucket that does not exist.
+pub(super) fn no_bucket(bucket: &str, prefix: &str) -> StorageError {
+    StorageError::new(
+        StorageErrorKind::NotFound,
+        prefix,
+        format!("no bucket named {bucket:?} (it does not exist) holds"),
+    )
+}
+
 fn meta(bucket: &str, object: &Object) -> ObjectMeta {
     ObjectMeta {
         location: format!("gs://{bucket}/{}", object.name),
@@ -193,7 +202,11 @@ impl Storage for GcsStorage {
                     }
                 }
             })
-            .map_err(|e| error(prefix, "list", e))?;
+            .map_err(|e| match error(prefix, "list", e) {
+                // Listing a prefix finds nothing, or fails: a 404 is the bucket's.
+                e if e.kind() == StorageErrorKind::NotFound => no_bucket(bucket, prefix),
+                e => e,
+            })?;
         let mut found: Vec<ObjectMeta> = objects.iter().map(|o| meta(bucket, o)).collect();
         found.sort_by(|a, b| a.location.cmp(&b.location));
         found.dedup_by(|a, b| a.location == b.location);

@@ -196,7 +196,13 @@ impl Storage for S3Storage {
                 }
                 Ok(found)
             })
-            .map_err(|e| error(prefix, "list", e))?;
+            .map_err(|e: object_store::Error| {
+                if e.to_string().contains("NoSuchBucket") {
+                    super::gcs::no_bucket(bucket, prefix).with_source(e)
+                } else {
+                    error(prefix, "list", e)
+                }
+            })?;
         let mut found: Vec<ObjectMeta> = objects
             .into_iter()
             .map(|o| ObjectMeta {
