@@ -4,6 +4,14 @@
 # same generated files. Arguments go to benches/compare.py (--records N,
 # --rounds R, --no-tensorflow). Needs python3; installs tensorflow-cpu into
 # target/compare-venv on first use, and says so if it cannot.
+#
+# With --cloud first, the cloud storage backends against curl instead
+# (benches/compare_cloud.py: --mb M, --records N, --rounds R, --big-gb G),
+# on moto and fake-gcs-server started on loopback.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+if [ "${1:-}" = "--cloud" ]; then
+  shift
+  exec python3 benches/compare_cloud.py "$@"
+fi
 exec python3 benches/compare.py "$@"

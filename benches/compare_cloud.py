@@ -1,0 +1,161 @@
+#!/usr/bin/env python3
+"""The cloud storage backends against curl, on the same local servers,
+printed as ratios (issue #13, section 7).
+
+    python3 benches/compare_cloud.py [--mb M] [--records N] [--rounds R] [--big-gb G]
+
+(or `bash benches/compare.sh --cloud ...`). It starts moto (S3) and
+fake-gcs-server (Cloud Storage) on loopback with tests/cloud/servers.sh,
+then, in R (default 5) alternating rounds, times on each server:
+
+- reading an M MB (default 256) object with this crate (`cloud_helper get`)
+  against `curl` downloading it; uploading it (`cloud_helper put`) against
+  `curl` uploading it (S3 requests signed by curl's --aws-sigv4);
+- the echo job over N (default 1,000,000) JSON lines read from the bucket
+  and written back to it, against the same job on local files and against
+  curl moving the same input and output bytes to and from that server.
+
+Then the peak RSS of reading and of uploading a 20 MB and a G GB (default 2)
+object. It prints medians and each goal as a ratio with PASS or MISS.
+"""
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "benches"))
+from compare import target_dir, timed, write_jsonl, peak_rss_kb  # noqa: E402
+
+
+def servers():
+    out = subprocess.run(["bash", os.path.join(ROOT, "tests", "cloud", "servers.sh"), str(os.getpid())],
+                         capture_output=True, text=True)
+    env = dict(line.split("=", 1) for line in out.stdout.split() if "=" in line)
+    if "BUCKET" not in env:
+        sys.exit(f"cannot start the servers: {out.stdout} {out.stderr}")
+    return env
+
+
+def curl_time(args):
+    start = time.perf_counter()
+    subprocess.run(["curl", "-sSf", "-o", "/dev/null"] + args, check=True)
+    return time.perf_counter() - start
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--mb", type=int, default=256)
+    parser.add_argument("--records", type=int, default=1_000_000)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--big-gb", type=float, default=2.0)
+    args = parser.parse_args()
+
+    subprocess.run(["cargo", "build", "--quiet", "--release", "--features", "cloud", "--example", "cloud_helper"],
+                   cwd=ROOT, check=True)
+    helper = os.path.join(target_dir(), "release", "examples", "cloud_helper")
+    env = servers()
+    gcs, s3, bucket = env["STORAGE_EMULATOR_HOST"], env["AWS_ENDPOINT_URL"], env["BUCKET"]
+    os.environ.update({
+        "STORAGE_EMULATOR_HOST": gcs, "AWS_ENDPOINT_URL": s3, "AWS_ACCESS_KEY_ID": "test",
+        "AWS_SECRET_ACCESS_KEY": "test", "AWS_REGION": "us-east-1",
+    })
+    sigv4 = ["--aws-sigv4", "aws:amz:us-east-1:s3", "--user", "test:test"]
+
+    def curl_get(scheme, name):
+        if scheme == "gs":
+            return curl_time([f"{gcs}/storage/v1/b/{bucket}/o/{name.replace('/', '%2F')}?alt=media"])
+        return curl_time(sigv4 + [f"{s3}/{bucket}/{name}"])
+
+    def curl_put(scheme, name, path):
+        if scheme == "gs":
+            return curl_time(["-X", "POST", "--data-binary", f"@{path}", "-H", "Content-Type: application/octet-stream",
+                              f"{gcs}/upload/storage/v1/b/{bucket}/o?uploadType=media&name={name}"])
+        return curl_time(sigv4 + ["-T", path, f"{s3}/{bucket}/{name}"])
+
+    work = tempfile.mkdtemp(prefix="bp-compare-cloud-")
+    try:
+        blob = os.path.join(work, "blob.bin")
+        with open(blob, "wb") as f:
+            chunk = os.urandom(1 << 20)
+            for _ in range(args.mb):
+                f.write(chunk)
+        size = os.path.getsize(blob)
+        jsonl = os.path.join(work, "in", "instances.jsonl")
+        os.makedirs(os.path.dirname(jsonl))
+        write_jsonl(jsonl, args.records)
+        for scheme in ("gs", "s3"):
+            subprocess.run([helper, "put", blob, f"{scheme}://{bucket}/bench/blob.bin"], check=True, capture_output=True)
+            subprocess.run([helper, "put", jsonl, f"{scheme}://{bucket}/bench/in/instances.jsonl"], check=True,
+                           capture_output=True)
+        # What the job writes, to time curl moving the same bytes.
+        subprocess.run([helper, "job", jsonl, os.path.join(work, "out"), "2"], check=True, capture_output=True)
+        results = os.path.join(work, "out", "prediction.results-00000-of-00001")
+
+        cases = {}
+        for scheme in ("gs", "s3"):
+            obj = f"{scheme}://{bucket}/bench/blob.bin"
+            cases[f"{scheme} read, this crate"] = lambda obj=obj: timed([helper, "get", obj])
+            cases[f"{scheme} read, curl"] = lambda s=scheme: curl_get(s, "bench/blob.bin")
+            cases[f"{scheme} upload, this crate"] = lambda s=scheme: timed([helper, "put", blob, f"{s}://{bucket}/bench/up.bin"])
+            cases[f"{scheme} upload, curl"] = lambda s=scheme: curl_put(s, "bench/up-curl.bin", blob)
+            cases[f"{scheme} echo job, 2 workers"] = lambda s=scheme: timed(
+                [helper, "job", f"{s}://{bucket}/bench/in/*.jsonl", f"{s}://{bucket}/bench/out", "2"])
+            cases[f"{scheme} curl in + out"] = lambda s=scheme: (
+                curl_get(s, "bench/in/instances.jsonl") + curl_put(s, "bench/curl-out.jsonl", results))
+        cases["local echo job, 2 workers"] = lambda: timed([helper, "job", jsonl, os.path.join(work, "out"), "2"])
+        times = {name: [] for name in cases}
+        for r in range(args.rounds):
+            for name, run in cases.items():
+                times[name].append(run())
+            print(f"round {r + 1}/{args.rounds} done", file=sys.stderr)
+        med = {name: statistics.median(v) for name, v in times.items()}
+
+        rss = {}
+        small = os.path.join(work, "small.bin")
+        with open(small, "wb") as f:
+            f.write(os.urandom(20 << 20))
+        big = os.path.join(work, "big.bin")
+        with open(big, "wb") as f:
+            chunk = os.urandom(1 << 20)
+            for _ in range(int(args.big_gb * 1024)):
+                f.write(chunk)
+        os.remove(blob)
+        for label, path in (("20 MB", small), (f"{args.big_gb:g} GB", big)):
+            location = f"gs://{bucket}/bench/rss-{os.path.basename(path)}"
+            rss[("upload", label)] = peak_rss_kb([helper, "put", path, location])
+            rss[("read", label)] = peak_rss_kb([helper, "get", location])
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+    print(f"\n{args.mb} MB object, {args.records} JSON lines; medians of {args.rounds} alternating rounds "
+          f"({time.strftime('%Y-%m-%d')}, {os.cpu_count()} CPUs)")
+    for name, secs in med.items():
+        print(f"  {name:<28} {secs * 1000:9.1f} ms")
+    print("\ngoals (ratios of speed; higher is better)")
+    for scheme in ("gs", "s3"):
+        for what in ("read", "upload"):
+            ratio = med[f"{scheme} {what}, curl"] / med[f"{scheme} {what}, this crate"]
+            mbps = size / 1e6 / med[f"{scheme} {what}, this crate"]
+            verdict = "PASS" if ratio >= 0.8 else "MISS"
+            print(f"  {scheme} {what} vs curl ({mbps:.0f} MB/s)".ljust(40) + f"{ratio:7.2f}  (goal >= 0.8)  {verdict}")
+        bound = max(med["local echo job, 2 workers"], med[f"{scheme} curl in + out"])
+        ratio = med[f"{scheme} echo job, 2 workers"] / bound
+        verdict = "PASS" if ratio <= 1.2 else "MISS"
+        print(f"  {scheme} echo job / max(local job, curl)".ljust(40) + f"{ratio:7.2f}  (goal <= 1.2)  {verdict}")
+    for what in ("read", "upload"):
+        small_kb, big_kb = rss[(what, "20 MB")], rss[(what, f"{args.big_gb:g} GB")]
+        grow = (big_kb - small_kb) / 1024
+        verdict = "PASS" if grow <= 64 else "MISS"
+        print(f"  peak RSS, gs {what}: {small_kb / 1024:.1f} MB for 20 MB, {big_kb / 1024:.1f} MB for "
+              f"{args.big_gb:g} GB: +{grow:.1f} MB  (goal <= +64 MB)  {verdict}")
+
+
+if __name__ == "__main__":
+    main()
