@@ -14,10 +14,11 @@ use gcloud_storage::http::objects::download::Range;
 use gcloud_storage::http::objects::get::GetObjectRequest;
 use gcloud_storage::http::objects::list::ListObjectsRequest;
 use gcloud_storage::http::objects::upload::{Media, UploadObjectRequest, UploadType};
-use gcloud_storage::http::resumable_upload_client::{ChunkSize, ResumableUploadClient};
+use gcloud_storage::http::resumable_upload_client::ChunkSize;
 
 use super::{
-    ChunkReader, RetryPolicy, Runtime, UPLOAD_PART_BYTES, feed, shared_runtime, split_location,
+    ChunkReader, Part, Parts, RetryPolicy, Runtime, UPLOAD_PART_BYTES, feed, next_part,
+    shared_runtime, split_location,
 };
 use crate::storage::{ObjectMeta, ObjectWriter, Storage, StorageError, StorageErrorKind};
 
@@ -330,8 +331,7 @@ impl Storage for GcsStorage {
             bucket: bucket.to_owned(),
             name: name.to_owned(),
             buffer: Vec::new(),
-            session: None,
-            uploaded: 0,
+            parts: None,
         }))
     }
 
@@ -355,82 +355,103 @@ impl Storage for GcsStorage {
 
 /// An upload: one request when the object fits in one part, else a
 /// resumable session that the object appears with only when finalized.
+/// Whole parts go to a task on the runtime that sends them in order while
+/// the caller writes the next one.
 struct GcsWriter {
     storage: GcsStorage,
     location: String,
     bucket: String,
     name: String,
     buffer: Vec<u8>,
-    session: Option<ResumableUploadClient>,
-    uploaded: u64,
+    parts: Option<Parts>,
 }
 
 impl GcsWriter {
-    /// Uploads the buffer's whole parts through the resumable session.
-    fn upload_parts(&mut self) -> io::Result<()> {
+    /// Hands the buffer's whole parts to the upload task, starting it first.
+    fn send_parts(&mut self) -> io::Result<()> {
         while self.buffer.len() >= UPLOAD_PART_BYTES {
-            let part: Vec<u8> = self.buffer.drain(..UPLOAD_PART_BYTES).collect();
-            self.upload(part, None)?;
+            let rest = self.buffer.split_off(UPLOAD_PART_BYTES);
+            let part = std::mem::replace(&mut self.buffer, rest);
+            if self.parts.is_none() {
+                self.parts = Some(self.start());
+            }
+            self.parts
+                .as_mut()
+                .expect("started")
+                .send(Part::Chunk(part))
+                .map_err(io::Error::other)?;
         }
         Ok(())
     }
 
-    /// Uploads `part` as the next chunk; `total` for the last one.
-    fn upload(&mut self, part: Vec<u8>, total: Option<u64>) -> io::Result<()> {
+    /// The task that opens the resumable session and sends each part.
+    fn start(&self) -> Parts {
+        let (parts, chunks, done) = Parts::new();
         let client = self.storage.client.clone();
         let request = UploadObjectRequest {
             bucket: self.bucket.clone(),
             ..UploadObjectRequest::default()
         };
-        let name = self.name.clone();
-        let session = self.session.take();
-        let first = self.uploaded;
-        let len = part.len() as u64;
-        let (session, result) = self.storage.runtime.block_on(async move {
-            let session = match session {
-                Some(s) => s,
-                None => {
-                    let object = Object {
-                        name,
-                        ..Object::default()
-                    };
-                    match client
-                        .prepare_resumable_upload(
-                            &request,
-                            &UploadType::Multipart(Box::new(object)),
-                        )
-                        .await
-                    {
-                        Ok(s) => s,
-                        Err(e) => return (None, Err(e)),
-                    }
+        let object = Object {
+            name: self.name.clone(),
+            ..Object::default()
+        };
+        let location = self.location.clone();
+        self.storage.runtime.spawn(async move {
+            let failed = |e| error(&location, "upload", e);
+            let session = match client
+                .prepare_resumable_upload(&request, &UploadType::Multipart(Box::new(object)))
+                .await
+            {
+                Ok(session) => session,
+                Err(e) => {
+                    let _ = done.send(Err(failed(e)));
+                    return;
                 }
             };
-            let result = if len == 0 {
-                // Finalize with nothing more to send.
-                session.status(total).await.map(|_| ())
-            } else {
-                let chunk = ChunkSize::new(first, first + len - 1, total);
-                session
-                    .upload_multiple_chunk(part, &chunk)
-                    .await
-                    .map(|_| ())
-            };
-            (Some(session), result)
+            let mut sent = 0u64;
+            loop {
+                let (data, last) = match next_part(&chunks) {
+                    Some(Part::Chunk(data)) => (data, false),
+                    Some(Part::Last(data)) => (data, true),
+                    None => {
+                        // The writer was dropped without commit: nothing appears.
+                        let _ = session.cancel().await;
+                        return;
+                    }
+                };
+                let len = data.len() as u64;
+                let total = last.then_some(sent + len);
+                let result = if len == 0 {
+                    // Finalize with nothing more to send.
+                    session.status(total).await.map(|_| ())
+                } else {
+                    let chunk = ChunkSize::new(sent, sent + len - 1, total);
+                    session
+                        .upload_multiple_chunk(data, &chunk)
+                        .await
+                        .map(|_| ())
+                };
+                if let Err(e) = result {
+                    let _ = session.cancel().await;
+                    let _ = done.send(Err(failed(e)));
+                    return;
+                }
+                sent += len;
+                if last {
+                    let _ = done.send(Ok(()));
+                    return;
+                }
+            }
         });
-        self.session = session;
-        result.map_err(|e| io::Error::other(error(&self.location, "upload", e)))?;
-        self.uploaded += len;
-        Ok(())
+        parts
     }
 }
 
 impl Write for GcsWriter {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         self.buffer.extend_from_slice(buf);
-        if self.buffer.len() >= 2 * UPLOAD_PART_BYTES {
-            self.upload_parts()?;
-        }
+        self.send_parts()?;
         Ok(buf.len())
     }
 
@@ -442,46 +463,31 @@ impl Write for GcsWriter {
 impl ObjectWriter for GcsWriter {
     fn commit(mut self: Box<Self>) -> Result<ObjectMeta, StorageError> {
         let location = self.location.clone();
-        let failed = |e: io::Error| StorageError::io(&location, "write", e);
-        if self.session.is_none() && self.buffer.len() <= UPLOAD_PART_BYTES {
-            // One request: the object appears complete or not at all.
-            let data = std::mem::take(&mut self.buffer);
-            let client = self.storage.client.clone();
-            let retry = self.storage.retry;
-            let request = UploadObjectRequest {
-                bucket: self.bucket.clone(),
-                ..UploadObjectRequest::default()
-            };
-            let media = UploadType::Simple(Media::new(self.name.clone()));
-            let data = Bytes::from(data);
-            self.storage
-                .runtime
-                .block_on(async move {
-                    retry
-                        .run(transient, || {
-                            client.upload_object(&request, data.clone(), &media)
-                        })
-                        .await
-                })
-                .map_err(|e| error(&location, "upload", e))?;
-        } else {
-            self.upload_parts().map_err(failed)?;
-            let rest = std::mem::take(&mut self.buffer);
-            let total = self.uploaded + rest.len() as u64;
-            self.upload(rest, Some(total)).map_err(failed)?;
-            self.session = None; // finalized: nothing to cancel
+        let data = std::mem::take(&mut self.buffer);
+        match self.parts.take() {
+            Some(parts) => parts.finish(data)?,
+            None => {
+                // One request: the object appears complete or not at all.
+                let client = self.storage.client.clone();
+                let retry = self.storage.retry;
+                let request = UploadObjectRequest {
+                    bucket: self.bucket.clone(),
+                    ..UploadObjectRequest::default()
+                };
+                let media = UploadType::Simple(Media::new(self.name.clone()));
+                let data = Bytes::from(data);
+                self.storage
+                    .runtime
+                    .block_on(async move {
+                        retry
+                            .run(transient, || {
+                                client.upload_object(&request, data.clone(), &media)
+                            })
+                            .await
+                    })
+                    .map_err(|e| error(&location, "upload", e))?;
+            }
         }
         self.storage.head(&location)
-    }
-}
-
-impl Drop for GcsWriter {
-    fn drop(&mut self) {
-        // An upload never committed: cancel its session so nothing appears.
-        if let Some(session) = self.session.take() {
-            self.storage.runtime.spawn(async move {
-                let _ = session.cancel().await;
-            });
-        }
     }
 }

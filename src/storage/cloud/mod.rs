@@ -266,6 +266,79 @@ pub(crate) fn feed(tx: &SyncSender<io::Result<Bytes>>, item: io::Result<Bytes>) 
     tokio::task::block_in_place(|| tx.send(item).is_ok())
 }
 
+/// A part of an upload, handed from the writer to the upload task.
+pub(crate) enum Part {
+    /// A whole part; more follow.
+    Chunk(Vec<u8>),
+    /// The rest (possibly empty): the upload ends with it.
+    Last(Vec<u8>),
+}
+
+/// The writer's end of an upload task: parts go in (at most one waits
+/// while another uploads, so memory stays bounded), the outcome comes back.
+/// Dropping it without [`finish`](Parts::finish) tells the task to cancel.
+pub(crate) struct Parts {
+    parts: SyncSender<Part>,
+    done: Receiver<Result<(), StorageError>>,
+    failed: Option<StorageError>,
+}
+
+impl Parts {
+    /// The writer's end, the task's end of the parts, and where the task
+    /// sends its outcome.
+    pub(crate) fn new() -> (Parts, Receiver<Part>, SyncSender<Result<(), StorageError>>) {
+        let (parts, chunks) = sync_channel(1);
+        let (done_tx, done) = sync_channel(1);
+        (
+            Parts {
+                parts,
+                done,
+                failed: None,
+            },
+            chunks,
+            done_tx,
+        )
+    }
+
+    /// Hands a part to the task; its error if it has already failed.
+    pub(crate) fn send(&mut self, part: Part) -> Result<(), StorageError> {
+        if let Some(e) = &self.failed {
+            return Err(StorageError::new(e.kind(), e.location(), e.to_string()));
+        }
+        if self.parts.send(part).is_err() {
+            // The task ended early: it says why.
+            let e = self.outcome().err().unwrap_or_else(|| {
+                StorageError::new(StorageErrorKind::Other, "", "the upload task ended early")
+            });
+            self.failed = Some(StorageError::new(e.kind(), e.location(), e.to_string()));
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Sends the last part and waits for the upload to end.
+    pub(crate) fn finish(mut self, last: Vec<u8>) -> Result<(), StorageError> {
+        self.send(Part::Last(last))?;
+        self.outcome()
+    }
+
+    fn outcome(&self) -> Result<(), StorageError> {
+        self.done.recv().unwrap_or_else(|_| {
+            Err(StorageError::new(
+                StorageErrorKind::Other,
+                "",
+                "the upload task ended without an outcome",
+            ))
+        })
+    }
+}
+
+/// The next part for an upload task, waited for without holding up the
+/// runtime's other tasks; `None` when the writer is gone.
+pub(crate) fn next_part(parts: &Receiver<Part>) -> Option<Part> {
+    tokio::task::block_in_place(|| parts.recv().ok())
+}
+
 /// [`LocalStorage`] for plain paths and `file://`, [`GcsStorage`] for
 /// `gs://`, [`S3Storage`] for `s3://`: a job may read from one store and
 /// write to another. The cloud backends are made on first use, from the

@@ -5,15 +5,16 @@ use std::io::{self, Read, Write};
 use std::sync::{Arc, Mutex};
 
 use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
 use object_store::aws::AmazonS3Builder;
 use object_store::path::Path;
 use object_store::{
-    BackoffConfig, GetOptions, GetRange, MultipartUpload, ObjectStore, ObjectStoreExt, PutPayload,
-    RetryConfig,
+    BackoffConfig, GetOptions, GetRange, ObjectStore, ObjectStoreExt, PutPayload, RetryConfig,
 };
 
 use super::{
-    ChunkReader, RetryPolicy, Runtime, UPLOAD_PART_BYTES, feed, shared_runtime, split_location,
+    ChunkReader, Part, Parts, RetryPolicy, Runtime, UPLOAD_PART_BYTES, feed, next_part,
+    shared_runtime, split_location,
 };
 use crate::storage::{ObjectMeta, ObjectWriter, Storage, StorageError, StorageErrorKind};
 
@@ -301,7 +302,7 @@ impl Storage for S3Storage {
             path,
             location: location.to_owned(),
             buffer: Vec::new(),
-            upload: None,
+            parts: None,
         }))
     }
 
@@ -316,54 +317,96 @@ impl Storage for S3Storage {
 }
 
 /// An upload: one PUT when the object fits in one part, else a multipart
-/// upload that the object appears with only when completed.
+/// upload that the object appears with only when completed. Whole parts go
+/// to a task on the runtime that uploads up to [`PARTS_IN_FLIGHT`] at once
+/// while the caller writes the next.
 struct S3Writer {
     storage: S3Storage,
     store: Arc<dyn ObjectStore>,
     path: Path,
     location: String,
     buffer: Vec<u8>,
-    upload: Option<Box<dyn MultipartUpload>>,
+    parts: Option<Parts>,
 }
 
+/// How many parts of one object upload at once.
+const PARTS_IN_FLIGHT: usize = 4;
+
 impl S3Writer {
-    fn failed(&self, e: object_store::Error) -> io::Error {
-        io::Error::other(error(&self.location, "upload", e))
+    /// Hands the buffer's whole parts to the upload task, starting it first.
+    fn send_parts(&mut self) -> io::Result<()> {
+        while self.buffer.len() >= UPLOAD_PART_BYTES {
+            let rest = self.buffer.split_off(UPLOAD_PART_BYTES);
+            let part = std::mem::replace(&mut self.buffer, rest);
+            if self.parts.is_none() {
+                self.parts = Some(self.start());
+            }
+            self.parts
+                .as_mut()
+                .expect("started")
+                .send(Part::Chunk(part))
+                .map_err(io::Error::other)?;
+        }
+        Ok(())
     }
 
-    /// Uploads the buffer's whole parts (all of it with `all`).
-    fn upload_parts(&mut self, all: bool) -> io::Result<()> {
-        let mut upload = match self.upload.take() {
-            Some(upload) => upload,
-            None => {
-                let (store, path) = (Arc::clone(&self.store), self.path.clone());
-                self.storage
-                    .runtime
-                    .block_on(async move { store.put_multipart(&path).await })
-                    .map_err(|e| self.failed(e))?
+    /// The task that starts the multipart upload and sends the parts.
+    fn start(&self) -> Parts {
+        let (parts, chunks, done) = Parts::new();
+        let (store, path) = (Arc::clone(&self.store), self.path.clone());
+        let location = self.location.clone();
+        self.storage.runtime.spawn(async move {
+            let failed = |e| error(&location, "upload", e);
+            let mut upload = match store.put_multipart(&path).await {
+                Ok(upload) => upload,
+                Err(e) => {
+                    let _ = done.send(Err(failed(e)));
+                    return;
+                }
+            };
+            let mut in_flight = FuturesUnordered::new();
+            let outcome = loop {
+                let (data, last) = match next_part(&chunks) {
+                    Some(Part::Chunk(data)) => (data, false),
+                    Some(Part::Last(data)) => (data, true),
+                    None => {
+                        // The writer was dropped without commit: nothing appears.
+                        drop(in_flight);
+                        let _ = upload.abort().await;
+                        return;
+                    }
+                };
+                if !data.is_empty() {
+                    in_flight.push(upload.put_part(PutPayload::from(data)));
+                }
+                let limit = if last { 0 } else { PARTS_IN_FLIGHT - 1 };
+                let mut result = Ok(());
+                while in_flight.len() > limit {
+                    if let Some(Err(e)) = in_flight.next().await {
+                        result = Err(e);
+                        break;
+                    }
+                }
+                match result {
+                    Err(e) => break Err(e),
+                    Ok(()) if last => break upload.complete().await.map(|_| ()),
+                    Ok(()) => {}
+                }
+            };
+            if outcome.is_err() {
+                drop(in_flight);
+                let _ = upload.abort().await;
             }
-        };
-        let mut result = Ok(());
-        while self.buffer.len() >= UPLOAD_PART_BYTES || (all && !self.buffer.is_empty()) {
-            let take = self.buffer.len().min(UPLOAD_PART_BYTES);
-            let part: Vec<u8> = self.buffer.drain(..take).collect();
-            let sent = upload.put_part(PutPayload::from(part));
-            if let Err(e) = self.storage.runtime.block_on(sent) {
-                result = Err(self.failed(e));
-                break;
-            }
-        }
-        self.upload = Some(upload);
-        result
+            let _ = done.send(outcome.map_err(failed));
+        });
+        parts
     }
 }
 
 impl Write for S3Writer {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         self.buffer.extend_from_slice(buf);
-        if self.buffer.len() >= 2 * UPLOAD_PART_BYTES {
-            self.upload_parts(false)?;
-        }
+        self.send_parts()?;
         Ok(buf.len())
     }
 
@@ -375,40 +418,19 @@ impl Write for S3Writer {
 impl ObjectWriter for S3Writer {
     fn commit(mut self: Box<Self>) -> Result<ObjectMeta, StorageError> {
         let location = self.location.clone();
-        if self.upload.is_none() && self.buffer.len() <= UPLOAD_PART_BYTES {
-            // One PUT: the object appears complete or not at all.
-            let payload = PutPayload::from(std::mem::take(&mut self.buffer));
-            let (store, path) = (Arc::clone(&self.store), self.path.clone());
-            self.storage
-                .runtime
-                .block_on(async move { store.put(&path, payload).await })
-                .map_err(|e| error(&location, "upload", e))?;
-        } else {
-            self.upload_parts(true)
-                .map_err(|e| StorageError::io(&location, "write", e))?;
-            let mut upload = self.upload.take().expect("started above");
-            let completed = self.storage.runtime.block_on(async move {
-                match upload.complete().await {
-                    Ok(_) => Ok(()),
-                    Err(e) => {
-                        let _ = upload.abort().await;
-                        Err(e)
-                    }
-                }
-            });
-            completed.map_err(|e| error(&location, "complete the upload of", e))?;
+        let data = std::mem::take(&mut self.buffer);
+        match self.parts.take() {
+            Some(parts) => parts.finish(data)?,
+            None => {
+                // One PUT: the object appears complete or not at all.
+                let payload = PutPayload::from(data);
+                let (store, path) = (Arc::clone(&self.store), self.path.clone());
+                self.storage
+                    .runtime
+                    .block_on(async move { store.put(&path, payload).await })
+                    .map_err(|e| error(&location, "upload", e))?;
+            }
         }
         self.storage.head(&location)
-    }
-}
-
-impl Drop for S3Writer {
-    fn drop(&mut self) {
-        // An upload never completed: abort it so nothing appears and its parts go.
-        if let Some(mut upload) = self.upload.take() {
-            self.storage.runtime.spawn(async move {
-                let _ = upload.abort().await;
-            });
-        }
     }
 }
