@@ -17,7 +17,7 @@ use gcloud_storage::http::objects::upload::{Media, UploadObjectRequest, UploadTy
 use gcloud_storage::http::resumable_upload_client::ChunkSize;
 
 use super::{
-    ChunkReader, Part, Parts, RetryPolicy, Runtime, UPLOAD_PART_BYTES, feed, next_part,
+    ChunkReader, Feeder, Part, Parts, RetryPolicy, Runtime, UPLOAD_PART_BYTES, next_part,
     shared_runtime, split_location,
 };
 use crate::storage::{ObjectMeta, ObjectWriter, Storage, StorageError, StorageErrorKind};
@@ -259,6 +259,7 @@ impl Storage for GcsStorage {
         };
         let (client, retry) = (self.client.clone(), self.retry);
         let (reader, tx) = ChunkReader::new();
+        let mut feeder = Feeder::new(tx);
         let location = location.to_owned();
         self.runtime.spawn(async move {
             // Bytes delivered so far, counted from the object's start.
@@ -279,7 +280,7 @@ impl Storage for GcsStorage {
                 let mut body = match body {
                     Ok(body) => Box::pin(body),
                     Err(e) => {
-                        feed(&tx, Err(io::Error::other(error(&location, "read", e))));
+                        feeder.fail(error(&location, "read", e));
                         return;
                     }
                 };
@@ -291,7 +292,7 @@ impl Storage for GcsStorage {
                             skip -= dropped;
                             chunk = chunk.slice(dropped as usize..);
                             at += chunk.len() as u64;
-                            if !chunk.is_empty() && !feed(&tx, Ok(chunk)) {
+                            if !chunk.is_empty() && !feeder.push(chunk) {
                                 return; // the reader is gone
                             }
                         }
@@ -303,7 +304,10 @@ impl Storage for GcsStorage {
                 }
                 let broken = match broken {
                     // The whole object (a transcoded body ends where its content does).
-                    None if transcoded || at >= size => return,
+                    None if transcoded || at >= size => {
+                        feeder.flush();
+                        return;
+                    }
                     // The body ended early without an error: ask for the rest.
                     None => StorageError::other(
                         &location,
@@ -313,7 +317,7 @@ impl Storage for GcsStorage {
                     Some(e) => e,
                 };
                 if failures >= retry.max_retries || started.elapsed() >= retry.max_elapsed {
-                    feed(&tx, Err(io::Error::other(broken)));
+                    feeder.fail(broken);
                     return;
                 }
                 failures += 1;
@@ -332,6 +336,7 @@ impl Storage for GcsStorage {
             name: name.to_owned(),
             buffer: Vec::new(),
             parts: None,
+            written: 0,
         }))
     }
 
@@ -364,6 +369,8 @@ struct GcsWriter {
     name: String,
     buffer: Vec<u8>,
     parts: Option<Parts>,
+    /// Bytes written so far.
+    written: u64,
 }
 
 impl GcsWriter {
@@ -451,6 +458,7 @@ impl GcsWriter {
 impl Write for GcsWriter {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         self.buffer.extend_from_slice(buf);
+        self.written += buf.len() as u64;
         self.send_parts()?;
         Ok(buf.len())
     }
@@ -464,30 +472,32 @@ impl ObjectWriter for GcsWriter {
     fn commit(mut self: Box<Self>) -> Result<ObjectMeta, StorageError> {
         let location = self.location.clone();
         let data = std::mem::take(&mut self.buffer);
-        match self.parts.take() {
-            Some(parts) => parts.finish(data)?,
-            None => {
-                // One request: the object appears complete or not at all.
-                let client = self.storage.client.clone();
-                let retry = self.storage.retry;
-                let request = UploadObjectRequest {
-                    bucket: self.bucket.clone(),
-                    ..UploadObjectRequest::default()
-                };
-                let media = UploadType::Simple(Media::new(self.name.clone()));
-                let data = Bytes::from(data);
-                self.storage
-                    .runtime
-                    .block_on(async move {
-                        retry
-                            .run(transient, || {
-                                client.upload_object(&request, data.clone(), &media)
-                            })
-                            .await
-                    })
-                    .map_err(|e| error(&location, "upload", e))?;
-            }
-        }
-        self.storage.head(&location)
+        let Some(parts) = self.parts.take() else {
+            // One request: the object appears complete or not at all.
+            let client = self.storage.client.clone();
+            let retry = self.storage.retry;
+            let request = UploadObjectRequest {
+                bucket: self.bucket.clone(),
+                ..UploadObjectRequest::default()
+            };
+            let media = UploadType::Simple(Media::new(self.name.clone()));
+            let data = Bytes::from(data);
+            let object = self
+                .storage
+                .runtime
+                .block_on(async move {
+                    retry
+                        .run(transient, || {
+                            client.upload_object(&request, data.clone(), &media)
+                        })
+                        .await
+                })
+                .map_err(|e| error(&location, "upload", e))?;
+            let mut committed = meta(&self.bucket, &object);
+            committed.location = location;
+            return Ok(committed);
+        };
+        parts.finish(data)?;
+        Ok(ObjectMeta::new(location, self.written))
     }
 }

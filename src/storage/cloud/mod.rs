@@ -259,11 +259,62 @@ impl Read for ChunkReader {
     }
 }
 
-/// Sends a chunk from a task on the runtime: blocks that worker while the
-/// reader is [`READ_AHEAD_CHUNKS`] behind (bounded memory); `false` once
-/// the reader is gone.
-pub(crate) fn feed(tx: &SyncSender<io::Result<Bytes>>, item: io::Result<Bytes>) -> bool {
-    tokio::task::block_in_place(|| tx.send(item).is_ok())
+/// How many bytes of small body chunks a reader's feeder gathers before it
+/// hands them over: one hand-over per chunk of a few KiB costs more than the
+/// copy.
+const GATHER_BYTES: usize = 256 << 10;
+
+/// The task's end of a [`ChunkReader`]: gathers small body chunks, and waits
+/// (without holding up the runtime's other tasks) while the reader is
+/// [`READ_AHEAD_CHUNKS`] behind, so memory stays bounded.
+pub(crate) struct Feeder {
+    tx: SyncSender<io::Result<Bytes>>,
+    gathered: Vec<u8>,
+}
+
+impl Feeder {
+    pub(crate) fn new(tx: SyncSender<io::Result<Bytes>>) -> Feeder {
+        Feeder {
+            tx,
+            gathered: Vec::new(),
+        }
+    }
+
+    /// Hands `item` over; `false` once the reader is gone.
+    fn send(&self, item: io::Result<Bytes>) -> bool {
+        match self.tx.try_send(item) {
+            Ok(()) => true,
+            Err(std::sync::mpsc::TrySendError::Full(item)) => {
+                tokio::task::block_in_place(|| self.tx.send(item).is_ok())
+            }
+            Err(std::sync::mpsc::TrySendError::Disconnected(_)) => false,
+        }
+    }
+
+    /// Takes the next bytes of the body; `false` once the reader is gone.
+    pub(crate) fn push(&mut self, chunk: Bytes) -> bool {
+        if self.gathered.is_empty() && chunk.len() >= GATHER_BYTES {
+            return self.send(Ok(chunk));
+        }
+        self.gathered.extend_from_slice(&chunk);
+        self.gathered.len() < GATHER_BYTES || self.flush()
+    }
+
+    /// Hands over what is gathered; `false` once the reader is gone.
+    pub(crate) fn flush(&mut self) -> bool {
+        if self.gathered.is_empty() {
+            return true;
+        }
+        let gathered = std::mem::replace(&mut self.gathered, Vec::with_capacity(GATHER_BYTES));
+        self.send(Ok(Bytes::from(gathered)))
+    }
+
+    /// Hands over what is gathered, then `error`.
+    pub(crate) fn fail(mut self, error: StorageError) {
+        if self.flush() {
+            self.send(Err(io::Error::other(error)));
+        }
+    }
 }
 
 /// A part of an upload, handed from the writer to the upload task.

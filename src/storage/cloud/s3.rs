@@ -13,7 +13,7 @@ use object_store::{
 };
 
 use super::{
-    ChunkReader, Part, Parts, RetryPolicy, Runtime, UPLOAD_PART_BYTES, feed, next_part,
+    ChunkReader, Feeder, Part, Parts, RetryPolicy, Runtime, UPLOAD_PART_BYTES, next_part,
     shared_runtime, split_location,
 };
 use crate::storage::{ObjectMeta, ObjectWriter, Storage, StorageError, StorageErrorKind};
@@ -238,6 +238,7 @@ impl Storage for S3Storage {
         }
         let (store, path) = self.object(location)?;
         let (reader, tx) = ChunkReader::new();
+        let mut feeder = Feeder::new(tx);
         let (size, etag, retry) = (meta.size, meta.e_tag, self.retry);
         let location = location.to_owned();
         self.runtime.spawn(async move {
@@ -254,7 +255,7 @@ impl Storage for S3Storage {
                 let mut body = match store.get_opts(&path, options).await {
                     Ok(result) => result.into_stream(),
                     Err(e) => {
-                        feed(&tx, Err(io::Error::other(error(&location, "read", e))));
+                        feeder.fail(error(&location, "read", e));
                         return;
                     }
                 };
@@ -263,7 +264,7 @@ impl Storage for S3Storage {
                     match chunk {
                         Ok(chunk) => {
                             at += chunk.len() as u64;
-                            if !feed(&tx, Ok(chunk)) {
+                            if !feeder.push(chunk) {
                                 return; // the reader is gone
                             }
                         }
@@ -274,7 +275,10 @@ impl Storage for S3Storage {
                     }
                 }
                 let broken = match broken {
-                    None if at >= size => return,
+                    None if at >= size => {
+                        feeder.flush();
+                        return;
+                    }
                     // The body ended early without an error: ask for the rest.
                     None => StorageError::other(
                         &location,
@@ -284,7 +288,7 @@ impl Storage for S3Storage {
                     Some(e) => error(&location, "read", e),
                 };
                 if failures >= retry.max_retries || started.elapsed() >= retry.max_elapsed {
-                    feed(&tx, Err(io::Error::other(broken)));
+                    feeder.fail(broken);
                     return;
                 }
                 failures += 1;
@@ -303,6 +307,7 @@ impl Storage for S3Storage {
             location: location.to_owned(),
             buffer: Vec::new(),
             parts: None,
+            written: 0,
         }))
     }
 
@@ -327,6 +332,8 @@ struct S3Writer {
     location: String,
     buffer: Vec<u8>,
     parts: Option<Parts>,
+    /// Bytes written so far.
+    written: u64,
 }
 
 /// How many parts of one object upload at once.
@@ -406,6 +413,7 @@ impl S3Writer {
 impl Write for S3Writer {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         self.buffer.extend_from_slice(buf);
+        self.written += buf.len() as u64;
         self.send_parts()?;
         Ok(buf.len())
     }
@@ -419,18 +427,21 @@ impl ObjectWriter for S3Writer {
     fn commit(mut self: Box<Self>) -> Result<ObjectMeta, StorageError> {
         let location = self.location.clone();
         let data = std::mem::take(&mut self.buffer);
+        let mut committed = ObjectMeta::new(location.clone(), self.written);
         match self.parts.take() {
             Some(parts) => parts.finish(data)?,
             None => {
                 // One PUT: the object appears complete or not at all.
                 let payload = PutPayload::from(data);
                 let (store, path) = (Arc::clone(&self.store), self.path.clone());
-                self.storage
+                let put = self
+                    .storage
                     .runtime
                     .block_on(async move { store.put(&path, payload).await })
                     .map_err(|e| error(&location, "upload", e))?;
+                committed.etag = put.e_tag;
             }
         }
-        self.storage.head(&location)
+        Ok(committed)
     }
 }
