@@ -191,6 +191,17 @@ def timed_to_null(cmd):
     return time.perf_counter() - start
 
 
+def alternate(cases, rounds):
+    """Runs every case once per round, in turn, so that the machine's
+    drift falls on all of them alike; the median time of each."""
+    times = {name: [] for name in cases}
+    for r in range(rounds):
+        for name, run in cases.items():
+            times[name].append(run())
+        print(f"round {r + 1}/{rounds} done", file=sys.stderr)
+    return {name: statistics.median(v) for name, v in times.items()}
+
+
 def peak_rss_kb(cmd):
     out = subprocess.run(["/usr/bin/time", "-f", "%M"] + cmd, check=True, capture_output=True, text=True)
     return int(out.stderr.strip().splitlines()[-1])
@@ -255,12 +266,7 @@ def main():
         if tf_python:
             cases["tf.data batch(1024)"] = lambda: timed([tf_python, tf_script, tfr, ""])
             cases["tf.data gzip batch(1024)"] = lambda: timed([tf_python, tf_script, tfgz, "GZIP"])
-        times = {name: [] for name in cases}
-        for r in range(args.rounds):
-            for name, run in cases.items():
-                times[name].append(run())
-            print(f"round {r + 1}/{args.rounds} done", file=sys.stderr)
-        med = {name: statistics.median(v) for name, v in times.items()}
+        med = alternate(cases, args.rounds)
 
         rss = {}
         for lines in (20_000, 2_000_000):

@@ -23,7 +23,6 @@ import argparse
 import json
 import os
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -31,7 +30,7 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "benches"))
-from compare import target_dir, timed, write_jsonl, peak_rss_kb  # noqa: E402
+from compare import alternate, target_dir, timed, write_jsonl, peak_rss_kb  # noqa: E402
 
 
 def servers():
@@ -110,12 +109,7 @@ def main():
             cases[f"{scheme} curl in + out"] = lambda s=scheme: (
                 curl_get(s, "bench/in/instances.jsonl") + curl_put(s, "bench/curl-out.jsonl", results))
         cases["local echo job, 2 workers"] = lambda: timed([helper, "job", jsonl, os.path.join(work, "out"), "2"])
-        times = {name: [] for name in cases}
-        for r in range(args.rounds):
-            for name, run in cases.items():
-                times[name].append(run())
-            print(f"round {r + 1}/{args.rounds} done", file=sys.stderr)
-        med = {name: statistics.median(v) for name, v in times.items()}
+        med = alternate(cases, args.rounds)
 
         rss = {}
         small = os.path.join(work, "small.bin")

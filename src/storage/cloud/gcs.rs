@@ -1,11 +1,11 @@
 //! [`GcsStorage`]: Google Cloud Storage through its JSON API (`gcloud-storage`).
 
-use std::io::{self, Read, Write};
+use std::io::Read;
 use std::sync::Arc;
 
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
-use futures_util::StreamExt;
+use futures_util::TryStreamExt;
 use gcloud_storage::client::{Client, ClientConfig};
 use gcloud_storage::http::Error as GcsError;
 use gcloud_storage::http::objects::Object;
@@ -17,7 +17,7 @@ use gcloud_storage::http::objects::upload::{Media, UploadObjectRequest, UploadTy
 use gcloud_storage::http::resumable_upload_client::ChunkSize;
 
 use super::{
-    ChunkReader, Feeder, Part, Parts, RetryPolicy, Runtime, UPLOAD_PART_BYTES, next_part,
+    ChunkReader, Feeder, Part, Parts, RetryPolicy, Runtime, Upload, UploadTarget, next_part, pump,
     shared_runtime, split_location,
 };
 use crate::storage::{ObjectMeta, ObjectWriter, Storage, StorageError, StorageErrorKind};
@@ -257,87 +257,52 @@ impl Storage for GcsStorage {
             generation: Some(object.generation),
             ..GetObjectRequest::default()
         };
-        let (client, retry) = (self.client.clone(), self.retry);
+        let client = self.client.clone();
+        let retry = self.retry;
         let (reader, tx) = ChunkReader::new();
-        let mut feeder = Feeder::new(tx);
-        let location = location.to_owned();
-        self.runtime.spawn(async move {
-            // Bytes delivered so far, counted from the object's start.
-            let mut at = offset;
-            let mut failures = 0;
-            let started = std::time::Instant::now();
-            loop {
-                let (range, mut skip) = if transcoded {
-                    (Range(None, None), at)
-                } else {
-                    (Range(Some(at), None), 0)
-                };
+        let at_location = location.to_owned();
+        let open = move |at: u64| {
+            let (client, request, location) =
+                (client.clone(), request.clone(), at_location.clone());
+            // A transcoded object comes whole whatever the range: `pump` skips.
+            let range = if transcoded {
+                Range(None, None)
+            } else {
+                Range(Some(at), None)
+            };
+            async move {
                 let body = retry
                     .run(transient, || {
                         client.download_streamed_object(&request, &range)
                     })
                     .await;
-                let mut body = match body {
-                    Ok(body) => Box::pin(body),
-                    Err(e) => {
-                        feeder.fail(error(&location, "read", e));
-                        return;
-                    }
-                };
-                let mut broken = None;
-                while let Some(chunk) = body.next().await {
-                    match chunk {
-                        Ok(mut chunk) => {
-                            let dropped = skip.min(chunk.len() as u64);
-                            skip -= dropped;
-                            chunk = chunk.slice(dropped as usize..);
-                            at += chunk.len() as u64;
-                            if !chunk.is_empty() && !feeder.push(chunk) {
-                                return; // the reader is gone
-                            }
-                        }
-                        Err(e) => {
-                            broken = Some(error(&location, "read", e));
-                            break;
-                        }
-                    }
+                let failed = move |e| error(&location, "read", e);
+                match body {
+                    Ok(body) => Ok(Box::pin(body.map_err(failed))),
+                    Err(e) => Err(failed(e)),
                 }
-                let broken = match broken {
-                    // The whole object (a transcoded body ends where its content does).
-                    None if transcoded || at >= size => {
-                        feeder.flush();
-                        return;
-                    }
-                    // The body ended early without an error: ask for the rest.
-                    None => StorageError::other(
-                        &location,
-                        "cannot read",
-                        format!("the body ended at byte {at} of {size}"),
-                    ),
-                    Some(e) => e,
-                };
-                if failures >= retry.max_retries || started.elapsed() >= retry.max_elapsed {
-                    feeder.fail(broken);
-                    return;
-                }
-                failures += 1;
-                tokio::time::sleep(retry.backoff(failures)).await;
             }
-        });
+        };
+        let size = (!transcoded).then_some(size);
+        self.runtime.spawn(pump(
+            Feeder::new(tx),
+            location.to_owned(),
+            offset,
+            size,
+            retry,
+            open,
+        ));
         Ok(Box::new(reader))
     }
 
     fn create(&self, location: &str) -> Result<Box<dyn ObjectWriter>, StorageError> {
         let (bucket, name) = split_location(location, "gs", false)?;
-        Ok(Box::new(GcsWriter {
+        Ok(Box::new(Upload::new(GcsTarget {
             storage: self.clone(),
             location: location.to_owned(),
             bucket: bucket.to_owned(),
             name: name.to_owned(),
-            buffer: Vec::new(),
-            parts: None,
-            written: 0,
-        }))
+        })))
     }
 
     fn delete(&self, location: &str) -> Result<(), StorageError> {
@@ -358,40 +323,20 @@ impl Storage for GcsStorage {
     }
 }
 
-/// An upload: one request when the object fits in one part, else a
-/// resumable session that the object appears with only when finalized.
-/// Whole parts go to a task on the runtime that sends them in order while
-/// the caller writes the next one.
-struct GcsWriter {
+/// Where a Cloud Storage upload goes.
+struct GcsTarget {
     storage: GcsStorage,
     location: String,
     bucket: String,
     name: String,
-    buffer: Vec<u8>,
-    parts: Option<Parts>,
-    /// Bytes written so far.
-    written: u64,
 }
 
-impl GcsWriter {
-    /// Hands the buffer's whole parts to the upload task, starting it first.
-    fn send_parts(&mut self) -> io::Result<()> {
-        while self.buffer.len() >= UPLOAD_PART_BYTES {
-            let rest = self.buffer.split_off(UPLOAD_PART_BYTES);
-            let part = std::mem::replace(&mut self.buffer, rest);
-            if self.parts.is_none() {
-                self.parts = Some(self.start());
-            }
-            self.parts
-                .as_mut()
-                .expect("started")
-                .send(Part::Chunk(part))
-                .map_err(io::Error::other)?;
-        }
-        Ok(())
+impl UploadTarget for GcsTarget {
+    fn location(&self) -> &str {
+        &self.location
     }
 
-    /// The task that opens the resumable session and sends each part.
+    /// A resumable session: parts sent in order, finalized with the last.
     fn start(&self) -> Parts {
         let (parts, chunks, done) = Parts::new();
         let client = self.storage.client.clone();
@@ -453,51 +398,29 @@ impl GcsWriter {
         });
         parts
     }
-}
 
-impl Write for GcsWriter {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.buffer.extend_from_slice(buf);
-        self.written += buf.len() as u64;
-        self.send_parts()?;
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
-
-impl ObjectWriter for GcsWriter {
-    fn commit(mut self: Box<Self>) -> Result<ObjectMeta, StorageError> {
-        let location = self.location.clone();
-        let data = std::mem::take(&mut self.buffer);
-        let Some(parts) = self.parts.take() else {
-            // One request: the object appears complete or not at all.
-            let client = self.storage.client.clone();
-            let retry = self.storage.retry;
-            let request = UploadObjectRequest {
-                bucket: self.bucket.clone(),
-                ..UploadObjectRequest::default()
-            };
-            let media = UploadType::Simple(Media::new(self.name.clone()));
-            let data = Bytes::from(data);
-            let object = self
-                .storage
-                .runtime
-                .block_on(async move {
-                    retry
-                        .run(transient, || {
-                            client.upload_object(&request, data.clone(), &media)
-                        })
-                        .await
-                })
-                .map_err(|e| error(&location, "upload", e))?;
-            let mut committed = meta(&self.bucket, &object);
-            committed.location = location;
-            return Ok(committed);
+    fn put(&self, data: Vec<u8>) -> Result<ObjectMeta, StorageError> {
+        let client = self.storage.client.clone();
+        let retry = self.storage.retry;
+        let request = UploadObjectRequest {
+            bucket: self.bucket.clone(),
+            ..UploadObjectRequest::default()
         };
-        parts.finish(data)?;
-        Ok(ObjectMeta::new(location, self.written))
+        let media = UploadType::Simple(Media::new(self.name.clone()));
+        let data = Bytes::from(data);
+        let object = self
+            .storage
+            .runtime
+            .block_on(async move {
+                retry
+                    .run(transient, || {
+                        client.upload_object(&request, data.clone(), &media)
+                    })
+                    .await
+            })
+            .map_err(|e| error(&self.location, "upload", e))?;
+        let mut committed = meta(&self.bucket, &object);
+        committed.location = self.location.clone();
+        Ok(committed)
     }
 }

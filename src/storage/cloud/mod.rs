@@ -390,6 +390,163 @@ pub(crate) fn next_part(parts: &Receiver<Part>) -> Option<Part> {
     tokio::task::block_in_place(|| parts.recv().ok())
 }
 
+/// Where an [`Upload`] goes: the backend's half of a writer.
+pub(crate) trait UploadTarget: Send {
+    /// The location being written.
+    fn location(&self) -> &str;
+    /// Starts the task that uploads whole parts, in the backend's way.
+    fn start(&self) -> Parts;
+    /// Uploads a small object in one request.
+    fn put(&self, data: Vec<u8>) -> Result<ObjectMeta, StorageError>;
+}
+
+/// A cloud [`ObjectWriter`]: one request when the object fits in one part,
+/// else an upload task (resumable or multipart) that sends whole parts
+/// while the caller writes the next; the object appears only when the
+/// upload completes, and a writer dropped before commit cancels it.
+pub(crate) struct Upload<T> {
+    target: T,
+    buffer: PartBuffer,
+}
+
+impl<T: UploadTarget> Upload<T> {
+    pub(crate) fn new(target: T) -> Upload<T> {
+        Upload {
+            target,
+            buffer: PartBuffer::default(),
+        }
+    }
+}
+
+impl<T: UploadTarget> io::Write for Upload<T> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let target = &self.target;
+        self.buffer.write(buf, || target.start())?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<T: UploadTarget> ObjectWriter for Upload<T> {
+    fn commit(mut self: Box<Self>) -> Result<ObjectMeta, StorageError> {
+        let written = self.buffer.written();
+        match self.buffer.finish() {
+            (data, Some(parts)) => {
+                parts.finish(data)?;
+                Ok(ObjectMeta::new(self.target.location(), written))
+            }
+            (data, None) => self.target.put(data),
+        }
+    }
+}
+
+/// What an upload writer has: the bytes not yet handed over, the upload
+/// task once a whole part started it, and the count of bytes written.
+#[derive(Default)]
+pub(crate) struct PartBuffer {
+    buffer: Vec<u8>,
+    parts: Option<Parts>,
+    written: u64,
+}
+
+impl PartBuffer {
+    /// Takes `buf`; hands whole parts to the upload task, which `start`
+    /// starts on the first one.
+    pub(crate) fn write(&mut self, buf: &[u8], start: impl FnOnce() -> Parts) -> io::Result<()> {
+        self.buffer.extend_from_slice(buf);
+        self.written += buf.len() as u64;
+        if self.buffer.len() >= UPLOAD_PART_BYTES {
+            let parts = self.parts.get_or_insert_with(start);
+            while self.buffer.len() >= UPLOAD_PART_BYTES {
+                let rest = self.buffer.split_off(UPLOAD_PART_BYTES);
+                let part = std::mem::replace(&mut self.buffer, rest);
+                parts.send(Part::Chunk(part)).map_err(io::Error::other)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The bytes written.
+    pub(crate) fn written(&self) -> u64 {
+        self.written
+    }
+
+    /// The bytes not handed over, and the upload task if one started (which
+    /// then wants them as its last part).
+    pub(crate) fn finish(&mut self) -> (Vec<u8>, Option<Parts>) {
+        (std::mem::take(&mut self.buffer), self.parts.take())
+    }
+}
+
+/// Streams an object's body into `feeder` from byte `offset`, opening it
+/// again after a dropped connection or a body that ends early, up to
+/// `retry`'s bounds. `open(at)` gives the body from byte `at`; with `size`
+/// `None` the server always sends the whole body (a transcoded object), so
+/// the bytes already delivered are skipped instead, and the body's end is
+/// the object's.
+pub(crate) async fn pump<F, Fut, S>(
+    mut feeder: Feeder,
+    location: String,
+    offset: u64,
+    size: Option<u64>,
+    retry: RetryPolicy,
+    mut open: F,
+) where
+    F: FnMut(u64) -> Fut,
+    Fut: Future<Output = Result<S, StorageError>>,
+    S: futures_util::Stream<Item = Result<Bytes, StorageError>> + Unpin,
+{
+    use futures_util::StreamExt;
+    let mut at = offset;
+    let mut failures = 0;
+    let started = std::time::Instant::now();
+    loop {
+        let mut skip = if size.is_none() { at } else { 0 };
+        let mut body = match open(at).await {
+            Ok(body) => body,
+            Err(e) => return feeder.fail(e),
+        };
+        let mut broken = None;
+        while let Some(chunk) = body.next().await {
+            match chunk {
+                Ok(mut chunk) => {
+                    let dropped = skip.min(chunk.len() as u64);
+                    skip -= dropped;
+                    chunk = chunk.slice(dropped as usize..);
+                    at += chunk.len() as u64;
+                    if !chunk.is_empty() && !feeder.push(chunk) {
+                        return; // the reader is gone
+                    }
+                }
+                Err(e) => {
+                    broken = Some(e);
+                    break;
+                }
+            }
+        }
+        let broken = match (broken, size) {
+            (Some(e), _) => e,
+            (None, Some(size)) if at < size => StorageError::other(
+                &location,
+                "cannot read",
+                format!("the body ended at byte {at} of {size}"),
+            ),
+            (None, _) => {
+                feeder.flush();
+                return;
+            }
+        };
+        if failures >= retry.max_retries || started.elapsed() >= retry.max_elapsed {
+            return feeder.fail(broken);
+        }
+        failures += 1;
+        tokio::time::sleep(retry.backoff(failures)).await;
+    }
+}
+
 /// [`LocalStorage`] for plain paths and `file://`, [`GcsStorage`] for
 /// `gs://`, [`S3Storage`] for `s3://`: a job may read from one store and
 /// write to another. The cloud backends are made on first use, from the

@@ -1,11 +1,11 @@
 //! [`S3Storage`]: S3 and S3-compatible stores through Apache Arrow's `object_store`.
 
 use std::collections::HashMap;
-use std::io::{self, Read, Write};
+use std::io::Read;
 use std::sync::{Arc, Mutex};
 
-use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
+use futures_util::{StreamExt, TryStreamExt};
 use object_store::aws::AmazonS3Builder;
 use object_store::path::Path;
 use object_store::{
@@ -13,7 +13,7 @@ use object_store::{
 };
 
 use super::{
-    ChunkReader, Feeder, Part, Parts, RetryPolicy, Runtime, UPLOAD_PART_BYTES, next_part,
+    ChunkReader, Feeder, Part, Parts, RetryPolicy, Runtime, Upload, UploadTarget, next_part, pump,
     shared_runtime, split_location,
 };
 use crate::storage::{ObjectMeta, ObjectWriter, Storage, StorageError, StorageErrorKind};
@@ -238,77 +238,43 @@ impl Storage for S3Storage {
         }
         let (store, path) = self.object(location)?;
         let (reader, tx) = ChunkReader::new();
-        let mut feeder = Feeder::new(tx);
-        let (size, etag, retry) = (meta.size, meta.e_tag, self.retry);
-        let location = location.to_owned();
-        self.runtime.spawn(async move {
-            let mut at = offset;
-            let mut failures = 0;
-            let started = std::time::Instant::now();
-            loop {
-                // Pinned to the ETag just seen: a resumed read reads the same bytes.
-                let options = GetOptions {
-                    range: Some(GetRange::Offset(at)),
-                    if_match: etag.clone(),
-                    ..GetOptions::default()
-                };
-                let mut body = match store.get_opts(&path, options).await {
-                    Ok(result) => result.into_stream(),
-                    Err(e) => {
-                        feeder.fail(error(&location, "read", e));
-                        return;
-                    }
-                };
-                let mut broken = None;
-                while let Some(chunk) = body.next().await {
-                    match chunk {
-                        Ok(chunk) => {
-                            at += chunk.len() as u64;
-                            if !feeder.push(chunk) {
-                                return; // the reader is gone
-                            }
-                        }
-                        Err(e) => {
-                            broken = Some(e);
-                            break;
-                        }
-                    }
+        let at_location = location.to_owned();
+        // Pinned to the ETag just seen: a resumed read reads the same bytes.
+        let open = move |at: u64| {
+            let (store, path, location) = (Arc::clone(&store), path.clone(), at_location.clone());
+            let options = GetOptions {
+                range: Some(GetRange::Offset(at)),
+                if_match: meta.e_tag.clone(),
+                ..GetOptions::default()
+            };
+            async move {
+                let failed = move |e| error(&location, "read", e);
+                match store.get_opts(&path, options).await {
+                    Ok(body) => Ok(body.into_stream().map_err(failed)),
+                    Err(e) => Err(failed(e)),
                 }
-                let broken = match broken {
-                    None if at >= size => {
-                        feeder.flush();
-                        return;
-                    }
-                    // The body ended early without an error: ask for the rest.
-                    None => StorageError::other(
-                        &location,
-                        "cannot read",
-                        format!("the body ended at byte {at} of {size}"),
-                    ),
-                    Some(e) => error(&location, "read", e),
-                };
-                if failures >= retry.max_retries || started.elapsed() >= retry.max_elapsed {
-                    feeder.fail(broken);
-                    return;
-                }
-                failures += 1;
-                tokio::time::sleep(retry.backoff(failures)).await;
             }
-        });
+        };
+        let feeder = Feeder::new(tx);
+        self.runtime.spawn(pump(
+            feeder,
+            location.to_owned(),
+            offset,
+            Some(meta.size),
+            self.retry,
+            open,
+        ));
         Ok(Box::new(reader))
     }
 
     fn create(&self, location: &str) -> Result<Box<dyn ObjectWriter>, StorageError> {
         let (store, path) = self.object(location)?;
-        Ok(Box::new(S3Writer {
+        Ok(Box::new(Upload::new(S3Target {
             storage: self.clone(),
             store,
             path,
             location: location.to_owned(),
-            buffer: Vec::new(),
-            parts: None,
-            written: 0,
-        }))
+        })))
     }
 
     fn delete(&self, location: &str) -> Result<(), StorageError> {
@@ -321,43 +287,23 @@ impl Storage for S3Storage {
     }
 }
 
-/// An upload: one PUT when the object fits in one part, else a multipart
-/// upload that the object appears with only when completed. Whole parts go
-/// to a task on the runtime that uploads up to [`PARTS_IN_FLIGHT`] at once
-/// while the caller writes the next.
-struct S3Writer {
+/// Where an S3 upload goes.
+struct S3Target {
     storage: S3Storage,
     store: Arc<dyn ObjectStore>,
     path: Path,
     location: String,
-    buffer: Vec<u8>,
-    parts: Option<Parts>,
-    /// Bytes written so far.
-    written: u64,
 }
 
 /// How many parts of one object upload at once.
 const PARTS_IN_FLIGHT: usize = 4;
 
-impl S3Writer {
-    /// Hands the buffer's whole parts to the upload task, starting it first.
-    fn send_parts(&mut self) -> io::Result<()> {
-        while self.buffer.len() >= UPLOAD_PART_BYTES {
-            let rest = self.buffer.split_off(UPLOAD_PART_BYTES);
-            let part = std::mem::replace(&mut self.buffer, rest);
-            if self.parts.is_none() {
-                self.parts = Some(self.start());
-            }
-            self.parts
-                .as_mut()
-                .expect("started")
-                .send(Part::Chunk(part))
-                .map_err(io::Error::other)?;
-        }
-        Ok(())
+impl UploadTarget for S3Target {
+    fn location(&self) -> &str {
+        &self.location
     }
 
-    /// The task that starts the multipart upload and sends the parts.
+    /// A multipart upload: up to [`PARTS_IN_FLIGHT`] parts at once, completed after the last.
     fn start(&self) -> Parts {
         let (parts, chunks, done) = Parts::new();
         let (store, path) = (Arc::clone(&self.store), self.path.clone());
@@ -408,40 +354,17 @@ impl S3Writer {
         });
         parts
     }
-}
-
-impl Write for S3Writer {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.buffer.extend_from_slice(buf);
-        self.written += buf.len() as u64;
-        self.send_parts()?;
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
-
-impl ObjectWriter for S3Writer {
-    fn commit(mut self: Box<Self>) -> Result<ObjectMeta, StorageError> {
-        let location = self.location.clone();
-        let data = std::mem::take(&mut self.buffer);
-        let mut committed = ObjectMeta::new(location.clone(), self.written);
-        match self.parts.take() {
-            Some(parts) => parts.finish(data)?,
-            None => {
-                // One PUT: the object appears complete or not at all.
-                let payload = PutPayload::from(data);
-                let (store, path) = (Arc::clone(&self.store), self.path.clone());
-                let put = self
-                    .storage
-                    .runtime
-                    .block_on(async move { store.put(&path, payload).await })
-                    .map_err(|e| error(&location, "upload", e))?;
-                committed.etag = put.e_tag;
-            }
-        }
+    fn put(&self, data: Vec<u8>) -> Result<ObjectMeta, StorageError> {
+        let payload = PutPayload::from(data);
+        let size = payload.content_length() as u64;
+        let (store, path) = (Arc::clone(&self.store), self.path.clone());
+        let put = self
+            .storage
+            .runtime
+            .block_on(async move { store.put(&path, payload).await })
+            .map_err(|e| error(&self.location, "upload", e))?;
+        let mut committed = ObjectMeta::new(self.location.clone(), size);
+        committed.etag = put.e_tag;
         Ok(committed)
     }
 }
