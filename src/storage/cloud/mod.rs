@@ -22,7 +22,7 @@ mod s3;
 use std::future::Future;
 use std::io::{self, Read};
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -170,14 +170,18 @@ impl Runtime {
     }
 }
 
-/// The one runtime all cloud backends of a process share.
+/// The one runtime all cloud backends of a process share, made once and
+/// never dropped (a runtime dropped inside another one panics, and the
+/// first caller may well be inside one).
 pub(crate) fn shared_runtime() -> Result<Arc<Runtime>, StorageError> {
-    static RUNTIME: OnceLock<Arc<Runtime>> = OnceLock::new();
-    if let Some(rt) = RUNTIME.get() {
+    static RUNTIME: Mutex<Option<Arc<Runtime>>> = Mutex::new(None);
+    let mut slot = RUNTIME.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(rt) = &*slot {
         return Ok(Arc::clone(rt));
     }
     let rt = Runtime::new()?;
-    Ok(Arc::clone(RUNTIME.get_or_init(|| rt)))
+    *slot = Some(Arc::clone(&rt));
+    Ok(rt)
 }
 
 /// A location's bucket and object name: `SCHEME://BUCKET/NAME`. With
