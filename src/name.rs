@@ -65,7 +65,13 @@ fn project_problem(project: &str) -> Option<String> {
         return Some("project ID is empty".to_owned());
     }
     if project.bytes().all(|b| b.is_ascii_digit()) {
-        return None; // a project number
+        // A project number: an int64, as the API's numbers are.
+        return project.parse::<i64>().is_err().then(|| {
+            format!(
+                "project number {} does not fit in an int64",
+                crate::model::wire::quote(project)
+            )
+        });
     }
     // A domain-scoped project ID, `example.com:my-project`.
     let id = match project.split_once(':') {
@@ -564,6 +570,19 @@ name_traits!(JobName);
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn project_numbers_fit_in_an_int64() {
+        let max = format!("projects/{}", i64::MAX);
+        assert!(max.parse::<ProjectName>().is_ok());
+        for too_big in [
+            format!("projects/{}", u64::MAX),
+            format!("projects/{}", "7".repeat(300)),
+        ] {
+            let err = too_big.parse::<ProjectName>().unwrap_err().to_string();
+            assert!(err.contains("does not fit in an int64"), "{err}");
+        }
+    }
 
     #[test]
     fn valid_names_round_trip() {

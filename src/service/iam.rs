@@ -195,10 +195,26 @@ impl fmt::Display for Caller {
     }
 }
 
+/// An email address as IAM members name them: one `@`; before it, the
+/// characters RFC 5322 allows unquoted (letters, digits and
+/// ``.!#$%&'*+/=?^_`{|}~-``); after it, a domain of at least two
+/// dot-separated labels of letters, digits and `-`. So no separators
+/// (`,`, `;`, spaces, `<>`) that could smuggle a second address past a
+/// `domain:` binding.
 fn is_email(s: &str) -> bool {
-    s.split_once('@')
-        .is_some_and(|(local, domain)| !local.is_empty() && domain.contains('.'))
-        && !s.chars().any(char::is_whitespace)
+    let Some((local, domain)) = s.split_once('@') else {
+        return false;
+    };
+    let local_ok = !local.is_empty()
+        && local
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "!#$%&'*+/=?^_`{|}~.-".contains(c));
+    let labels: Vec<&str> = domain.split('.').collect();
+    let domain_ok = labels.len() >= 2
+        && labels.iter().all(|label| {
+            !label.is_empty() && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        });
+    local_ok && domain_ok
 }
 
 /// `google.type.Expr`: a condition on a binding, in CEL.
@@ -461,7 +477,7 @@ fn is_member(member: &str) -> bool {
         "allUsers" | "allAuthenticatedUsers" => true,
         _ => match member.split_once(':') {
             Some(("user" | "serviceAccount" | "group", email)) => is_email(email),
-            Some(("domain", domain)) => domain.contains('.') && !domain.contains('@'),
+            Some(("domain", domain)) => is_email(&format!("x@{domain}")),
             Some(("deleted", rest)) => !rest.is_empty(),
             Some(("principal" | "principalSet", rest)) => rest.len() > 2 && rest.starts_with("//"),
             _ => false,
@@ -549,5 +565,39 @@ mod tests {
             ..Expr::default()
         });
         assert!(!p.grants(&alice, GET));
+    }
+
+    #[test]
+    fn emails_are_one_address_each() {
+        for ok in [
+            "user:alice@example.com",
+            "user:a.b+tag@sub.example.co",
+            "serviceAccount:sa-1@p.iam.gserviceaccount.com",
+        ] {
+            assert!(Caller::new(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "user:x@evil.org,y@example.com",
+            "user:x@evil.org;y@example.com",
+            "user:x y@example.com",
+            "user:<x@example.com>",
+            "user:x@@example.com",
+            "user:@example.com",
+            "user:x@example",
+            "user:x@example..com",
+            "user:x@exa_mple.com",
+        ] {
+            assert!(Caller::new(bad).is_err(), "{bad}");
+        }
+        // And so a domain binding sees the one domain there is.
+        let policy = Policy::from_value(serde_json::json!({
+            "bindings": [{"role": "roles/ml.viewer", "members": ["domain:example.com"]}]
+        }))
+        .unwrap();
+        let bob = Caller::new("user:bob@example.com").unwrap();
+        assert!(policy.grants(&bob, "ml.jobs.get"));
+        let eve = Caller::new("user:eve@evil.org").unwrap();
+        assert!(!policy.grants(&eve, "ml.jobs.get"));
+        assert!(!is_member("domain:example.com,evil.org"));
     }
 }

@@ -549,3 +549,32 @@ fn concurrent_clients_lose_no_update() {
     }
     assert_eq!(listed, threads * rounds + 1);
 }
+
+#[test]
+fn a_project_number_beyond_int64_is_a_bad_request_on_a_durable_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = batch_prediction::LocalJobStore::open(dir.path()).unwrap();
+    let api = RestApi::new(Arc::new(JobService::new(store).unwrap()));
+    let project = "7".repeat(300);
+    for (method, target, body) in [
+        (
+            "POST",
+            format!("/v1/projects/{project}/jobs"),
+            job_body("j"),
+        ),
+        ("GET", format!("/v1/projects/{project}/jobs"), Vec::new()),
+    ] {
+        let (status, body) = call(&api, method, &target, &body);
+        assert_eq!(
+            error_of(status, &body),
+            (400, "INVALID_ARGUMENT"),
+            "{method}"
+        );
+        let message = body["error"]["message"].as_str().unwrap();
+        assert!(message.contains("does not fit in an int64"), "{message}");
+        assert!(
+            !message.contains(&dir.path().display().to_string()),
+            "{message}"
+        );
+    }
+}
