@@ -158,20 +158,15 @@ fn check_prediction_input(input: &PredictionInput, v: &mut Violations) {
         v.add(format!("{P}outputPath"), "required");
     }
     if let Some(output_path) = input.output_path.as_deref().filter(|p| !p.is_empty()) {
-        let samples = crate::executor::sample_output_names();
-        for (i, pattern) in input.input_paths.iter().enumerate() {
-            if let Some(example) = crate::executor::overlap::pattern_reaches_output(
-                pattern,
-                output_path,
-                &samples,
-                crate::executor::is_output_file_name,
-                &crate::executor::overlap::Keys::Lexical,
-            ) {
-                v.add(
-                    format!("{P}outputPath"),
-                    overlap_message(output_path, i, pattern, &example),
-                );
-            }
+        let keys = crate::executor::overlap::Keys::Lexical;
+        let patterns = &input.input_paths;
+        for (i, example) in
+            crate::executor::overlap::patterns_reaching_output(patterns, output_path, &keys)
+        {
+            v.add(
+                format!("{P}outputPath"),
+                overlap_message(output_path, i, &patterns[i], &example),
+            );
         }
     }
     if input.region.as_deref().is_none_or(str::is_empty) {

@@ -101,7 +101,6 @@ mod write;
 
 pub use config::{ExecutorConfig, ResumeMode, SHARD_TARGET_BYTES, ShardSelection};
 pub use names::{OutputFile, SUMMARY_FILE_PREFIX};
-pub(crate) use names::{is_output_file_name, sample_output_names};
 pub use plan::{Plan, PlannedShard};
 pub use progress::{Progress, ProgressObserver, RunSummary, ShardProgress};
 

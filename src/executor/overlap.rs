@@ -8,7 +8,8 @@
 //! `gs://` into a local root), so `gs://b/out`, `gs://b/out/`,
 //! `gs://b/./out` and a link to the same directory all name one place.
 
-use crate::storage::{Storage, glob};
+use super::names::{is_output_file_name, sample_output_names};
+use crate::storage::{ObjectMeta, Storage, glob};
 
 /// The lexical form of a location, for comparisons: the scheme (`gs://`,
 /// `file://`) kept, empty and `.` segments dropped, no trailing `/`. `..`
@@ -75,33 +76,46 @@ impl Keys<'_> {
     }
 }
 
-/// If `pattern` (one of a job's `inputPaths`) can match a file the job
-/// writes into `output_path`, that file's location (as `output_path`
-/// spells it); `None` otherwise.
+/// The job's `patterns` (by index in `inputPaths`) that can match a file the
+/// job writes into `output_path`, each with such a file's location (as
+/// `output_path` spells it).
+pub(crate) fn patterns_reaching_output<'a>(
+    patterns: &'a [String],
+    output_path: &'a str,
+    keys: &'a Keys<'a>,
+) -> impl Iterator<Item = (usize, String)> + 'a {
+    let output_key = keys.key(output_path);
+    let samples = sample_output_names();
+    patterns.iter().enumerate().filter_map(move |(i, pattern)| {
+        reaches(pattern, output_path, &output_key, &samples, keys).map(|example| (i, example))
+    })
+}
+
+/// If `pattern` can match a file the job writes into `output_path` (keyed
+/// `output_key`), that file's location.
 ///
 /// The pattern is split at the last `/` before its first wildcard: the
 /// literal directory before it is keyed like `output_path`, and the rest
 /// is matched against the output directory's path below it joined with
-/// each kind of output file name (`output_names`).
-pub(crate) fn pattern_reaches_output(
+/// one name of each kind of output file (`samples`).
+fn reaches(
     pattern: &str,
     output_path: &str,
-    output_names: &[String],
-    is_output_name: impl Fn(&str) -> bool,
+    output_key: &str,
+    samples: &[String],
     keys: &Keys<'_>,
 ) -> Option<String> {
     let wildcard_at = pattern.find(['*', '?', '[']).unwrap_or(pattern.len());
     let split = pattern[..wildcard_at].rfind('/').map_or(0, |i| i + 1);
     let (dir, rest) = pattern.split_at(split);
-    let output_key = keys.key(output_path);
-    let within = below(&keys.key(dir), &output_key)?.to_owned();
+    let within = below(&keys.key(dir), output_key)?;
     let rest = lexical(rest);
     let example = |name: &str| crate::storage::join_location(output_path, name);
     if !glob::has_wildcard(&rest) {
-        return (within.is_empty() && is_output_name(&rest)).then(|| example(&rest));
+        return (within.is_empty() && is_output_file_name(&rest)).then(|| example(&rest));
     }
     let compiled = glob::Pattern::new(&rest).ok()?;
-    output_names
+    samples
         .iter()
         .find(|name| {
             if within.is_empty() {
@@ -113,27 +127,29 @@ pub(crate) fn pattern_reaches_output(
         .map(|name| example(name))
 }
 
-/// Whether `input` (an object a job's patterns matched) is a file the job
-/// writes into `output_path`: an output file name directly in that
+/// The first of `objects` (what a job's patterns matched) that is a file
+/// the job writes into `output_path`: an output file name directly in that
 /// directory, once both are keyed by the storage.
-pub(crate) fn is_own_output(
+pub(crate) fn first_own_output<'a>(
     storage: &dyn Storage,
-    input: &str,
+    objects: &'a [ObjectMeta],
     output_path: &str,
-    is_output_name: impl Fn(&str) -> bool,
-) -> bool {
+) -> Option<&'a ObjectMeta> {
     let keys = Keys::Storage(storage);
-    let key = keys.key(input);
-    let Some(slash) = key.rfind('/') else {
-        return false;
-    };
-    let (dir, name) = (&key[..slash], &key[slash + 1..]);
-    let dir = if dir.is_empty() || dir.ends_with(":/") {
-        &key[..=slash]
-    } else {
-        dir
-    };
-    is_output_name(name) && dir == keys.key(output_path)
+    let output_key = keys.key(output_path);
+    objects.iter().find(|object| {
+        let key = keys.key(&object.location);
+        let Some(slash) = key.rfind('/') else {
+            return false;
+        };
+        let (dir, name) = (&key[..slash], &key[slash + 1..]);
+        let dir = if dir.is_empty() || dir.ends_with(":/") {
+            &key[..=slash]
+        } else {
+            dir
+        };
+        is_output_file_name(name) && dir == output_key
+    })
 }
 
 #[cfg(test)]

@@ -6,11 +6,12 @@ use std::ops::Range;
 
 use serde_json::{Value, json};
 
-use super::names::{OutputFile, is_output_file_name, sample_output_names};
+use super::names::OutputFile;
+use super::overlap;
 use super::{BatchExecutor, ExecutorConfig, storage_error};
 use crate::error::{Error, ValidationError, Violation};
 use crate::model::{DataFormat, Job};
-use crate::storage::{ObjectMeta, Storage, StorageExt, join_location};
+use crate::storage::{ObjectMeta, Storage, StorageExt, glob, join_location};
 
 /// One shard of a [`Plan`]: consecutive input files and the files it writes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -162,39 +163,16 @@ impl BatchExecutor {
         let storage: &dyn Storage = &*self.storage;
         let found = match matched {
             None => {
-                let samples = sample_output_names();
-                let keys = crate::executor::overlap::Keys::Storage(storage);
-                patterns.iter().enumerate().find_map(|(i, pattern)| {
-                    crate::executor::overlap::pattern_reaches_output(
-                        pattern,
-                        output_path,
-                        &samples,
-                        is_output_file_name,
-                        &keys,
-                    )
-                    .map(|example| (i, example))
-                })
+                let keys = overlap::Keys::Storage(storage);
+                overlap::patterns_reaching_output(patterns, output_path, &keys).next()
             }
-            Some(objects) => objects
-                .iter()
-                .find(|m| {
-                    crate::executor::overlap::is_own_output(
-                        storage,
-                        &m.location,
-                        output_path,
-                        is_output_file_name,
-                    )
-                })
-                .map(|m| {
-                    let i = patterns
-                        .iter()
-                        .position(|p| {
-                            crate::storage::glob::Pattern::new(p)
-                                .is_ok_and(|g| g.matches(&m.location))
-                        })
-                        .unwrap_or(0);
-                    (i, m.location.clone())
-                }),
+            Some(objects) => overlap::first_own_output(storage, objects, output_path).map(|m| {
+                let i = patterns
+                    .iter()
+                    .position(|p| glob::Pattern::new(p).is_ok_and(|g| g.matches(&m.location)))
+                    .unwrap_or(0);
+                (i, m.location.clone())
+            }),
         };
         match found {
             None => Ok(()),

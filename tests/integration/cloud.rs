@@ -80,9 +80,42 @@ fn gcs(servers: &Servers) -> GcsStorage {
 }
 
 fn s3(servers: &Servers) -> S3Storage {
-    S3Storage::with_endpoint(&servers.s3, "us-east-1", "test", "test")
+    s3_at(&servers.s3)
+}
+
+fn s3_at(endpoint: &str) -> S3Storage {
+    S3Storage::with_endpoint(endpoint, "us-east-1", "test", "test")
         .unwrap()
         .with_retry(quick())
+}
+
+/// The backend of `scheme` at `endpoint` (a server, or a proxy before one).
+fn backend_at(scheme: &str, endpoint: &str) -> Arc<dyn Storage> {
+    match scheme {
+        "gs" => Arc::new(GcsStorage::emulator(endpoint).unwrap().with_retry(quick())),
+        _ => Arc::new(s3_at(endpoint)),
+    }
+}
+
+/// Local paths, and both servers' buckets.
+fn cloud(servers: &Servers) -> CloudStorage {
+    CloudStorage::new(LocalStorage::new())
+        .with_gcs(gcs(servers))
+        .with_s3(s3(servers))
+}
+
+/// `command` with the environment that points the vendors' SDKs (and so
+/// `CloudStorage::new`) at the servers.
+fn with_servers<'c>(
+    command: &'c mut std::process::Command,
+    servers: &Servers,
+) -> &'c mut std::process::Command {
+    command
+        .env("STORAGE_EMULATOR_HOST", &servers.gcs)
+        .env("AWS_ENDPOINT_URL", &servers.s3)
+        .env("AWS_ACCESS_KEY_ID", "test")
+        .env("AWS_SECRET_ACCESS_KEY", "test")
+        .env("AWS_REGION", "us-east-1")
 }
 
 /// A fresh prefix for one test: `SCHEME://BUCKET/NAME-NANOS`.
@@ -178,9 +211,7 @@ fn calls_from_inside_a_tokio_runtime_do_not_panic() {
 #[test]
 fn malformed_and_missing_locations_are_clear_errors() {
     let Some(servers) = servers() else { return };
-    let storage = CloudStorage::new(LocalStorage::new())
-        .with_gcs(gcs(servers))
-        .with_s3(s3(servers));
+    let storage = cloud(servers);
     for location in ["gs://", "gs:///x", "s3://b/../x", "gs://b/x//y"] {
         let err = storage.head(location).unwrap_err();
         assert_eq!(
@@ -250,11 +281,7 @@ fn outputs(storage: &dyn Storage, output: &str) -> Vec<(String, Vec<u8>)> {
 #[test]
 fn jobs_on_buckets_write_what_they_write_on_local_files() {
     let Some(servers) = servers() else { return };
-    let storage: Arc<dyn Storage> = Arc::new(
-        CloudStorage::new(LocalStorage::new())
-            .with_gcs(gcs(servers))
-            .with_s3(s3(servers)),
-    );
+    let storage: Arc<dyn Storage> = Arc::new(cloud(servers));
     let local = tempfile::tempdir().unwrap();
     let root = local.path().display().to_string();
     let mut lines = String::new();
@@ -338,9 +365,7 @@ fn the_command_line_reads_one_bucket_and_writes_another() {
     let Some(exe) = crate::example("batch_predict") else {
         return;
     };
-    let storage = CloudStorage::new(LocalStorage::new())
-        .with_gcs(gcs(servers))
-        .with_s3(s3(servers));
+    let storage = cloud(servers);
     let input = fresh("gs", servers, "cli-in");
     let output = fresh("s3", servers, "cli-out");
     storage
@@ -359,14 +384,9 @@ fn the_command_line_reads_one_bucket_and_writes_another() {
         }
     });
     std::fs::write(&job_file, body.to_string()).unwrap();
-    let out = std::process::Command::new(&exe)
+    let out = with_servers(&mut std::process::Command::new(&exe), servers)
         .arg(&job_file)
         .args(["--predictor", "echo"])
-        .env("STORAGE_EMULATOR_HOST", &servers.gcs)
-        .env("AWS_ENDPOINT_URL", &servers.s3)
-        .env("AWS_ACCESS_KEY_ID", "test")
-        .env("AWS_SECRET_ACCESS_KEY", "test")
-        .env("AWS_REGION", "us-east-1")
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -441,24 +461,10 @@ fn a_connection_dropped_mid_object_resumes_from_the_byte_it_reached() {
     let data = pattern(3 << 20);
     for (scheme, upstream) in [("gs", &servers.gcs), ("s3", &servers.s3)] {
         let location = format!("{}/cut.bin", fresh(scheme, servers, "cut"));
-        let direct: Box<dyn Storage> = match scheme {
-            "gs" => Box::new(gcs(servers)),
-            _ => Box::new(s3(servers)),
-        };
+        let direct = backend_at(scheme, upstream);
         direct.put_bytes(&location, &data).unwrap();
         let proxy = Proxy::start(upstream, "cut");
-        let through: Box<dyn Storage> = match scheme {
-            "gs" => Box::new(
-                GcsStorage::emulator(&proxy.url)
-                    .unwrap()
-                    .with_retry(quick()),
-            ),
-            _ => Box::new(
-                S3Storage::with_endpoint(&proxy.url, "us-east-1", "test", "test")
-                    .unwrap()
-                    .with_retry(quick()),
-            ),
-        };
+        let through = backend_at(scheme, &proxy.url);
         let read = through.read_bytes(&location).unwrap();
         assert!(
             read == data,
@@ -483,27 +489,13 @@ fn a_503_storm_is_retried_and_an_endless_one_fails_the_job_saying_why() {
     let Some(servers) = servers() else { return };
     for (scheme, upstream) in [("gs", &servers.gcs), ("s3", &servers.s3)] {
         let base = fresh(scheme, servers, "storm");
-        let direct: Box<dyn Storage> = match scheme {
-            "gs" => Box::new(gcs(servers)),
-            _ => Box::new(s3(servers)),
-        };
+        let direct = backend_at(scheme, upstream);
         direct
             .put_bytes(&format!("{base}/in/a.jsonl"), b"{\"x\": 1}\n")
             .unwrap();
         for (failures, succeeds) in [(3, true), (1000, false)] {
             let proxy = Proxy::start(upstream, &format!("fail:{failures}"));
-            let through: Arc<dyn Storage> = match scheme {
-                "gs" => Arc::new(
-                    GcsStorage::emulator(&proxy.url)
-                        .unwrap()
-                        .with_retry(quick()),
-                ),
-                _ => Arc::new(
-                    S3Storage::with_endpoint(&proxy.url, "us-east-1", "test", "test")
-                        .unwrap()
-                        .with_retry(quick()),
-                ),
-            };
+            let through = backend_at(scheme, &proxy.url);
             let output = format!("{base}/out-{failures}");
             let mut job = job(&[format!("{base}/in/*.jsonl")], &output, "JSON");
             let summary = BatchExecutor::new(Arc::clone(&through), Arc::new(EchoResolver))
@@ -542,11 +534,7 @@ fn a_503_storm_is_retried_and_an_endless_one_fails_the_job_saying_why() {
 #[test]
 fn onnx_models_load_from_a_bucket() {
     let Some(servers) = servers() else { return };
-    let storage: Arc<dyn Storage> = Arc::new(
-        CloudStorage::new(LocalStorage::new())
-            .with_gcs(gcs(servers))
-            .with_s3(s3(servers)),
-    );
+    let storage: Arc<dyn Storage> = Arc::new(cloud(servers));
     let model = std::fs::read(crate::data_path("../../examples/iris/model/model.onnx")).unwrap();
     let resolver =
         batch_prediction::OnnxResolver::new(LocalStorage::new()).with_buckets(Arc::clone(&storage));
@@ -628,11 +616,7 @@ fn onnx_models_load_from_a_bucket() {
 #[test]
 fn parts_of_one_job_on_a_bucket_merge_into_what_one_run_writes() {
     let Some(servers) = servers() else { return };
-    let storage: Arc<dyn Storage> = Arc::new(
-        CloudStorage::new(LocalStorage::new())
-            .with_gcs(gcs(servers))
-            .with_s3(s3(servers)),
-    );
+    let storage: Arc<dyn Storage> = Arc::new(cloud(servers));
     let input = fresh("s3", servers, "parts-in");
     for i in 0..5 {
         let lines: String = (0..40)
@@ -857,7 +841,7 @@ fn the_emulator_runs_jobs_on_real_buckets() {
         .unwrap()
         .port();
     let _emulator = Running(
-        std::process::Command::new(&exe)
+        with_servers(&mut std::process::Command::new(&exe), servers)
             .args([
                 "--port",
                 &port.to_string(),
@@ -867,11 +851,6 @@ fn the_emulator_runs_jobs_on_real_buckets() {
                 "--root",
             ])
             .arg(root.path())
-            .env("STORAGE_EMULATOR_HOST", &servers.gcs)
-            .env("AWS_ENDPOINT_URL", &servers.s3)
-            .env("AWS_ACCESS_KEY_ID", "test")
-            .env("AWS_SECRET_ACCESS_KEY", "test")
-            .env("AWS_REGION", "us-east-1")
             .stderr(std::process::Stdio::null())
             .spawn()
             .unwrap(),
@@ -923,11 +902,7 @@ fn the_emulator_runs_jobs_on_real_buckets() {
 #[test]
 fn a_missing_bucket_fails_the_job_before_it_predicts() {
     let Some(servers) = servers() else { return };
-    let storage: Arc<dyn Storage> = Arc::new(
-        CloudStorage::new(LocalStorage::new())
-            .with_gcs(gcs(servers))
-            .with_s3(s3(servers)),
-    );
+    let storage: Arc<dyn Storage> = Arc::new(cloud(servers));
     let input = fresh("gs", servers, "missing-bucket");
     storage
         .put_bytes(&format!("{input}/a.jsonl"), b"{\"x\": 1}\n")
