@@ -7,8 +7,11 @@
 //!                            inputPaths and outputPath; with the `cloud` feature, gs:// and
 //!                            s3:// buckets (credentials and emulators from the environment)
 //!   --predictor NAME         the model to run: `onnx` (with the `onnx` feature, and then the
-//!                            default) runs the ONNX model at the job's uri; `echo` predicts
-//!                            each instance as itself (the default without the feature)
+//!                            default) runs the ONNX model at the job's uri with tract; `ort`
+//!                            (with the `ort` feature) runs it with onnxruntime, loaded from
+//!                            ORT_DYLIB_PATH; `echo` predicts each instance as itself (the
+//!                            default without the `onnx` feature)
+//!   --intra-threads N        with `ort`: threads per worker's session (default 1)
 //!   --gcs-root DIR           read and write gs://BUCKET/PATH at DIR/BUCKET/PATH, not on Cloud Storage
 //!   --threads N              at most N worker threads (default: all cores)
 //!   --max-errors N           fail the job once more than N instances failed
@@ -34,12 +37,13 @@ use batch_prediction::{
     Progress, ResumeMode, State, Storage, SystemClock, Transition,
 };
 
-const USAGE: &str = "usage: batch_predict JOB.json [--predictor onnx|echo] [--gcs-root DIR] [--threads N] \
+const USAGE: &str = "usage: batch_predict JOB.json [--predictor onnx|ort|echo] [--intra-threads N] [--gcs-root DIR] [--threads N] \
                      [--max-errors N] [--max-error-ratio R] [--fresh] [--plan] [--shard I/N] [--merge]";
 
 struct Args {
     job: String,
     predictor: String,
+    intra_threads: usize,
     gcs_root: Option<String>,
     config: ExecutorConfig,
     plan_only: bool,
@@ -56,6 +60,7 @@ fn parse_args() -> Result<Args, String> {
     }
     .to_owned();
     let mut gcs_root = None;
+    let mut intra_threads = 1;
     let mut config = ExecutorConfig::default();
     let mut plan_only = false;
     let mut merge = false;
@@ -64,6 +69,14 @@ fn parse_args() -> Result<Args, String> {
         match arg.as_str() {
             "--predictor" => predictor = value("--predictor")?,
             "--gcs-root" => gcs_root = Some(value("--gcs-root")?),
+            "--intra-threads" => {
+                let n = value("--intra-threads")?;
+                intra_threads = n
+                    .parse()
+                    .ok()
+                    .filter(|&n| n > 0)
+                    .ok_or_else(|| format!("--intra-threads: not a positive number: {n:?}"))?;
+            }
             "--threads" => {
                 let n = value("--threads")?;
                 config = config.with_max_threads(
@@ -104,6 +117,7 @@ fn parse_args() -> Result<Args, String> {
     Ok(Args {
         job: job.ok_or("missing JOB.json")?,
         predictor,
+        intra_threads,
         gcs_root,
         config,
         plan_only,
@@ -124,12 +138,12 @@ fn storage(args: &Args, local: LocalStorage) -> Arc<dyn Storage> {
 }
 
 fn resolver(
-    name: &str,
+    args: &Args,
     local: LocalStorage,
     storage: &Arc<dyn Storage>,
 ) -> Result<Arc<dyn ModelResolver>, String> {
-    let _ = (&local, storage);
-    match name {
+    let _ = (&local, storage, args.intra_threads);
+    match args.predictor.as_str() {
         "echo" => Ok(Arc::new(EchoResolver)),
         #[cfg(feature = "onnx")]
         "onnx" => Ok(Arc::new(
@@ -139,8 +153,18 @@ fn resolver(
         "onnx" => {
             Err("the onnx predictor needs the onnx feature: cargo run --features onnx …".into())
         }
+        #[cfg(feature = "ort")]
+        "ort" => Ok(Arc::new(
+            batch_prediction::OrtResolver::new(local)
+                .with_buckets(Arc::clone(storage))
+                .with_options(
+                    batch_prediction::OrtOptions::new().with_intra_threads(args.intra_threads),
+                ),
+        )),
+        #[cfg(not(feature = "ort"))]
+        "ort" => Err("the ort predictor needs the ort feature: cargo run --features ort …".into()),
         other => Err(format!(
-            "unknown predictor {other:?}: expected onnx or echo"
+            "unknown predictor {other:?}: expected onnx, ort or echo"
         )),
     }
 }
@@ -209,7 +233,7 @@ fn main() -> ExitCode {
         None => LocalStorage::new(),
     };
     let storage = storage(&args, local.clone());
-    let resolver = match resolver(&args.predictor, local, &storage) {
+    let resolver = match resolver(&args, local, &storage) {
         Ok(r) => r,
         Err(message) => {
             eprintln!("batch_predict: {message}");

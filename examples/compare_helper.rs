@@ -226,13 +226,7 @@ fn job(predictor: &str, format: DataFormat, input: &str, outdir: &str, workers: 
     let predictor: Arc<dyn Predictor> = match predictor {
         "echo" => Arc::new(EchoPredictor),
         "cpu" => cpu_bound(),
-        #[cfg(feature = "onnx")]
-        onnx if onnx.starts_with("onnx:") => {
-            Arc::new(batch_prediction::OnnxPredictor::load(&onnx[5..]).expect("model"))
-        }
-        other => {
-            panic!("unknown predictor {other:?}: echo, cpu or (with the onnx feature) onnx:MODEL")
-        }
+        model => model_predictor(model),
     };
     let resolver = move |_: &ModelVersion, _: &Job| -> Result<Arc<dyn Predictor>, PredictError> {
         Ok(Arc::clone(&predictor))
@@ -270,11 +264,30 @@ fn to_tfrecord(blobs: &str, output: &str) -> (f64, u64) {
     (0.0, n)
 }
 
-/// The bare cost of an ONNX job: parse each line, run the model over
-/// batches of 64 in one loop, and write each prediction as a line.
-#[cfg(feature = "onnx")]
-fn onnx_bare(model: &str, input: &str, output: &str) -> (f64, u64) {
-    let model = batch_prediction::OnnxPredictor::load(model).expect("model");
+/// The model `spec` names: `onnx:PATH` (tract, feature `onnx`) or
+/// `ort:PATH` (onnxruntime, feature `ort`, one intra-op thread).
+fn model_predictor(spec: &str) -> Arc<dyn Predictor> {
+    match spec.split_once(':') {
+        #[cfg(feature = "onnx")]
+        Some(("onnx", path)) => {
+            Arc::new(batch_prediction::OnnxPredictor::load(path).expect("model"))
+        }
+        #[cfg(feature = "ort")]
+        Some(("ort", path)) => Arc::new(
+            batch_prediction::OrtPredictor::load(path, &batch_prediction::OrtOptions::new())
+                .expect("model"),
+        ),
+        _ => panic!(
+            "unknown predictor {spec:?}: echo, cpu, onnx:MODEL (feature onnx) or ort:MODEL (feature ort)"
+        ),
+    }
+}
+
+/// The bare cost of a model job: parse each line, run the model (`spec`,
+/// as [`model_predictor`] reads it) over batches of 64 in one loop, and
+/// write each prediction as a line.
+fn model_bare(spec: &str, input: &str, output: &str) -> (f64, u64) {
+    let model = model_predictor(spec);
     let cancel = CancelHandle::new();
     let ctx = batch_prediction::PredictContext::new("", &cancel, 0);
     let start = Instant::now();
@@ -316,8 +329,8 @@ fn main() {
         ["read", format, input] => read(format_of(format), input),
         ["to-tfrecord", blobs, output] => to_tfrecord(blobs, output),
         ["phases", format, input, output] => phases(format_of(format), input, output),
-        #[cfg(feature = "onnx")]
-        ["onnx-bare", model, input, output] => onnx_bare(model, input, output),
+        ["onnx-bare", model, input, output] => model_bare(&format!("onnx:{model}"), input, output),
+        ["model-bare", spec, input, output] => model_bare(spec, input, output),
         ["job", predictor, format, input, outdir, workers] => job(
             predictor,
             format_of(format),
@@ -327,7 +340,7 @@ fn main() {
         ),
         _ => {
             eprintln!(
-                "usage: compare_helper bare-json IN OUT | bare-tfrecord-echo IN OUT | read FORMAT IN | job echo|cpu FORMAT IN OUTDIR N | to-tfrecord BLOBS OUT"
+                "usage: compare_helper bare-json IN OUT | bare-tfrecord-echo IN OUT | read FORMAT IN | job echo|cpu|onnx:MODEL|ort:MODEL FORMAT IN OUTDIR N | model-bare onnx:MODEL|ort:MODEL IN OUT | to-tfrecord BLOBS OUT"
             );
             std::process::exit(2);
         }

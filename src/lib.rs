@@ -29,6 +29,7 @@
 //! |---|---|
 //! | `cloud` | `GcsStorage`, `S3Storage` and `CloudStorage`: jobs on real Cloud Storage and S3 buckets |
 //! | `onnx` | `OnnxPredictor` and `OnnxResolver`: ONNX models run by the pure-Rust `tract-onnx` |
+//! | `ort` | `OrtPredictor` and `OrtResolver`: ONNX models run by onnxruntime (every operator, the whole `ai.onnx.ml` domain: scikit-learn, XGBoost, LightGBM, Keras models), loaded at run time from `ORT_DYLIB_PATH`; needs Rust 1.92 |
 //! | `rest` | `RestApi`: the `projects.jobs` REST API over a [`JobService`] |
 //! | `testing` | the conformance suites for [`Storage`] and [`JobStore`], fault injection |
 //!
@@ -93,7 +94,7 @@ mod error;
 mod executor;
 mod model;
 mod name;
-#[cfg(feature = "onnx")]
+#[cfg(any(feature = "onnx", feature = "ort"))]
 mod onnx;
 
 mod predict;
@@ -121,8 +122,12 @@ pub use model::{
     UnknownEnumValue,
 };
 pub use name::{JobName, MAX_ID_LEN, ModelName, ProjectName, VersionName};
+#[cfg(any(feature = "onnx", feature = "ort"))]
+pub use onnx::PASSTHROUGH_LABEL;
 #[cfg(feature = "onnx")]
-pub use onnx::{OnnxPredictor, OnnxResolver, PASSTHROUGH_LABEL};
+pub use onnx::{OnnxPredictor, OnnxResolver};
+#[cfg(feature = "ort")]
+pub use onnx::{OrtOptions, OrtPredictor, OrtResolver};
 pub use predict::{
     CancelHandle, EchoPredictor, EchoResolver, FaultyPredictor, FnPredictor, ModelRegistry,
     ModelResolver, PredictContext, PredictError, Predictor, predictor_fn,

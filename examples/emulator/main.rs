@@ -2,7 +2,7 @@
 //! clients can talk to.
 //!
 //! ```text
-//! cargo run --release --features rest --example emulator -- --port 8080 --root DIR [--predictor echo]
+//! cargo run --release --features rest --example emulator -- --port 8080 --root DIR [--predictor echo|onnx|ort]
 //!     [--enforce-iam] [--max-body-bytes N] [--buckets]
 //! ```
 //!
@@ -11,9 +11,11 @@
 //! `uri` to `DIR/BUCKET/PATH` (and refuses anything outside DIR), and runs
 //! created jobs in the background: `jobs.get` shows them move QUEUED →
 //! RUNNING → SUCCEEDED with real counts, and `jobs.cancel` stops a running
-//! one. With `--predictor echo` every model is the echo predictor; without
-//! it, the ONNX model at the job's `uri` (built with `--features onnx`), or,
-//! without that feature, jobs fail saying no model can be loaded. One log line per request on
+//! one. With `--predictor echo` every model is the echo predictor; with
+//! `--predictor ort` (built with `--features ort`, onnxruntime from
+//! `ORT_DYLIB_PATH`), onnxruntime runs the ONNX model at the job's `uri`;
+//! by default tract does (built with `--features onnx`), or, without that
+//! feature, jobs fail saying no model can be loaded. One log line per request on
 //! stderr; Ctrl-C cancels running jobs and stops cleanly. The HTTP server
 //! (http.rs) bounds connections, heads, bodies and the time of every read.
 //!
@@ -43,7 +45,8 @@ use batch_prediction::{
 struct Options {
     port: u16,
     root: PathBuf,
-    echo: bool,
+    /// `echo`, `onnx`, `ort`, or `none` (no model runtime built in).
+    predictor: String,
     enforce_iam: bool,
     max_body_bytes: usize,
     buckets: bool,
@@ -53,7 +56,12 @@ fn parse_args() -> Result<Options, String> {
     let mut options = Options {
         port: 0,
         root: PathBuf::new(),
-        echo: false,
+        predictor: if cfg!(feature = "onnx") {
+            "onnx"
+        } else {
+            "none"
+        }
+        .to_owned(),
         enforce_iam: false,
         max_body_bytes: batch_prediction::DEFAULT_MAX_BODY_BYTES,
         buckets: false,
@@ -72,11 +80,12 @@ fn parse_args() -> Result<Options, String> {
             }
             "--root" => options.root = PathBuf::from(value("--root")?),
             "--predictor" => match value("--predictor")?.as_str() {
-                "echo" => options.echo = true,
-                "onnx" if cfg!(feature = "onnx") => options.echo = false,
+                "echo" => options.predictor = "echo".into(),
+                "onnx" if cfg!(feature = "onnx") => options.predictor = "onnx".into(),
+                "ort" if cfg!(feature = "ort") => options.predictor = "ort".into(),
                 other => {
                     return Err(format!(
-                        "unknown predictor {other:?}: echo, or onnx with the onnx feature"
+                        "unknown predictor {other:?}: echo, onnx (with the onnx feature) or ort (with the ort feature)"
                     ));
                 }
             },
@@ -99,14 +108,12 @@ fn parse_args() -> Result<Options, String> {
 }
 
 /// Refuses every model, saying how to get one.
-/// Refuses every model, saying how to get one (without the `onnx` feature).
-#[cfg(not(feature = "onnx"))]
 fn no_model(
     model: &batch_prediction::ModelVersion,
     _: &batch_prediction::Job,
 ) -> Result<Arc<dyn batch_prediction::Predictor>, batch_prediction::PredictError> {
     Err(batch_prediction::PredictError::new(format!(
-        "the emulator cannot load model {model}: start it with --predictor echo, or build it with --features onnx"
+        "the emulator cannot load model {model}: start it with --predictor echo, or build it with --features onnx (or ort)"
     )))
 }
 
@@ -125,7 +132,7 @@ fn main() -> ExitCode {
         Ok(options) => options,
         Err(e) => {
             eprintln!(
-                "error: {e}\nusage: emulator --port PORT --root DIR [--predictor echo] [--enforce-iam] [--max-body-bytes N] [--buckets]"
+                "error: {e}\nusage: emulator --port PORT --root DIR [--predictor echo|onnx|ort] [--enforce-iam] [--max-body-bytes N] [--buckets]"
             );
             return ExitCode::from(2);
         }
@@ -149,18 +156,20 @@ fn serve(options: Options) -> Result<(), Box<dyn std::error::Error>> {
     );
     let api = Arc::new(RestApi::new(service.clone()).with_max_body_bytes(options.max_body_bytes));
     let storage = storage(&options, LocalStorage::confined(&root));
-    // With the onnx feature, a job's uri names an ONNX model under DIR (or on a bucket).
-    #[cfg(feature = "onnx")]
-    let models: Arc<dyn ModelResolver> = Arc::new(
-        batch_prediction::OnnxResolver::new(LocalStorage::confined(&root))
-            .with_buckets(Arc::clone(&storage)),
-    );
-    #[cfg(not(feature = "onnx"))]
-    let models: Arc<dyn ModelResolver> = Arc::new(no_model);
-    let resolver: Arc<dyn ModelResolver> = if options.echo {
-        Arc::new(EchoResolver)
-    } else {
-        models
+    // With the onnx or ort feature, a job's uri names an ONNX model under DIR (or on a bucket).
+    let confined = LocalStorage::confined(&root);
+    let _ = &confined;
+    let resolver: Arc<dyn ModelResolver> = match options.predictor.as_str() {
+        "echo" => Arc::new(EchoResolver),
+        #[cfg(feature = "onnx")]
+        "onnx" => Arc::new(
+            batch_prediction::OnnxResolver::new(confined).with_buckets(Arc::clone(&storage)),
+        ),
+        #[cfg(feature = "ort")]
+        "ort" => Arc::new(
+            batch_prediction::OrtResolver::new(confined).with_buckets(Arc::clone(&storage)),
+        ),
+        _ => Arc::new(no_model),
     };
     let executor = BatchExecutor::new(storage, resolver);
 

@@ -5,7 +5,7 @@ mod cloud;
 mod discovery;
 mod executor;
 mod job_store;
-#[cfg(feature = "onnx")]
+#[cfg(any(feature = "onnx", feature = "ort"))]
 mod onnx;
 mod own_output;
 mod props;

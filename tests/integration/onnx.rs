@@ -1,24 +1,145 @@
-//! The ONNX predictor against onnxruntime's outputs for the same models and
-//! inputs (tests/data/onnx/expected.json, made by make_models.py there).
+//! The ONNX predictors, tract (`onnx`) and onnxruntime (`ort`), against
+//! onnxruntime's outputs for the same models and inputs
+//! (tests/data/onnx/expected.json, made by make_models.py there). Each test
+//! runs on every backend built; the `ort` backend needs the onnxruntime
+//! library, which `tests/ort/library.sh` installs from PyPI under target/
+//! (or `ORT_DYLIB_PATH` names): without it, its tests say SKIP, and under CI
+//! (`CI=true`) fail.
 
+use std::path::Path;
 use std::sync::Arc;
 
 use batch_prediction::{
-    BatchExecutor, CancelHandle, Instance, Job, LocalStorage, OnnxPredictor, OnnxResolver,
-    PredictContext, Predictor, State, SystemClock, Transition,
+    BatchExecutor, CancelHandle, Instance, Job, LocalStorage, ModelResolver, PredictContext,
+    Predictor, State, SystemClock, Transition,
 };
 use serde_json::{Value, json};
+
+/// A predictor this build has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// `OnnxPredictor`, on tract.
+    #[cfg(feature = "onnx")]
+    Tract,
+    /// `OrtPredictor`, on onnxruntime.
+    #[cfg(feature = "ort")]
+    Ort,
+}
+
+/// The backends this build has and can run here.
+pub fn backends() -> Vec<Backend> {
+    [
+        #[cfg(feature = "onnx")]
+        Some(Backend::Tract),
+        #[cfg(feature = "ort")]
+        ort_library().map(|_| Backend::Ort),
+    ]
+    .into_iter()
+    .flatten()
+    .collect()
+}
+
+/// The onnxruntime library: `ORT_DYLIB_PATH`, else the one
+/// `tests/ort/library.sh` installs; `None` (SKIP) when there is none, which
+/// under CI is a failure.
+#[cfg(feature = "ort")]
+pub fn ort_library() -> Option<&'static Path> {
+    use std::path::PathBuf;
+    static LIBRARY: std::sync::OnceLock<Result<PathBuf, String>> = std::sync::OnceLock::new();
+    let found = LIBRARY.get_or_init(|| {
+        if let Some(path) = std::env::var_os("ORT_DYLIB_PATH").filter(|p| !p.is_empty()) {
+            return Ok(PathBuf::from(path));
+        }
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/ort/library.sh");
+        let out = std::process::Command::new("bash")
+            .arg(script)
+            .output()
+            .map_err(|e| format!("cannot run {script}: {e}"))?;
+        let text = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        match text.strip_prefix("SKIP: ") {
+            Some(why) => Err(why.to_owned()),
+            None if out.status.success() => Ok(PathBuf::from(text)),
+            None => Err(format!(
+                "{script} failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            )),
+        }
+    });
+    match found {
+        Ok(path) => Some(path),
+        Err(why) if std::env::var("CI").is_ok_and(|v| v == "true") => {
+            panic!("the onnxruntime library is required under CI: {why}")
+        }
+        Err(why) => {
+            eprintln!("SKIP: the ort backend: no onnxruntime library: {why}");
+            None
+        }
+    }
+}
+
+#[cfg(feature = "ort")]
+fn ort_options() -> batch_prediction::OrtOptions {
+    batch_prediction::OrtOptions::new().with_library(ort_library().expect("backends() checked"))
+}
+
+impl Backend {
+    /// Loads the model at `path` (a file, or a directory holding `model.onnx`).
+    pub fn load(self, path: &Path) -> Result<Arc<dyn Predictor>, String> {
+        match self {
+            #[cfg(feature = "onnx")]
+            Backend::Tract => batch_prediction::OnnxPredictor::load(path)
+                .map(|m| Arc::new(m) as Arc<dyn Predictor>)
+                .map_err(|e| e.to_string()),
+            #[cfg(feature = "ort")]
+            Backend::Ort => batch_prediction::OrtPredictor::load(path, &ort_options())
+                .map(|m| Arc::new(m) as Arc<dyn Predictor>)
+                .map_err(|e| e.to_string()),
+        }
+    }
+
+    /// The model's input and output names, in the file's order.
+    fn names(self, path: &Path) -> (Vec<String>, Vec<String>) {
+        let own = |v: Vec<&str>| v.into_iter().map(str::to_owned).collect::<Vec<_>>();
+        match self {
+            #[cfg(feature = "onnx")]
+            Backend::Tract => {
+                let m = batch_prediction::OnnxPredictor::load(path).unwrap();
+                (own(m.input_names()), own(m.output_names()))
+            }
+            #[cfg(feature = "ort")]
+            Backend::Ort => {
+                let m = batch_prediction::OrtPredictor::load(path, &ort_options()).unwrap();
+                (own(m.input_names()), own(m.output_names()))
+            }
+        }
+    }
+
+    /// The resolver a job on this backend runs with.
+    pub fn resolver(self, storage: LocalStorage) -> Arc<dyn ModelResolver> {
+        match self {
+            #[cfg(feature = "onnx")]
+            Backend::Tract => Arc::new(batch_prediction::OnnxResolver::new(storage)),
+            #[cfg(feature = "ort")]
+            Backend::Ort => {
+                Arc::new(batch_prediction::OrtResolver::new(storage).with_options(ort_options()))
+            }
+        }
+    }
+}
 
 fn expected() -> Value {
     let text = std::fs::read_to_string(crate::data_path("onnx/expected.json")).unwrap();
     serde_json::from_str(&text).unwrap()
 }
 
-fn model(name: &str) -> OnnxPredictor {
-    OnnxPredictor::load(crate::data_path(&format!("onnx/{name}"))).unwrap()
+fn model(backend: Backend, name: &str) -> Arc<dyn Predictor> {
+    backend
+        .load(&crate::data_path(&format!("onnx/{name}")))
+        .unwrap()
 }
 
-fn predict(model: &OnnxPredictor, instances: Vec<Value>) -> Result<Vec<Value>, String> {
+/// Predicts one batch.
+pub fn predict(model: &dyn Predictor, instances: Vec<Value>) -> Result<Vec<Value>, String> {
     let cancel = CancelHandle::new();
     let ctx = PredictContext::new("serving_default", &cancel, 0);
     model
@@ -26,7 +147,9 @@ fn predict(model: &OnnxPredictor, instances: Vec<Value>) -> Result<Vec<Value>, S
         .map_err(|e| e.to_string())
 }
 
-fn close(a: &Value, b: &Value, at: &str) {
+/// Asserts `a` is `b` within 1e-5 (relative to values above 1), number by
+/// number through arrays.
+pub fn close(a: &Value, b: &Value, at: &str) {
     match (a, b) {
         (Value::Array(x), Value::Array(y)) => {
             assert_eq!(x.len(), y.len(), "{at}");
@@ -35,18 +158,29 @@ fn close(a: &Value, b: &Value, at: &str) {
             }
         }
         _ => {
-            let (x, y) = (a.as_f64().unwrap(), b.as_f64().unwrap());
+            let (x, y) = (
+                a.as_f64()
+                    .unwrap_or_else(|| panic!("{at}: {a} is not a number")),
+                b.as_f64().unwrap(),
+            );
             let tolerance = 1e-5 * y.abs().max(1.0);
-            assert!((x - y).abs() <= tolerance, "{at}: {x} vs onnxruntime's {y}");
+            assert!((x - y).abs() <= tolerance, "{at}: {x} vs the oracle's {y}");
         }
     }
 }
 
 #[test]
 fn classifier_matches_onnxruntime_in_one_batch() {
-    let model = model("classifier.onnx");
-    assert_eq!(model.input_names(), ["features"]);
-    assert_eq!(model.output_names(), ["probabilities", "class_id"]);
+    for backend in backends() {
+        classifier_matches_onnxruntime_on(backend);
+    }
+}
+
+fn classifier_matches_onnxruntime_on(backend: Backend) {
+    let (inputs, outputs) = backend.names(&crate::data_path("onnx/classifier.onnx"));
+    assert_eq!(inputs, ["features"]);
+    assert_eq!(outputs, ["probabilities", "class_id"]);
+    let model = model(backend, "classifier.onnx");
     let cases = expected()["classifier"].as_array().unwrap().clone();
     let instances: Vec<Value> = cases
         .iter()
@@ -57,10 +191,14 @@ fn classifier_matches_onnxruntime_in_one_batch() {
             instance
         })
         .collect();
-    let predictions = predict(&model, instances).unwrap();
+    let predictions = predict(&*model, instances).unwrap();
     assert_eq!(predictions.len(), cases.len());
     for (i, (p, c)) in predictions.iter().zip(&cases).enumerate() {
-        close(&p["probabilities"], &c["probabilities"], &format!("{i}"));
+        close(
+            &p["probabilities"],
+            &c["probabilities"],
+            &format!("{backend:?} {i}"),
+        );
         assert_eq!(p["class_id"], c["class_id"], "{i}: int64 exact");
         assert_eq!(p["key"], json!(i), "passthrough keeps the key");
         assert_eq!(p.get("features"), None, "inputs are not echoed");
@@ -69,10 +207,16 @@ fn classifier_matches_onnxruntime_in_one_batch() {
 
 #[test]
 fn a_fixed_batch_of_one_in_the_file_still_runs_whole_batches() {
-    let model = model("two_inputs.onnx");
+    for backend in backends() {
+        fixed_batch_of_one_on(backend);
+    }
+}
+
+fn fixed_batch_of_one_on(backend: Backend) {
+    let model = model(backend, "two_inputs.onnx");
     let cases = expected()["two_inputs"].as_array().unwrap().clone();
     let predictions = predict(
-        &model,
+        &*model,
         cases.iter().map(|c| c["instance"].clone()).collect(),
     )
     .unwrap();
@@ -88,41 +232,47 @@ fn a_fixed_batch_of_one_in_the_file_still_runs_whole_batches() {
 
 #[test]
 fn bad_instances_are_errors_that_say_which_input_and_what_was_expected() {
-    let classifier = model("classifier.onnx");
-    let two = model("two_inputs.onnx");
-    let table: [(&OnnxPredictor, Value, &str); 7] = [
+    for backend in backends() {
+        bad_instances_on(backend);
+    }
+}
+
+fn bad_instances_on(backend: Backend) {
+    let classifier = &*model(backend, "classifier.onnx");
+    let two = &*model(backend, "two_inputs.onnx");
+    let table: [(&dyn Predictor, Value, &str); 7] = [
         (
-            &classifier,
+            classifier,
             json!({"key": 1}),
             "the instance has no field \"features\" for the model's input of that name (expected numbers of shape [4])",
         ),
         (
-            &classifier,
+            classifier,
             json!({"features": [1.0, 2.0]}),
             "input \"features\": expected numbers of shape [4]: got [1.0,2.0]",
         ),
         (
-            &classifier,
+            classifier,
             json!({"features": [1.0, "2", 3.0, 4.0]}),
             "input \"features\": expected numbers of shape [4]: got [1.0,\"2\",3.0,4.0]",
         ),
         (
-            &two,
+            two,
             json!({"a": [1.0, 2.0], "b": 1.5}),
             "input \"b\": expected one of integers: got 1.5",
         ),
         (
-            &two,
+            two,
             json!([1.0, 2.0]),
             "the model has 2 inputs (a, b): an instance must be an object with a field for each",
         ),
         (
-            &classifier,
+            classifier,
             json!([[1.0, 2.0, 3.0, 4.0]]),
             "input \"features\": expected numbers of shape [4]: got [[1.0,2.0,3.0,4.0]]",
         ),
         (
-            &classifier,
+            classifier,
             json!(null),
             "input \"features\": expected numbers of shape [4]: got null",
         ),
@@ -131,25 +281,21 @@ fn bad_instances_are_errors_that_say_which_input_and_what_was_expected() {
         assert_eq!(
             predict(model, vec![instance.clone()]).unwrap_err(),
             message,
-            "{instance}"
+            "{backend:?}: {instance}"
         );
     }
     // Numbers an f32 cannot hold are refused; an output JSON cannot hold
     // (an f32 sum overflowing to infinity) is an error, not a null.
     assert_eq!(
-        predict(
-            &classifier,
-            vec![json!({"features": [1e39, 1.0, 1.0, 1.0]})]
-        )
-        .unwrap_err(),
+        predict(classifier, vec![json!({"features": [1e39, 1.0, 1.0, 1.0]})]).unwrap_err(),
         "input \"features\": expected numbers of shape [4]: got [1e+39,1.0,1.0,1.0]"
     );
     assert_eq!(
-        predict(&two, vec![json!({"a": [3e38, 3e38], "b": 1})]).unwrap_err(),
+        predict(two, vec![json!({"a": [3e38, 3e38], "b": 1})]).unwrap_err(),
         "output \"total\" holds NaN or an infinity, which JSON cannot hold"
     );
     // A non-object instance feeds a one-input model.
-    let bare = predict(&classifier, vec![json!([5.1, 3.5, 1.4, 0.2])]).unwrap();
+    let bare = predict(classifier, vec![json!([5.1, 3.5, 1.4, 0.2])]).unwrap();
     assert_eq!(bare[0].as_object().unwrap().len(), 2);
     // Binary instances cannot feed a model.
     let cancel = CancelHandle::new();
@@ -161,28 +307,42 @@ fn bad_instances_are_errors_that_say_which_input_and_what_was_expected() {
         .unwrap_err();
     assert_eq!(
         err.to_string(),
-        "a binary ({\"b64\": …}) instance cannot feed an ONNX model"
+        "a binary ({\"b64\": …}) instance cannot feed an ONNX model",
+        "{backend:?}"
     );
 }
 
 #[test]
 fn models_that_cannot_load_say_why() {
-    let missing = OnnxPredictor::load(crate::data_path("onnx/missing.onnx")).unwrap_err();
-    assert!(
-        missing.to_string().ends_with("missing.onnx: no such file"),
-        "{missing}"
-    );
-    let broken = OnnxPredictor::load(crate::data_path("onnx/broken.onnx")).unwrap_err();
-    assert!(
-        broken.to_string().contains("broken.onnx: cannot read it"),
-        "{broken}"
-    );
-    // A directory holding model.onnx loads.
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/iris/model");
-    assert_eq!(
-        OnnxPredictor::load(dir).unwrap().input_names(),
-        ["features"]
-    );
+    for backend in backends() {
+        let missing = backend
+            .load(&crate::data_path("onnx/missing.onnx"))
+            .err()
+            .unwrap();
+        assert!(
+            missing.ends_with("missing.onnx: no such file"),
+            "{backend:?}: {missing}"
+        );
+        let broken = backend
+            .load(&crate::data_path("onnx/broken.onnx"))
+            .err()
+            .unwrap();
+        // The runtime's own message, after the file's name.
+        let why = match backend {
+            #[cfg(feature = "onnx")]
+            Backend::Tract => "broken.onnx: cannot read it",
+            #[cfg(feature = "ort")]
+            Backend::Ort => "broken.onnx: onnxruntime: Load model from",
+        };
+        assert!(broken.contains(why), "{backend:?}: {broken}");
+        #[cfg(feature = "ort")]
+        if backend == Backend::Ort {
+            assert!(broken.ends_with("Protobuf parsing failed."), "{broken}");
+        }
+        // A directory holding model.onnx loads.
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/iris/model");
+        assert_eq!(backend.names(&dir).0, ["features"], "{backend:?}");
+    }
 }
 
 fn iris_job(labels: &[(&str, &str)], model: &str) -> Job {
@@ -207,11 +367,14 @@ fn iris_job(labels: &[(&str, &str)], model: &str) -> Job {
 
 #[test]
 fn a_job_runs_the_bundled_model_and_isolates_the_bad_instance() {
+    for backend in backends() {
+        bundled_model_job_on(backend);
+    }
+}
+
+fn bundled_model_job_on(backend: Backend) {
     let storage = LocalStorage::new();
-    let executor = BatchExecutor::new(
-        Arc::new(storage.clone()),
-        Arc::new(OnnxResolver::new(storage)),
-    );
+    let executor = BatchExecutor::new(Arc::new(storage.clone()), backend.resolver(storage));
     for (labels, passthrough) in [(vec![], true), (vec![("bp-passthrough", "off")], false)] {
         let mut job = iris_job(&labels, "examples/iris/model");
         let summary = executor.run(&mut job, &CancelHandle::new()).unwrap();
@@ -250,4 +413,59 @@ fn a_job_runs_the_bundled_model_and_isolates_the_bad_instance() {
         "{:?}",
         job.error_message
     );
+}
+
+/// A missing or wrong onnxruntime library fails the job at model load with a
+/// message naming the file and how to get the library; nothing crashes. In
+/// processes of their own, since a process loads onnxruntime once.
+#[cfg(feature = "ort")]
+#[test]
+fn a_missing_or_wrong_onnxruntime_library_fails_the_job_and_says_why() {
+    let Some(program) = crate::example("batch_predict") else {
+        return;
+    };
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let not_a_library = crate::data_path("onnx/broken.onnx");
+    for (library, why) in [
+        (root.join("no-such-dir/libonnxruntime.so"), "no such file"),
+        (not_a_library, "dlopen failed"),
+    ] {
+        let out = tempfile::tempdir().unwrap();
+        let job = out.path().join("job.json");
+        std::fs::write(
+            &job,
+            json!({
+                "jobId": "ort_library",
+                "predictionInput": {
+                    "dataFormat": "JSON",
+                    "inputPaths": [root.join("examples/iris/instances.jsonl")],
+                    "outputPath": out.path().join("output"),
+                    "region": "local",
+                    "uri": root.join("examples/iris/model"),
+                }
+            })
+            .to_string(),
+        )
+        .unwrap();
+        let run = std::process::Command::new(&program)
+            .args(["--predictor", "ort"])
+            .arg(&job)
+            .env("ORT_DYLIB_PATH", &library)
+            .output()
+            .unwrap();
+        let stdout: Value = serde_json::from_slice(&run.stdout).unwrap();
+        assert_eq!(stdout["state"], "FAILED", "{stdout}");
+        let message = stdout["errorMessage"].as_str().unwrap();
+        let expected = format!(
+            "failed to load: onnxruntime: cannot load the library {}: ",
+            library.display()
+        );
+        assert!(message.contains(&expected), "{message}");
+        assert!(message.contains(why), "{message}");
+        assert!(
+            message.contains("Set ORT_DYLIB_PATH to onnxruntime's shared library"),
+            "{message}"
+        );
+        assert_eq!(run.status.code(), Some(1), "a failed job, not a crash");
+    }
 }

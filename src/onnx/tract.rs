@@ -6,29 +6,19 @@ use std::fmt;
 use std::path::Path;
 use std::sync::Arc;
 
-use serde_json::{Map, Number, Value};
+use serde_json::Value;
 use tract_onnx::prelude::*;
 use tract_onnx::tract_hir::infer::Factoid;
 use tract_onnx::tract_hir::internal::DimLike;
 
+use super::{
+    Column, InputSpec, Kind, ModelFile, ModelFiles, batch_first, f32_json, f64_json, finite,
+    gather, json_instances, model_path, passthrough_fields, passthrough_of, place,
+};
 use crate::model::{Job, ModelVersion};
 use crate::predict::{ModelResolver, PredictContext, PredictError, Predictor};
 use crate::record::Instance;
-use crate::storage::{LocalStorage, Storage, StorageErrorKind, StorageExt, join_location};
-
-/// The label a job sets to `off` to leave out of its predictions the
-/// instance fields that name no model input (see [`OnnxPredictor`]).
-pub const PASSTHROUGH_LABEL: &str = "bp-passthrough";
-
-/// The element types an input or output may have.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Kind {
-    F32,
-    F64,
-    I32,
-    I64,
-    Bool,
-}
+use crate::storage::{LocalStorage, Storage};
 
 impl Kind {
     fn of(dt: DatumType) -> Option<Kind> {
@@ -41,66 +31,9 @@ impl Kind {
             _ => return None,
         })
     }
-
-    fn describe(self) -> &'static str {
-        match self {
-            Kind::F32 | Kind::F64 => "numbers",
-            Kind::I32 | Kind::I64 => "integers",
-            Kind::Bool => "booleans",
-        }
-    }
-}
-
-/// One model input: its name, element type and shape after the batch dimension.
-#[derive(Debug, Clone)]
-struct InputSpec {
-    name: String,
-    kind: Kind,
-    shape: Vec<usize>,
-}
-
-impl InputSpec {
-    fn describe(&self) -> String {
-        if self.shape.is_empty() {
-            format!("one of {}", self.kind.describe())
-        } else {
-            format!("{} of shape {:?}", self.kind.describe(), self.shape)
-        }
-    }
-}
-
-/// A column of a batch being gathered for one input.
-enum Column {
-    F32(Vec<f32>),
-    F64(Vec<f64>),
-    I32(Vec<i32>),
-    I64(Vec<i64>),
-    Bool(Vec<bool>),
 }
 
 impl Column {
-    fn new(kind: Kind, capacity: usize) -> Column {
-        match kind {
-            Kind::F32 => Column::F32(Vec::with_capacity(capacity)),
-            Kind::F64 => Column::F64(Vec::with_capacity(capacity)),
-            Kind::I32 => Column::I32(Vec::with_capacity(capacity)),
-            Kind::I64 => Column::I64(Vec::with_capacity(capacity)),
-            Kind::Bool => Column::Bool(Vec::with_capacity(capacity)),
-        }
-    }
-
-    /// Appends one scalar; `None` when it is not of the column's kind.
-    fn push(&mut self, v: &Value) -> Option<()> {
-        match self {
-            Column::F32(c) => c.push(Some(v.as_f64()? as f32).filter(|x| x.is_finite())?),
-            Column::F64(c) => c.push(v.as_f64()?),
-            Column::I32(c) => c.push(i32::try_from(v.as_i64()?).ok()?),
-            Column::I64(c) => c.push(v.as_i64()?),
-            Column::Bool(c) => c.push(v.as_bool()?),
-        }
-        Some(())
-    }
-
     fn into_tensor(self, shape: &[usize]) -> TractResult<Tensor> {
         match self {
             Column::F32(c) => Tensor::from_shape(shape, &c),
@@ -108,8 +41,16 @@ impl Column {
             Column::I32(c) => Tensor::from_shape(shape, &c),
             Column::I64(c) => Tensor::from_shape(shape, &c),
             Column::Bool(c) => Tensor::from_shape(shape, &c),
+            Column::Str(_) => Err(TractError::msg(
+                "tract runs no string inputs (the model was refused when it loaded)",
+            )),
         }
     }
+}
+
+/// The error of a model tract cannot parse.
+fn unreadable(name: &str, e: &TractError) -> PredictError {
+    PredictError::new(format!("ONNX model {name}: cannot read it: {e:#}"))
 }
 
 /// A [`Predictor`] that runs an ONNX model with `tract-onnx`.
@@ -190,21 +131,11 @@ impl OnnxPredictor {
     /// model, an operator tract does not support, an input or output of a
     /// type this predictor cannot feed or read.
     pub fn load(path: impl AsRef<Path>) -> Result<OnnxPredictor, PredictError> {
-        let path = path.as_ref();
-        let file = if path.is_dir() {
-            path.join("model.onnx")
-        } else {
-            path.to_path_buf()
-        };
+        let file = model_path(path.as_ref())?;
         let name = file.display().to_string();
-        if !file.is_file() {
-            return Err(PredictError::new(format!(
-                "ONNX model {name}: no such file"
-            )));
-        }
         let model = tract_onnx::onnx()
             .model_for_path(&file)
-            .map_err(|e| PredictError::new(format!("ONNX model {name}: cannot read it: {e}")))?;
+            .map_err(|e| unreadable(&name, &e))?;
         Self::from_model(&name, model)
     }
 
@@ -217,12 +148,30 @@ impl OnnxPredictor {
     pub fn from_bytes(name: &str, bytes: &[u8]) -> Result<OnnxPredictor, PredictError> {
         let model = tract_onnx::onnx()
             .model_for_read(&mut &bytes[..])
-            .map_err(|e| PredictError::new(format!("ONNX model {name}: cannot read it: {e}")))?;
+            .map_err(|e| unreadable(name, &e))?;
         Self::from_model(name, model)
     }
 
     fn from_model(name: &str, mut model: InferenceModel) -> Result<OnnxPredictor, PredictError> {
         let fail = |why: String| PredictError::new(format!("ONNX model {name}: {why}"));
+        let mut missing: Vec<String> = Vec::new();
+        for node in model.nodes() {
+            let op = node.op.name();
+            if let Some(op) = op
+                .strip_prefix("Unimplemented(")
+                .and_then(|o| o.strip_suffix(')'))
+                && !missing.iter().any(|m| m == op)
+            {
+                missing.push(op.to_owned());
+            }
+        }
+        if !missing.is_empty() {
+            return Err(fail(format!(
+                "tract-onnx has no implementation of the operator{} {}; onnxruntime runs it: build with the `ort` feature and use OrtPredictor (`--predictor ort`)",
+                if missing.len() == 1 { "" } else { "s" },
+                missing.join(", ")
+            )));
+        }
         let batch = model.sym("N");
         let mut inputs = Vec::new();
         for i in 0..model.inputs.len() {
@@ -306,60 +255,6 @@ impl OnnxPredictor {
     pub fn output_names(&self) -> Vec<&str> {
         self.outputs.iter().map(String::as_str).collect()
     }
-
-    /// The value of `input` in `instance`.
-    fn field<'v>(&self, instance: &'v Value, input: &InputSpec) -> Result<&'v Value, PredictError> {
-        match instance {
-            Value::Object(map) => map.get(&input.name).ok_or_else(|| {
-                PredictError::new(format!(
-                    "the instance has no field {:?} for the model's input of that name (expected {})",
-                    input.name,
-                    input.describe()
-                ))
-            }),
-            other if self.inputs.len() == 1 => Ok(other),
-            _ => Err(PredictError::new(format!(
-                "the model has {} inputs ({}): an instance must be an object with a field for each",
-                self.inputs.len(),
-                self.input_names().join(", ")
-            ))),
-        }
-    }
-}
-
-/// Appends `value`, which must have `shape`, to `column`.
-fn flatten(value: &Value, shape: &[usize], column: &mut Column) -> bool {
-    match shape.split_first() {
-        None => column.push(value).is_some(),
-        Some((&n, rest)) => match value {
-            Value::Array(items) if items.len() == n => {
-                items.iter().all(|item| flatten(item, rest, column))
-            }
-            _ => false,
-        },
-    }
-}
-
-/// The next values of a row-major output, nested as `shape`.
-fn nest(values: &mut impl Iterator<Item = Value>, shape: &[usize]) -> Value {
-    match shape.split_first() {
-        None => values.next().unwrap_or(Value::Null),
-        Some((&n, rest)) => Value::Array((0..n).map(|_| nest(values, rest)).collect()),
-    }
-}
-
-/// The shortest decimal that reads back as this f32, as a JSON number;
-/// `None` for NaN and infinities, which JSON cannot hold.
-fn f32_json(v: f32) -> Option<Value> {
-    format!("{v}")
-        .parse::<f64>()
-        .ok()
-        .and_then(Number::from_f64)
-        .map(Value::Number)
-}
-
-fn f64_json(v: f64) -> Option<Value> {
-    Number::from_f64(v).map(Value::Number)
 }
 
 impl Predictor for OnnxPredictor {
@@ -369,34 +264,10 @@ impl Predictor for OnnxPredictor {
         _: &PredictContext<'_>,
     ) -> Result<Vec<Value>, PredictError> {
         let n = batch.len();
-        let values: Vec<Value> = batch
-            .into_iter()
-            .map(|instance| match instance {
-                Instance::Json(v) => Ok(v),
-                Instance::Bytes(_) => Err(PredictError::new(
-                    "a binary ({\"b64\": …}) instance cannot feed an ONNX model",
-                )),
-            })
-            .collect::<Result<_, _>>()?;
+        let values = json_instances(batch)?;
         let mut tensors: TVec<TValue> = TVec::new();
         for input in &self.inputs {
-            let per_instance: usize = input.shape.iter().product();
-            let mut column = Column::new(input.kind, n * per_instance);
-            for value in &values {
-                let field = self.field(value, input)?;
-                if !flatten(field, &input.shape, &mut column) {
-                    let mut shown = field.to_string();
-                    if shown.len() > 80 {
-                        shown = format!("{}…", shown.chars().take(80).collect::<String>());
-                    }
-                    // The value goes in the source: errors_stats groups
-                    // failures by message, the error file keeps the value.
-                    return Err(PredictError::with_source(
-                        format!("input {:?}: expected {}", input.name, input.describe()),
-                        format!("got {shown}"),
-                    ));
-                }
-            }
+            let column = gather(&values, input, &self.inputs)?;
             let mut shape = vec![n];
             shape.extend(&input.shape);
             let tensor = column
@@ -408,25 +279,9 @@ impl Predictor for OnnxPredictor {
             .plan
             .run(tensors)
             .map_err(|e| PredictError::new(format!("the ONNX model failed: {e}")))?;
-        let mut predictions: Vec<Map<String, Value>> = values
-            .iter()
-            .map(|v| match v {
-                Value::Object(map) if self.passthrough => map
-                    .iter()
-                    .filter(|(k, _)| !self.inputs.iter().any(|i| &i.name == *k))
-                    .map(|(k, v)| (k.clone(), v.clone()))
-                    .collect(),
-                _ => Map::new(),
-            })
-            .collect();
+        let mut predictions = passthrough_fields(&values, &self.inputs, self.passthrough);
         for (name, output) in self.outputs.iter().zip(outputs.iter()) {
-            let shape = output.shape();
-            if shape.first() != Some(&n) {
-                return Err(PredictError::new(format!(
-                    "output {name:?} has shape {shape:?}, not a batch of {n} first"
-                )));
-            }
-            let inner = &shape[1..];
+            let inner = batch_first(output.shape(), n, name)?;
             let column: Vec<Value> = match output.datum_type() {
                 DatumType::F32 => finite(plain::<f32>(output, name)?, f32_json, name)?,
                 DatumType::F64 => finite(plain::<f64>(output, name)?, f64_json, name)?,
@@ -451,33 +306,10 @@ impl Predictor for OnnxPredictor {
                     )));
                 }
             };
-            // Row-major: each instance's values follow the previous one's.
-            let mut values = column.into_iter();
-            for prediction in &mut predictions {
-                prediction.insert(name.clone(), nest(&mut values, inner));
-            }
+            place(&mut predictions, name, column, inner);
         }
         Ok(predictions.into_iter().map(Value::Object).collect())
     }
-}
-
-/// JSON numbers of float outputs; an error naming the output for NaN or
-/// an infinity, which JSON cannot hold.
-fn finite<T: Copy>(
-    values: Vec<T>,
-    json: fn(T) -> Option<Value>,
-    name: &str,
-) -> Result<Vec<Value>, PredictError> {
-    values
-        .into_iter()
-        .map(|v| {
-            json(v).ok_or_else(|| {
-                PredictError::new(format!(
-                    "output {name:?} holds NaN or an infinity, which JSON cannot hold"
-                ))
-            })
-        })
-        .collect()
 }
 
 /// The values of an output tensor, in row-major order.
@@ -510,16 +342,17 @@ fn output_error(name: &str) -> impl Fn(TractError) -> PredictError + '_ {
 /// ```
 #[derive(Debug, Clone, Default)]
 pub struct OnnxResolver {
-    storage: LocalStorage,
-    buckets: Option<Arc<dyn Storage>>,
+    files: ModelFiles,
 }
 
 impl OnnxResolver {
     /// A resolver that finds model files as `storage` finds objects.
     pub fn new(storage: LocalStorage) -> Self {
         OnnxResolver {
-            storage,
-            buckets: None,
+            files: ModelFiles {
+                storage,
+                buckets: None,
+            },
         }
     }
 
@@ -528,25 +361,8 @@ impl OnnxResolver {
     /// `uri`, or `model.onnx` under it, downloaded once per job into memory.
     #[must_use]
     pub fn with_buckets(mut self, buckets: Arc<dyn Storage>) -> Self {
-        self.buckets = Some(buckets);
+        self.files.buckets = Some(buckets);
         self
-    }
-
-    /// The model at `uri` on `buckets`.
-    fn download(buckets: &dyn Storage, uri: &str) -> Result<OnnxPredictor, PredictError> {
-        let object = match buckets.head(uri) {
-            Ok(_) => uri.to_owned(),
-            Err(e) if e.kind() == StorageErrorKind::NotFound => join_location(uri, "model.onnx"),
-            Err(e) => return Err(PredictError::new(e.to_string())),
-        };
-        let bytes = buckets.read_bytes(&object).map_err(|e| {
-            PredictError::new(if object == uri {
-                e.to_string()
-            } else {
-                format!("{e} (no object at {uri:?} either)")
-            })
-        })?;
-        OnnxPredictor::from_bytes(&object, &bytes)
     }
 }
 
@@ -557,19 +373,10 @@ impl ModelResolver for OnnxResolver {
                 "the ONNX resolver loads models from predictionInput.uri, not {model}"
             )));
         };
-        let passthrough = job.labels.get(PASSTHROUGH_LABEL).map(String::as_str) != Some("off");
-        let predictor = match &self.buckets {
-            Some(buckets) if uri.starts_with("gs://") || uri.starts_with("s3://") => {
-                Self::download(&**buckets, uri)?
-            }
-            _ => {
-                let path = self
-                    .storage
-                    .resolve(uri)
-                    .map_err(|e| PredictError::new(e.to_string()))?;
-                OnnxPredictor::load(path)?
-            }
+        let predictor = match self.files.find(uri)? {
+            ModelFile::Path(path) => OnnxPredictor::load(path)?,
+            ModelFile::Bytes(name, bytes) => OnnxPredictor::from_bytes(&name, &bytes)?,
         };
-        Ok(Arc::new(predictor.with_passthrough(passthrough)))
+        Ok(Arc::new(predictor.with_passthrough(passthrough_of(job))))
     }
 }
