@@ -69,6 +69,8 @@ impl InputSpec {
     fn describe(&self) -> String {
         if self.shape.is_empty() {
             format!("one of {}", self.kind.describe())
+        } else if self.shape == [1] {
+            format!("one of {} (or an array of one)", self.kind.describe())
         } else {
             format!("{} of shape {:?}", self.kind.describe(), self.shape)
         }
@@ -186,7 +188,13 @@ fn gather(
     let mut column = Column::new(input.kind, values.len() * per_instance);
     for value in values {
         let field = field(value, input, inputs)?;
-        if !flatten(field, &input.shape, &mut column) {
+        // One value per instance (`[N, 1]`, as converters declare each
+        // column of a table) may come bare: `"red"` as well as `["red"]`.
+        let shape = match (&input.shape[..], field) {
+            ([1], v) if !v.is_array() => &[][..],
+            (shape, _) => shape,
+        };
+        if !flatten(field, shape, &mut column) {
             let mut shown = field.to_string();
             if shown.len() > 80 {
                 shown = format!("{}…", shown.chars().take(80).collect::<String>());
@@ -223,8 +231,12 @@ fn passthrough_fields(
 }
 
 /// Puts one output, whose row-major `column` holds `inner`-shaped values
-/// per instance, into each instance's prediction.
+/// per instance, into each instance's prediction. One value per instance
+/// (`inner` `[]` or `[1]`, the `[N, 1]` column converters give a
+/// regressor's value or a label) is a bare JSON value, as the original
+/// library's `predict` returns it; any other shape nests arrays.
 fn place(predictions: &mut [Map<String, Value>], name: &str, column: Vec<Value>, inner: &[usize]) {
+    let inner = if inner == [1] { &[][..] } else { inner };
     let mut values = column.into_iter();
     for prediction in predictions {
         prediction.insert(name.to_owned(), nest(&mut values, inner));

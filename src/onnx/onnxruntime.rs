@@ -187,6 +187,9 @@ enum Model {
 /// labels) are JSON strings; a sequence of maps (`ZipMap`, a classifier's
 /// probabilities) gives each instance an object `{label: probability}`. A
 /// model whose batch dimension is fixed at 1 runs one instance per call.
+/// One value per instance (an `[N, 1]` output, as converters write a
+/// regressor's value) is a bare JSON value, and an `[N, 1]` input takes a
+/// bare value or an array of one.
 ///
 /// # Example
 /// ```no_run

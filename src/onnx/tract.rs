@@ -50,8 +50,46 @@ impl Column {
 
 /// The error of a model tract cannot parse.
 fn unreadable(name: &str, e: &TractError) -> PredictError {
-    PredictError::new(format!("ONNX model {name}: cannot read it: {e:#}"))
+    let why = format!("{e:#}");
+    // A file that parses but holds a node tract cannot build (attributes
+    // it does not accept) is tract's gap, not the file's.
+    let hint = if why.contains("Building node") {
+        format!("; {ORT_HINT}")
+    } else {
+        String::new()
+    };
+    PredictError::new(format!("ONNX model {name}: cannot read it: {why}{hint}"))
 }
+
+/// The name of the first `TreeEnsembleClassifier` whose labels tract would
+/// compute wrongly: two classes and every leaf scoring class 0 (one score,
+/// the positive class's). tract-onnx 0.23.9 gets its probabilities right
+/// but takes the label from an argmax over that single score, so it
+/// inverts labels (the model-family tests show it on LightGBM's binary
+/// classifier); such a model is refused rather than mislabelled.
+fn mislabelled_binary_trees(proto: &tract_onnx::pb::ModelProto) -> Option<String> {
+    let graph = proto.graph.as_ref()?;
+    graph
+        .node
+        .iter()
+        .filter(|node| node.op_type == "TreeEnsembleClassifier")
+        .find(|node| {
+            let attr = |name: &str| node.attribute.iter().find(|a| a.name == name);
+            let classes = attr("classlabels_int64s").map_or(0, |a| a.ints.len())
+                + attr("classlabels_strings").map_or(0, |a| a.strings.len());
+            let one_score = attr("class_ids").is_some_and(|a| a.ints.iter().all(|&c| c == 0));
+            classes < 3 && one_score
+        })
+        .map(|node| node.name.clone())
+}
+
+/// The newest opset of the standard ONNX domain tract-onnx 0.23 is tested
+/// with (it says so itself, and only warns); a model stamped with a newer one
+/// is refused, since operators change meaning between opsets.
+const NEWEST_OPSET: i64 = 18;
+
+/// What a load error says when the model is beyond tract.
+const ORT_HINT: &str = "onnxruntime runs the whole ONNX standard: build with the `ort` feature and use OrtPredictor (`--predictor ort`)";
 
 /// A [`Predictor`] that runs an ONNX model with `tract-onnx`.
 ///
@@ -63,8 +101,8 @@ fn unreadable(name: &str, e: &TractError) -> PredictError {
 /// the field of the same name; any other instance (an array, a number)
 /// feeds a model that has exactly one input. Values are nested arrays of
 /// the input's shape after the batch dimension (a scalar for a rank-1
-/// input), of numbers for float inputs, integers for int inputs, booleans
-/// for bool inputs. A missing field, a wrong shape or a wrong type is an
+/// input, a scalar or an array of one for an `[N, 1]` input), of numbers
+/// for float inputs, integers for int inputs, booleans for bool inputs. A missing field, a wrong shape or a wrong type is an
 /// error of that instance, saying which input and what was expected;
 /// binary (`{"b64": …}`) instances cannot feed a model.
 ///
@@ -72,7 +110,8 @@ fn unreadable(name: &str, e: &TractError) -> PredictError {
 /// as JSON numbers (`f32` values printed as the shortest decimal that reads
 /// back as the same `f32`), int64 values exactly (`2^60 + 1` stays itself),
 /// booleans as booleans, nested as the output's shape after the batch
-/// dimension.
+/// dimension; one value per instance (an output of shape `[N]` or
+/// `[N, 1]`, as converters give a regressor's value) is a bare value.
 ///
 /// **Passthrough.** Fields of an object instance that name no input are
 /// copied unchanged into that instance's prediction, so a `key` survives
@@ -133,10 +172,13 @@ impl OnnxPredictor {
     pub fn load(path: impl AsRef<Path>) -> Result<OnnxPredictor, PredictError> {
         let file = model_path(path.as_ref())?;
         let name = file.display().to_string();
-        let model = tract_onnx::onnx()
-            .model_for_path(&file)
+        let onnx = tract_onnx::onnx();
+        let proto = onnx
+            .proto_model_for_path(&file)
             .map_err(|e| unreadable(&name, &e))?;
-        Self::from_model(&name, model)
+        // External weights are found beside the file.
+        let dir = file.parent().and_then(Path::to_str);
+        Self::from_proto(&name, &proto, dir)
     }
 
     /// Loads and optimizes the model serialized in `bytes` (an `.onnx`
@@ -146,10 +188,46 @@ impl OnnxPredictor {
     /// # Errors
     /// As [`load`](Self::load).
     pub fn from_bytes(name: &str, bytes: &[u8]) -> Result<OnnxPredictor, PredictError> {
-        let model = tract_onnx::onnx()
-            .model_for_read(&mut &bytes[..])
+        let proto = tract_onnx::onnx()
+            .proto_model_for_read(&mut &bytes[..])
             .map_err(|e| unreadable(name, &e))?;
-        Self::from_model(name, model)
+        Self::from_proto(name, &proto, None)
+    }
+
+    fn from_proto(
+        name: &str,
+        proto: &tract_onnx::pb::ModelProto,
+        dir: Option<&str>,
+    ) -> Result<OnnxPredictor, PredictError> {
+        let opset = proto
+            .opset_import
+            .iter()
+            .find(|import| import.domain.is_empty() || import.domain == "ai.onnx")
+            .map_or(0, |import| import.version);
+        if opset > NEWEST_OPSET {
+            return Err(PredictError::new(format!(
+                "ONNX model {name}: it imports opset {opset} of the standard ONNX domain, and \
+                 tract-onnx 0.23 is tested with opsets 9 to {NEWEST_OPSET}: a newer operator \
+                 set may change what an operator computes; {ORT_HINT}"
+            )));
+        }
+        if let Some(node) = mislabelled_binary_trees(proto) {
+            return Err(PredictError::new(format!(
+                "ONNX model {name}: node {node:?} is a binary TreeEnsembleClassifier with one \
+                 score per leaf (as LightGBM's converter writes), whose labels tract-onnx 0.23 \
+                 gets wrong; {ORT_HINT}"
+            )));
+        }
+        let parsed = tract_onnx::onnx()
+            .parse(proto, dir)
+            .map_err(|e| unreadable(name, &e))?;
+        if !parsed.unresolved_inputs.is_empty() {
+            return Err(PredictError::new(format!(
+                "ONNX model {name}: cannot read it: nothing in the file produces {}",
+                parsed.unresolved_inputs.join(", ")
+            )));
+        }
+        Self::from_model(name, parsed.model)
     }
 
     fn from_model(name: &str, mut model: InferenceModel) -> Result<OnnxPredictor, PredictError> {
@@ -167,7 +245,7 @@ impl OnnxPredictor {
         }
         if !missing.is_empty() {
             return Err(fail(format!(
-                "tract-onnx has no implementation of the operator{} {}; onnxruntime runs it: build with the `ort` feature and use OrtPredictor (`--predictor ort`)",
+                "tract-onnx has no implementation of the operator{} {}; {ORT_HINT}",
                 if missing.len() == 1 { "" } else { "s" },
                 missing.join(", ")
             )));
@@ -213,9 +291,11 @@ impl OnnxPredictor {
                 .map_err(|e| fail(format!("input {name:?}: {e}")))?;
             inputs.push(InputSpec { name, kind, shape });
         }
-        let typed = model
-            .into_optimized()
-            .map_err(|e| fail(format!("cannot optimize it for a batch dimension: {e}")))?;
+        let typed = model.into_optimized().map_err(|e| {
+            fail(format!(
+                "cannot optimize it for a batch dimension: {e}; {ORT_HINT}"
+            ))
+        })?;
         let outputs = typed
             .outputs
             .iter()
@@ -293,7 +373,9 @@ impl Predictor for OnnxPredictor {
                     .into_iter()
                     .map(Value::from)
                     .collect(),
-                dt if dt.is_integer() => {
+                // Integers, and dimensions (tract's type for some shape
+                // computations and tree ensembles' labels), as int64.
+                dt if dt.is_integer() || dt == DatumType::TDim => {
                     let cast = output.cast_to::<i64>().map_err(output_error(name))?;
                     plain::<i64>(&cast, name)?
                         .into_iter()

@@ -6,6 +6,8 @@ mod discovery;
 mod executor;
 mod job_store;
 #[cfg(any(feature = "onnx", feature = "ort"))]
+mod models;
+#[cfg(any(feature = "onnx", feature = "ort"))]
 mod onnx;
 mod own_output;
 mod props;
