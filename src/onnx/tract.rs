@@ -373,9 +373,7 @@ impl Predictor for OnnxPredictor {
                     .into_iter()
                     .map(Value::from)
                     .collect(),
-                // Integers, and dimensions (tract's type for some shape
-                // computations and tree ensembles' labels), as int64.
-                dt if dt.is_integer() || dt == DatumType::TDim => {
+                dt if dt.is_integer() => {
                     let cast = output.cast_to::<i64>().map_err(output_error(name))?;
                     plain::<i64>(&cast, name)?
                         .into_iter()

@@ -469,3 +469,120 @@ fn a_missing_or_wrong_onnxruntime_library_fails_the_job_and_says_why() {
         assert_eq!(run.status.code(), Some(1), "a failed job, not a crash");
     }
 }
+
+/// One HTTP/1.1 request to the emulator on loopback; the JSON body of the
+/// response.
+#[cfg(all(feature = "ort", feature = "rest"))]
+fn http(method: &str, port: u16, path: &str, body: Option<&Value>) -> Value {
+    use std::io::{Read, Write};
+    let body = body.map(Value::to_string).unwrap_or_default();
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let (_, json) = response
+        .split_once("\r\n\r\n")
+        .unwrap_or_else(|| panic!("{response}"));
+    serde_json::from_str(json).unwrap_or_else(|_| panic!("{response}"))
+}
+
+/// `emulator --predictor ort` runs a job's model on onnxruntime: a
+/// gradient-boosting regressor, which tract cannot load.
+#[cfg(all(feature = "ort", feature = "rest"))]
+#[test]
+fn the_emulator_runs_models_on_onnxruntime() {
+    let Some(library) = ort_library() else { return };
+    let Some(program) = crate::example("emulator") else {
+        return;
+    };
+    let root = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(root.path().join("models")).unwrap();
+    std::fs::create_dir_all(root.path().join("data")).unwrap();
+    std::fs::copy(
+        crate::data_path("models/sklearn_gradient_boosting_regressor.onnx"),
+        root.path().join("models/model.onnx"),
+    )
+    .unwrap();
+    let cases: Value = serde_json::from_str(
+        &std::fs::read_to_string(crate::data_path("models/expected.json")).unwrap(),
+    )
+    .unwrap();
+    let case = &cases["sklearn_gradient_boosting_regressor"];
+    let instances = case["instances"].as_array().unwrap();
+    let lines: String = instances.iter().map(|i| format!("{i}\n")).collect();
+    std::fs::write(root.path().join("data/in.jsonl"), lines).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _emulator = Kill(
+        std::process::Command::new(program)
+            .args(["--port", &port.to_string(), "--predictor", "ort", "--root"])
+            .arg(root.path())
+            .env("ORT_DYLIB_PATH", library)
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the emulator did not start"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let jobs = "/v1/projects/ort-test/jobs";
+    let created = http(
+        "POST",
+        port,
+        jobs,
+        Some(&json!({
+            "jobId": "on_ort",
+            "predictionInput": {
+                "dataFormat": "JSON", "inputPaths": ["gs://data/in.jsonl"],
+                "outputPath": "gs://data/out", "region": "us-central1", "uri": "gs://models/model.onnx"
+            }
+        })),
+    );
+    assert_eq!(created["state"], "QUEUED", "{created}");
+    let done = loop {
+        let job = http("GET", port, &format!("{jobs}/on_ort"), None);
+        if matches!(job["state"].as_str(), Some("SUCCEEDED" | "FAILED")) {
+            break job;
+        }
+        assert!(std::time::Instant::now() < deadline, "stuck: {job}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert_eq!(done["state"], "SUCCEEDED", "{done}");
+    assert_eq!(
+        done["predictionOutput"]["predictionCount"],
+        instances.len().to_string()
+    );
+    let results = std::fs::read_to_string(
+        root.path()
+            .join("data/out/prediction.results-00000-of-00001"),
+    )
+    .unwrap();
+    for (i, (line, want)) in results
+        .lines()
+        .zip(case["expected"].as_array().unwrap())
+        .enumerate()
+    {
+        let got: Value = serde_json::from_str(line).unwrap();
+        close(&got["variable"], &want["variable"], &format!("[{i}]"));
+    }
+}
