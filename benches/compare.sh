@@ -8,10 +8,18 @@
 # With --cloud first, the cloud storage backends against curl instead
 # (benches/compare_cloud.py: --mb M, --records N, --rounds R, --big-gb G),
 # on moto and fake-gcs-server started on loopback.
+#
+# With --models first, the model runtimes instead (benches/compare_models.py:
+# --records N, --rounds R): onnxruntime jobs against a bare `ort` loop and
+# tract, on the bundled MLP and a 500-tree gradient-boosting model.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ "${1:-}" = "--cloud" ]; then
   shift
   exec python3 benches/compare_cloud.py "$@"
+fi
+if [ "${1:-}" = "--models" ]; then
+  shift
+  exec python3 benches/compare_models.py "$@"
 fi
 exec python3 benches/compare.py "$@"

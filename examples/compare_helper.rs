@@ -10,6 +10,9 @@
 //! compare_helper phases FORMAT IN OUT              # the bare echo loop's parts, timed apart (json, tfrecord)
 //! compare_helper onnx-bare MODEL IN OUT            # (feature onnx) the model over batches of 64 lines, one loop
 //! compare_helper job onnx:MODEL json IN OUTDIR N   # (feature onnx) the job with that ONNX model
+//! compare_helper job ort:MODEL json IN OUTDIR N    # (feature ort) the job on onnxruntime
+//! compare_helper model-bare onnx:MODEL|ort:MODEL IN OUT  # the predictor over batches of 64, one loop
+//! compare_helper ort-bare MODEL IN OUT             # (feature ort) `ort` alone over batches of 64
 //! ```
 //!
 //! `cpu` is a CPU-bound predictor: about 1,000 floating-point steps per
@@ -320,6 +323,117 @@ fn model_bare(spec: &str, input: &str, output: &str) -> (f64, u64) {
     (start.elapsed().as_secs_f64(), n)
 }
 
+/// The bare cost of an onnxruntime job, with `ort` alone: parse each line,
+/// gather its `features` (four numbers) into batches of 64, run one session
+/// (one intra-op thread, every graph optimization, as `OrtPredictor` runs
+/// it) and write each instance's float outputs and `key` as a line.
+#[cfg(feature = "ort")]
+fn ort_bare(model: &str, input: &str, output: &str) -> (f64, u64) {
+    use ort::session::Session;
+    use ort::session::builder::GraphOptimizationLevel;
+    use ort::value::Tensor;
+    /// One instance's outputs and key, written as a JSON object: f32 values
+    /// as serde_json writes them (the shortest decimal that reads back), one
+    /// value per instance bare, as the job writes them.
+    struct Row<'a> {
+        columns: &'a [(&'a str, Vec<f32>)],
+        rows: usize,
+        row: usize,
+        key: &'a Value,
+    }
+    impl serde::Serialize for Row<'_> {
+        fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            use serde::ser::SerializeMap;
+            let mut map = s.serialize_map(Some(self.columns.len() + 1))?;
+            map.serialize_entry("key", self.key)?;
+            for (name, values) in self.columns {
+                let width = values.len() / self.rows;
+                let row = &values[self.row * width..(self.row + 1) * width];
+                if width == 1 {
+                    map.serialize_entry(name, &row[0])?;
+                } else {
+                    map.serialize_entry(name, row)?;
+                }
+            }
+            map.end()
+        }
+    }
+
+    let library = std::env::var("ORT_DYLIB_PATH").expect("ORT_DYLIB_PATH");
+    let environment = ort::init_from(library)
+        .expect("onnxruntime")
+        .with_telemetry(false)
+        .build()
+        .expect("environment");
+    let mut session = Session::builder(&environment)
+        .and_then(|b| Ok(b.with_optimization_level(GraphOptimizationLevel::All)?))
+        .and_then(|b| Ok(b.with_intra_threads(1)?))
+        .and_then(|b| Ok(b.with_inter_threads(1)?))
+        .expect("session options")
+        .commit_from_file(model)
+        .expect("model");
+    let input_name = session.inputs()[0].name().to_owned();
+    let outputs: Vec<String> = session
+        .outputs()
+        .iter()
+        .map(|o| o.name().to_owned())
+        .collect();
+    let start = Instant::now();
+    let reader = BufReader::with_capacity(256 << 10, std::fs::File::open(input).expect("input"));
+    let mut out =
+        BufWriter::with_capacity(256 << 10, std::fs::File::create(output).expect("output"));
+    let (mut features, mut keys): (Vec<f32>, Vec<Value>) = (Vec::new(), Vec::new());
+    let mut n = 0;
+    let mut flush =
+        |features: &mut Vec<f32>, keys: &mut Vec<Value>, out: &mut BufWriter<std::fs::File>| {
+            if keys.is_empty() {
+                return;
+            }
+            let rows = keys.len();
+            let tensor = Tensor::from_array(([rows, 4], std::mem::take(features))).expect("tensor");
+            let results = session
+                .run(ort::inputs![input_name.as_str() => tensor])
+                .expect("run");
+            let columns: Vec<(&str, Vec<f32>)> = outputs
+                .iter()
+                .map(|name| {
+                    let (_, values) = results[name.as_str()]
+                        .try_extract_tensor::<f32>()
+                        .expect("f32 output");
+                    (name.as_str(), values.to_vec())
+                })
+                .collect();
+            for (row, key) in keys.drain(..).enumerate() {
+                let row = Row {
+                    columns: &columns,
+                    rows,
+                    row,
+                    key: &key,
+                };
+                serde_json::to_writer(&mut *out, &row).expect("write");
+                out.write_all(b"\n").expect("write");
+            }
+        };
+    for line in reader.split(b'\n') {
+        let line = line.expect("read");
+        if line.is_empty() {
+            continue;
+        }
+        let mut instance: Value = serde_json::from_slice(&line).expect("valid JSON");
+        for v in instance["features"].as_array().expect("features") {
+            features.push(v.as_f64().expect("a number") as f32);
+        }
+        keys.push(instance["key"].take());
+        n += 1;
+        if keys.len() == 64 {
+            flush(&mut features, &mut keys, &mut out);
+        }
+    }
+    flush(&mut features, &mut keys, &mut out);
+    sync(out);
+    (start.elapsed().as_secs_f64(), n)
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let a: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -331,6 +445,8 @@ fn main() {
         ["phases", format, input, output] => phases(format_of(format), input, output),
         ["onnx-bare", model, input, output] => model_bare(&format!("onnx:{model}"), input, output),
         ["model-bare", spec, input, output] => model_bare(spec, input, output),
+        #[cfg(feature = "ort")]
+        ["ort-bare", model, input, output] => ort_bare(model, input, output),
         ["job", predictor, format, input, outdir, workers] => job(
             predictor,
             format_of(format),

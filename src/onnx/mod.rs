@@ -211,20 +211,23 @@ fn gather(
 }
 
 /// Each instance's prediction before the outputs go in: with passthrough,
-/// the fields of an object instance that name no input.
+/// the fields of an object instance that name no input. The instance's own
+/// map becomes its prediction, its inputs taken out (in order), so nothing
+/// is copied.
 fn passthrough_fields(
-    values: &[Value],
+    values: Vec<Value>,
     inputs: &[InputSpec],
     passthrough: bool,
 ) -> Vec<Map<String, Value>> {
     values
-        .iter()
+        .into_iter()
         .map(|v| match v {
-            Value::Object(map) if passthrough => map
-                .iter()
-                .filter(|(k, _)| !inputs.iter().any(|i| &i.name == *k))
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect(),
+            Value::Object(mut map) if passthrough => {
+                for input in inputs {
+                    map.shift_remove(&input.name);
+                }
+                map
+            }
             _ => Map::new(),
         })
         .collect()
@@ -254,7 +257,11 @@ fn nest(values: &mut impl Iterator<Item = Value>, shape: &[usize]) -> Value {
 /// The shortest decimal that reads back as this f32, as a JSON number;
 /// `None` for NaN and infinities, which JSON cannot hold.
 fn f32_json(v: f32) -> Option<Value> {
-    format!("{v}")
+    if !v.is_finite() {
+        return None;
+    }
+    zmij::Buffer::new()
+        .format_finite(v)
         .parse::<f64>()
         .ok()
         .and_then(Number::from_f64)
@@ -356,4 +363,38 @@ fn model_path(path: &std::path::Path) -> Result<std::path::PathBuf, PredictError
         )));
     }
     Ok(file)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn f32_outputs_print_as_the_shortest_decimal_that_reads_back() {
+        for (v, shown) in [
+            (0.1f32, "0.1"),
+            (0.323_869_38, "0.32386938"),
+            (-2.5, "-2.5"),
+            (3.0e38, "3e+38"),
+            (f32::MAX, "3.4028235e+38"),
+            (1.0e-45, "1e-45"),
+            (f32::MIN_POSITIVE, "1.1754944e-38"),
+            (16_777_216.0, "16777216.0"),
+            (0.0, "0.0"),
+        ] {
+            let json = f32_json(v).unwrap();
+            assert_eq!(json.as_f64().unwrap() as f32, v, "{v:e} reads back");
+            assert_eq!(json.to_string(), shown, "{v:e}");
+        }
+        // Every exponent and many mantissas read back exactly.
+        for bits in (0..u32::MAX).step_by(9_973) {
+            let v = f32::from_bits(bits);
+            match f32_json(v) {
+                Some(json) => assert_eq!(json.as_f64().unwrap() as f32, v, "{bits:#x}"),
+                None => assert!(!v.is_finite(), "{bits:#x}"),
+            }
+        }
+        assert_eq!(f32_json(f32::NAN), None);
+        assert_eq!(f32_json(f32::NEG_INFINITY), None);
+    }
 }

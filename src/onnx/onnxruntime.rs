@@ -391,22 +391,22 @@ impl OrtPredictor {
     fn run(
         &self,
         session: &mut Session,
-        values: &[Value],
+        values: Vec<Value>,
     ) -> Result<Vec<Map<String, Value>>, PredictError> {
         let n = values.len();
         let mut feeds: Vec<(String, DynValue)> = Vec::with_capacity(self.inputs.len());
         for input in &self.inputs {
-            let column = gather(values, input, &self.inputs)?;
+            let column = gather(&values, input, &self.inputs)?;
             let mut shape = vec![n];
             shape.extend(&input.shape);
             let tensor = tensor(column, shape)
                 .map_err(|e| PredictError::new(format!("input {:?}: {e}", input.name)))?;
             feeds.push((input.name.clone(), tensor));
         }
+        let mut predictions = passthrough_fields(values, &self.inputs, self.passthrough);
         let outputs = session
             .run(feeds)
             .map_err(|e| PredictError::new(format!("the ONNX model failed: {e}")))?;
-        let mut predictions = passthrough_fields(values, &self.inputs, self.passthrough);
         for (name, kind) in &self.outputs {
             let value = outputs.get(name.as_str()).ok_or_else(|| {
                 PredictError::new(format!("the model returned no output {name:?}"))
@@ -649,8 +649,8 @@ impl Predictor for OrtPredictor {
         let result = if self.one_per_call {
             let mut all = Vec::with_capacity(values.len());
             let mut failed = None;
-            for value in values.chunks(1) {
-                match self.run(&mut session, value) {
+            for value in values {
+                match self.run(&mut session, vec![value]) {
                     Ok(mut one) => all.append(&mut one),
                     Err(e) => {
                         failed = Some(e);
@@ -660,7 +660,7 @@ impl Predictor for OrtPredictor {
             }
             failed.map_or(Ok(all), Err)
         } else {
-            self.run(&mut session, &values)
+            self.run(&mut session, values)
         };
         self.idle
             .lock()

@@ -359,7 +359,7 @@ impl Predictor for OnnxPredictor {
             .plan
             .run(tensors)
             .map_err(|e| PredictError::new(format!("the ONNX model failed: {e}")))?;
-        let mut predictions = passthrough_fields(&values, &self.inputs, self.passthrough);
+        let mut predictions = passthrough_fields(values, &self.inputs, self.passthrough);
         for (name, output) in self.outputs.iter().zip(outputs.iter()) {
             let inner = batch_first(output.shape(), n, name)?;
             let column: Vec<Value> = match output.datum_type() {

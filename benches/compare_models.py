@@ -1,0 +1,150 @@
+#!/usr/bin/env python3
+"""The model runtimes of issue #14, printed as ratios.
+
+    bash benches/compare.sh --models [--records N] [--rounds R]
+
+On N (default 1,000,000) JSON-lines instances {"key": i, "features": [4 numbers]}
+it times, in R (default 3) rounds that alternate the cases:
+
+- the bundled MLP (tests/data/models/keras_mlp.onnx, a Keras model converted
+  by tf2onnx): the onnxruntime job (OrtPredictor, 1 worker, batches of 64),
+  the same batches through `ort` alone in one loop (parse each line, gather
+  the features, run the session, write the outputs: the bare cost), and the
+  tract job (OnnxPredictor, 1 worker);
+- a 500-tree gradient-boosting regressor (scikit-learn, converted by
+  skl2onnx; trained here once, into target/compare-models/): the onnxruntime
+  job with 1 and 2 workers and the bare `ort` loop. tract cannot load it
+  (TreeEnsembleRegressor).
+
+onnxruntime comes from tests/ort/library.sh (PyPI's wheel, under target/);
+scikit-learn and skl2onnx, pinned, go into target/compare-models-venv.
+"""
+
+import argparse
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from compare import ROOT, alternate, sh, target_dir, timed  # noqa: E402
+
+MAKE_GB = r"""
+import sys
+import numpy as np
+from sklearn.datasets import make_regression
+from sklearn.ensemble import GradientBoostingRegressor
+from skl2onnx import to_onnx
+from skl2onnx.common.data_types import FloatTensorType
+
+x, y = make_regression(n_samples=20000, n_features=4, n_informative=4, noise=5.0, random_state=0)
+x = x.astype(np.float32)
+model = GradientBoostingRegressor(n_estimators=500, max_depth=3, random_state=0).fit(x, y)
+onx = to_onnx(model, initial_types=[("features", FloatTensorType([None, 4]))],
+              target_opset={"": 17, "ai.onnx.ml": 3})
+with open(sys.argv[1], "wb") as f:
+    f.write(onx.SerializeToString())
+"""
+
+
+def ort_library():
+    out = subprocess.run(["bash", os.path.join(ROOT, "tests", "ort", "library.sh")],
+                         capture_output=True, text=True)
+    line = out.stdout.strip()
+    if out.returncode != 0 or line.startswith("SKIP"):
+        sys.exit(f"no onnxruntime library: {line or out.stderr}")
+    return line
+
+
+def gradient_boosting_model():
+    """The 500-tree model, made once with pinned scikit-learn and skl2onnx."""
+    cache = os.path.join(ROOT, "target", "compare-models")
+    path = os.path.join(cache, "gradient_boosting_500.onnx")
+    if os.path.exists(path):
+        return path
+    os.makedirs(cache, exist_ok=True)
+    venv = os.path.join(ROOT, "target", "compare-models-venv")
+    python = os.path.join(venv, "bin", "python")
+    if not os.path.exists(python):
+        sh([sys.executable, "-m", "venv", venv], stdout=subprocess.DEVNULL)
+    print("installing scikit-learn and skl2onnx into target/compare-models-venv (once)...", file=sys.stderr)
+    sh([python, "-m", "pip", "install", "--quiet", "scikit-learn==1.9.1", "skl2onnx==1.20.0", "onnx==1.23.2"])
+    script = os.path.join(cache, "make_gb.py")
+    with open(script, "w") as f:
+        f.write(MAKE_GB)
+    sh([python, script, path + ".part"])
+    os.replace(path + ".part", path)
+    return path
+
+
+def write_instances(path, n, seed=11):
+    rng = random.Random(seed)
+    with open(path, "w") as f:
+        for i in range(n):
+            features = [round(rng.gauss(0, 1), rng.choice([2, 3, 4])) for _ in range(4)]
+            f.write(json.dumps({"key": i, "features": features}))
+            f.write("\n")
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--records", type=int, default=1_000_000)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+
+    os.environ["ORT_DYLIB_PATH"] = ort_library()
+    sh(["cargo", "build", "--quiet", "--release", "--features", "onnx,ort", "--example", "compare_helper"], cwd=ROOT)
+    helper = os.path.join(target_dir(), "release", "examples", "compare_helper")
+    mlp = os.path.join(ROOT, "tests", "data", "models", "keras_mlp.onnx")
+    gb = gradient_boosting_model()
+
+    work = tempfile.mkdtemp(prefix="bp-models-")
+    try:
+        n = args.records
+        data = os.path.join(work, "instances.jsonl")
+        write_instances(data, n)
+        out = os.path.join(work, "out")
+        sh(["cat", data], stdout=subprocess.DEVNULL)  # into the page cache
+
+        def job(spec, workers):
+            return lambda: timed([helper, "job", spec, "json", data, out, str(workers)])
+
+        def bare(model):
+            return lambda: timed([helper, "ort-bare", model, data, os.path.join(work, "bare.jsonl")])
+
+        cases = {
+            "MLP: ort bare loop": bare(mlp),
+            "MLP: ort job, 1 worker": job("ort:" + mlp, 1),
+            "MLP: tract job, 1 worker": job("onnx:" + mlp, 1),
+            "GB-500: ort bare loop": bare(gb),
+            "GB-500: ort job, 1 worker": job("ort:" + gb, 1),
+            "GB-500: ort job, 2 workers": job("ort:" + gb, 2),
+        }
+        med = alternate(cases, args.rounds)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+    print(f"\n{n} instances; medians of {args.rounds} alternating rounds "
+          f"({time.strftime('%Y-%m-%d')}, {os.cpu_count()} CPUs)")
+    for name, secs in med.items():
+        print(f"  {name:<28} {secs * 1000:9.1f} ms  {n / secs / 1e6:7.3f} M instances/s")
+    speed = lambda name: 1 / med[name]
+    goals = [
+        ("MLP: ort job vs bare ort loop", speed("MLP: ort job, 1 worker") / speed("MLP: ort bare loop"), 0.9),
+        ("GB-500: ort job vs bare ort loop", speed("GB-500: ort job, 1 worker") / speed("GB-500: ort bare loop"), 0.9),
+        ("MLP: ort job vs tract job", speed("MLP: ort job, 1 worker") / speed("MLP: tract job, 1 worker"), 1.5),
+        ("GB-500: ort job 2w vs 1w", speed("GB-500: ort job, 2 workers") / speed("GB-500: ort job, 1 worker"), 1.7),
+    ]
+    print("\ngoals of #14 (ratios of speed; higher is better)")
+    for label, value, target in goals:
+        verdict = "PASS" if value >= target else "MISS"
+        print(f"  {label:<36} {value:7.2f}  (goal >= {target})  {verdict}")
+    print("  GB-500 on tract: not run (tract has no TreeEnsembleRegressor)")
+
+
+if __name__ == "__main__":
+    main()
