@@ -58,7 +58,11 @@ impl OrtOptions {
     ///
     /// Each worker of a job has a session of its own, so the default keeps
     /// a job's `maxWorkerCount` its CPU budget; more threads help a job
-    /// with fewer workers than cores and large batches.
+    /// with fewer workers than cores and large batches. With more than one,
+    /// onnxruntime sums a tree ensemble's trees in parallel, in an order of
+    /// its own, so such a model's values may move in the last bits from run
+    /// to run (networks stay bit-identical); with one, results are
+    /// byte-identical whatever the number of workers.
     #[must_use]
     pub fn with_intra_threads(mut self, threads: usize) -> Self {
         self.intra_threads = threads.max(1);
@@ -175,8 +179,9 @@ enum Model {
 /// worker that predicts takes a session of its own from a pool (made when
 /// it first needs one, from the model loaded once), with
 /// [`OrtOptions::intra_threads`] threads each (1 by default: the job's
-/// `maxWorkerCount` stays its CPU budget). Results are the same whatever
-/// the number of workers.
+/// `maxWorkerCount` stays its CPU budget). Results are byte-identical
+/// whatever the number of workers; more intra-op threads may move a tree
+/// ensemble's values in the last bits (see [`OrtOptions::with_intra_threads`]).
 ///
 /// **Inputs and outputs** are those of [`OnnxPredictor`](crate::OnnxPredictor):
 /// object instances feed inputs by name, other fields pass through (a
