@@ -89,6 +89,10 @@ pub struct RestResponse {
     pub headers: Vec<(String, String)>,
     /// The JSON body.
     pub body: Vec<u8>,
+    /// For a server's log, never for the client: the full message of an
+    /// internal error (a 500), which can name local files. The body says
+    /// only `Internal error encountered.`, as Google's front end does.
+    pub detail: Option<String>,
 }
 
 impl RestResponse {
@@ -114,11 +118,21 @@ impl RestResponse {
                 "application/json; charset=UTF-8".to_owned(),
             )],
             body,
+            detail: None,
         }
     }
 
+    /// The response for `status`; a 500 withholds its message (which can
+    /// name local files) from the client and keeps it in `detail`.
     fn error(status: &Status, pretty: bool) -> Self {
-        Self::new(status.http_status(), &status.to_json(), pretty)
+        let code = status.http_status();
+        if code != 500 {
+            return Self::new(code, &status.to_json(), pretty);
+        }
+        let shown = Status::new(status.code, "Internal error encountered.");
+        let mut response = Self::new(code, &shown.to_json(), pretty);
+        response.detail = Some(status.message.clone());
+        response
     }
 }
 
@@ -784,7 +798,7 @@ fn parse_body(body: &[u8], message: &'static Message) -> Result<Value, Error> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(json!({}));
     }
-    let mut value: Value = serde_json::from_slice(body).map_err(|e| {
+    let Strict(mut value) = serde_json::from_slice(body).map_err(|e| {
         Error::invalid_argument("body", format!("Invalid JSON payload received. {e}"))
     })?;
     if value.is_null() {
@@ -792,6 +806,77 @@ fn parse_body(body: &[u8], message: &'static Message) -> Result<Value, Error> {
     }
     normalize(&mut value, message, "")?;
     Ok(value)
+}
+
+/// A JSON value read strictly: a key given twice in one object, at any
+/// depth, is an error (as Google's parser refuses it), where serde_json's
+/// own `Value` keeps the last. Depth stays bounded by serde_json's limit.
+struct Strict(Value);
+
+impl<'de> serde::Deserialize<'de> for Strict {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(StrictVisitor).map(Strict)
+    }
+}
+
+struct StrictVisitor;
+
+impl<'de> serde::de::Visitor<'de> for StrictVisitor {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+
+    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+
+    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+
+    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
+        Ok(serde_json::Number::from_f64(v).map_or(Value::Null, Value::Number))
+    }
+
+    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::String(v.to_owned()))
+    }
+
+    fn visit_string<E>(self, v: String) -> Result<Value, E> {
+        Ok(Value::String(v))
+    }
+
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut items = Vec::new();
+        while let Some(Strict(item)) = seq.next_element()? {
+            items.push(item);
+        }
+        Ok(Value::Array(items))
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut object = serde_json::Map::new();
+        while let Some(key) = map.next_key::<String>()? {
+            if object.contains_key(&key) {
+                return Err(serde::de::Error::custom(format!(
+                    "Field {key:?} is given twice"
+                )));
+            }
+            let Strict(value) = map.next_value()?;
+            object.insert(key, value);
+        }
+        Ok(Value::Object(object))
+    }
 }
 
 fn normalize(value: &mut Value, message: &'static Message, at: &str) -> Result<(), Error> {

@@ -214,7 +214,14 @@ fn connection(mut stream: TcpStream, limits: Limits, handler: &Handler) {
     let response = handler(request.with_body(body));
     let status = response.status;
     let _ = write_response(&mut stream, &response);
-    log(&method, &target, status, started);
+    match &response.detail {
+        // An internal error's message stays here, out of the response.
+        Some(detail) => eprintln!(
+            "{method} {target} -> {status} ({:.1} ms): {detail}",
+            started.elapsed().as_secs_f64() * 1000.0
+        ),
+        None => log(&method, &target, status, started),
+    }
 }
 
 /// Answers a request whose head could not be read (no method or target to log).

@@ -74,8 +74,9 @@ impl LocalJobStore {
     ///
     /// # Errors
     /// `FAILED_PRECONDITION` when another process holds the store;
-    /// `INTERNAL` for an I/O error or a record file that cannot be read
-    /// (named in the message).
+    /// `INTERNAL` for an I/O error, a record file that cannot be read, or
+    /// a record or `LOCK` that is not a regular file (a FIFO, a socket, a
+    /// symlink: refused, never waited on), each named in the message.
     pub fn open(dir: impl AsRef<Path>) -> Result<LocalJobStore, Error> {
         let dir = dir.as_ref().to_path_buf();
         let jobs = dir.join("jobs");
@@ -89,6 +90,10 @@ impl LocalJobStore {
             sync_dir(d).map_err(|e| io_error("syncing", d, e))?;
         }
         let lock_path = dir.join("LOCK");
+        if lock_path.exists() || lock_path.is_symlink() {
+            // Opening a FIFO for writing would block until a reader came.
+            regular_file(&lock_path)?;
+        }
         let lock = OpenOptions::new()
             .create(true)
             .truncate(false)
@@ -304,6 +309,7 @@ fn to_json(record: &JobRecord) -> Value {
 }
 
 fn load(path: &Path) -> Result<JobRecord, Error> {
+    regular_file(path)?;
     let bytes = fs::read(path).map_err(|e| io_error("reading", path, e))?;
     let mut value: Value =
         serde_json::from_slice(&bytes).map_err(|e| corrupt(path, e.to_string()))?;
@@ -359,6 +365,49 @@ fn load(path: &Path) -> Result<JobRecord, Error> {
         job_revision,
         policy_revision,
     })
+}
+
+/// Refuses what is not a regular file (a FIFO, whose open would block
+/// forever, a socket, a device, a symlink): the store writes none of them.
+fn regular_file(path: &Path) -> Result<(), Error> {
+    let kind = fs::symlink_metadata(path)
+        .map_err(|e| io_error("reading", path, e))?
+        .file_type();
+    if kind.is_file() {
+        return Ok(());
+    }
+    Err(Error::external(
+        Code::Internal,
+        format!("job store: {} is not a regular file", path.display()),
+        format!(
+            "it is a {}; the store only ever writes regular files",
+            describe(kind)
+        ),
+    ))
+}
+
+/// What a non-regular file is, in words.
+fn describe(kind: fs::FileType) -> &'static str {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::FileTypeExt;
+        if kind.is_fifo() {
+            return "FIFO";
+        }
+        if kind.is_socket() {
+            return "socket";
+        }
+        if kind.is_block_device() || kind.is_char_device() {
+            return "device";
+        }
+    }
+    if kind.is_symlink() {
+        "symlink"
+    } else if kind.is_dir() {
+        "directory"
+    } else {
+        "special file"
+    }
 }
 
 fn read_dir(dir: &Path) -> Result<Vec<PathBuf>, Error> {

@@ -391,3 +391,65 @@ fn kill_9_loses_no_acknowledged_job() {
         assert_eq!(leftovers, Vec::<String>::new(), "temporary files removed");
     }
 }
+
+/// Opens the store at `dir` on a thread of its own, so that a store that
+/// blocks fails the test instead of hanging it.
+fn open_within(
+    dir: &std::path::Path,
+    limit: Duration,
+) -> Result<LocalJobStore, batch_prediction::Error> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let dir = dir.to_path_buf();
+    std::thread::spawn(move || {
+        let _ = tx.send(LocalJobStore::open(dir));
+    });
+    rx.recv_timeout(limit)
+        .expect("opening the store blocked (on a FIFO?)")
+}
+
+#[cfg(unix)]
+#[test]
+fn a_fifo_in_the_store_is_refused_not_waited_on() {
+    let mkfifo = |path: &std::path::Path| {
+        let made = Command::new("mkfifo").arg(path).status();
+        assert!(made.is_ok_and(|s| s.success()), "mkfifo {}", path.display());
+    };
+    // A record that is a FIFO.
+    let dir = tempfile::tempdir().unwrap();
+    drop(LocalJobStore::open(dir.path()).unwrap());
+    std::fs::create_dir_all(dir.path().join("jobs/my-proj")).unwrap();
+    let fifo = dir.path().join("jobs/my-proj/stuck.json");
+    mkfifo(&fifo);
+    let err = open_within(dir.path(), Duration::from_secs(30)).unwrap_err();
+    assert_eq!(err.code(), Code::Internal);
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "job store: {} is not a regular file: it is a FIFO; the store only ever writes regular files",
+            fifo.display()
+        )
+    );
+    // A LOCK that is a FIFO (opening it to write would wait for a reader).
+    let dir = tempfile::tempdir().unwrap();
+    let lock = dir.path().join("LOCK");
+    mkfifo(&lock);
+    let err = open_within(dir.path(), Duration::from_secs(30)).unwrap_err();
+    assert!(
+        err.to_string().starts_with(&format!(
+            "job store: {} is not a regular file: it is a FIFO",
+            lock.display()
+        )),
+        "{err}"
+    );
+    // A record that is a symlink, even to a good record, is refused too.
+    let dir = tempfile::tempdir().unwrap();
+    let store = LocalJobStore::open(dir.path()).unwrap();
+    let service = JobService::new(store).unwrap();
+    service.create(&project(), job("real")).unwrap();
+    drop(service);
+    let real = dir.path().join("jobs/my-proj/real.json");
+    std::fs::rename(&real, dir.path().join("elsewhere.json")).unwrap();
+    std::os::unix::fs::symlink(dir.path().join("elsewhere.json"), &real).unwrap();
+    let err = open_within(dir.path(), Duration::from_secs(30)).unwrap_err();
+    assert!(err.to_string().contains("it is a symlink"), "{err}");
+}

@@ -578,3 +578,87 @@ fn a_project_number_beyond_int64_is_a_bad_request_on_a_durable_store() {
         );
     }
 }
+
+#[test]
+fn an_internal_error_names_no_local_file_to_the_client() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = batch_prediction::LocalJobStore::open(dir.path()).unwrap();
+    let api = RestApi::new(Arc::new(JobService::new(store).unwrap()));
+    // A file where the project's directory would go: the store cannot
+    // write the job, an internal error whose message names that path.
+    std::fs::write(dir.path().join("jobs/my-proj"), b"in the way").unwrap();
+    let response =
+        api.handle(&RestRequest::new("POST", "/v1/projects/my-proj/jobs").with_body(job_body("j")));
+    assert_eq!(response.status, 500);
+    let body = response.json().unwrap();
+    assert_eq!(
+        body["error"],
+        json!({"code": 500, "message": "Internal error encountered.", "status": "INTERNAL"})
+    );
+    let text = String::from_utf8(response.body.clone()).unwrap();
+    assert!(!text.contains(&dir.path().display().to_string()), "{text}");
+    // The server's log gets the whole story.
+    let detail = response
+        .detail
+        .expect("a 500 keeps its message for the log");
+    assert!(
+        detail.contains(&dir.path().join("jobs/my-proj").display().to_string()),
+        "{detail}"
+    );
+    // Other errors are shown as they are, with nothing withheld.
+    let response = api.handle(&RestRequest::new("GET", "/v1/projects/my-proj/jobs/none"));
+    assert_eq!(response.status, 404);
+    assert_eq!(response.detail, None);
+}
+
+#[test]
+fn a_key_given_twice_in_a_body_is_refused_at_any_depth() {
+    let api = api();
+    for (body, key) in [
+        (r#"{"jobId": "a", "jobId": "b"}"#.to_owned(), "jobId"),
+        (
+            r#"{"jobId": "a", "labels": {"team": "ml", "team": "ops"}}"#.to_owned(),
+            "team",
+        ),
+        (
+            r#"{"jobId": "a", "predictionInput": {"region": "x", "region": "y"}}"#.to_owned(),
+            "region",
+        ),
+        (
+            r#"{"jobId": "a", "predictionInput": {"inputPaths": [{"a": 1, "a": 1}]}}"#.to_owned(),
+            "a",
+        ),
+    ] {
+        let (status, error) = call(&api, "POST", "/v1/projects/my-proj/jobs", body.as_bytes());
+        assert_eq!(
+            error_of(status, &error),
+            (400, "INVALID_ARGUMENT"),
+            "{body}"
+        );
+        let message = error["error"]["message"].as_str().unwrap();
+        assert!(
+            message.starts_with(&format!(
+                "Invalid JSON payload received. Field {key:?} is given twice at line 1 column"
+            )),
+            "{body}: {message}"
+        );
+    }
+    // setIamPolicy's body too.
+    let (status, _) = call(&api, "POST", "/v1/projects/my-proj/jobs", &job_body("j"));
+    assert_eq!(status, 200);
+    let (status, error) = call(
+        &api,
+        "POST",
+        "/v1/projects/my-proj/jobs/j:setIamPolicy",
+        br#"{"policy": {}, "policy": {}}"#,
+    );
+    assert_eq!(error_of(status, &error), (400, "INVALID_ARGUMENT"));
+    // The same key in different objects is fine.
+    let (status, body) = call(
+        &api,
+        "POST",
+        "/v1/projects/my-proj/jobs",
+        br#"{"jobId": "k", "labels": {"region": "x"}, "predictionInput": {"dataFormat": "JSON", "inputPaths": ["gs://b/in"], "outputPath": "gs://b/out", "region": "r", "uri": "gs://b/m"}}"#,
+    );
+    assert_eq!(status, 200, "{body}");
+}
