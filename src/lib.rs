@@ -155,7 +155,7 @@ pub use storage::{
     DynStorage, InMemoryStorage, LocalStorage, ObjectMeta, ObjectWriter, Storage, StorageError,
     StorageErrorKind, StorageExt, join_location,
 };
-pub use validate::{MAX_LABEL_LEN, MAX_LABELS};
+pub use validate::{MAX_INPUT_PATHS, MAX_LABEL_LEN, MAX_LABELS};
 
 /// The README's examples, compiled and run as doc tests.
 #[cfg(doctest)]

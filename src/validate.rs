@@ -12,6 +12,7 @@
 //! | `predictionInput.dataFormat` | required; `JSON`, `TEXT` (deprecated JSON), `TF_RECORD`, `TF_RECORD_GZIP` | [REST] |
 //! | `predictionInput.outputDataFormat` | if set: `JSON`, `TEXT`, `CSV` (`DATA_FORMAT_UNSPECIFIED` is proto3's unset value: JSON) | [REST] |
 //! | `predictionInput.inputPaths` | at least one; none empty | [REST] |
+//! | `predictionInput.inputPaths` | at most [`MAX_INPUT_PATHS`] (1,000) entries, each at most 4,096 bytes | this crate: bounded planning work per job (no limit is documented); a pattern given twice is expanded once |
 //! | `predictionInput.outputPath`, `.region` | required, non-empty | [REST] |
 //! | `predictionInput.outputPath` | no `inputPaths` pattern matches a file the job writes there (compared after dropping `.` and empty segments and trailing `/`; the executor compares again through its storage, links followed) | this crate: a job never reads or deletes its own output |
 //! | `modelName` / `versionName` / `uri` | exactly one; names by the rules of [`ModelName`](crate::ModelName), [`VersionName`](crate::VersionName); `uri` non-empty | [REST], [names] |
@@ -27,6 +28,15 @@
 //! checked: a service ignores them on create, as the API does.
 
 use std::sync::OnceLock;
+
+/// The most entries `predictionInput.inputPaths` may have. The API documents
+/// no limit; this one bounds the work of planning a job (each entry is a
+/// listing or a lookup) while a wildcard still matches any number of files.
+pub const MAX_INPUT_PATHS: usize = 1000;
+
+/// The longest `inputPaths` entry, in bytes: Cloud Storage object names
+/// are at most 1,024 bytes, so this leaves room for `gs://BUCKET/`.
+const MAX_INPUT_PATH_BYTES: usize = 4096;
 
 use regex::Regex;
 
@@ -149,9 +159,23 @@ fn check_prediction_input(input: &PredictionInput, v: &mut Violations) {
     if input.input_paths.is_empty() {
         v.add(format!("{P}inputPaths"), "required: at least one path");
     }
+    if input.input_paths.len() > MAX_INPUT_PATHS {
+        v.add(
+            format!("{P}inputPaths"),
+            format!(
+                "{} paths: at most {MAX_INPUT_PATHS} (a wildcard matches many files in one)",
+                input.input_paths.len()
+            ),
+        );
+    }
     for (i, path) in input.input_paths.iter().enumerate() {
         if path.is_empty() {
             v.add(format!("{P}inputPaths[{i}]"), "is empty");
+        } else if path.len() > MAX_INPUT_PATH_BYTES {
+            v.add(
+                format!("{P}inputPaths[{i}]"),
+                format!("{} bytes: at most {MAX_INPUT_PATH_BYTES}", path.len()),
+            );
         }
     }
     if input.output_path.as_deref().is_none_or(str::is_empty) {

@@ -302,7 +302,7 @@ impl BatchExecutor {
         if queued {
             self.notify_state(job)?;
         }
-        let plan: &Plan = plan.insert(self.plan(job).map_err(Stop::Invalid)?);
+        let plan: &Plan = plan.insert(self.plan_until(job, Some(cancel))?);
         totals.shards = plan.shards.len();
         let predictor = self.load_model(job)?;
         if cancel.is_cancelled() {

@@ -2,15 +2,17 @@
 //! reading its own output, the files cut into shards and byte ranges, and
 //! the fingerprints that tell a finished shard from a changed one.
 
+use std::collections::{BTreeMap, HashSet};
 use std::ops::Range;
 
 use serde_json::{Value, json};
 
 use super::names::OutputFile;
 use super::overlap;
-use super::{BatchExecutor, ExecutorConfig, storage_error};
+use super::{BatchExecutor, ExecutorConfig, Stop, storage_error};
 use crate::error::{Error, ValidationError, Violation};
 use crate::model::{DataFormat, Job};
+use crate::predict::CancelHandle;
 use crate::storage::{ObjectMeta, Storage, StorageExt, glob, join_location};
 
 /// One shard of a [`Plan`]: consecutive input files and the files it writes.
@@ -73,16 +75,31 @@ impl BatchExecutor {
     /// through the storage), or the storage's error for a pattern that
     /// matches nothing or cannot be listed.
     pub fn plan(&self, job: &Job) -> Result<Plan, Error> {
-        job.validate()?;
+        self.plan_until(job, None).map_err(|stop| match stop {
+            Stop::Invalid(e) => e,
+            // Without a handle nothing cancels; a stop of another kind is not planning's.
+            other => Error::failed_precondition(format!("planning stopped: {other:?}")),
+        })
+    }
+
+    /// [`plan`](Self::plan), stopping with [`Stop::Cancelled`] between input
+    /// patterns once `cancel` is used, so a job with many patterns (each a
+    /// listing) does not hold its runner after a cancel. A pattern given
+    /// twice is expanded once.
+    pub(super) fn plan_until(
+        &self,
+        job: &Job,
+        cancel: Option<&CancelHandle>,
+    ) -> Result<Plan, Stop> {
+        job.validate().map_err(|e| Stop::Invalid(e.into()))?;
         let input = job.prediction_input.as_ref().expect("validated");
         let given_output_path = input.output_path.as_deref().expect("validated");
         let output_path = given_output_path.trim_end_matches('/').to_owned();
-        self.refuse_own_output(&input.input_paths, given_output_path, None)?;
-        let inputs: Vec<ObjectMeta> = self
-            .storage
-            .expand(&input.input_paths)
-            .map_err(storage_error)?;
-        self.refuse_own_output(&input.input_paths, given_output_path, Some(&inputs))?;
+        self.refuse_own_output(&input.input_paths, given_output_path, None)
+            .map_err(Stop::Invalid)?;
+        let inputs = self.expand_inputs(&input.input_paths, cancel)?;
+        self.refuse_own_output(&input.input_paths, given_output_path, Some(&inputs))
+            .map_err(Stop::Invalid)?;
         let output_format = input.effective_output_data_format();
         let data_format = input.data_format.expect("validated");
         let splittable = matches!(data_format, DataFormat::Json | DataFormat::Text);
@@ -148,6 +165,37 @@ impl BatchExecutor {
             batch_size,
             workers,
         })
+    }
+
+    /// The objects `patterns` match, each once, in order of location, as
+    /// [`StorageExt::expand`] gives them, but one distinct pattern at a
+    /// time, with `cancel` checked before each.
+    fn expand_inputs(
+        &self,
+        patterns: &[String],
+        cancel: Option<&CancelHandle>,
+    ) -> Result<Vec<ObjectMeta>, Stop> {
+        let mut seen_patterns: HashSet<&str> = HashSet::new();
+        let mut found: BTreeMap<String, ObjectMeta> = BTreeMap::new();
+        let mut keys: HashSet<String> = HashSet::new();
+        for pattern in patterns {
+            if !seen_patterns.insert(pattern.as_str()) {
+                continue;
+            }
+            if cancel.is_some_and(CancelHandle::is_cancelled) {
+                return Err(Stop::Cancelled);
+            }
+            let matched = self
+                .storage
+                .expand(std::slice::from_ref(pattern))
+                .map_err(|e| Stop::Invalid(storage_error(e)))?;
+            for meta in matched {
+                if keys.insert(self.storage.object_key(&meta.location)) {
+                    found.insert(meta.location.clone(), meta);
+                }
+            }
+        }
+        Ok(found.into_values().collect())
     }
 
     /// Refuses a job whose input patterns can match (or, given the objects

@@ -1451,3 +1451,147 @@ fn run_and_merge_say_the_same_of_the_same_error_limit() {
     assert!(ran.starts_with(expected), "{ran}");
     assert_eq!(merge_message, format!("{expected}4 instances read)"));
 }
+
+/// A storage that counts its listings and uses `cancel` at the `at`th.
+#[derive(Debug)]
+struct CancelAtListing {
+    inner: InMemoryStorage,
+    lists: AtomicU64,
+    at: u64,
+    cancel: CancelHandle,
+}
+
+impl Storage for CancelAtListing {
+    fn list(
+        &self,
+        prefix: &str,
+    ) -> Result<Vec<batch_prediction::ObjectMeta>, batch_prediction::StorageError> {
+        if self.lists.fetch_add(1, Ordering::SeqCst) + 1 == self.at {
+            self.cancel.cancel();
+        }
+        self.inner.list(prefix)
+    }
+    fn head(
+        &self,
+        location: &str,
+    ) -> Result<batch_prediction::ObjectMeta, batch_prediction::StorageError> {
+        self.inner.head(location)
+    }
+    fn open(
+        &self,
+        location: &str,
+    ) -> Result<Box<dyn std::io::Read + Send>, batch_prediction::StorageError> {
+        self.inner.open(location)
+    }
+    fn create(
+        &self,
+        location: &str,
+    ) -> Result<Box<dyn batch_prediction::ObjectWriter>, batch_prediction::StorageError> {
+        self.inner.create(location)
+    }
+    fn delete(&self, location: &str) -> Result<(), batch_prediction::StorageError> {
+        self.inner.delete(location)
+    }
+}
+
+fn many_patterns_job(patterns: Vec<String>) -> Job {
+    let mut job = Job::new(
+        "many",
+        PredictionInput::new(
+            DataFormat::Json,
+            patterns,
+            "gs://b/out",
+            "local",
+            ModelVersion::uri("m"),
+        ),
+    );
+    job.apply(Transition::Queue, &clock()).unwrap();
+    job
+}
+
+#[test]
+fn planning_expands_a_repeated_pattern_once_and_stops_between_patterns_on_cancel() {
+    let inner = InMemoryStorage::new();
+    for i in 0..50 {
+        inner.put(
+            &format!("gs://b/in/{i:02}/a.jsonl"),
+            b"{\"x\": 1}\n".to_vec(),
+        );
+    }
+    // The same pattern 1,000 times is one listing, and the job reads its
+    // one file once.
+    let cancel = CancelHandle::new();
+    let storage = Arc::new(CancelAtListing {
+        inner: inner.clone(),
+        lists: AtomicU64::new(0),
+        at: u64::MAX,
+        cancel: cancel.clone(),
+    });
+    let executor = BatchExecutor::new(storage.clone(), Arc::new(EchoResolver));
+    let mut job = many_patterns_job(vec!["gs://b/in/07/*".to_owned(); 1000]);
+    let summary = executor.run(&mut job, &cancel).unwrap();
+    assert_eq!((summary.state, summary.records_read), (State::Succeeded, 1));
+    let lists = storage.lists.load(Ordering::SeqCst);
+    assert!(lists < 10, "{lists} listings for one distinct pattern");
+    // 50 distinct patterns, cancelled during the 3rd listing: the plan
+    // stops before the 4th, and the job is CANCELLED, not planned on.
+    let cancel = CancelHandle::new();
+    let storage = Arc::new(CancelAtListing {
+        inner,
+        lists: AtomicU64::new(0),
+        at: 3,
+        cancel: cancel.clone(),
+    });
+    let executor = BatchExecutor::new(storage.clone(), Arc::new(EchoResolver));
+    let mut job = many_patterns_job((0..50).map(|i| format!("gs://b/in/{i:02}/*")).collect());
+    let summary = executor.run(&mut job, &cancel).unwrap();
+    assert_eq!(summary.state, State::Cancelled, "{:?}", job.error_message);
+    assert_eq!(summary.records_read, 0);
+    assert!(
+        storage.lists.load(Ordering::SeqCst) <= 4,
+        "{} listings after a cancel at the 3rd",
+        storage.lists.load(Ordering::SeqCst)
+    );
+}
+
+#[test]
+fn input_paths_are_bounded_in_count_and_length() {
+    let job = |paths: Vec<String>| {
+        Job::new(
+            "bounded",
+            PredictionInput::new(
+                DataFormat::Json,
+                paths,
+                "gs://b/out",
+                "local",
+                ModelVersion::uri("m"),
+            ),
+        )
+    };
+    assert!(
+        job(vec![
+            "gs://b/in/*".to_owned();
+            batch_prediction::MAX_INPUT_PATHS
+        ])
+        .validate()
+        .is_ok()
+    );
+    let err = job(vec![
+        "gs://b/in/*".to_owned();
+        batch_prediction::MAX_INPUT_PATHS + 1
+    ])
+    .validate()
+    .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "invalid job: predictionInput.inputPaths: 1001 paths: at most 1000 (a wildcard matches many files in one)"
+    );
+    let long = format!("gs://b/{}", "x".repeat(5000));
+    let err = job(vec!["gs://b/in/*".to_owned(), long])
+        .validate()
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "invalid job: predictionInput.inputPaths[1]: 5007 bytes: at most 4096"
+    );
+}
