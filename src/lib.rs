@@ -144,8 +144,8 @@ pub use rest::{DEFAULT_MAX_BODY_BYTES, RestApi, RestRequest, RestResponse};
 pub use service::{
     Binding, Caller, CallerView, DEFAULT_PAGE_SIZE, Expr, INTERRUPTED_CANCEL_MESSAGE,
     INTERRUPTED_MESSAGE, InMemoryJobStore, JOB_PERMISSIONS, JobRecord, JobService,
-    JobServiceBuilder, JobStore, ListJobsRequest, ListJobsResponse, LocalJobStore, MAX_PAGE_SIZE,
-    MAX_POLICY_GROUPS, MAX_POLICY_MEMBERS, Policy, ScanOrder, role_permissions,
+    JobServiceBuilder, JobStore, ListJobsRequest, ListJobsResponse, LocalJobStore, MAX_PAGE_BYTES,
+    MAX_PAGE_SIZE, MAX_POLICY_GROUPS, MAX_POLICY_MEMBERS, Policy, ScanOrder, role_permissions,
 };
 pub use state::Transition;
 pub use status::{Code, MalformedStatus, Status, UnknownCode};

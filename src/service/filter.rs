@@ -26,9 +26,48 @@ pub(crate) struct Filter {
     expr: Option<Expr>,
 }
 
+/// The longest filter, in characters.
+pub(crate) const MAX_FILTER_CHARS: usize = 2048;
+/// The most comparisons in a filter.
+pub(crate) const MAX_FILTER_TERMS: usize = 64;
+/// The most `*` wildcards in a filter's values, all together.
+pub(crate) const MAX_FILTER_WILDCARDS: usize = 16;
+
 impl Filter {
     /// Parses a filter; an empty or all-whitespace text matches every job.
+    ///
+    /// A filter is bounded, so that matching it against every job of a
+    /// project stays cheap: at most [`MAX_FILTER_CHARS`] characters,
+    /// [`MAX_FILTER_TERMS`] comparisons and [`MAX_FILTER_WILDCARDS`] `*`.
     pub(crate) fn parse(text: &str) -> Result<Filter, FilterError> {
+        let length = text.chars().count();
+        if length > MAX_FILTER_CHARS {
+            return Err(FilterError::new(
+                MAX_FILTER_CHARS,
+                format!("the filter is {length} characters long; at most {MAX_FILTER_CHARS}"),
+            ));
+        }
+        let filter = Self::parse_unbounded(text)?;
+        let (mut terms, mut wildcards) = (0, 0);
+        if let Some(expr) = &filter.expr {
+            expr.cost(&mut terms, &mut wildcards);
+        }
+        if terms > MAX_FILTER_TERMS {
+            return Err(FilterError::new(
+                0,
+                format!("the filter has {terms} comparisons; at most {MAX_FILTER_TERMS}"),
+            ));
+        }
+        if wildcards > MAX_FILTER_WILDCARDS {
+            return Err(FilterError::new(
+                0,
+                format!("the filter has {wildcards} wildcards (*); at most {MAX_FILTER_WILDCARDS}"),
+            ));
+        }
+        Ok(filter)
+    }
+
+    fn parse_unbounded(text: &str) -> Result<Filter, FilterError> {
         let mut parser = Parser {
             chars: text.chars().collect(),
             pos: 0,
@@ -130,6 +169,30 @@ impl Expr {
         make(flat)
     }
 
+    /// Adds this expression's comparisons and wildcards to the counts.
+    fn cost(&self, terms: &mut usize, wildcards: &mut usize) {
+        match self {
+            Expr::And(parts) | Expr::Or(parts) => {
+                for part in parts {
+                    part.cost(terms, wildcards);
+                }
+            }
+            Expr::Not(e) => e.cost(terms, wildcards),
+            Expr::Test(t) => {
+                *terms += 1;
+                if let Test::JobId(Text::Glob(p))
+                | Test::HasLabel(Text::Glob(p))
+                | Test::Label {
+                    text: Text::Glob(p),
+                    ..
+                } = t
+                {
+                    *wildcards += p.matches('*').count();
+                }
+            }
+        }
+    }
+
     fn matches(&self, job: &Job) -> bool {
         match self {
             Expr::And(parts) => parts.iter().all(|e| e.matches(job)),
@@ -204,15 +267,19 @@ impl Text {
 
 /// Whether `text` matches `pattern`, where `*` stands for any run of
 /// characters (empty too) and every other character for itself.
+///
+/// It works on bytes, allocating nothing per job: a literal part of the
+/// pattern is whole UTF-8 characters, which can only match whole
+/// characters of the text (no character starts with a continuation byte),
+/// so bytes and characters give the same answer.
 fn glob(pattern: &str, text: &str) -> bool {
-    let p: Vec<char> = pattern.chars().collect();
-    let t: Vec<char> = text.chars().collect();
+    let (p, t) = (pattern.as_bytes(), text.as_bytes());
     let (mut pi, mut ti) = (0, 0);
     // The last `*` seen, and where in `text` its run currently ends.
     let mut star: Option<(usize, usize)> = None;
     while ti < t.len() {
         match p.get(pi) {
-            Some('*') => {
+            Some(b'*') => {
                 star = Some((pi, ti));
                 pi += 1;
             }
@@ -230,7 +297,7 @@ fn glob(pattern: &str, text: &str) -> bool {
             },
         }
     }
-    p[pi.min(p.len())..].iter().all(|&c| c == '*')
+    p[pi.min(p.len())..].iter().all(|&c| c == b'*')
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -1138,19 +1205,24 @@ mod tests {
         let not100 = format!("{}state=FAILED", "NOT ".repeat(100));
         assert_eq!(matching(&Filter::parse(&not100).unwrap(), &jobs), [2]);
 
-        // Long flat chains are n-ary nodes, not deep trees.
+        // Long flat chains are n-ary nodes, not deep trees (the parser
+        // alone: `parse` refuses filters this long).
         let ors = vec!["state=FAILED"; 100_000].join(" OR ");
-        assert_eq!(matching(&Filter::parse(&ors).unwrap(), &jobs), [2]);
+        assert_eq!(
+            matching(&Filter::parse_unbounded(&ors).unwrap(), &jobs),
+            [2]
+        );
         let ands = vec!["jobId:*"; 100_000].join(" AND ");
         assert_eq!(
-            matching(&Filter::parse(&ands).unwrap(), &jobs),
+            matching(&Filter::parse_unbounded(&ands).unwrap(), &jobs),
             [0, 1, 2, 3, 5]
         );
         let implicit = vec!["jobId:*"; 100_000].join(" ");
         assert_eq!(
-            matching(&Filter::parse(&implicit).unwrap(), &jobs),
+            matching(&Filter::parse_unbounded(&implicit).unwrap(), &jobs),
             [0, 1, 2, 3, 5]
         );
+        assert!(Filter::parse(&ors).is_err());
     }
 
     #[test]
@@ -1171,6 +1243,13 @@ mod tests {
             ("*a*b*", "xxaxxbxx", true),
             ("*a*b*", "xxbxxaxx", false),
             ("é*é", "éxé", true),
+            // Multi-byte characters: bytes and characters agree.
+            ("*é", "aé", true),
+            ("*é", "aè", false),
+            ("日*語", "日本語", true),
+            ("日*語", "日本", false),
+            ("*本*", "日本語", true),
+            ("?", "é", false),
             ("abc", "abc", true),
             ("abc", "abd", false),
             ("a?c", "abc", false),

@@ -41,6 +41,11 @@ use store::read;
 pub const DEFAULT_PAGE_SIZE: usize = 20;
 /// The largest `pageSize`; larger requests are served 100 jobs a page.
 pub const MAX_PAGE_SIZE: usize = 100;
+/// The most bytes of (compact) JSON a `jobs.list` page gathers: a page
+/// ends early, with a `nextPageToken`, once its jobs reach it, so a list of
+/// large jobs holds a bounded amount of memory. A page always holds at
+/// least one job.
+pub const MAX_PAGE_BYTES: usize = 4 << 20;
 
 /// How many times a service retries a write that lost a race with another
 /// writer before giving up with `ABORTED`.
@@ -355,6 +360,11 @@ impl JobService {
     /// The filter language is a subset of [AIP-160](https://google.aip.dev/160):
     #[doc = include_str!("filter.md")]
     ///
+    /// A filter has at most 2,048 characters, 64 comparisons and 16
+    /// wildcards (`*`), so that matching it over a project stays cheap. A
+    /// page holds at most `pageSize` jobs and ends early, with a
+    /// `nextPageToken`, once its jobs reach [`MAX_PAGE_BYTES`] of JSON.
+    ///
     /// Page tokens are opaque. A token holds the position of the last job
     /// returned and a fingerprint of the parent and filter: it stays correct
     /// while jobs are created (they are newer, so they never shift later
@@ -496,16 +506,19 @@ impl JobService {
         let mut jobs = Vec::new();
         let mut last = None;
         let mut more = false;
+        let mut bytes = 0;
         self.store
             .scan(Some(parent), ScanOrder::NewestFirst, after, &mut |record| {
                 if !filter.matches(&record.job) {
                     return ControlFlow::Continue(());
                 }
-                if jobs.len() == page_size {
+                if jobs.len() == page_size || bytes >= MAX_PAGE_BYTES {
                     more = true;
                     return ControlFlow::Break(());
                 }
-                jobs.push(present(record));
+                let job = present(record);
+                bytes += json_size(&job);
+                jobs.push(job);
                 last = Some(record.sequence);
                 ControlFlow::Continue(())
             })?;
@@ -880,6 +893,24 @@ fn parse_mask<'a>(
 }
 
 /// The job as the API shows it: with its etag.
+/// The size of `job` as compact JSON, counted without keeping the text.
+fn json_size(job: &Job) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    // Writing into a counter cannot fail.
+    let _ = serde_json::to_writer(&mut count, &job.to_json());
+    count.0
+}
+
 fn present(record: &JobRecord) -> Job {
     let mut job = record.job.clone();
     job.etag = Some(job_etag(record));

@@ -1078,3 +1078,81 @@ fn policy_json_matches_the_discovery_shape() {
         )]
     );
 }
+
+#[test]
+fn list_filters_are_bounded_and_refused_beyond_with_why() {
+    let service = service();
+    service.create(&project(), job("j1")).unwrap();
+    let list =
+        |filter: String| service.list(&project(), &ListJobsRequest::new().set_filter(filter));
+    // Within the bounds: 2,048 characters, 64 comparisons, 16 wildcards.
+    let terms = vec!["labels.team:m*"; 16].join(" OR ");
+    let padded = format!("{terms}{}", " ".repeat(2048 - terms.len()));
+    assert_eq!(list(padded).unwrap().jobs.len(), 1);
+    let many = vec!["jobId!=x"; 64].join(" AND ");
+    assert_eq!(list(many).unwrap().jobs.len(), 1);
+    for (filter, why) in [
+        (
+            format!("jobId=j1{}", " ".repeat(60_000)),
+            "the filter is 60008 characters long; at most 2048 at position 2048",
+        ),
+        (
+            vec!["jobId!=x"; 65].join(" AND "),
+            "the filter has 65 comparisons; at most 64 at position 0",
+        ),
+        (
+            "jobId:*j*1*".to_owned() + &" OR labels.team:*m*l*".repeat(5),
+            "the filter has 18 wildcards (*); at most 16 at position 0",
+        ),
+    ] {
+        let err = list(filter.clone()).unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{filter}");
+        assert!(err.to_string().ends_with(why), "{err}");
+    }
+}
+
+#[test]
+fn a_list_page_of_large_jobs_is_bounded_in_bytes() {
+    let service = service();
+    // Ten jobs of about 600 KB each: 150 input paths of 4,000 bytes.
+    for i in 0..10 {
+        let mut request = job_json(&format!("big{i}"));
+        request["predictionInput"]["inputPaths"] = (0..150)
+            .map(|k| json!(format!("gs://b/in/{k}/{}", "x".repeat(4000))))
+            .collect();
+        service
+            .create(&project(), Job::from_value(request).unwrap())
+            .unwrap();
+    }
+    let mut request = ListJobsRequest::new().set_page_size(100);
+    let mut seen = Vec::new();
+    let mut pages = 0;
+    loop {
+        let page = service.list(&project(), &request).unwrap();
+        pages += 1;
+        assert!(!page.jobs.is_empty(), "a page holds at least one job");
+        let bytes: usize = page
+            .jobs
+            .iter()
+            .map(|j| serde_json::to_vec(&j.to_json()).unwrap().len())
+            .sum();
+        let largest = page
+            .jobs
+            .iter()
+            .map(|j| serde_json::to_vec(&j.to_json()).unwrap().len())
+            .max()
+            .unwrap();
+        assert!(
+            bytes < batch_prediction::MAX_PAGE_BYTES + largest,
+            "page {pages}: {bytes} bytes"
+        );
+        seen.extend(page.jobs.iter().map(|j| j.job_id.clone().unwrap()));
+        match page.next_page_token {
+            Some(token) => request = request.set_page_token(token),
+            None => break,
+        }
+    }
+    assert!(pages >= 2, "4 MiB a page: 6 MB of jobs take two");
+    let expected: Vec<String> = (0..10).rev().map(|i| format!("big{i}")).collect();
+    assert_eq!(seen, expected, "every job once, in order");
+}
