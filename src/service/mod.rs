@@ -507,21 +507,42 @@ impl JobService {
         let mut last = None;
         let mut more = false;
         let mut bytes = 0;
-        self.store
-            .scan(Some(parent), ScanOrder::NewestFirst, after, &mut |record| {
-                if !filter.matches(&record.job) {
-                    return ControlFlow::Continue(());
-                }
-                if jobs.len() == page_size || bytes >= MAX_PAGE_BYTES {
-                    more = true;
-                    return ControlFlow::Break(());
-                }
-                let job = present(record);
-                bytes += json_size(&job);
-                jobs.push(job);
-                last = Some(record.sequence);
-                ControlFlow::Continue(())
-            })?;
+        // The store is scanned a slice of records at a time, each scan a
+        // short hold of its lock, so a list over a large project never keeps
+        // writers (creates in other projects) waiting for long.
+        let mut cursor = after;
+        loop {
+            let mut visited = 0;
+            let mut done = true;
+            self.store.scan(
+                Some(parent),
+                ScanOrder::NewestFirst,
+                cursor,
+                &mut |record| {
+                    if visited == SCAN_SLICE {
+                        done = false;
+                        return ControlFlow::Break(());
+                    }
+                    visited += 1;
+                    cursor = Some(record.sequence);
+                    if !filter.matches(&record.job) {
+                        return ControlFlow::Continue(());
+                    }
+                    if jobs.len() == page_size || bytes >= MAX_PAGE_BYTES {
+                        more = true;
+                        return ControlFlow::Break(());
+                    }
+                    let job = present(record);
+                    bytes += json_size(&job);
+                    jobs.push(job);
+                    last = Some(record.sequence);
+                    ControlFlow::Continue(())
+                },
+            )?;
+            if more || done {
+                break;
+            }
+        }
         let next_page_token = match (more, last) {
             (true, Some(sequence)) => Some(encode_page_token(sequence, fingerprint)),
             _ => None,
@@ -893,6 +914,10 @@ fn parse_mask<'a>(
 }
 
 /// The job as the API shows it: with its etag.
+/// How many records one scan of a `jobs.list` visits before it lets go of
+/// the store and goes on from where it stopped.
+const SCAN_SLICE: usize = 256;
+
 /// The size of `job` as compact JSON, counted without keeping the text.
 fn json_size(job: &Job) -> usize {
     struct Count(usize);

@@ -1156,3 +1156,38 @@ fn a_list_page_of_large_jobs_is_bounded_in_bytes() {
     let expected: Vec<String> = (0..10).rev().map(|i| format!("big{i}")).collect();
     assert_eq!(seen, expected, "every job once, in order");
 }
+
+#[test]
+fn a_filtered_list_over_many_jobs_pages_through_all_of_them() {
+    // More jobs than one slice of the store's scan (256), one in three
+    // matching: every page is whole, and every match comes once, in order.
+    let service = service();
+    for i in 0..700 {
+        let mut request = job_json(&format!("j{i:03}"));
+        request["labels"] = json!({"third": if i % 3 == 0 { "yes" } else { "no" }});
+        service
+            .create(&project(), Job::from_value(request).unwrap())
+            .unwrap();
+    }
+    let mut request = ListJobsRequest::new()
+        .set_page_size(100)
+        .set_filter("labels.third=yes");
+    let mut seen = Vec::new();
+    let mut sizes = Vec::new();
+    loop {
+        let page = service.list(&project(), &request).unwrap();
+        sizes.push(page.jobs.len());
+        seen.extend(page.jobs.iter().map(|j| j.job_id.clone().unwrap()));
+        match page.next_page_token {
+            Some(token) => request = request.set_page_token(token),
+            None => break,
+        }
+    }
+    let expected: Vec<String> = (0..700)
+        .rev()
+        .filter(|i| i % 3 == 0)
+        .map(|i| format!("j{i:03}"))
+        .collect();
+    assert_eq!(seen, expected);
+    assert_eq!(sizes, [100, 100, 34]);
+}
