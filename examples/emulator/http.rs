@@ -1,11 +1,16 @@
 //! A small HTTP/1.1 server for the emulator: `httparse` parses each
 //! request head; everything else is here, so every limit is ours:
 //!
-//! - a cap on connections at once (more get 503 at once);
+//! - a cap on connections at once, with room to spare (more get 503 from a
+//!   thread of their own, never from the accepting one, so a client that
+//!   trickles bytes to a refused connection delays nobody);
 //! - a cap on the request head (431) and the body (413, refused from
-//!   `Content-Length` before a byte of it is read);
-//! - a timeout on every read and write, so a slow or silent client holds
-//!   its own thread for a bounded time and nobody else's;
+//!   `Content-Length` before a byte of it is read); one `Content-Length`
+//!   of plain digits (two that differ, or `+2`, are 400);
+//! - a deadline for the whole request, head and body (408 past it), and a
+//!   timeout on every read and write, so a slow or silent client holds its
+//!   own thread for a bounded time and nobody else's;
+//! - `HEAD` answered with the head only;
 //! - one request per connection (`Connection: close`), which every HTTP
 //!   client handles, closed so that the response survives unread input;
 //! - a panic in a handler is a 500 for that request, nothing more.
@@ -26,7 +31,12 @@ pub struct Limits {
     pub max_head_bytes: usize,
     pub max_body_bytes: usize,
     pub io_timeout: Duration,
+    /// The whole request, head and body, must arrive within this.
+    pub request_deadline: Duration,
 }
+
+/// Refused connections waiting for their 503; more are closed unanswered.
+const REFUSED_QUEUE: usize = 64;
 
 type Handler = dyn Fn(RestRequest) -> RestResponse + Send + Sync;
 
@@ -39,6 +49,19 @@ pub fn serve(
 ) -> io::Result<()> {
     listener.set_nonblocking(true)?;
     let active = Arc::new(AtomicUsize::new(0));
+    // The 503s go out from a thread of their own: writing one, and the
+    // lingering close after it, waits on the client.
+    let (refuse, refused) = std::sync::mpsc::sync_channel::<TcpStream>(REFUSED_QUEUE);
+    std::thread::Builder::new()
+        .name("http-refuse".into())
+        .spawn(move || {
+            for mut stream in refused {
+                let response = error(503, Code::Unavailable, "too many connections; retry");
+                let _ = stream.set_write_timeout(Some(Duration::from_secs(1)));
+                let _ = write_response(&mut stream, &response, false, Duration::from_millis(200));
+                log("-", "-", 503, Instant::now());
+            }
+        })?;
     while !stopping.load(Ordering::SeqCst) {
         let stream = match listener.accept() {
             Ok((stream, _)) => stream,
@@ -58,10 +81,8 @@ pub fn serve(
             continue;
         }
         if active.load(Ordering::SeqCst) >= limits.max_connections {
-            let mut stream = stream;
-            let response = error(503, Code::Unavailable, "too many connections; retry");
-            let _ = write_response(&mut stream, &response);
-            log("-", "-", 503, Instant::now());
+            // A full queue closes the connection unanswered.
+            let _ = refuse.try_send(stream);
             continue;
         }
         active.fetch_add(1, Ordering::SeqCst);
@@ -82,6 +103,22 @@ pub fn serve(
 /// Serves the one request of a connection.
 fn connection(mut stream: TcpStream, limits: Limits, handler: &Handler) {
     let started = Instant::now();
+    let deadline = started + limits.request_deadline;
+    let late = |stream: &mut TcpStream, method: &str, target: &str| {
+        let message = format!(
+            "the request did not arrive within {} s",
+            limits.request_deadline.as_secs_f64()
+        );
+        reply(
+            stream,
+            method,
+            target,
+            started,
+            408,
+            Code::DeadlineExceeded,
+            &message,
+        );
+    };
     let mut buf = Vec::with_capacity(4096);
     let mut chunk = [0u8; 4096];
     // The head: up to the blank line, within the limit.
@@ -128,9 +165,10 @@ fn connection(mut stream: TcpStream, limits: Limits, handler: &Handler) {
                 &format!("request head over {} bytes", limits.max_head_bytes),
             );
         }
-        match stream.read(&mut chunk) {
-            Ok(0) | Err(_) => return, // closed, or too slow: nobody to answer
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        match read_by(&mut stream, &mut chunk, deadline, limits.io_timeout) {
+            Got::Data(n) => buf.extend_from_slice(&chunk[..n]),
+            Got::Closed => return, // nobody to answer
+            Got::Late => return late(&mut stream, "-", "-"),
         }
     };
     let header = |name: &str| {
@@ -150,7 +188,32 @@ fn connection(mut stream: TcpStream, limits: Limits, handler: &Handler) {
             "send the body with Content-Length, not Transfer-Encoding",
         );
     }
-    let length: usize = match header("Content-Length").map(str::parse::<u64>) {
+    // One length, of plain digits: two that differ would let a proxy and
+    // this server split the stream differently, and `+2` parses in Rust
+    // but is no HTTP length.
+    let mut lengths = headers
+        .iter()
+        .filter(|(n, _)| n.eq_ignore_ascii_case("Content-Length"))
+        .map(|(_, v)| v.trim());
+    let first = lengths.next();
+    if lengths.any(|other| Some(other) != first) {
+        return reply(
+            &mut stream,
+            &method,
+            &target,
+            started,
+            400,
+            Code::InvalidArgument,
+            "conflicting Content-Length headers",
+        );
+    }
+    let digits = |v: &str| -> Result<u64, ()> {
+        if v.is_empty() || !v.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(());
+        }
+        v.parse::<u64>().map_err(|_| ())
+    };
+    let length: usize = match first.map(digits) {
         None => 0,
         Some(Ok(n)) if n <= limits.max_body_bytes as u64 => n as usize,
         Some(Ok(n)) => {
@@ -190,8 +253,8 @@ fn connection(mut stream: TcpStream, limits: Limits, handler: &Handler) {
     body.truncate(length);
     while body.len() < length {
         let want = (length - body.len()).min(chunk.len());
-        match stream.read(&mut chunk[..want]) {
-            Ok(0) => {
+        match read_by(&mut stream, &mut chunk[..want], deadline, limits.io_timeout) {
+            Got::Closed => {
                 let message = format!("the body ended after {} of {length} bytes", body.len());
                 return reply(
                     &mut stream,
@@ -203,8 +266,8 @@ fn connection(mut stream: TcpStream, limits: Limits, handler: &Handler) {
                     &message,
                 );
             }
-            Ok(n) => body.extend_from_slice(&chunk[..n]),
-            Err(_) => return, // too slow: the timeout ends the connection
+            Got::Data(n) => body.extend_from_slice(&chunk[..n]),
+            Got::Late => return late(&mut stream, &method, &target),
         }
     }
     let mut request = RestRequest::new(method.clone(), &target);
@@ -213,7 +276,8 @@ fn connection(mut stream: TcpStream, limits: Limits, handler: &Handler) {
     }
     let response = handler(request.with_body(body));
     let status = response.status;
-    let _ = write_response(&mut stream, &response);
+    let head_only = method.eq_ignore_ascii_case("HEAD");
+    let _ = write_response(&mut stream, &response, head_only, Duration::from_secs(2));
     match &response.detail {
         // An internal error's message stays here, out of the response.
         Some(detail) => eprintln!(
@@ -246,7 +310,13 @@ fn reply(
     code: Code,
     message: &str,
 ) {
-    let _ = write_response(stream, &error(status, code, message));
+    let head_only = method.eq_ignore_ascii_case("HEAD");
+    let _ = write_response(
+        stream,
+        &error(status, code, message),
+        head_only,
+        Duration::from_secs(2),
+    );
     log(method, target, status, started);
 }
 
@@ -264,7 +334,45 @@ fn error(status: u16, code: Code, message: &str) -> RestResponse {
     response
 }
 
-fn write_response(stream: &mut TcpStream, response: &RestResponse) -> io::Result<()> {
+/// What a read before the deadline got.
+enum Got {
+    Data(usize),
+    /// The client closed, or failed, or went silent for the I/O timeout.
+    Closed,
+    /// The request's deadline passed.
+    Late,
+}
+
+/// One read, waiting no longer than the I/O timeout or the deadline.
+fn read_by(
+    stream: &mut TcpStream,
+    chunk: &mut [u8],
+    deadline: Instant,
+    io_timeout: Duration,
+) -> Got {
+    let left = deadline.saturating_duration_since(Instant::now());
+    if left.is_zero() {
+        return Got::Late;
+    }
+    if stream.set_read_timeout(Some(left.min(io_timeout))).is_err() {
+        return Got::Closed;
+    }
+    match stream.read(chunk) {
+        Ok(0) => Got::Closed,
+        Ok(n) => Got::Data(n),
+        Err(_) if Instant::now() >= deadline => Got::Late,
+        Err(_) => Got::Closed,
+    }
+}
+
+/// Writes `response` (only its head for a `HEAD` request) and closes,
+/// draining what the client still sends for at most `linger`.
+fn write_response(
+    stream: &mut TcpStream,
+    response: &RestResponse,
+    head_only: bool,
+    linger: Duration,
+) -> io::Result<()> {
     let mut head = format!(
         "HTTP/1.1 {} {}\r\n",
         response.status,
@@ -278,16 +386,22 @@ fn write_response(stream: &mut TcpStream, response: &RestResponse) -> io::Result
         response.body.len()
     ));
     stream.write_all(head.as_bytes())?;
-    stream.write_all(&response.body)?;
+    if !head_only {
+        stream.write_all(&response.body)?;
+    }
     stream.flush()?;
     // A lingering close: closing with unread input would reset the
     // connection and lose the response, so stop sending and drain what the
-    // client still sends, within bounds, until it closes.
+    // client still sends, within bounds (time and bytes), until it closes.
     stream.shutdown(std::net::Shutdown::Write)?;
-    stream.set_read_timeout(Some(Duration::from_secs(2)))?;
+    let until = Instant::now() + linger;
     let mut sink = [0u8; 8192];
     let mut drained = 0;
     while drained < 1 << 20 {
+        let left = until.saturating_duration_since(Instant::now());
+        if left.is_zero() || stream.set_read_timeout(Some(left)).is_err() {
+            break;
+        }
         match stream.read(&mut sink) {
             Ok(0) | Err(_) => break,
             Ok(n) => drained += n,
@@ -304,6 +418,7 @@ fn reason(status: u16) -> &'static str {
         403 => "Forbidden",
         404 => "Not Found",
         405 => "Method Not Allowed",
+        408 => "Request Timeout",
         409 => "Conflict",
         411 => "Length Required",
         413 => "Content Too Large",

@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! cargo run --release --features rest --example emulator -- --port 8080 --root DIR [--predictor echo|onnx|ort]
-//!     [--enforce-iam] [--max-body-bytes N] [--buckets]
+//!     [--enforce-iam] [--max-body-bytes N] [--max-connections N] [--request-deadline SECONDS] [--buckets]
 //! ```
 //!
 //! It serves the API on 127.0.0.1:PORT, keeps jobs in a durable store in
@@ -17,7 +17,8 @@
 //! by default tract does (built with `--features onnx`), or, without that
 //! feature, jobs fail saying no model can be loaded. One log line per request on
 //! stderr; Ctrl-C cancels running jobs and stops cleanly. The HTTP server
-//! (http.rs) bounds connections, heads, bodies and the time of every read.
+//! (http.rs) bounds connections (256 by default), heads, bodies, the time
+//! of every read and the time of a whole request (30 s by default).
 //!
 //! With `--buckets` (and the `cloud` feature), `gs://` and `s3://` are real
 //! buckets instead, reached with the credentials and emulators the
@@ -50,6 +51,10 @@ struct Options {
     enforce_iam: bool,
     max_body_bytes: usize,
     buckets: bool,
+    /// Connections served at once; more get 503.
+    max_connections: usize,
+    /// The time a request's head and body have to arrive.
+    request_deadline: Duration,
 }
 
 fn parse_args() -> Result<Options, String> {
@@ -65,6 +70,8 @@ fn parse_args() -> Result<Options, String> {
         enforce_iam: false,
         max_body_bytes: batch_prediction::DEFAULT_MAX_BODY_BYTES,
         buckets: false,
+        max_connections: 256,
+        request_deadline: Duration::from_secs(30),
     };
     let mut args = std::env::args().skip(1);
     let mut port = None;
@@ -96,6 +103,21 @@ fn parse_args() -> Result<Options, String> {
                 options.max_body_bytes = value("--max-body-bytes")?
                     .parse()
                     .map_err(|e| format!("--max-body-bytes: {e}"))?
+            }
+            "--max-connections" => {
+                options.max_connections = value("--max-connections")?
+                    .parse::<usize>()
+                    .map_err(|e| format!("--max-connections: {e}"))?
+                    .max(1)
+            }
+            "--request-deadline" => {
+                let seconds: f64 = value("--request-deadline")?
+                    .parse()
+                    .map_err(|e| format!("--request-deadline: {e}"))?;
+                options.request_deadline = Duration::try_from_secs_f64(seconds)
+                    .ok()
+                    .filter(|d| !d.is_zero())
+                    .ok_or("--request-deadline: a positive number of seconds")?;
             }
             other => return Err(format!("unknown argument {other:?}")),
         }
@@ -132,7 +154,7 @@ fn main() -> ExitCode {
         Ok(options) => options,
         Err(e) => {
             eprintln!(
-                "error: {e}\nusage: emulator --port PORT --root DIR [--predictor echo|onnx|ort] [--enforce-iam] [--max-body-bytes N] [--buckets]"
+                "error: {e}\nusage: emulator --port PORT --root DIR [--predictor echo|onnx|ort] [--enforce-iam] [--max-body-bytes N] [--max-connections N] [--request-deadline SECONDS] [--buckets]"
             );
             return ExitCode::from(2);
         }
@@ -187,10 +209,11 @@ fn serve(options: Options) -> Result<(), Box<dyn std::error::Error>> {
         root.join(".jobs").display()
     );
     let limits = http::Limits {
-        max_connections: 64,
+        max_connections: options.max_connections,
         max_head_bytes: 64 << 10,
         max_body_bytes: options.max_body_bytes,
         io_timeout: Duration::from_secs(10),
+        request_deadline: options.request_deadline,
     };
     let handler = {
         let api = api.clone();

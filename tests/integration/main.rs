@@ -3,6 +3,8 @@
 #[cfg(feature = "cloud")]
 mod cloud;
 mod discovery;
+#[cfg(feature = "rest")]
+mod emulator_http;
 mod executor;
 mod job_store;
 #[cfg(any(feature = "onnx", feature = "ort"))]

@@ -1,0 +1,229 @@
+//! The emulator's HTTP server against hostile clients, over loopback: a
+//! whole-request deadline, refused connections answered off the accepting
+//! thread, slow clients beside normal traffic, strict `Content-Length`, and
+//! `HEAD`. Each test is bounded (the slowest takes a few seconds).
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The emulator, started on a free port; killed when dropped.
+struct Emulator {
+    child: Child,
+    port: u16,
+    _root: tempfile::TempDir,
+}
+
+impl Emulator {
+    fn start(args: &[&str]) -> Option<Emulator> {
+        let program = crate::example("emulator")?;
+        let root = tempfile::tempdir().unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = Command::new(program)
+            .args(["--port", &port.to_string(), "--predictor", "echo", "--root"])
+            .arg(root.path())
+            .args(args)
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let emulator = Emulator {
+            child,
+            port,
+            _root: root,
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "the emulator did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Some(emulator)
+    }
+
+    fn connect(&self) -> TcpStream {
+        let stream = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        stream
+    }
+
+    /// Sends `request` whole and reads the response to its end.
+    fn exchange(&self, request: &[u8]) -> String {
+        let mut stream = self.connect();
+        stream.write_all(request).unwrap();
+        let mut response = Vec::new();
+        let _ = stream.read_to_end(&mut response);
+        String::from_utf8_lossy(&response).into_owned()
+    }
+}
+
+impl Drop for Emulator {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+const LIST: &[u8] = b"GET /v1/projects/my-proj/jobs HTTP/1.1\r\nHost: x\r\n\r\n";
+
+/// The status code of a response, 0 for none.
+fn status(response: &str) -> u16 {
+    response
+        .strip_prefix("HTTP/1.1 ")
+        .and_then(|r| r.get(..3))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}
+
+/// A client that has sent half a request head and then nothing.
+fn stalled(emulator: &Emulator) -> TcpStream {
+    let mut stream = emulator.connect();
+    stream
+        .write_all(b"GET /v1/projects/my-proj/jobs HTTP/1.1\r\nHo")
+        .unwrap();
+    stream
+}
+
+#[test]
+fn a_client_trickling_its_request_is_cut_off_at_the_deadline() {
+    let Some(emulator) = Emulator::start(&["--request-deadline", "2"]) else {
+        return;
+    };
+    let mut stream = emulator.connect();
+    let mut reader = stream.try_clone().unwrap();
+    let started = Instant::now();
+    let answer = std::thread::spawn(move || {
+        let mut response = Vec::new();
+        let _ = reader.read_to_end(&mut response);
+        (
+            String::from_utf8_lossy(&response).into_owned(),
+            started.elapsed(),
+        )
+    });
+    // One byte every 200 ms: each read is quick, only the whole is slow.
+    let head = b"GET /v1/projects/my-proj/jobs HTTP/1.1\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+    for byte in head {
+        if stream.write_all(&[*byte]).is_err() || answer.is_finished() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let (response, after) = answer.join().unwrap();
+    assert_eq!(status(&response), 408, "{response}");
+    assert!(
+        response.contains("the request did not arrive within 2 s"),
+        "{response}"
+    );
+    // The whole head would take 20 s; the deadline is 2.
+    assert!(after < Duration::from_secs(15), "cut off after {after:?}");
+}
+
+#[test]
+fn refused_connections_that_trickle_bytes_do_not_stop_the_server_accepting() {
+    let Some(emulator) = Emulator::start(&["--max-connections", "4", "--request-deadline", "3"])
+    else {
+        return;
+    };
+    // Every slot taken by a client that says nothing more.
+    let holders: Vec<TcpStream> = (0..4).map(|_| stalled(&emulator)).collect();
+    std::thread::sleep(Duration::from_millis(300));
+    // Refused connections whose clients keep sending, slowly.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let tricklers: Vec<_> = (0..8)
+        .map(|_| {
+            let mut stream = emulator.connect();
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    if stream.write_all(b"x").is_err() {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+            })
+        })
+        .collect();
+    // The server still accepts, and answers at once: 503 while full.
+    let started = Instant::now();
+    let response = emulator.exchange(LIST);
+    assert_eq!(status(&response), 503, "{response}");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "a refusal took {:?}",
+        started.elapsed()
+    );
+    // Once the holders reach their deadline, their slots serve again.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let response = emulator.exchange(LIST);
+        if status(&response) == 200 {
+            break;
+        }
+        assert_eq!(status(&response), 503, "{response}");
+        assert!(Instant::now() < deadline, "the slots never came back");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    for t in tricklers {
+        t.join().unwrap();
+    }
+    drop(holders);
+}
+
+#[test]
+fn sixty_four_slow_clients_leave_normal_requests_served() {
+    let Some(emulator) = Emulator::start(&["--request-deadline", "20"]) else {
+        return;
+    };
+    let slow: Vec<TcpStream> = (0..64).map(|_| stalled(&emulator)).collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let started = Instant::now();
+    for i in 0..20 {
+        let response = emulator.exchange(LIST);
+        assert_eq!(status(&response), 200, "request {i}: {response}");
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "20 requests took {:?} beside 64 slow clients",
+        started.elapsed()
+    );
+    drop(slow);
+}
+
+#[test]
+fn content_length_is_one_plain_number_and_head_has_no_body() {
+    let Some(emulator) = Emulator::start(&[]) else {
+        return;
+    };
+    let post = |headers: &str| {
+        emulator.exchange(
+            format!("POST /v1/projects/my-proj/jobs HTTP/1.1\r\nHost: x\r\n{headers}\r\n{{}}")
+                .as_bytes(),
+        )
+    };
+    let conflicting = post("Content-Length: 2\r\nContent-Length: 3\r\n");
+    assert_eq!(status(&conflicting), 400, "{conflicting}");
+    assert!(
+        conflicting.contains("conflicting Content-Length headers"),
+        "{conflicting}"
+    );
+    let signed = post("Content-Length: +2\r\n");
+    assert_eq!(status(&signed), 400, "{signed}");
+    assert!(signed.contains("invalid Content-Length"), "{signed}");
+    // The same length twice is one length: the API reads the body (and
+    // finds the job incomplete).
+    let repeated = post("Content-Length: 2\r\nContent-Length: 2\r\n");
+    assert_eq!(status(&repeated), 400, "{repeated}");
+    assert!(repeated.contains("invalid job"), "{repeated}");
+
+    let head = emulator.exchange(b"HEAD /v1/projects/my-proj/jobs HTTP/1.1\r\nHost: x\r\n\r\n");
+    let (top, body) = head.split_once("\r\n\r\n").unwrap_or((&head, ""));
+    assert!(top.starts_with("HTTP/1.1 "), "{head}");
+    assert!(top.contains("Content-Length: "), "{head}");
+    assert_eq!(body, "", "a HEAD response carries no body");
+}
