@@ -22,6 +22,7 @@ cp examples/sample/job.json fuzz/corpus/job_json/
 printf '\001/v1/projects/fuzz-proj/jobs?alt=json\nBearer user:a@example.com\n%s' "$(cat examples/sample/job.json)" > fuzz/corpus/rest/create
 printf '\000/v1/projects/fuzz-proj/jobs?filter=state%%3DQUEUED&pageSize=1&fields=jobs(jobId)\n\n' > fuzz/corpus/rest/list
 printf '\002/v1/projects/fuzz-proj/jobs/j1?update_mask=labels\n\n{"labels": {"a": "b"}}' > fuzz/corpus/rest/patch
+printf '\001/v1/projects/fuzz-proj/jobs\n\n{"jobId": "j2", "predictionInput": {"dataFormat": "JSON", "inputPaths": ["gs://b/in"], "outputPath": "gs://b/o2", "region": "r", "uri": "gs://b/m"}}\n--\n\002/v1/projects/fuzz-proj/jobs/j2?updateMask=labels\n\n{"labels": {"x": "y"}}\n--\n\000/v1/projects/fuzz-proj/jobs?filter=labels.x%%3Dy\n\n\n--\n\001/v1/projects/fuzz-proj/jobs/j2:cancel\n\n' > fuzz/corpus/rest/sequence
 for f in tests/data/fuzz/*; do [ -f "$f" ] && cp "$f" "fuzz/corpus/$(basename "$f" | cut -d- -f1)/" 2>/dev/null || true; done
 
 status=0

@@ -52,8 +52,13 @@ pub fn read_many_matches_read_into(format: DataFormat, data: &[u8]) {
 /// may be fatal.
 pub fn read_all(format: DataFormat, data: &[u8]) {
     let options = ReadOptions::default().with_max_record_bytes(4096);
-    let reader = InstanceReader::new(format, "fuzz", Box::new(std::io::Cursor::new(data.to_vec())), options)
-        .expect("an input format");
+    let reader = InstanceReader::new(
+        format,
+        "fuzz",
+        Box::new(std::io::Cursor::new(data.to_vec())),
+        options,
+    )
+    .expect("an input format");
     let mut last_byte = 0;
     let mut fatal_seen = false;
     for (i, item) in reader.enumerate() {
@@ -73,7 +78,10 @@ pub fn read_all(format: DataFormat, data: &[u8]) {
         assert!(position.byte >= last_byte, "positions move forward");
         last_byte = position.byte;
         if format != DataFormat::TfRecordGzip {
-            assert!(position.byte <= data.len() as u64, "position inside the input");
+            assert!(
+                position.byte <= data.len() as u64,
+                "position inside the input"
+            );
         }
     }
 }

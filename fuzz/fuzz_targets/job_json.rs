@@ -17,5 +17,9 @@ fuzz_target!(|data: &[u8]| {
     let again = Job::from_json(&written).expect("what we write, we read");
     // Floats in unknown fields may not be bit-identical after a text round
     // trip through f64, but our own writing is a fixed point.
-    assert_eq!(serde_json::to_string(&again).unwrap(), written, "round trip is stable");
+    assert_eq!(
+        serde_json::to_string(&again).unwrap(),
+        written,
+        "round trip is stable"
+    );
 });

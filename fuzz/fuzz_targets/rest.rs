@@ -3,9 +3,12 @@
 //! answer — the API's error body with a code equal to the HTTP status when
 //! the request fails.
 //!
-//! The input is `METHOD-BYTE PATH?QUERY\nHEADER\nBODY`: the first byte picks
-//! the HTTP method, the first line is the target, the second an
-//! Authorization header, the rest the body.
+//! The input is one or more requests, separated by `\n--\n`, sent in
+//! order to one service (so a create is seen by the get, patch and list
+//! after it). Each is `METHOD-BYTE PATH?QUERY\nHEADER\nBODY`: the first
+//! byte picks the HTTP method, the first line is the target, the second an
+//! Authorization header, the rest the body. A 500 never shows the client
+//! more than `Internal error encountered.`.
 
 use std::sync::Arc;
 
@@ -14,15 +17,10 @@ use libfuzzer_sys::fuzz_target;
 
 const METHODS: [&str; 6] = ["GET", "POST", "PATCH", "DELETE", "PUT", "get"];
 
-fuzz_target!(|data: &[u8]| {
-    let Some((&m, rest)) = data.split_first() else {
-        return;
-    };
-    let mut parts = rest.splitn(3, |&b| b == b'\n');
-    let target = String::from_utf8_lossy(parts.next().unwrap_or_default());
-    let header = String::from_utf8_lossy(parts.next().unwrap_or_default());
-    let body = parts.next().unwrap_or_default();
+/// Where each request of the input ends.
+const SEPARATOR: &[u8] = b"\n--\n";
 
+fuzz_target!(|data: &[u8]| {
     let service = JobService::new(InMemoryJobStore::new()).expect("a new service");
     let job = Job::from_json(
         r#"{"jobId": "j1", "predictionInput": {"dataFormat": "JSON", "inputPaths": ["gs://b/in"],
@@ -33,8 +31,31 @@ fuzz_target!(|data: &[u8]| {
         .create(&"projects/fuzz-proj".parse().expect("a project"), job)
         .expect("created");
     let api = RestApi::new(Arc::new(service)).with_max_body_bytes(4096);
-    let mut request = RestRequest::new(METHODS[m as usize % METHODS.len()], &target)
-        .with_body(body.to_vec());
+    let mut rest = data;
+    // At most 8 requests an input, so each run stays short.
+    for _ in 0..8 {
+        let (one, more) = match rest.windows(SEPARATOR.len()).position(|w| w == SEPARATOR) {
+            Some(at) => (&rest[..at], Some(&rest[at + SEPARATOR.len()..])),
+            None => (rest, None),
+        };
+        send(&api, one);
+        match more {
+            Some(more) => rest = more,
+            None => break,
+        }
+    }
+});
+
+fn send(api: &RestApi, data: &[u8]) {
+    let Some((&m, rest)) = data.split_first() else {
+        return;
+    };
+    let mut parts = rest.splitn(3, |&b| b == b'\n');
+    let target = String::from_utf8_lossy(parts.next().unwrap_or_default());
+    let header = String::from_utf8_lossy(parts.next().unwrap_or_default());
+    let body = parts.next().unwrap_or_default();
+    let mut request =
+        RestRequest::new(METHODS[m as usize % METHODS.len()], &target).with_body(body.to_vec());
     if !header.is_empty() {
         request = request.with_header("Authorization", header.into_owned());
     }
@@ -48,4 +69,11 @@ fuzz_target!(|data: &[u8]| {
         );
         assert!(json["error"]["status"].is_string(), "{json}");
     }
-});
+    if response.status == 500 {
+        assert_eq!(
+            json["error"]["message"], "Internal error encountered.",
+            "{json}"
+        );
+        assert!(response.detail.is_some());
+    }
+}

@@ -43,9 +43,10 @@ pub const DEFAULT_PAGE_SIZE: usize = 20;
 pub const MAX_PAGE_SIZE: usize = 100;
 /// The most bytes of (compact) JSON a `jobs.list` page gathers: a page
 /// ends early, with a `nextPageToken`, once its jobs reach it, so a list of
-/// large jobs holds a bounded amount of memory. A page always holds at
-/// least one job.
-pub const MAX_PAGE_BYTES: usize = 4 << 20;
+/// large jobs holds a bounded amount of memory (a few MiB with the
+/// pretty-printed answer), however many lists run at once. A page always
+/// holds at least one job.
+pub const MAX_PAGE_BYTES: usize = 1 << 20;
 
 /// How many times a service retries a write that lost a race with another
 /// writer before giving up with `ABORTED`.
