@@ -13,7 +13,7 @@ use super::{BatchExecutor, ExecutorConfig, Stop, storage_error};
 use crate::error::{Error, ValidationError, Violation};
 use crate::model::{DataFormat, Job};
 use crate::predict::CancelHandle;
-use crate::storage::{ObjectMeta, Storage, StorageExt, glob, join_location};
+use crate::storage::{ObjectMeta, Storage, StorageErrorKind, StorageExt, glob, join_location};
 
 /// One shard of a [`Plan`]: consecutive input files and the files it writes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -169,7 +169,8 @@ impl BatchExecutor {
 
     /// The objects `patterns` match, each once, in order of location, as
     /// [`StorageExt::expand`] gives them, but one distinct pattern at a
-    /// time, with `cancel` checked before each.
+    /// time, with `cancel` checked before each and between the pages of
+    /// each listing.
     fn expand_inputs(
         &self,
         patterns: &[String],
@@ -182,13 +183,14 @@ impl BatchExecutor {
             if !seen_patterns.insert(pattern.as_str()) {
                 continue;
             }
-            if cancel.is_some_and(CancelHandle::is_cancelled) {
-                return Err(Stop::Cancelled);
-            }
+            let stop = || cancel.is_some_and(CancelHandle::is_cancelled);
             let matched = self
                 .storage
-                .expand(std::slice::from_ref(pattern))
-                .map_err(|e| Stop::Invalid(storage_error(e)))?;
+                .expand_until(std::slice::from_ref(pattern), &stop)
+                .map_err(|e| match e.kind() {
+                    StorageErrorKind::Cancelled => Stop::Cancelled,
+                    _ => Stop::Invalid(storage_error(e)),
+                })?;
             for meta in matched {
                 if keys.insert(self.storage.object_key(&meta.location)) {
                     found.insert(meta.location.clone(), meta);

@@ -128,6 +128,25 @@ pub trait Storage: Send + Sync + fmt::Debug + 'static {
     /// A [`StorageError`] when the store cannot be listed.
     fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StorageError>;
 
+    /// [`list`](Self::list), giving up with a
+    /// [`StorageErrorKind::Cancelled`] error once `stop` returns `true`:
+    /// a backend whose listing takes many requests (a page each) asks
+    /// between them, so a cancelled job does not wait for a listing of
+    /// millions of objects. The default asks once, before listing.
+    ///
+    /// # Errors
+    /// As [`list`](Self::list), and `Cancelled`.
+    fn list_until(
+        &self,
+        prefix: &str,
+        stop: &(dyn Fn() -> bool + Sync),
+    ) -> Result<Vec<ObjectMeta>, StorageError> {
+        if stop() {
+            return Err(StorageError::cancelled(prefix));
+        }
+        self.list(prefix)
+    }
+
     /// The metadata of one object.
     ///
     /// # Errors
@@ -191,6 +210,13 @@ macro_rules! forward_storage {
             fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StorageError> {
                 (**self).list(prefix)
             }
+            fn list_until(
+                &self,
+                prefix: &str,
+                stop: &(dyn Fn() -> bool + Sync),
+            ) -> Result<Vec<ObjectMeta>, StorageError> {
+                (**self).list_until(prefix, stop)
+            }
             fn head(&self, location: &str) -> Result<ObjectMeta, StorageError> {
                 (**self).head(location)
             }
@@ -248,6 +274,21 @@ pub trait StorageExt: Storage {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     fn expand<P: AsRef<str>>(&self, patterns: &[P]) -> Result<Vec<ObjectMeta>, StorageError> {
+        self.expand_until(patterns, &|| false)
+    }
+
+    /// [`expand`](Self::expand), giving up with a
+    /// [`StorageErrorKind::Cancelled`] error once `stop` returns `true`,
+    /// asked before each pattern and between the pages of each listing
+    /// ([`Storage::list_until`]).
+    ///
+    /// # Errors
+    /// As [`expand`](Self::expand), and `Cancelled`.
+    fn expand_until<P: AsRef<str>>(
+        &self,
+        patterns: &[P],
+        stop: &(dyn Fn() -> bool + Sync),
+    ) -> Result<Vec<ObjectMeta>, StorageError> {
         let mut found: BTreeMap<String, ObjectMeta> = BTreeMap::new();
         let mut keys: std::collections::HashSet<String> = std::collections::HashSet::new();
         let mut add = |meta: ObjectMeta| {
@@ -257,6 +298,9 @@ pub trait StorageExt: Storage {
         };
         for pattern in patterns {
             let pattern = pattern.as_ref();
+            if stop() {
+                return Err(StorageError::cancelled(pattern));
+            }
             let mut matched = false;
             if glob::has_wildcard(pattern) {
                 let compiled = glob::Pattern::new(pattern).map_err(|reason| {
@@ -266,7 +310,7 @@ pub trait StorageExt: Storage {
                         format!("invalid wildcard pattern: {reason}"),
                     )
                 })?;
-                for meta in self.list(compiled.literal_prefix(pattern))? {
+                for meta in self.list_until(compiled.literal_prefix(pattern), stop)? {
                     if compiled.matches(&meta.location) {
                         matched = true;
                         add(meta);
@@ -344,6 +388,8 @@ pub enum StorageErrorKind {
     InvalidLocation,
     /// Any other failure (I/O, network, the backend's own errors).
     Other,
+    /// The caller gave up ([`Storage::list_until`]'s `stop`).
+    Cancelled,
 }
 
 /// A storage failure: what, where, and why.
@@ -375,6 +421,12 @@ impl StorageError {
     /// A [`StorageErrorKind::NotFound`] error for `location`.
     pub fn not_found(location: impl Into<String>) -> Self {
         StorageError::new(StorageErrorKind::NotFound, location, "")
+    }
+
+    /// A listing of `location` given up because its caller asked
+    /// ([`Storage::list_until`]).
+    pub fn cancelled(location: impl Into<String>) -> Self {
+        StorageError::new(StorageErrorKind::Cancelled, location, "gave up listing")
     }
 
     /// An error from an I/O failure during `operation` (e.g. `"open"`), with
@@ -428,13 +480,14 @@ impl StorageError {
     }
 
     /// The canonical code to report: NOT_FOUND, PERMISSION_DENIED,
-    /// INVALID_ARGUMENT or UNAVAILABLE.
+    /// INVALID_ARGUMENT, UNAVAILABLE or CANCELLED.
     pub fn code(&self) -> Code {
         match self.kind {
             StorageErrorKind::NotFound | StorageErrorKind::NoMatch => Code::NotFound,
             StorageErrorKind::PermissionDenied => Code::PermissionDenied,
             StorageErrorKind::InvalidLocation => Code::InvalidArgument,
             StorageErrorKind::Other => Code::Unavailable,
+            StorageErrorKind::Cancelled => Code::Cancelled,
         }
     }
 }

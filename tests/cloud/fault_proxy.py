@@ -6,7 +6,10 @@ a real server cannot be made to show on demand.
 Modes:
   cut        the first GET of each object whose body is longer than 1 MiB
              is cut off after 1 MiB (the connection closes mid-body);
-  fail:N     the first N requests are answered 503, then all pass.
+  fail:N     the first N requests are answered 503, then all pass;
+  hang-list  every listing (S3 `?list-type=`, Cloud Storage `GET
+             /storage/v1/b/BUCKET/o`) hangs for 60 s, then the connection
+             closes unanswered; everything else passes.
 
 Prints the port it listens on (127.0.0.1) as its first line. GET
 /__proxy_stats answers {"cuts": .., "failed": .., "ranges": [..]}: how many
@@ -17,8 +20,10 @@ Stops when its standard input closes.
 import argparse
 import http.client
 import json
+import re
 import sys
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlparse
 
@@ -47,6 +52,15 @@ def make_handler(upstream, mode):
                 return
             length = int(self.headers.get("Content-Length") or 0)
             body = self.rfile.read(length) if length else None
+            listing = self.command == "GET" and (
+                "list-type=" in self.path or re.match(r"^/storage/v1/b/[^/?]+/o(\?|$)", self.path)
+            )
+            if mode == "hang-list" and listing:
+                with lock:
+                    stats["hung"] = stats.get("hung", 0) + 1
+                time.sleep(60)
+                self.close_connection = True
+                return
             if mode.startswith("fail:"):
                 with lock:
                     fail = stats["failed"] < int(mode[5:])

@@ -940,3 +940,62 @@ fn a_missing_bucket_fails_the_job_before_it_predicts() {
         );
     }
 }
+
+#[test]
+fn a_listing_that_hangs_is_given_up_as_soon_as_its_caller_stops() {
+    let Some(servers) = servers() else { return };
+    for (scheme, upstream) in [("gs", &servers.gcs), ("s3", &servers.s3)] {
+        let base = fresh(scheme, servers, "hang");
+        backend_at(scheme, upstream)
+            .put_bytes(&format!("{base}/in/a.jsonl"), b"{\"x\": 1}\n")
+            .unwrap();
+        let proxy = Proxy::start(upstream, "hang-list");
+        let through = backend_at(scheme, &proxy.url);
+        let started = std::time::Instant::now();
+        let stop = || started.elapsed() > std::time::Duration::from_millis(300);
+        let err = through
+            .list_until(&format!("{base}/in/"), &stop)
+            .unwrap_err();
+        assert_eq!(err.kind(), StorageErrorKind::Cancelled, "{scheme}: {err}");
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(10),
+            "{scheme}: gave up after {:?}, while the listing hangs for 60 s",
+            started.elapsed()
+        );
+        assert_eq!(
+            proxy.stats()["hung"],
+            1,
+            "{scheme}: the listing reached the proxy"
+        );
+        // Through a job: a cancel ends its planning, the job CANCELLED.
+        let cancel = CancelHandle::new();
+        let canceller = {
+            let cancel = cancel.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(std::time::Duration::from_millis(300));
+                cancel.cancel();
+            })
+        };
+        let mut job = job(
+            &[format!("{base}/in/*.jsonl")],
+            &format!("{base}/out"),
+            "JSON",
+        );
+        let started = std::time::Instant::now();
+        let summary = BatchExecutor::new(Arc::clone(&through), Arc::new(EchoResolver))
+            .run(&mut job, &cancel)
+            .unwrap();
+        canceller.join().unwrap();
+        assert_eq!(
+            summary.state,
+            State::Cancelled,
+            "{scheme}: {:?}",
+            job.error_message
+        );
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(10),
+            "{scheme}: the cancelled job took {:?}",
+            started.elapsed()
+        );
+    }
+}

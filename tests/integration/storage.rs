@@ -231,3 +231,24 @@ fn wildcard_in_the_bucket_and_across_segments() {
         "invalid location \"gs://b1/[x\": invalid wildcard pattern: unclosed '[' at character 8"
     );
 }
+
+#[test]
+fn an_expansion_gives_up_when_its_caller_stops() {
+    let storage = InMemoryStorage::new();
+    storage.put("gs://b/in/a.json", b"{}\n".to_vec());
+    storage.put("gs://b/in/b.json", b"{}\n".to_vec());
+    let patterns = ["gs://b/in/*", "gs://b/in/a.json"];
+    assert_eq!(
+        storage.expand_until(&patterns, &|| false).unwrap().len(),
+        storage.expand(&patterns).unwrap().len()
+    );
+    let err = storage.expand_until(&patterns, &|| true).unwrap_err();
+    assert_eq!(err.kind(), batch_prediction::StorageErrorKind::Cancelled);
+    assert_eq!(err.code(), batch_prediction::Code::Cancelled);
+    assert_eq!(err.to_string(), "gave up listing \"gs://b/in/*\"");
+    // Asked before each pattern: a stop after the first gives up at the second.
+    let asked = std::sync::atomic::AtomicUsize::new(0);
+    let stop = || asked.fetch_add(1, std::sync::atomic::Ordering::SeqCst) >= 2;
+    let err = storage.expand_until(&patterns, &stop).unwrap_err();
+    assert_eq!(err.location(), "gs://b/in/a.json");
+}

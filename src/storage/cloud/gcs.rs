@@ -180,6 +180,14 @@ fn meta(bucket: &str, object: &Object) -> ObjectMeta {
 
 impl Storage for GcsStorage {
     fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StorageError> {
+        self.list_until(prefix, &|| false)
+    }
+
+    fn list_until(
+        &self,
+        prefix: &str,
+        stop: &(dyn Fn() -> bool + Sync),
+    ) -> Result<Vec<ObjectMeta>, StorageError> {
         let (bucket, name_prefix) = split_location(prefix, "gs", true)?;
         let (client, retry) = (self.client.clone(), self.retry);
         let request = ListObjectsRequest {
@@ -189,25 +197,34 @@ impl Storage for GcsStorage {
         };
         let objects = self
             .runtime
-            .block_on(async move {
-                let mut objects = Vec::new();
-                let mut request = request;
-                loop {
-                    let page = retry
-                        .run(transient, || client.list_objects(&request))
-                        .await?;
-                    objects.extend(page.items.unwrap_or_default());
-                    match page.next_page_token {
-                        Some(token) if !token.is_empty() => request.page_token = Some(token),
-                        _ => return Ok(objects),
+            .block_on_until(
+                |stopped| async move {
+                    let mut objects = Vec::new();
+                    let mut request = request;
+                    loop {
+                        // Asked before each page's request.
+                        if stopped.load(std::sync::atomic::Ordering::SeqCst) {
+                            return Ok(None);
+                        }
+                        let page = retry
+                            .run(transient, || client.list_objects(&request))
+                            .await?;
+                        objects.extend(page.items.unwrap_or_default());
+                        match page.next_page_token {
+                            Some(token) if !token.is_empty() => request.page_token = Some(token),
+                            _ => return Ok(Some(objects)),
+                        }
                     }
-                }
-            })
+                },
+                stop,
+            )
+            .ok_or_else(|| StorageError::cancelled(prefix))?
             .map_err(|e| match error(prefix, "list", e) {
                 // Listing a prefix finds nothing, or fails: a 404 is the bucket's.
                 e if e.kind() == StorageErrorKind::NotFound => no_bucket(bucket, prefix),
                 e => e,
-            })?;
+            })?
+            .ok_or_else(|| StorageError::cancelled(prefix))?;
         let mut found: Vec<ObjectMeta> = objects.iter().map(|o| meta(bucket, o)).collect();
         found.sort_by(|a, b| a.location.cmp(&b.location));
         found.dedup_by(|a, b| a.location == b.location);

@@ -21,7 +21,8 @@ mod s3;
 
 use std::future::Future;
 use std::io::{self, Read};
-use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, sync_channel};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -160,6 +161,45 @@ impl Runtime {
         });
         rx.recv()
             .expect("the storage runtime ran the task to its end")
+    }
+
+    /// [`block_on`](Self::block_on) for a task that can be given up:
+    /// `stop` is asked on this thread every 50 ms while the task runs, and
+    /// once it says `true` this returns `None` at once, even while a
+    /// request hangs. The task gets a flag, raised then, to end itself
+    /// before its next request; its result is dropped.
+    pub(crate) fn block_on_until<M, F>(
+        &self,
+        make: M,
+        stop: &(dyn Fn() -> bool + Sync),
+    ) -> Option<F::Output>
+    where
+        M: FnOnce(Arc<AtomicBool>) -> F,
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        if stop() {
+            return None;
+        }
+        let flag = Arc::new(AtomicBool::new(false));
+        let future = make(Arc::clone(&flag));
+        let (tx, rx) = sync_channel(1);
+        self.0.spawn(async move {
+            let _ = tx.send(future.await);
+        });
+        loop {
+            match rx.recv_timeout(Duration::from_millis(50)) {
+                Ok(output) => return Some(output),
+                Err(RecvTimeoutError::Timeout) if stop() => {
+                    flag.store(true, Ordering::SeqCst);
+                    return None;
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => {
+                    panic!("the storage runtime dropped a task it was running")
+                }
+            }
+        }
     }
 
     pub(crate) fn spawn<F>(&self, future: F)
@@ -611,6 +651,13 @@ fn made<'a, S: Storage>(
 impl Storage for CloudStorage {
     fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StorageError> {
         self.route(prefix)?.list(prefix)
+    }
+    fn list_until(
+        &self,
+        prefix: &str,
+        stop: &(dyn Fn() -> bool + Sync),
+    ) -> Result<Vec<ObjectMeta>, StorageError> {
+        self.route(prefix)?.list_until(prefix, stop)
     }
     fn head(&self, location: &str) -> Result<ObjectMeta, StorageError> {
         self.route(location)?.head(location)

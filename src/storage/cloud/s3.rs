@@ -164,6 +164,14 @@ fn error(location: &str, operation: &str, e: object_store::Error) -> StorageErro
 
 impl Storage for S3Storage {
     fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StorageError> {
+        self.list_until(prefix, &|| false)
+    }
+
+    fn list_until(
+        &self,
+        prefix: &str,
+        stop: &(dyn Fn() -> bool + Sync),
+    ) -> Result<Vec<ObjectMeta>, StorageError> {
         let (bucket, name_prefix) = split_location(prefix, "s3", true)?;
         // object_store lists by directory: list the one the prefix is in,
         // and keep the names that start with the prefix.
@@ -186,24 +194,38 @@ impl Storage for S3Storage {
         let wanted = name_prefix.to_owned();
         let objects = self
             .runtime
-            .block_on(async move {
-                let mut listing = store.list(dir_path.as_ref());
-                let mut found = Vec::new();
-                while let Some(item) = listing.next().await {
-                    let item = item?;
-                    if item.location.as_ref().starts_with(&wanted) {
-                        found.push(item);
+            .block_on_until(
+                |stopped| async move {
+                    let stopped = move || stopped.load(std::sync::atomic::Ordering::SeqCst);
+                    if stopped() {
+                        return Ok(None);
                     }
-                }
-                Ok(found)
-            })
+                    let mut listing = store.list(dir_path.as_ref());
+                    let mut found = Vec::new();
+                    // Asked at each item: the client fetches a page at a time,
+                    // so a stop ends the listing before its next request.
+                    while let Some(item) = listing.next().await {
+                        if stopped() {
+                            return Ok(None);
+                        }
+                        let item = item?;
+                        if item.location.as_ref().starts_with(&wanted) {
+                            found.push(item);
+                        }
+                    }
+                    Ok(Some(found))
+                },
+                stop,
+            )
+            .ok_or_else(|| StorageError::cancelled(prefix))?
             .map_err(|e: object_store::Error| {
                 if e.to_string().contains("NoSuchBucket") {
                     super::gcs::no_bucket(bucket, prefix).with_source(e)
                 } else {
                     error(prefix, "list", e)
                 }
-            })?;
+            })?
+            .ok_or_else(|| StorageError::cancelled(prefix))?;
         let mut found: Vec<ObjectMeta> = objects
             .into_iter()
             .map(|o| ObjectMeta {
