@@ -348,6 +348,18 @@ impl ModelFiles {
     }
 }
 
+/// `e`, a load error of the model at local `path`, with that path shown as
+/// the job's `uri` (`gs://…` mapped into a root): a service's job errors
+/// name no local directory.
+fn shown_as(e: PredictError, path: &std::path::Path, uri: &str) -> PredictError {
+    let local = path.display().to_string();
+    let uri = uri.trim_end_matches('/');
+    if local == uri || local.is_empty() {
+        return e;
+    }
+    PredictError::new(e.to_string().replace(&local, uri))
+}
+
 /// The `.onnx` file at `path`: the path itself, or `model.onnx` in it when
 /// it is a directory; an error naming it when there is no such file.
 fn model_path(path: &std::path::Path) -> Result<std::path::PathBuf, PredictError> {

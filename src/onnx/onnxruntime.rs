@@ -14,7 +14,7 @@ use serde_json::{Map, Value};
 
 use super::{
     Column, InputSpec, Kind, ModelFile, ModelFiles, batch_first, f32_json, f64_json, finite,
-    gather, json_instances, model_path, passthrough_fields, passthrough_of, place,
+    gather, json_instances, model_path, passthrough_fields, passthrough_of, place, shown_as,
 };
 use crate::model::{Job, ModelVersion};
 use crate::predict::{ModelResolver, PredictContext, PredictError, Predictor};
@@ -734,7 +734,9 @@ impl ModelResolver for OrtResolver {
             )));
         };
         let predictor = match self.files.find(uri)? {
-            ModelFile::Path(path) => OrtPredictor::load(path, &self.options)?,
+            ModelFile::Path(path) => {
+                OrtPredictor::load(&path, &self.options).map_err(|e| shown_as(e, &path, uri))?
+            }
             ModelFile::Bytes(name, bytes) => OrtPredictor::from_bytes(&name, bytes, &self.options)?,
         };
         Ok(Arc::new(predictor.with_passthrough(passthrough_of(job))))

@@ -13,7 +13,7 @@ use tract_onnx::tract_hir::internal::DimLike;
 
 use super::{
     Column, InputSpec, Kind, ModelFile, ModelFiles, batch_first, f32_json, f64_json, finite,
-    gather, json_instances, model_path, passthrough_fields, passthrough_of, place,
+    gather, json_instances, model_path, passthrough_fields, passthrough_of, place, shown_as,
 };
 use crate::model::{Job, ModelVersion};
 use crate::predict::{ModelResolver, PredictContext, PredictError, Predictor};
@@ -454,7 +454,9 @@ impl ModelResolver for OnnxResolver {
             )));
         };
         let predictor = match self.files.find(uri)? {
-            ModelFile::Path(path) => OnnxPredictor::load(path)?,
+            ModelFile::Path(path) => {
+                OnnxPredictor::load(&path).map_err(|e| shown_as(e, &path, uri))?
+            }
             ModelFile::Bytes(name, bytes) => OnnxPredictor::from_bytes(&name, &bytes)?,
         };
         Ok(Arc::new(predictor.with_passthrough(passthrough_of(job))))

@@ -586,3 +586,36 @@ fn the_emulator_runs_models_on_onnxruntime() {
         close(&got["variable"], &want["variable"], &format!("[{i}]"));
     }
 }
+
+/// A model under a service's root (`gs://` mapped into a directory) that
+/// cannot load is named by its URI in the job's error, never by the local
+/// directory the service keeps it in.
+#[test]
+fn load_errors_name_the_models_uri_not_the_local_directory() {
+    let root = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(root.path().join("models")).unwrap();
+    std::fs::copy(
+        crate::data_path("onnx/broken.onnx"),
+        root.path().join("models/broken.onnx"),
+    )
+    .unwrap();
+    let job = Job::from_value(json!({"jobId": "j"})).unwrap();
+    for backend in backends() {
+        let resolver = backend.resolver(LocalStorage::confined(root.path()));
+        for (uri, shown) in [
+            ("gs://models/broken.onnx", "gs://models/broken.onnx"),
+            ("gs://models/missing", "ONNX model gs://models/missing: no such file"),
+        ] {
+            let err = resolver
+                .resolve(&batch_prediction::ModelVersion::uri(uri), &job)
+                .err()
+                .unwrap()
+                .to_string();
+            assert!(err.contains(shown), "{backend:?} {uri}: {err}");
+            assert!(
+                !err.contains(&root.path().display().to_string()),
+                "{backend:?} {uri}: {err}"
+            );
+        }
+    }
+}
