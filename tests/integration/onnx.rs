@@ -604,7 +604,10 @@ fn load_errors_name_the_models_uri_not_the_local_directory() {
         let resolver = backend.resolver(LocalStorage::confined(root.path()));
         for (uri, shown) in [
             ("gs://models/broken.onnx", "gs://models/broken.onnx"),
-            ("gs://models/missing", "ONNX model gs://models/missing: no such file"),
+            (
+                "gs://models/missing",
+                "ONNX model gs://models/missing: no such file",
+            ),
         ] {
             let err = resolver
                 .resolve(&batch_prediction::ModelVersion::uri(uri), &job)
