@@ -3,7 +3,8 @@
 //!
 //! ```text
 //! cargo run --release --features rest --example emulator -- --port 8080 --root DIR [--predictor echo|onnx|ort]
-//!     [--enforce-iam] [--max-body-bytes N] [--max-connections N] [--request-deadline SECONDS] [--buckets]
+//!     [--enforce-iam [--policy PROJECT=FILE]... [--admin MEMBER]...] [--max-body-bytes N]
+//!     [--max-connections N] [--request-deadline SECONDS] [--buckets]
 //! ```
 //!
 //! It serves the API on 127.0.0.1:PORT, keeps jobs in a durable store in
@@ -25,8 +26,10 @@
 //! environment names (see `CloudStorage`); other paths stay confined to DIR.
 //!
 //! Callers: `Authorization: Bearer user:alice@example.com` acts as that
-//! principal; with `--enforce-iam` it needs a role on the job (set one with
-//! setIamPolicy), and everyone with no header is anonymous. Without
+//! principal; with `--enforce-iam` it needs a role on the project
+//! (`--policy PROJECT=FILE`, repeatable: a policy JSON as setIamPolicy
+//! takes it) or on the job (setIamPolicy), and everyone with no header is
+//! anonymous; an `--admin MEMBER` may do everything. Without
 //! `--enforce-iam`, everyone may do everything.
 
 mod http;
@@ -39,8 +42,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use batch_prediction::{
-    BatchExecutor, EchoResolver, JobService, LocalJobStore, LocalStorage, ModelResolver, RestApi,
-    RestRequest,
+    BatchExecutor, Caller, EchoResolver, JobService, LocalJobStore, LocalStorage, ModelResolver,
+    Policy, ProjectName, RestApi, RestRequest,
 };
 
 struct Options {
@@ -55,6 +58,10 @@ struct Options {
     max_connections: usize,
     /// The time a request's head and body have to arrive.
     request_deadline: Duration,
+    /// `--policy PROJECT=FILE`: each project's policy.
+    policies: Vec<(ProjectName, Policy)>,
+    /// `--admin MEMBER`: callers who may do everything, everywhere.
+    admins: Vec<String>,
 }
 
 fn parse_args() -> Result<Options, String> {
@@ -72,6 +79,8 @@ fn parse_args() -> Result<Options, String> {
         buckets: false,
         max_connections: 256,
         request_deadline: Duration::from_secs(30),
+        policies: Vec::new(),
+        admins: Vec::new(),
     };
     let mut args = std::env::args().skip(1);
     let mut port = None;
@@ -104,6 +113,16 @@ fn parse_args() -> Result<Options, String> {
                     .parse()
                     .map_err(|e| format!("--max-body-bytes: {e}"))?
             }
+            "--policy" => {
+                let value = value("--policy")?;
+                options.policies.push(project_policy(&value)?);
+            }
+            "--admin" => {
+                let member = value("--admin")?;
+                // The same check a caller's identity gets.
+                Caller::new(&member).map_err(|e| format!("--admin {member:?}: {e}"))?;
+                options.admins.push(member);
+            }
             "--max-connections" => {
                 options.max_connections = value("--max-connections")?
                     .parse::<usize>()
@@ -127,6 +146,56 @@ fn parse_args() -> Result<Options, String> {
         return Err("--root is required".into());
     }
     Ok(options)
+}
+
+/// `PROJECT=FILE`: the project and the policy in FILE, as `setIamPolicy`
+/// takes it (`{"policy": {...}}`) or the policy alone (`{"bindings": [...]}`).
+fn project_policy(value: &str) -> Result<(ProjectName, Policy), String> {
+    let (project, file) = value
+        .split_once('=')
+        .ok_or_else(|| format!("--policy {value:?}: expected PROJECT=FILE"))?;
+    let project: ProjectName = format!("projects/{}", project.trim_start_matches("projects/"))
+        .parse()
+        .map_err(|e| format!("--policy {value:?}: {e}"))?;
+    let text = std::fs::read_to_string(file)
+        .map_err(|e| format!("--policy {value:?}: cannot read {file}: {e}"))?;
+    let mut json: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| format!("--policy {value:?}: {file} is not JSON: {e}"))?;
+    if let Some(inner) = json.get_mut("policy") {
+        json = inner.take();
+    }
+    let policy =
+        Policy::from_value(json).map_err(|e| format!("--policy {value:?}: {file}: {e}"))?;
+    Ok((project, policy))
+}
+
+/// The caller of a request, as the REST layer finds it from a bearer
+/// principal, except that an `--admin` member acts as the service itself.
+fn caller_of(
+    request: &RestRequest,
+    admins: &[String],
+    enforce: bool,
+) -> Result<Option<Caller>, batch_prediction::Error> {
+    let Some(header) = request.header("Authorization") else {
+        return Ok(Some(Caller::anonymous()));
+    };
+    let token = header
+        .strip_prefix("Bearer ")
+        .or_else(|| header.strip_prefix("bearer "))
+        .unwrap_or(header)
+        .trim();
+    if admins.iter().any(|a| a.eq_ignore_ascii_case(token)) {
+        return Ok(None);
+    }
+    match Caller::new(token) {
+        Ok(caller) => Ok(Some(caller)),
+        Err(_) if !enforce => Ok(Some(Caller::anonymous())),
+        Err(_) => Err(batch_prediction::Error::external(
+            batch_prediction::Code::Unauthenticated,
+            "invalid credentials",
+            "the bearer token is not a principal such as user:alice@example.com",
+        )),
+    }
 }
 
 /// Refuses every model, saying how to get one.
@@ -154,7 +223,7 @@ fn main() -> ExitCode {
         Ok(options) => options,
         Err(e) => {
             eprintln!(
-                "error: {e}\nusage: emulator --port PORT --root DIR [--predictor echo|onnx|ort] [--enforce-iam] [--max-body-bytes N] [--max-connections N] [--request-deadline SECONDS] [--buckets]"
+                "error: {e}\nusage: emulator --port PORT --root DIR [--predictor echo|onnx|ort] [--enforce-iam [--policy PROJECT=FILE]... [--admin MEMBER]...] [--max-body-bytes N] [--max-connections N] [--request-deadline SECONDS] [--buckets]"
             );
             return ExitCode::from(2);
         }
@@ -176,7 +245,15 @@ fn serve(options: Options) -> Result<(), Box<dyn std::error::Error>> {
             .with_iam_enforcement(options.enforce_iam)
             .build()?,
     );
-    let api = Arc::new(RestApi::new(service.clone()).with_max_body_bytes(options.max_body_bytes));
+    for (project, policy) in &options.policies {
+        service.set_project_policy(project, policy.clone())?;
+    }
+    let mut api = RestApi::new(service.clone()).with_max_body_bytes(options.max_body_bytes);
+    if !options.admins.is_empty() {
+        let (admins, enforce) = (options.admins.clone(), options.enforce_iam);
+        api = api.with_authenticator(move |request| caller_of(request, &admins, enforce));
+    }
+    let api = Arc::new(api);
     let storage = storage(&options, LocalStorage::confined(&root));
     // With the onnx or ort feature, a job's uri names an ONNX model under DIR (or on a bucket).
     let confined = LocalStorage::confined(&root);

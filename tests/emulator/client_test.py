@@ -83,11 +83,65 @@ def job_body(job_id, inputs, output, batch_size="8"):
     }
 
 
+def iam_checks(port, root):
+    """Against an emulator started with --enforce-iam, a --policy granting
+    user:dev@example.com roles/ml.developer on IAM_PROJECT, and --admin
+    user:admin@example.com: each caller gets what its role allows."""
+    from google.oauth2.credentials import Credentials
+
+    def client(principal):
+        # The principal is the bearer token the emulator reads.
+        if principal is None:
+            credentials = AnonymousCredentials()
+        else:
+            credentials = Credentials(token=principal)
+        return discovery.build(
+            "ml",
+            "v1",
+            client_options={"api_endpoint": f"http://127.0.0.1:{port}"},
+            credentials=credentials,
+            static_discovery=True,
+        ).projects().jobs()
+
+    project = "projects/iam-test"
+    os.makedirs(os.path.join(root, "bucket", "in"), exist_ok=True)
+    with open(os.path.join(root, "bucket", "in", "a.jsonl"), "w") as f:
+        f.write('{"x": 1}\n')
+    dev, admin, nobody = client("user:dev@example.com"), client("user:admin@example.com"), client(None)
+    # The developer creates and lists, and reads its job, but cannot cancel it.
+    body = job_body("by_dev", "gs://bucket/in/a.jsonl", "gs://bucket/out/by_dev")
+    created = dev.create(parent=project, body=body).execute()
+    assert created["jobId"] == "by_dev", created
+    listed = dev.list(parent=project).execute()
+    assert [j["jobId"] for j in listed["jobs"]] == ["by_dev"], listed
+    assert dev.get(name=f"{project}/jobs/by_dev").execute()["jobId"] == "by_dev"
+    error = expect_http_error(403, dev.cancel(name=f"{project}/jobs/by_dev", body={}))
+    assert error["status"] == "PERMISSION_DENIED", error
+    # Nobody may list; a developer has no role in another project.
+    expect_http_error(403, nobody.list(parent=project))
+    expect_http_error(403, dev.list(parent="projects/other-project"))
+    # The admin may do everything, everywhere.
+    admin.list(parent="projects/other-project").execute()
+    done = wait_for(admin, f"{project}/jobs/by_dev", {"SUCCEEDED", "FAILED"})
+    assert done["state"] == "SUCCEEDED", done
+    second = admin.create(parent=project, body=job_body("by_admin", "gs://bucket/in/a.jsonl", "gs://bucket/out/by_admin")).execute()
+    try:
+        admin.cancel(name=f"{project}/jobs/{second['jobId']}", body={}).execute()
+    except HttpError as e:  # it may have finished already: then 400, not 403
+        assert e.resp.status == 400, e
+    print("ok: --enforce-iam with --policy: roles/ml.developer creates, lists and gets, cannot cancel (403); "
+          "anonymous cannot list (403); --admin may do everything")
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--port", required=True)
     parser.add_argument("--root", required=True)
+    parser.add_argument("--iam", action="store_true", help="the IAM checks, against an enforcing emulator")
     args = parser.parse_args()
+    if args.iam:
+        iam_checks(args.port, args.root)
+        return
 
     # No credentials (as AnonymousCredentials): a counting transport instead.
     ml = discovery.build(

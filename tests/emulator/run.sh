@@ -58,3 +58,25 @@ if [ "$answered" != "$logged" ]; then
   echo "the client had $answered requests answered, the emulator logged $logged"; exit 1
 fi
 echo "emulator: $logged requests, each logged once; stopped cleanly on SIGINT"
+
+# IAM: another emulator that enforces policies, from --policy and --admin,
+# driven as a developer, an admin and nobody.
+iam_root=$(mktemp -d)
+iam_port=$("$venv/bin/python" -c "import socket; s=socket.socket(); s.bind(('127.0.0.1', 0)); print(s.getsockname()[1])")
+cat > "$iam_root/policy.json" <<'JSON'
+{"policy": {"bindings": [{"role": "roles/ml.developer", "members": ["user:dev@example.com"]}]}}
+JSON
+"$target_dir/debug/examples/emulator" --port "$iam_port" --root "$iam_root" --predictor echo \
+  --enforce-iam --policy "iam-test=$iam_root/policy.json" --admin user:admin@example.com 2>"$iam_root/emulator.log" &
+iam_pid=$!
+trap 'kill -INT "$iam_pid" 2>/dev/null || true; wait "$iam_pid" 2>/dev/null || true; rm -rf "$iam_root"; cleanup' EXIT
+for _ in $(seq 300); do
+  if "$venv/bin/python" -c "import socket; socket.create_connection(('127.0.0.1', $iam_port), 1)" 2>/dev/null; then break; fi
+  if ! kill -0 "$iam_pid" 2>/dev/null; then
+    echo "the IAM emulator exited:"; cat "$iam_root/emulator.log"; exit 1
+  fi
+  sleep 0.1
+done
+if ! "$venv/bin/python" tests/emulator/client_test.py --port "$iam_port" --root "$iam_root" --iam; then
+  echo "--- IAM emulator log (last 40 lines)"; tail -40 "$iam_root/emulator.log"; exit 1
+fi
