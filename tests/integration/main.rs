@@ -1,5 +1,7 @@
 //! The integration tests: one binary, one module per area.
 
+#[cfg(feature = "cli")]
+mod cli;
 #[cfg(feature = "cloud")]
 mod cloud;
 mod discovery;

@@ -1,0 +1,316 @@
+//! `run`, `validate`, `plan` and a `submit` without `--endpoint`: jobs run
+//! on this machine.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use batch_prediction::{
+    BatchExecutor, CancelHandle, EchoResolver, ExecutorConfig, Job, LocalStorage, ModelResolver,
+    Progress, ResumeMode, ShardSelection, State, Storage, SystemClock, Transition,
+};
+use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::{Exit, Format, count};
+
+/// Where a job's files are.
+#[derive(Debug, Args)]
+pub struct StorageArgs {
+    /// Read and write `gs://BUCKET/PATH` at DIR/BUCKET/PATH, not on Cloud Storage.
+    #[arg(long, value_name = "DIR")]
+    pub gcs_root: Option<String>,
+}
+
+/// How a job runs here.
+#[derive(Debug, Args)]
+pub struct RunOptions {
+    /// The model runtime: `onnx` (tract, the default with the `onnx`
+    /// feature), `ort` (onnxruntime from ORT_DYLIB_PATH, with the `ort`
+    /// feature) or `echo` (each instance predicted as itself).
+    #[arg(long, default_value = if cfg!(feature = "onnx") { "onnx" } else { "echo" })]
+    predictor: String,
+    /// With `ort`: threads per worker's session.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    intra_threads: u32,
+    /// At most this many worker threads (default: all cores).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Fail the job once more than N instances failed.
+    #[arg(long, value_name = "N")]
+    max_errors: Option<u64>,
+    /// Fail the job when more than this share of the instances failed.
+    #[arg(long, value_name = "RATIO")]
+    max_error_ratio: Option<f64>,
+    /// Ignore the shards an earlier run finished.
+    #[arg(long)]
+    fresh: bool,
+    #[command(flatten)]
+    storage: StorageArgs,
+}
+
+/// `run`'s arguments.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// A jobs.create request body (or a job a service wrote).
+    job: String,
+    #[command(flatten)]
+    options: RunOptions,
+    /// Run only part I (from 0) of N: the shards k with k % N == I.
+    #[arg(long, value_name = "I/N", conflicts_with = "merge")]
+    shard: Option<ShardSelection>,
+    /// Combine the parts' summaries into the finished job; runs nothing.
+    #[arg(long)]
+    merge: bool,
+    /// `json` (the default) prints the finished job as the API's JSON; `table` a summary.
+    #[arg(long, value_enum, default_value_t = Format::Json)]
+    format: Format,
+}
+
+fn read_job(path: &str) -> Result<Job, Exit> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| Exit::Usage(format!("cannot read {path}: {e}")))?;
+    Job::from_json(&text).map_err(|e| Exit::Usage(format!("{path}: {e}")))
+}
+
+fn local_storage(args: &StorageArgs) -> LocalStorage {
+    match &args.gcs_root {
+        Some(root) => LocalStorage::with_gcs_root(root),
+        None => LocalStorage::new(),
+    }
+}
+
+/// With the `cloud` feature, `gs://` and `s3://` are real buckets (unless
+/// `--gcs-root` maps `gs://` into a directory).
+fn storage(args: &StorageArgs, local: LocalStorage) -> Arc<dyn Storage> {
+    #[cfg(feature = "cloud")]
+    if args.gcs_root.is_none() {
+        return Arc::new(batch_prediction::CloudStorage::new(local));
+    }
+    let _ = args;
+    Arc::new(local)
+}
+
+fn resolver(
+    options: &RunOptions,
+    local: LocalStorage,
+    storage: &Arc<dyn Storage>,
+) -> Result<Arc<dyn ModelResolver>, String> {
+    let _ = (&local, storage, options.intra_threads);
+    match options.predictor.as_str() {
+        "echo" => Ok(Arc::new(EchoResolver)),
+        #[cfg(feature = "onnx")]
+        "onnx" => Ok(Arc::new(
+            batch_prediction::OnnxResolver::new(local).with_buckets(Arc::clone(storage)),
+        )),
+        #[cfg(feature = "ort")]
+        "ort" => Ok(Arc::new(
+            batch_prediction::OrtResolver::new(local)
+                .with_buckets(Arc::clone(storage))
+                .with_options(
+                    batch_prediction::OrtOptions::new()
+                        .with_intra_threads(options.intra_threads as usize),
+                ),
+        )),
+        #[cfg(not(feature = "onnx"))]
+        "onnx" => Err(without("onnx")),
+        #[cfg(not(feature = "ort"))]
+        "ort" => Err(without("ort")),
+        other => Err(format!("--predictor {other:?}: expected onnx, ort or echo")),
+    }
+}
+
+/// Why a predictor this build lacks cannot run.
+#[cfg(any(not(feature = "onnx"), not(feature = "ort")))]
+fn without(feature: &str) -> String {
+    format!(
+        "--predictor {feature}: this program was built without the `{feature}` feature (cargo install batch-prediction --features cli,{feature})"
+    )
+}
+
+fn executor(options: &RunOptions, shard: Option<ShardSelection>) -> Result<BatchExecutor, Exit> {
+    let local = local_storage(&options.storage);
+    let storage = storage(&options.storage, local.clone());
+    let resolver = resolver(options, local, &storage).map_err(Exit::Usage)?;
+    let mut config = ExecutorConfig::default();
+    if let Some(n) = options.threads {
+        config = config.with_max_threads(n);
+    }
+    if let Some(n) = options.max_errors {
+        config = config.with_max_error_count(n);
+    }
+    if let Some(r) = options.max_error_ratio {
+        config = config.with_max_error_ratio(r);
+    }
+    if options.fresh {
+        config = config.with_resume(ResumeMode::Fresh);
+    }
+    if let Some(shard) = shard {
+        config = config.with_shard_selection(shard);
+    }
+    Ok(BatchExecutor::new(storage, resolver)
+        .with_config(config)
+        .with_observer(Arc::new(progress_bar())))
+}
+
+/// A progress bar on stderr (drawn only on a terminal): bytes read, rate,
+/// time left, and the counts so far.
+fn progress_bar() -> impl Fn(&Progress<'_>) + Send + Sync {
+    let bar = ProgressBar::new(0);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{bar:30} {percent:>3}% {binary_bytes_per_sec} ETA {eta}  {msg}",
+        )
+        .expect("a valid template"),
+    );
+    bar.enable_steady_tick(Duration::from_millis(200));
+    move |p: &Progress<'_>| {
+        bar.set_length(p.total_bytes);
+        bar.set_position(p.bytes_read.min(p.total_bytes));
+        bar.set_message(format!(
+            "{}, {}, {}, shards {}/{}",
+            count(p.records_read, "record"),
+            count(p.predictions, "prediction"),
+            count(p.errors, "error"),
+            p.shards_done,
+            p.shards.len()
+        ));
+        if p.shards_done == p.shards.len() {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+pub fn run(args: &RunArgs) -> Exit {
+    let job = match read_job(&args.job) {
+        Ok(job) => job,
+        Err(exit) => return exit,
+    };
+    if args.merge {
+        let executor = match executor(&args.options, None) {
+            Ok(e) => e,
+            Err(exit) => return exit,
+        };
+        let mut job = job;
+        return finish(executor.merge(&mut job), job, args.format);
+    }
+    match executor(&args.options, args.shard) {
+        Ok(executor) => execute(&executor, job, args.format),
+        Err(exit) => exit,
+    }
+}
+
+/// Runs `job` (a jobs.create request) here, as `submit` does without an endpoint.
+pub fn run_job(job: Job, options: &RunOptions, format: Format) -> Exit {
+    match executor(options, None) {
+        Ok(executor) => execute(&executor, job, format),
+        Err(exit) => exit,
+    }
+}
+
+fn execute(executor: &BatchExecutor, mut job: Job, format: Format) -> Exit {
+    // A create request: queue it as the service would.
+    if job.state.is_none() {
+        job.clear_output_only();
+        if let Err(e) = job.apply(Transition::Queue, &SystemClock) {
+            return Exit::Usage(e.to_string());
+        }
+    }
+    let result = executor.run(&mut job, &CancelHandle::new());
+    finish(result, job, format)
+}
+
+fn finish(
+    result: Result<batch_prediction::RunSummary, batch_prediction::Error>,
+    job: Job,
+    format: Format,
+) -> Exit {
+    let summary = match result {
+        Ok(summary) => summary,
+        Err(e) => return Exit::Usage(e.to_string()),
+    };
+    eprintln!(
+        "{}: {}, {}, {} in {:.2} s ({} of {} resumed)",
+        summary.state,
+        count(summary.prediction_count, "prediction"),
+        count(summary.error_count, "error"),
+        count(summary.records_read, "record"),
+        summary.elapsed.as_secs_f64(),
+        summary.shards_resumed,
+        count(summary.shards as u64, "shard"),
+    );
+    match format {
+        Format::Json => println!(
+            "{}",
+            serde_json::to_string_pretty(&job).expect("a job serializes")
+        ),
+        Format::Table => crate::endpoint::print_job(&job.to_json()),
+    }
+    if summary.state == State::Succeeded {
+        Exit::Ok
+    } else {
+        Exit::Failed(format!(
+            "job {}: {}",
+            summary.state,
+            job.error_message.as_deref().unwrap_or("")
+        ))
+    }
+}
+
+pub fn validate(path: &str) -> Exit {
+    let job = match read_job(path) {
+        Ok(job) => job,
+        Err(exit) => return exit,
+    };
+    match job.validate() {
+        Ok(()) => {
+            println!("{path}: a valid jobs.create request");
+            Exit::Ok
+        }
+        Err(e) => {
+            for violation in e.violations() {
+                println!("{}: {}", violation.field, violation.description);
+            }
+            Exit::Failed(format!(
+                "{path}: {}",
+                count(e.violations().len() as u64, "violation")
+            ))
+        }
+    }
+}
+
+pub fn plan(path: &str, storage_args: &StorageArgs) -> Exit {
+    let job = match read_job(path) {
+        Ok(job) => job,
+        Err(exit) => return exit,
+    };
+    let local = local_storage(storage_args);
+    let storage = storage(storage_args, local);
+    let executor = BatchExecutor::new(storage, Arc::new(EchoResolver));
+    match executor.plan(&job) {
+        Ok(plan) => {
+            println!(
+                "{}, {} bytes, {}, batches of {}, {}",
+                count(plan.inputs.len() as u64, "input file"),
+                plan.total_bytes,
+                count(plan.shards.len() as u64, "shard"),
+                plan.batch_size,
+                count(plan.workers as u64, "worker")
+            );
+            for shard in &plan.shards {
+                let files: Vec<&str> = plan.inputs[shard.inputs.clone()]
+                    .iter()
+                    .map(|m| m.location.as_str())
+                    .collect();
+                println!(
+                    "shard {}: {} bytes from {} -> {}",
+                    shard.index,
+                    shard.bytes,
+                    files.join(", "),
+                    shard.results_file
+                );
+            }
+            Exit::Ok
+        }
+        Err(e) => Exit::Failed(format!("{path}: {e}")),
+    }
+}

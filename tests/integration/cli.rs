@@ -1,0 +1,325 @@
+//! The `batch-prediction` command line: each subcommand run as a user runs
+//! it, here and against the emulator.
+
+use std::process::{Command, Output};
+
+use serde_json::{Value, json};
+
+fn cli(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_batch-prediction"))
+        .args(args)
+        .env_remove("CLOUDSDK_CORE_PROJECT")
+        .env_remove("BATCH_PREDICTION_ENDPOINT")
+        .env_remove("CLOUDSDK_AUTH_ACCESS_TOKEN")
+        .output()
+        .unwrap()
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// A copy of the bundled sample job writing into `dir`.
+fn sample_job(dir: &std::path::Path) -> std::path::PathBuf {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let mut job: Value = serde_json::from_str(
+        &std::fs::read_to_string(format!("{root}/examples/sample/job.json")).unwrap(),
+    )
+    .unwrap();
+    job["predictionInput"]["inputPaths"] =
+        json!([format!("{root}/examples/sample/instances.jsonl")]);
+    job["predictionInput"]["outputPath"] = json!(dir.join("out"));
+    let path = dir.join("job.json");
+    std::fs::write(&path, job.to_string()).unwrap();
+    path
+}
+
+#[test]
+fn run_validate_and_plan_a_job_here() {
+    let dir = tempfile::tempdir().unwrap();
+    let job = sample_job(dir.path());
+    let job = job.to_str().unwrap();
+
+    let valid = cli(&["validate", job]);
+    assert_eq!(valid.status.code(), Some(0), "{}", text(&valid.stderr));
+    assert!(text(&valid.stdout).ends_with("a valid jobs.create request\n"));
+    let bad = dir.path().join("bad.json");
+    std::fs::write(
+        &bad,
+        r#"{"jobId": "1bad", "predictionInput": {"dataFormat": "CSV"}}"#,
+    )
+    .unwrap();
+    let invalid = cli(&["validate", bad.to_str().unwrap()]);
+    assert_eq!(invalid.status.code(), Some(1));
+    assert!(
+        text(&invalid.stdout).contains("jobId: \"1bad\" must start with a letter\n"),
+        "{}",
+        text(&invalid.stdout)
+    );
+    assert!(
+        text(&invalid.stderr).ends_with(": 6 violations\n"),
+        "{}",
+        text(&invalid.stderr)
+    );
+
+    let plan = cli(&["plan", job]);
+    assert_eq!(plan.status.code(), Some(0), "{}", text(&plan.stderr));
+    assert!(
+        text(&plan.stdout).starts_with("1 input file, "),
+        "{}",
+        text(&plan.stdout)
+    );
+    assert!(
+        text(&plan.stdout).contains(", 1 shard, "),
+        "{}",
+        text(&plan.stdout)
+    );
+
+    let run = cli(&["run", job, "--predictor", "echo"]);
+    assert_eq!(run.status.code(), Some(0), "{}", text(&run.stderr));
+    let finished: Value = serde_json::from_slice(&run.stdout).unwrap();
+    assert_eq!(finished["state"], "SUCCEEDED");
+    assert_eq!(finished["predictionOutput"]["predictionCount"], "21");
+    let summary = text(&run.stderr);
+    assert!(
+        summary.contains("SUCCEEDED: 21 predictions, 1 error, 22 records in "),
+        "{summary}"
+    );
+    // A missing file is a usage error, exit 2.
+    let missing = cli(&["run", "no-such-job.json"]);
+    assert_eq!(missing.status.code(), Some(2));
+    assert!(text(&missing.stderr).contains("cannot read no-such-job.json"));
+}
+
+#[test]
+fn submit_prediction_takes_gclouds_flags_and_runs_here() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = env!("CARGO_MANIFEST_DIR");
+    let input = format!("{root}/examples/sample/instances.jsonl");
+    let output = dir.path().join("out");
+    let out = output.to_str().unwrap();
+    let submitted = cli(&[
+        "submit",
+        "prediction",
+        "census_1",
+        "--model-dir",
+        "gs://b/model",
+        "--input-paths",
+        &input,
+        "--output-path",
+        out,
+        "--region",
+        "us-central1",
+        "--data-format",
+        "json",
+        "--batch-size",
+        "7",
+        "--max-worker-count",
+        "2",
+        "--labels",
+        "team=ml,env=dev",
+        "--predictor",
+        "echo",
+        "--format",
+        "json",
+    ]);
+    assert_eq!(
+        submitted.status.code(),
+        Some(0),
+        "{}",
+        text(&submitted.stderr)
+    );
+    let job: Value = serde_json::from_slice(&submitted.stdout).unwrap();
+    assert_eq!(job["jobId"], "census_1");
+    assert_eq!(job["state"], "SUCCEEDED");
+    assert_eq!(job["labels"], json!({"env": "dev", "team": "ml"}));
+    assert_eq!(job["predictionInput"]["batchSize"], "7");
+    assert_eq!(job["predictionInput"]["maxWorkerCount"], "2");
+    assert_eq!(job["predictionInput"]["uri"], "gs://b/model");
+    assert!(output.join("prediction.results-00000-of-00001").is_file());
+
+    // gcloud's spellings only; errors name the flag.
+    let wrong = cli(&[
+        "submit",
+        "prediction",
+        "j",
+        "--model-dir",
+        "m",
+        "--input-paths",
+        "x",
+        "--output-path",
+        "y",
+        "--region",
+        "r",
+        "--data-format",
+        "TF_RECORD",
+    ]);
+    assert_eq!(wrong.status.code(), Some(2));
+    assert!(
+        text(&wrong.stderr).contains("--data-format"),
+        "{}",
+        text(&wrong.stderr)
+    );
+    let labels = cli(&[
+        "submit",
+        "prediction",
+        "j",
+        "--model-dir",
+        "m",
+        "--input-paths",
+        "x",
+        "--output-path",
+        "y",
+        "--region",
+        "r",
+        "--data-format",
+        "tf-record",
+        "--labels",
+        "novalue",
+    ]);
+    assert_eq!(labels.status.code(), Some(2));
+    assert!(
+        text(&labels.stderr).contains("\"novalue\" is not KEY=VALUE"),
+        "{}",
+        text(&labels.stderr)
+    );
+    // --model needs a project.
+    let model = cli(&[
+        "submit",
+        "prediction",
+        "j",
+        "--model",
+        "census",
+        "--input-paths",
+        "x",
+        "--output-path",
+        "y",
+        "--region",
+        "r",
+        "--data-format",
+        "json",
+    ]);
+    assert_eq!(model.status.code(), Some(2));
+    assert!(text(&model.stderr).contains("set --project or CLOUDSDK_CORE_PROJECT"));
+}
+
+#[cfg(feature = "rest")]
+#[test]
+fn submit_describe_list_and_cancel_on_the_emulator() {
+    let Some(program) = crate::example("emulator") else {
+        return;
+    };
+    let root = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(root.path().join("data")).unwrap();
+    std::fs::write(
+        root.path().join("data/in.jsonl"),
+        "{\"x\": 1}\n{\"x\": 2}\n",
+    )
+    .unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _emulator = Kill(
+        Command::new(program)
+            .args(["--port", &port.to_string(), "--predictor", "echo", "--root"])
+            .arg(root.path())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the emulator did not start"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let service = ["--endpoint", endpoint.as_str(), "--project", "cli-project"];
+    let with = |args: &[&str]| {
+        let mut all = args.to_vec();
+        all.extend(service);
+        cli(&all)
+    };
+
+    let submitted = with(&[
+        "submit",
+        "prediction",
+        "remote_1",
+        "--model-dir",
+        "gs://models/m",
+        "--input-paths",
+        "gs://data/in.jsonl",
+        "--output-path",
+        "gs://data/out",
+        "--region",
+        "us-central1",
+        "--data-format",
+        "json",
+        "--labels",
+        "team=ml",
+        "--wait",
+        "--format",
+        "json",
+    ]);
+    assert_eq!(
+        submitted.status.code(),
+        Some(0),
+        "{}",
+        text(&submitted.stderr)
+    );
+    let job: Value = serde_json::from_slice(&submitted.stdout).unwrap();
+    assert_eq!(job["state"], "SUCCEEDED");
+    assert_eq!(job["predictionOutput"]["predictionCount"], "2");
+    assert!(text(&submitted.stderr).contains("Job [remote_1] submitted successfully."));
+
+    let described = with(&["describe", "remote_1", "--format", "json"]);
+    let described: Value = serde_json::from_slice(&described.stdout).unwrap();
+    assert_eq!(described["jobId"], "remote_1");
+    let table = with(&["describe", "remote_1"]);
+    assert!(
+        text(&table.stdout).contains("state: SUCCEEDED\n"),
+        "{}",
+        text(&table.stdout)
+    );
+
+    let listed = with(&["list", "--filter", "labels.team=ml", "--format", "json"]);
+    let listed: Value = serde_json::from_slice(&listed.stdout).unwrap();
+    assert_eq!(listed["jobs"].as_array().unwrap().len(), 1);
+    let none = with(&["list", "--filter", "labels.team=ops", "--format", "json"]);
+    assert_eq!(
+        serde_json::from_slice::<Value>(&none.stdout).unwrap(),
+        json!({"jobs": []})
+    );
+    let table = with(&["list"]);
+    let lines: Vec<String> = text(&table.stdout).lines().map(str::to_owned).collect();
+    assert!(lines[0].starts_with("JOB_ID"), "{lines:?}");
+    assert!(lines[1].starts_with("remote_1  SUCCEEDED"), "{lines:?}");
+    assert!(text(&table.stderr).contains("1 job in project cli-project"));
+
+    // Cancelling a finished job: the service's error, exit 1.
+    let cancelled = with(&["cancel", "remote_1"]);
+    assert_eq!(cancelled.status.code(), Some(1));
+    assert!(
+        text(&cancelled.stderr).starts_with("FAILED_PRECONDITION (400): "),
+        "{}",
+        text(&cancelled.stderr)
+    );
+    let missing = with(&["describe", "nope"]);
+    assert_eq!(missing.status.code(), Some(1));
+    assert!(text(&missing.stderr).starts_with("NOT_FOUND (404): "));
+    // A project is required for the service's commands.
+    let no_project = cli(&["list", "--endpoint", &endpoint]);
+    assert_eq!(no_project.status.code(), Some(2));
+    assert!(text(&no_project.stderr).contains("give --project (or set CLOUDSDK_CORE_PROJECT)"));
+}
