@@ -2,7 +2,7 @@
 # One batch prediction job spread over a Slurm job array, then merged.
 #
 #   sbatch --array=0-3 examples/scale-out/slurm-array.sh JOB.json     # 4 parts
-#   sbatch --dependency=afterok:<array job id> --wrap "batch_predict JOB.json --merge"
+#   sbatch --dependency=afterok:<array job id> --wrap "batch-prediction run JOB.json --merge"
 #
 # Each array task runs part SLURM_ARRAY_TASK_ID of SLURM_ARRAY_TASK_COUNT:
 # the plan shards k with k % N == index, writing their files into the job's
@@ -13,4 +13,4 @@
 #SBATCH --mem=1G
 set -euo pipefail
 job=${1:?usage: sbatch --array=0-(N-1) slurm-array.sh JOB.json}
-exec batch_predict "$job" --shard "${SLURM_ARRAY_TASK_ID}/${SLURM_ARRAY_TASK_COUNT}" --threads "${SLURM_CPUS_PER_TASK:-2}"
+exec batch-prediction run "$job" --shard "${SLURM_ARRAY_TASK_ID}/${SLURM_ARRAY_TASK_COUNT}" --threads "${SLURM_CPUS_PER_TASK:-2}"

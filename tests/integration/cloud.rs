@@ -359,12 +359,11 @@ fn jobs_on_buckets_write_what_they_write_on_local_files() {
     }
 }
 
+#[cfg(feature = "cli")]
 #[test]
 fn the_command_line_reads_one_bucket_and_writes_another() {
     let Some(servers) = servers() else { return };
-    let Some(exe) = crate::example("batch_predict") else {
-        return;
-    };
+    let exe = crate::cli_program();
     let storage = cloud(servers);
     let input = fresh("gs", servers, "cli-in");
     let output = fresh("s3", servers, "cli-out");
@@ -385,6 +384,7 @@ fn the_command_line_reads_one_bucket_and_writes_another() {
     });
     std::fs::write(&job_file, body.to_string()).unwrap();
     let out = with_servers(&mut std::process::Command::new(&exe), servers)
+        .arg("run")
         .arg(&job_file)
         .args(["--predictor", "echo"])
         .output()

@@ -78,3 +78,9 @@ pub fn example(name: &str) -> Option<PathBuf> {
         None
     }
 }
+
+/// The `batch-prediction` command line cargo built for these tests.
+#[cfg(feature = "cli")]
+pub fn cli_program() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_batch-prediction"))
+}

@@ -418,12 +418,10 @@ fn bundled_model_job_on(backend: Backend) {
 /// A missing or wrong onnxruntime library fails the job at model load with a
 /// message naming the file and how to get the library; nothing crashes. In
 /// processes of their own, since a process loads onnxruntime once.
-#[cfg(feature = "ort")]
+#[cfg(all(feature = "ort", feature = "cli"))]
 #[test]
 fn a_missing_or_wrong_onnxruntime_library_fails_the_job_and_says_why() {
-    let Some(program) = crate::example("batch_predict") else {
-        return;
-    };
+    let program = crate::cli_program();
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let not_a_library = crate::data_path("onnx/broken.onnx");
     for (library, why) in [
@@ -448,7 +446,7 @@ fn a_missing_or_wrong_onnxruntime_library_fails_the_job_and_says_why() {
         )
         .unwrap();
         let run = std::process::Command::new(&program)
-            .args(["--predictor", "ort"])
+            .args(["run", "--predictor", "ort"])
             .arg(&job)
             .env("ORT_DYLIB_PATH", &library)
             .output()

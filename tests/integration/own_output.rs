@@ -206,11 +206,10 @@ fn a_rerun_naming_the_input_directory_in_another_spelling_is_refused() {
     }
 }
 
+#[cfg(feature = "cli")]
 #[test]
 fn the_command_line_refuses_a_job_reading_its_own_output() {
-    let Some(exe) = crate::example("batch_predict") else {
-        return;
-    };
+    let exe = crate::cli_program();
     let (dir, root) = local_layout();
     let before = tree(dir.path());
     let job_file = dir.path().join("job.json");
@@ -228,6 +227,7 @@ fn the_command_line_refuses_a_job_reading_its_own_output() {
         )
         .unwrap();
         let out = Command::new(&exe)
+            .arg("run")
             .arg(&job_file)
             .args(["--predictor", "echo"])
             .output()
