@@ -466,9 +466,21 @@ impl RestApi {
     }
 }
 
-/// The default authenticator: `Authorization: Bearer PRINCIPAL`; no
-/// header is the anonymous caller. A token that is not a principal is
-/// refused only when permissions are checked (`enforce`).
+impl RestApi {
+    /// The default authenticator, for custom ones to build on:
+    /// `Authorization: Bearer PRINCIPAL` (`user:alice@example.com`) is that
+    /// caller; no header is the anonymous caller. A token that is not a
+    /// principal is the anonymous caller, or, when permissions are checked
+    /// (`enforce`), `UNAUTHENTICATED`.
+    ///
+    /// # Errors
+    /// `UNAUTHENTICATED` for a token that is not a principal, with `enforce`.
+    pub fn bearer_caller(request: &RestRequest, enforce: bool) -> Result<Option<Caller>, Error> {
+        bearer_principal(request, enforce)
+    }
+}
+
+/// See [`RestApi::bearer_caller`].
 fn bearer_principal(request: &RestRequest, enforce: bool) -> Result<Option<Caller>, Error> {
     let Some(header) = request.header("Authorization") else {
         return Ok(Some(Caller::anonymous()));

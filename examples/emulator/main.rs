@@ -176,26 +176,12 @@ fn caller_of(
     admins: &[String],
     enforce: bool,
 ) -> Result<Option<Caller>, batch_prediction::Error> {
-    let Some(header) = request.header("Authorization") else {
-        return Ok(Some(Caller::anonymous()));
-    };
-    let token = header
-        .strip_prefix("Bearer ")
-        .or_else(|| header.strip_prefix("bearer "))
-        .unwrap_or(header)
-        .trim();
-    if admins.iter().any(|a| a.eq_ignore_ascii_case(token)) {
-        return Ok(None);
-    }
-    match Caller::new(token) {
-        Ok(caller) => Ok(Some(caller)),
-        Err(_) if !enforce => Ok(Some(Caller::anonymous())),
-        Err(_) => Err(batch_prediction::Error::external(
-            batch_prediction::Code::Unauthenticated,
-            "invalid credentials",
-            "the bearer token is not a principal such as user:alice@example.com",
-        )),
-    }
+    let caller = RestApi::bearer_caller(request, enforce)?;
+    let admin = caller
+        .as_ref()
+        .and_then(Caller::identity)
+        .is_some_and(|who| admins.iter().any(|a| a.eq_ignore_ascii_case(who)));
+    Ok(if admin { None } else { caller })
 }
 
 /// Refuses every model, saying how to get one.

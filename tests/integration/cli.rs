@@ -206,9 +206,6 @@ fn submit_prediction_takes_gclouds_flags_and_runs_here() {
 #[cfg(feature = "rest")]
 #[test]
 fn submit_describe_list_and_cancel_on_the_emulator() {
-    let Some(program) = crate::example("emulator") else {
-        return;
-    };
     let root = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(root.path().join("data")).unwrap();
     std::fs::write(
@@ -216,34 +213,10 @@ fn submit_describe_list_and_cancel_on_the_emulator() {
         "{\"x\": 1}\n{\"x\": 2}\n",
     )
     .unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    struct Kill(std::process::Child);
-    impl Drop for Kill {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let _emulator = Kill(
-        Command::new(program)
-            .args(["--port", &port.to_string(), "--predictor", "echo", "--root"])
-            .arg(root.path())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the emulator did not start"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    let Some(emulator) = crate::Emulator::start(root, &["--predictor", "echo"], &[]) else {
+        return;
+    };
+    let port = emulator.port;
     let endpoint = format!("http://127.0.0.1:{port}");
     let service = ["--endpoint", endpoint.as_str(), "--project", "cli-project"];
     let with = |args: &[&str]| {

@@ -5,47 +5,20 @@
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// The emulator, started on a free port; killed when dropped.
-struct Emulator {
-    child: Child,
-    port: u16,
-    _root: tempfile::TempDir,
-}
+/// The emulator with the echo predictor and a root of its own.
+struct Emulator(crate::Emulator);
 
 impl Emulator {
     fn start(args: &[&str]) -> Option<Emulator> {
-        let program = crate::example("emulator")?;
-        let root = tempfile::tempdir().unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let child = Command::new(program)
-            .args(["--port", &port.to_string(), "--predictor", "echo", "--root"])
-            .arg(root.path())
-            .args(args)
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let emulator = Emulator {
-            child,
-            port,
-            _root: root,
-        };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "the emulator did not start");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Some(emulator)
+        let mut all = vec!["--predictor", "echo"];
+        all.extend(args);
+        crate::Emulator::start(tempfile::tempdir().unwrap(), &all, &[]).map(Emulator)
     }
 
     fn connect(&self) -> TcpStream {
-        let stream = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        let stream = TcpStream::connect(("127.0.0.1", self.0.port)).unwrap();
         stream
             .set_read_timeout(Some(Duration::from_secs(30)))
             .unwrap();
@@ -59,13 +32,6 @@ impl Emulator {
         let mut response = Vec::new();
         let _ = stream.read_to_end(&mut response);
         String::from_utf8_lossy(&response).into_owned()
-    }
-}
-
-impl Drop for Emulator {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

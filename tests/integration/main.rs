@@ -84,3 +84,58 @@ pub fn example(name: &str) -> Option<PathBuf> {
 pub fn cli_program() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_batch-prediction"))
 }
+
+/// The emulator example, started on a free port over `root` with `args`
+/// (and `env`); killed when dropped. `None` (with a note) when it was not
+/// built.
+#[cfg(feature = "rest")]
+pub struct Emulator {
+    child: std::process::Child,
+    /// Its port on 127.0.0.1.
+    pub port: u16,
+    /// The folder its `gs://` locations map into.
+    pub root: tempfile::TempDir,
+}
+
+#[cfg(feature = "rest")]
+impl Emulator {
+    /// Starts it and waits until it accepts connections.
+    pub fn start(
+        root: tempfile::TempDir,
+        args: &[&str],
+        env: &[(&str, &std::path::Path)],
+    ) -> Option<Emulator> {
+        let program = example("emulator")?;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = std::process::Command::new(program)
+            .args(["--port", &port.to_string(), "--root"])
+            .arg(root.path())
+            .args(args)
+            .envs(env.iter().copied())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let emulator = Emulator { child, port, root };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the emulator did not start"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        Some(emulator)
+    }
+}
+
+#[cfg(feature = "rest")]
+impl Drop for Emulator {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -495,9 +495,6 @@ fn http(method: &str, port: u16, path: &str, body: Option<&Value>) -> Value {
 #[test]
 fn the_emulator_runs_models_on_onnxruntime() {
     let Some(library) = ort_library() else { return };
-    let Some(program) = crate::example("emulator") else {
-        return;
-    };
     let root = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(root.path().join("models")).unwrap();
     std::fs::create_dir_all(root.path().join("data")).unwrap();
@@ -514,35 +511,15 @@ fn the_emulator_runs_models_on_onnxruntime() {
     let instances = case["instances"].as_array().unwrap();
     let lines: String = instances.iter().map(|i| format!("{i}\n")).collect();
     std::fs::write(root.path().join("data/in.jsonl"), lines).unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    struct Kill(std::process::Child);
-    impl Drop for Kill {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let _emulator = Kill(
-        std::process::Command::new(program)
-            .args(["--port", &port.to_string(), "--predictor", "ort", "--root"])
-            .arg(root.path())
-            .env("ORT_DYLIB_PATH", library)
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let Some(emulator) = crate::Emulator::start(
+        root,
+        &["--predictor", "ort"],
+        &[("ORT_DYLIB_PATH", library)],
+    ) else {
+        return;
+    };
+    let (port, root) = (emulator.port, &emulator.root);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the emulator did not start"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
     let jobs = "/v1/projects/ort-test/jobs";
     let created = http(
         "POST",
