@@ -8,8 +8,9 @@ it times, in R (default 3) rounds that alternate the cases:
 
 - the bundled MLP (tests/data/models/keras_mlp.onnx, a Keras model converted
   by tf2onnx): the onnxruntime job (OrtPredictor, 1 worker, batches of 64),
-  the same batches through `ort` alone in one loop (parse each line, gather
-  the features, run the session, write the outputs: the bare cost), and the
+  the same batches through `ort` alone in one loop (parse each line into a
+  typed struct, its features straight into f32s, gather them, run the
+  session, write the outputs: the bare cost), and the
   tract job (OnnxPredictor, 1 worker);
 - a 500-tree gradient-boosting regressor (scikit-learn, converted by
   skl2onnx; trained here once, into target/compare-models/): the onnxruntime

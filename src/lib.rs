@@ -130,8 +130,8 @@ pub use onnx::{OnnxPredictor, OnnxResolver};
 #[cfg(feature = "ort")]
 pub use onnx::{OrtOptions, OrtPredictor, OrtResolver};
 pub use predict::{
-    CancelHandle, EchoPredictor, EchoResolver, FaultyPredictor, FnPredictor, ModelRegistry,
-    ModelResolver, PredictContext, PredictError, Predictor, predictor_fn,
+    CancelHandle, EchoPredictor, EchoResolver, FaultyPredictor, FnPredictor, JsonPredictions,
+    ModelRegistry, ModelResolver, PredictContext, PredictError, Predictor, predictor_fn,
 };
 pub use record::{
     CSV_HEADER_FILE, CsvResultWriter, CsvRowError, CsvWriteError, DEFAULT_MAX_RECORD_BYTES,

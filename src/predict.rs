@@ -179,6 +179,136 @@ pub trait Predictor: Send + Sync {
         batch: Vec<Instance>,
         ctx: &PredictContext<'_>,
     ) -> Result<Vec<Value>, PredictError>;
+
+    /// An optional fast path for JSON-lines input: predicts a batch from the
+    /// text of its lines, writing each prediction's JSON text to `out`, and
+    /// returns `true`; or returns `false` (the default) to leave the batch to
+    /// [`predict`](Self::predict).
+    ///
+    /// The executor offers each batch of a `JSON` job whose output is JSON
+    /// lines here first. A predictor that wants tensors can then read the
+    /// numbers straight from the text into its input buffers, and write its
+    /// outputs without building [`Value`]s: the ONNX predictors do.
+    ///
+    /// The contract, which keeps results independent of the path taken:
+    /// - Each line is a record as read, which may be anything: invalid JSON,
+    ///   invalid UTF-8, a `{"b64": …}` object. Return `false` for any batch
+    ///   holding a line this path does not handle exactly as `predict` would
+    ///   handle its decoded [`Instance`], and whenever something fails: the
+    ///   executor then forgets what was written, decodes the lines and calls
+    ///   `predict`, which reports errors as usual (with bisection).
+    /// - On `true`, `out` holds exactly one prediction per line, in order,
+    ///   each the exact text `serde_json::to_writer` writes for the value
+    ///   `predict` would return for that line; otherwise the executor falls
+    ///   back to `predict` for the batch.
+    /// - A panic here is taken as `false`.
+    ///
+    /// # Example
+    /// ```
+    /// use batch_prediction::{CancelHandle, Instance, JsonPredictions, PredictContext, PredictError, Predictor};
+    /// use serde_json::{Value, json};
+    ///
+    /// /// Doubles `x`.
+    /// struct Double;
+    ///
+    /// impl Predictor for Double {
+    ///     fn predict(&self, batch: Vec<Instance>, _: &PredictContext<'_>) -> Result<Vec<Value>, PredictError> {
+    ///         batch.iter().map(|instance| match instance {
+    ///             Instance::Json(v) => v["x"].as_u64().map(|x| json!({"y": 2 * x})),
+    ///             Instance::Bytes(_) => None,
+    ///         }.ok_or_else(|| PredictError::new("expected an object with an integer x"))).collect()
+    ///     }
+    ///
+    ///     fn predict_json_lines(&self, lines: &[&[u8]], _: &PredictContext<'_>, out: &mut JsonPredictions<'_>) -> bool {
+    ///         #[derive(serde::Deserialize)]
+    ///         #[serde(deny_unknown_fields)]
+    ///         struct In { x: u64 }
+    ///         for line in lines {
+    ///             // Anything but exactly {"x": N} (a b64 object, other fields) goes to `predict`.
+    ///             let Ok(In { x }) = serde_json::from_slice(line) else { return false };
+    ///             let Some(y) = x.checked_mul(2) else { return false };
+    ///             let text = out.begin();
+    ///             text.extend_from_slice(b"{\"y\":");
+    ///             text.extend_from_slice(y.to_string().as_bytes());
+    ///             text.push(b'}');
+    ///         }
+    ///         true
+    ///     }
+    /// }
+    ///
+    /// let cancel = CancelHandle::new();
+    /// let ctx = PredictContext::new("serving_default", &cancel, 0);
+    /// let mut text = Vec::new();
+    /// let mut out = JsonPredictions::new(&mut text);
+    /// assert!(Double.predict_json_lines(&[b"{\"x\": 2}", b" {\"x\":5} "], &ctx, &mut out));
+    /// assert_eq!(out.len(), 2);
+    /// out.finish();
+    /// assert_eq!(text, b"{\"y\":4}\n{\"y\":10}\n");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    fn predict_json_lines(
+        &self,
+        lines: &[&[u8]],
+        ctx: &PredictContext<'_>,
+        out: &mut JsonPredictions<'_>,
+    ) -> bool {
+        let _ = (lines, ctx, out);
+        false
+    }
+}
+
+/// Where [`Predictor::predict_json_lines`] writes its predictions: JSON
+/// lines appended to a buffer, one per [`begin`](Self::begin).
+#[derive(Debug)]
+pub struct JsonPredictions<'a> {
+    buf: &'a mut Vec<u8>,
+    start: usize,
+    count: usize,
+}
+
+impl<'a> JsonPredictions<'a> {
+    /// Predictions appended to `buf` (what it holds already stays).
+    pub fn new(buf: &'a mut Vec<u8>) -> Self {
+        let start = buf.len();
+        JsonPredictions {
+            buf,
+            start,
+            count: 0,
+        }
+    }
+
+    /// Starts the next prediction: the buffer its JSON text goes to, which
+    /// must be one JSON value with no raw newline (as `serde_json` writes
+    /// values). Write nothing else to it.
+    pub fn begin(&mut self) -> &mut Vec<u8> {
+        if self.count > 0 {
+            self.buf.push(b'\n');
+        }
+        self.count += 1;
+        self.buf
+    }
+
+    /// How many predictions were started.
+    pub fn len(&self) -> usize {
+        self.count
+    }
+
+    /// Whether none was started.
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// Ends the last line: the buffer then holds one line per prediction.
+    pub fn finish(self) {
+        if self.count > 0 {
+            self.buf.push(b'\n');
+        }
+    }
+
+    /// Forgets every prediction written.
+    pub(crate) fn discard(self) {
+        self.buf.truncate(self.start);
+    }
 }
 
 impl<P: Predictor + ?Sized> Predictor for Arc<P> {
@@ -189,6 +319,15 @@ impl<P: Predictor + ?Sized> Predictor for Arc<P> {
     ) -> Result<Vec<Value>, PredictError> {
         (**self).predict(batch, ctx)
     }
+
+    fn predict_json_lines(
+        &self,
+        lines: &[&[u8]],
+        ctx: &PredictContext<'_>,
+        out: &mut JsonPredictions<'_>,
+    ) -> bool {
+        (**self).predict_json_lines(lines, ctx, out)
+    }
 }
 
 impl<P: Predictor + ?Sized> Predictor for Box<P> {
@@ -198,6 +337,15 @@ impl<P: Predictor + ?Sized> Predictor for Box<P> {
         ctx: &PredictContext<'_>,
     ) -> Result<Vec<Value>, PredictError> {
         (**self).predict(batch, ctx)
+    }
+
+    fn predict_json_lines(
+        &self,
+        lines: &[&[u8]],
+        ctx: &PredictContext<'_>,
+        out: &mut JsonPredictions<'_>,
+    ) -> bool {
+        (**self).predict_json_lines(lines, ctx, out)
     }
 }
 

@@ -13,7 +13,7 @@ use super::panic_message;
 use super::read::{RawBatch, RawItem};
 use super::run::{Event, POLL, Run};
 use crate::model::DataFormat;
-use crate::predict::{PredictContext, Predictor};
+use crate::predict::{JsonPredictions, PredictContext, Predictor};
 use crate::record::{
     ErrorRecordWriter, Instance, Position, RecordError, RecordErrorKind, decode, masked_crc32c,
 };
@@ -91,6 +91,11 @@ impl Run<'_> {
         let mut errors = ErrorRecordWriter::new(Vec::new());
         let batch_size = self.plan.batch_size;
         let max_bytes = self.executor.config.max_batch_bytes.unwrap_or(usize::MAX);
+        // JSON lines into JSON lines: the predictor may take the batch's text
+        // as it is (Predictor::predict_json_lines), so lines are decoded
+        // only if it does not.
+        let lines =
+            self.plan.data_format == DataFormat::Json && self.plan.output_format != DataFormat::Csv;
         for item in &batch.items {
             match item {
                 RawItem::Record {
@@ -98,42 +103,18 @@ impl Run<'_> {
                     range,
                     crc,
                 } => {
-                    let raw = &batch.data[range.clone()];
-                    // A TFRecord's data checksum, checked here rather than on
-                    // the framing thread, which all workers wait on.
-                    let damaged = crc.and_then(|stored| {
-                        let computed = masked_crc32c(raw);
-                        (stored != computed)
-                            .then_some(RecordErrorKind::DataChecksum { stored, computed })
-                    });
-                    match damaged.map_or_else(|| decode(self.plan.data_format, raw), Err) {
-                        Ok(instance) => {
-                            pending.slots.push(Slot::Instance(pending.instances.len()));
-                            if pending.instances.capacity() == 0 {
-                                // The predictor kept the last batch: the
-                                // spare, with room for a whole one.
-                                pending.instances = std::mem::take(&mut pending.spare);
-                                pending.instances.reserve(batch_size.min(4096));
-                            }
-                            pending.instances.push(instance);
-                            pending.ranges.push(range.clone());
-                            pending.positions.push(*position);
-                            pending.bytes += raw.len();
-                        }
-                        Err(kind) => {
-                            let e = RecordError {
-                                source: Arc::clone(&batch.source),
-                                position: *position,
-                                kind,
-                                raw: Some(raw.to_vec()),
-                            };
-                            pending.slots.push(Slot::Damaged(Box::new(e)));
-                        }
+                    pending.bytes += range.len();
+                    if lines && crc.is_none() {
+                        pending.slots.push(Slot::Line(pending.lines.len()));
+                        pending.lines.push((*position, range.clone()));
+                    } else {
+                        self.admit(pending, &batch, *position, range.clone(), *crc);
                     }
                 }
                 RawItem::Damaged(e) => pending.slots.push(Slot::Damaged(e.clone())),
             }
-            if (pending.instances.len() >= batch_size || pending.bytes >= max_bytes)
+            if (pending.instances.len() + pending.lines.len() >= batch_size
+                || pending.bytes >= max_bytes)
                 && !self.flush(pending, &batch, ctx, &mut out, &mut errors)
             {
                 return None;
@@ -149,6 +130,85 @@ impl Run<'_> {
         Some(out)
     }
 
+    /// Decodes the record at `range` of the chunk into the pending batch: an
+    /// instance, or a damaged record in its place.
+    fn admit(
+        &self,
+        pending: &mut Pending,
+        batch: &RawBatch,
+        position: Position,
+        range: Range<usize>,
+        crc: Option<u32>,
+    ) {
+        let raw = &batch.data[range.clone()];
+        // A TFRecord's data checksum, checked here rather than on the
+        // framing thread, which all workers wait on.
+        let damaged = crc.and_then(|stored| {
+            let computed = masked_crc32c(raw);
+            (stored != computed).then_some(RecordErrorKind::DataChecksum { stored, computed })
+        });
+        match damaged.map_or_else(|| decode(self.plan.data_format, raw), Err) {
+            Ok(instance) => {
+                pending.slots.push(Slot::Instance(pending.instances.len()));
+                if pending.instances.capacity() == 0 {
+                    // The predictor kept the last batch: the spare, with
+                    // room for a whole one.
+                    pending.instances = std::mem::take(&mut pending.spare);
+                    pending.instances.reserve(self.plan.batch_size.min(4096));
+                }
+                pending.instances.push(instance);
+                pending.ranges.push(range);
+                pending.positions.push(position);
+            }
+            Err(kind) => {
+                let e = RecordError {
+                    source: Arc::clone(&batch.source),
+                    position,
+                    kind,
+                    raw: Some(raw.to_vec()),
+                };
+                pending.slots.push(Slot::Damaged(Box::new(e)));
+            }
+        }
+    }
+
+    /// Offers the pending lines to the predictor's fast path
+    /// ([`Predictor::predict_json_lines`]); `true` when it took them, their
+    /// predictions then written to `out`.
+    fn predict_lines(
+        &self,
+        pending: &Pending,
+        batch: &RawBatch,
+        ctx: &PredictContext<'_>,
+        out: &mut BatchOutput,
+    ) -> bool {
+        let lines: Vec<&[u8]> = pending
+            .lines
+            .iter()
+            .map(|(_, range)| &batch.data[range.clone()])
+            .collect();
+        let mut predictions = JsonPredictions::new(&mut out.results);
+        let took = match catch_unwind(AssertUnwindSafe(|| {
+            self.predictor
+                .predict_json_lines(&lines, ctx, &mut predictions)
+        })) {
+            Ok(took) => took,
+            Err(payload) => {
+                // A panic is a refusal: `predict` then meets the batch.
+                let _ = catch_unwind(AssertUnwindSafe(|| drop(payload)));
+                false
+            }
+        };
+        if took && predictions.len() == lines.len() {
+            predictions.finish();
+            out.predictions += lines.len() as u64;
+            true
+        } else {
+            predictions.discard();
+            false
+        }
+    }
+
     /// Predicts the pending batch and writes its items out in input order;
     /// `false` when the run is stopping.
     pub(super) fn flush(
@@ -161,6 +221,20 @@ impl Run<'_> {
     ) -> bool {
         if self.stopping() {
             return false;
+        }
+        if !pending.lines.is_empty() && !self.predict_lines(pending, batch, ctx, out) {
+            // Refused: the lines are decoded and go the usual way.
+            let slots = std::mem::take(&mut pending.slots);
+            let lines = std::mem::take(&mut pending.lines);
+            for slot in slots {
+                match slot {
+                    Slot::Line(i) => {
+                        let (position, range) = lines[i].clone();
+                        self.admit(pending, batch, position, range, None);
+                    }
+                    other => pending.slots.push(other),
+                }
+            }
         }
         let csv = self.plan.output_format == DataFormat::Csv;
         let records = Records {
@@ -204,6 +278,8 @@ impl Run<'_> {
                     let raw = e.raw.is_some().then(|| e.raw_json());
                     (e.position, None, raw, failure)
                 }
+                // Predicted on the fast path, written already.
+                Slot::Line(_) => continue,
                 Slot::Instance(i) => match results.next().expect("one result per instance") {
                     Ok(prediction) if csv => {
                         let raw = batch.data[pending.ranges[i].clone()].to_vec();
@@ -231,6 +307,7 @@ impl Run<'_> {
             out.error_messages.push(failure.stats);
         }
         drop(results);
+        pending.lines.clear();
         pending.ranges.clear();
         pending.positions.clear();
         pending.bytes = 0;
@@ -240,6 +317,8 @@ impl Run<'_> {
 
 /// An item's fate before prediction: an instance (by index) or a damaged record.
 pub(super) enum Slot {
+    /// A JSON line not decoded yet (by index in `Pending::lines`).
+    Line(usize),
     Instance(usize),
     Damaged(Box<RecordError>),
 }
@@ -248,6 +327,9 @@ pub(super) enum Slot {
 #[derive(Default)]
 pub(super) struct Pending {
     pub(super) slots: Vec<Slot>,
+    /// JSON lines kept as text for the predictor's fast path: each one's
+    /// position and record in the chunk's data.
+    pub(super) lines: Vec<(Position, Range<usize>)>,
     pub(super) instances: Vec<Instance>,
     /// Each instance's record in the chunk's data.
     pub(super) ranges: Vec<Range<usize>>,
@@ -264,6 +346,7 @@ impl Pending {
     /// ends the worker.
     pub(super) fn clear(&mut self) {
         self.slots.clear();
+        self.lines.clear();
         self.instances.clear();
         self.ranges.clear();
         self.positions.clear();

@@ -13,11 +13,12 @@ use ort::value::{DynMapValueType, DynValue, Tensor, TensorElementType, ValueType
 use serde_json::{Map, Value};
 
 use super::{
-    Column, InputSpec, Kind, ModelFile, ModelFiles, batch_first, f32_json, f64_json, finite,
-    gather, json_instances, model_path, passthrough_fields, passthrough_of, place, shown_as,
+    Column, InputSpec, Kind, ModelFile, ModelFiles, OutColumn, OutValues, batch_first, f32_json,
+    f64_json, finite, gather, json_instances, model_path, passthrough_of, predictions_of,
+    read_lines, shown_as, write_lines,
 };
 use crate::model::{Job, ModelVersion};
-use crate::predict::{ModelResolver, PredictContext, PredictError, Predictor};
+use crate::predict::{JsonPredictions, ModelResolver, PredictContext, PredictError, Predictor};
 use crate::record::Instance;
 use crate::storage::{LocalStorage, Storage};
 
@@ -393,25 +394,36 @@ impl OrtPredictor {
 
     /// Runs `values` (all of the batch, or one instance for a model fixed
     /// at a batch of 1) through `session`.
-    fn run(
+    fn run(&self, session: &mut Session, values: Vec<Value>) -> Result<Vec<Value>, PredictError> {
+        let columns = self
+            .inputs
+            .iter()
+            .map(|input| gather(&values, input, &self.inputs))
+            .collect::<Result<Vec<_>, _>>()?;
+        let outputs = self.infer(session, values.len(), columns)?;
+        predictions_of(values, &self.inputs, self.passthrough, outputs)
+    }
+
+    /// Runs a batch of `n` instances, whose inputs are `columns`, through
+    /// `session`: its outputs, in order.
+    fn infer(
         &self,
         session: &mut Session,
-        values: Vec<Value>,
-    ) -> Result<Vec<Map<String, Value>>, PredictError> {
-        let n = values.len();
+        n: usize,
+        columns: Vec<Column>,
+    ) -> Result<Vec<OutColumn<'_>>, PredictError> {
         let mut feeds: Vec<(String, DynValue)> = Vec::with_capacity(self.inputs.len());
-        for input in &self.inputs {
-            let column = gather(&values, input, &self.inputs)?;
+        for (input, column) in self.inputs.iter().zip(columns) {
             let mut shape = vec![n];
             shape.extend(&input.shape);
             let tensor = tensor(column, shape)
                 .map_err(|e| PredictError::new(format!("input {:?}: {e}", input.name)))?;
             feeds.push((input.name.clone(), tensor));
         }
-        let mut predictions = passthrough_fields(values, &self.inputs, self.passthrough);
         let outputs = session
             .run(feeds)
             .map_err(|e| PredictError::new(format!("the ONNX model failed: {e}")))?;
+        let mut columns = Vec::with_capacity(self.outputs.len());
         for (name, kind) in &self.outputs {
             let value = outputs.get(name.as_str()).ok_or_else(|| {
                 PredictError::new(format!("the model returned no output {name:?}"))
@@ -429,8 +441,12 @@ impl OrtPredictor {
                             )));
                         }
                     };
-                    let inner = batch_first(&shape, n, name)?;
-                    place(&mut predictions, name, tensor_json(value, name)?, inner);
+                    let inner = batch_first(&shape, n, name)?.to_vec();
+                    columns.push(OutColumn {
+                        name,
+                        values: tensor_values(value, name)?,
+                        inner,
+                    });
                 }
                 OutputKind::Maps => {
                     let maps = value
@@ -442,15 +458,27 @@ impl OrtPredictor {
                             maps.len()
                         )));
                     }
-                    let column = maps
+                    let values = maps
                         .iter()
                         .map(|map| map_json(map, name))
                         .collect::<Result<Vec<_>, _>>()?;
-                    place(&mut predictions, name, column, &[]);
+                    columns.push(OutColumn {
+                        name,
+                        values: OutValues::Json(values),
+                        inner: Vec::new(),
+                    });
                 }
             }
         }
-        Ok(predictions)
+        Ok(columns)
+    }
+
+    /// Returns `session` to the idle ones.
+    fn give_back(&self, session: Session) {
+        self.idle
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(session);
     }
 }
 
@@ -515,6 +543,21 @@ fn json_map(key: &TensorElementType, value: &TensorElementType) -> bool {
             value,
             TensorElementType::Float32 | TensorElementType::Float64
         )
+}
+
+/// A tensor output's values, row-major: `f32`s as they are, others as JSON.
+fn tensor_values(value: &DynValue, name: &str) -> Result<OutValues, PredictError> {
+    if let ValueType::Tensor {
+        ty: TensorElementType::Float32,
+        ..
+    } = value.dtype()
+    {
+        let (_, values) = value
+            .try_extract_tensor::<f32>()
+            .map_err(|e| PredictError::new(format!("output {name:?}: {e}")))?;
+        return Ok(OutValues::F32(values.to_vec()));
+    }
+    tensor_json(value, name).map(OutValues::Json)
 }
 
 /// A tensor output's values as JSON, row-major.
@@ -667,11 +710,39 @@ impl Predictor for OrtPredictor {
         } else {
             self.run(&mut session, values)
         };
-        self.idle
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push(session);
-        Ok(result?.into_iter().map(Value::Object).collect())
+        self.give_back(session);
+        result
+    }
+
+    /// Reads the numbers of each line straight into the input tensors and
+    /// writes the outputs without building `Value`s (see
+    /// [`Predictor::predict_json_lines`]); a model fixed at a batch of 1
+    /// takes the usual path.
+    fn predict_json_lines(
+        &self,
+        lines: &[&[u8]],
+        _: &PredictContext<'_>,
+        out: &mut JsonPredictions<'_>,
+    ) -> bool {
+        if self.one_per_call {
+            return false;
+        }
+        let Some(mut batch) = read_lines(lines, &self.inputs, self.passthrough) else {
+            return false;
+        };
+        let Ok(mut session) = self.take_session() else {
+            return false;
+        };
+        let outputs = self.infer(
+            &mut session,
+            lines.len(),
+            std::mem::take(&mut batch.columns),
+        );
+        let written = outputs
+            .ok()
+            .and_then(|outputs| write_lines(&batch, &outputs, out));
+        self.give_back(session);
+        written.is_some()
     }
 }
 

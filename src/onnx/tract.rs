@@ -12,11 +12,12 @@ use tract_onnx::tract_hir::infer::Factoid;
 use tract_onnx::tract_hir::internal::DimLike;
 
 use super::{
-    Column, InputSpec, Kind, ModelFile, ModelFiles, batch_first, f32_json, f64_json, finite,
-    gather, json_instances, model_path, passthrough_fields, passthrough_of, place, shown_as,
+    Column, InputSpec, Kind, ModelFile, ModelFiles, OutColumn, OutValues, batch_first, f64_json,
+    finite, gather, json_instances, model_path, passthrough_of, predictions_of, read_lines,
+    shown_as, write_lines,
 };
 use crate::model::{Job, ModelVersion};
-use crate::predict::{ModelResolver, PredictContext, PredictError, Predictor};
+use crate::predict::{JsonPredictions, ModelResolver, PredictContext, PredictError, Predictor};
 use crate::record::Instance;
 use crate::storage::{LocalStorage, Storage};
 
@@ -343,11 +344,41 @@ impl Predictor for OnnxPredictor {
         batch: Vec<Instance>,
         _: &PredictContext<'_>,
     ) -> Result<Vec<Value>, PredictError> {
-        let n = batch.len();
         let values = json_instances(batch)?;
+        let columns = self
+            .inputs
+            .iter()
+            .map(|input| gather(&values, input, &self.inputs))
+            .collect::<Result<Vec<_>, _>>()?;
+        let outputs = self.infer(values.len(), columns)?;
+        predictions_of(values, &self.inputs, self.passthrough, outputs)
+    }
+
+    /// Reads the numbers of each line straight into the input tensors and
+    /// writes the outputs without building `Value`s (see
+    /// [`Predictor::predict_json_lines`]).
+    fn predict_json_lines(
+        &self,
+        lines: &[&[u8]],
+        _: &PredictContext<'_>,
+        out: &mut JsonPredictions<'_>,
+    ) -> bool {
+        let Some(mut batch) = read_lines(lines, &self.inputs, self.passthrough) else {
+            return false;
+        };
+        self.infer(lines.len(), std::mem::take(&mut batch.columns))
+            .ok()
+            .and_then(|outputs| write_lines(&batch, &outputs, out))
+            .is_some()
+    }
+}
+
+impl OnnxPredictor {
+    /// Runs a batch of `n` instances, whose inputs are `columns`: its
+    /// outputs, in order.
+    fn infer(&self, n: usize, columns: Vec<Column>) -> Result<Vec<OutColumn<'_>>, PredictError> {
         let mut tensors: TVec<TValue> = TVec::new();
-        for input in &self.inputs {
-            let column = gather(&values, input, &self.inputs)?;
+        for (input, column) in self.inputs.iter().zip(columns) {
             let mut shape = vec![n];
             shape.extend(&input.shape);
             let tensor = column
@@ -359,26 +390,34 @@ impl Predictor for OnnxPredictor {
             .plan
             .run(tensors)
             .map_err(|e| PredictError::new(format!("the ONNX model failed: {e}")))?;
-        let mut predictions = passthrough_fields(values, &self.inputs, self.passthrough);
+        let mut columns = Vec::with_capacity(self.outputs.len());
         for (name, output) in self.outputs.iter().zip(outputs.iter()) {
-            let inner = batch_first(output.shape(), n, name)?;
-            let column: Vec<Value> = match output.datum_type() {
-                DatumType::F32 => finite(plain::<f32>(output, name)?, f32_json, name)?,
-                DatumType::F64 => finite(plain::<f64>(output, name)?, f64_json, name)?,
-                DatumType::Bool => plain::<bool>(output, name)?
-                    .into_iter()
-                    .map(Value::Bool)
-                    .collect(),
-                DatumType::U64 => plain::<u64>(output, name)?
-                    .into_iter()
-                    .map(Value::from)
-                    .collect(),
-                dt if dt.is_integer() => {
-                    let cast = output.cast_to::<i64>().map_err(output_error(name))?;
-                    plain::<i64>(&cast, name)?
+            let inner = batch_first(output.shape(), n, name)?.to_vec();
+            let values = match output.datum_type() {
+                DatumType::F32 => OutValues::F32(plain::<f32>(output, name)?),
+                DatumType::F64 => {
+                    OutValues::Json(finite(plain::<f64>(output, name)?, f64_json, name)?)
+                }
+                DatumType::Bool => OutValues::Json(
+                    plain::<bool>(output, name)?
+                        .into_iter()
+                        .map(Value::Bool)
+                        .collect(),
+                ),
+                DatumType::U64 => OutValues::Json(
+                    plain::<u64>(output, name)?
                         .into_iter()
                         .map(Value::from)
-                        .collect()
+                        .collect(),
+                ),
+                dt if dt.is_integer() => {
+                    let cast = output.cast_to::<i64>().map_err(output_error(name))?;
+                    OutValues::Json(
+                        plain::<i64>(&cast, name)?
+                            .into_iter()
+                            .map(Value::from)
+                            .collect(),
+                    )
                 }
                 dt => {
                     return Err(PredictError::new(format!(
@@ -386,9 +425,13 @@ impl Predictor for OnnxPredictor {
                     )));
                 }
             };
-            place(&mut predictions, name, column, inner);
+            columns.push(OutColumn {
+                name,
+                values,
+                inner,
+            });
         }
-        Ok(predictions.into_iter().map(Value::Object).collect())
+        Ok(columns)
     }
 }
 

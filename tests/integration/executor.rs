@@ -1595,3 +1595,165 @@ fn input_paths_are_bounded_in_count_and_length() {
         "invalid job: predictionInput.inputPaths[1]: 5007 bytes: at most 4096"
     );
 }
+
+/// How [`Lines`] treats the batches offered to its fast path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FastPath {
+    /// Has none (the trait's default).
+    None,
+    /// Takes every batch it can write exactly as `predict` would.
+    Honest,
+    /// Writes one prediction too few.
+    ShortByOne,
+    /// Panics on batches holding id 7.
+    PanicsAtSeven,
+    /// Writes part of a batch, then refuses it.
+    WritesThenRefuses,
+}
+
+/// `{"id": N, …}` → `{"id": N, "twice": 2N}`, with a fast path that
+/// behaves as its [`FastPath`] says; counts the batches that path took.
+struct Lines {
+    fast: FastPath,
+    taken: AtomicU64,
+}
+
+impl Lines {
+    fn new(fast: FastPath) -> Arc<Self> {
+        Arc::new(Lines {
+            fast,
+            taken: AtomicU64::new(0),
+        })
+    }
+
+    fn prediction(instance: &Value) -> Option<Value> {
+        let id = instance.as_object()?.get("id")?.as_u64()?;
+        Some(json!({"id": id, "twice": id.checked_mul(2)?}))
+    }
+}
+
+impl Predictor for Lines {
+    fn predict(
+        &self,
+        batch: Vec<Instance>,
+        _: &batch_prediction::PredictContext<'_>,
+    ) -> Result<Vec<Value>, PredictError> {
+        batch
+            .iter()
+            .map(|instance| match instance {
+                Instance::Json(v) => Lines::prediction(v),
+                Instance::Bytes(_) => None,
+            })
+            .map(|p| p.ok_or_else(|| PredictError::new("no id")))
+            .collect()
+    }
+
+    fn predict_json_lines(
+        &self,
+        lines: &[&[u8]],
+        _: &batch_prediction::PredictContext<'_>,
+        out: &mut batch_prediction::JsonPredictions<'_>,
+    ) -> bool {
+        if self.fast == FastPath::None {
+            return false;
+        }
+        let mut predictions = Vec::new();
+        for line in lines {
+            let Ok(value) = serde_json::from_slice::<Value>(line) else {
+                return false;
+            };
+            if value.get("b64").is_some() {
+                return false;
+            }
+            let Some(prediction) = Lines::prediction(&value) else {
+                return false;
+            };
+            predictions.push(prediction);
+        }
+        let ids: Vec<u64> = predictions
+            .iter()
+            .map(|p| p["id"].as_u64().unwrap())
+            .collect();
+        if self.fast == FastPath::PanicsAtSeven && ids.contains(&7) {
+            panic!("the fast path panics at 7");
+        }
+        let keep = match self.fast {
+            FastPath::ShortByOne => predictions.len() - 1,
+            _ => predictions.len(),
+        };
+        for prediction in &predictions[..keep] {
+            serde_json::to_writer(out.begin(), prediction).unwrap();
+        }
+        if self.fast == FastPath::WritesThenRefuses && ids.contains(&7) {
+            return false;
+        }
+        self.taken.fetch_add(1, Ordering::Relaxed);
+        true
+    }
+}
+
+/// The fast path for JSON lines (`Predictor::predict_json_lines`) changes
+/// nothing a job writes, whatever it does: it takes clean batches, and a
+/// refusal, a wrong count or a panic sends the batch down the usual path,
+/// bad lines and all. CSV output and TEXT input never offer it.
+#[test]
+fn the_fast_path_for_json_lines_writes_what_the_usual_path_writes() {
+    let mut input = fixture("examples.jsonl");
+    // Bad lines among the good: invalid JSON, a binary instance, no id, a
+    // wide id, blank lines, spaces around an instance.
+    input.extend_from_slice(
+        b"{\"id\": 100, \"x\": [1]}\nnot json\n{\"b64\": \"aGk=\"}\n\n{\"x\": 1}\n  {\"id\":101}  \n{\"id\": 18446744073709551615}\n{\"id\": 102,\n",
+    );
+    input.extend_from_slice(&fixture("examples.jsonl"));
+    let run = |fast: FastPath, format: DataFormat, output: DataFormat, batch: i64| {
+        let storage = InMemoryStorage::new();
+        storage.put("gs://b/in/a.jsonl", input.clone());
+        let mut job = queued_job(format, &["gs://b/in/*"], batch, 2);
+        job.prediction_input.as_mut().unwrap().output_data_format = Some(output);
+        let predictor = Lines::new(fast);
+        let summary = run_with(
+            Arc::new(storage.clone()),
+            Arc::clone(&predictor) as Arc<dyn Predictor>,
+            ExecutorConfig::default(),
+            &mut job,
+        );
+        assert_eq!(summary.state, State::Succeeded, "{fast:?}");
+        check_accounting(&storage, &job, &summary);
+        // Every file as text, but the summary's times.
+        let files: Vec<(String, String)> = outputs(&storage)
+            .into_iter()
+            .filter(|(name, _)| !name.starts_with("prediction.summary-"))
+            .map(|(name, bytes)| (name, String::from_utf8(bytes).unwrap()))
+            .collect();
+        let counts = (summary.prediction_count, summary.error_count);
+        (files, counts, predictor.taken.load(Ordering::Relaxed))
+    };
+    for batch in [1, 4, 16] {
+        let (usual, counts, _) = run(FastPath::None, DataFormat::Json, DataFormat::Json, batch);
+        assert_eq!(counts, (202, 5));
+        for fast in [
+            FastPath::Honest,
+            FastPath::ShortByOne,
+            FastPath::PanicsAtSeven,
+            FastPath::WritesThenRefuses,
+        ] {
+            let (got, _, taken) = run(fast, DataFormat::Json, DataFormat::Json, batch);
+            assert_eq!(got, usual, "{fast:?}, batches of {batch}");
+            match fast {
+                FastPath::Honest | FastPath::PanicsAtSeven | FastPath::WritesThenRefuses => {
+                    assert!(taken > 0, "{fast:?}: the fast path took no batch")
+                }
+                _ => {}
+            }
+        }
+    }
+    for (format, output) in [
+        (DataFormat::Json, DataFormat::Csv),
+        (DataFormat::Text, DataFormat::Json),
+    ] {
+        let (usual, _, _) = run(FastPath::None, format, output, 4);
+        let (got, _, taken) = run(FastPath::Honest, format, output, 4);
+        assert_eq!(got, usual, "{format:?} into {output:?}");
+        assert_eq!(taken, 0, "{format:?} into {output:?} offers no fast path");
+    }
+}

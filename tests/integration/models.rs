@@ -7,9 +7,11 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use batch_prediction::{
-    BatchExecutor, CancelHandle, Job, LocalStorage, State, SystemClock, Transition,
+    BatchExecutor, CancelHandle, Job, JsonPredictions, LocalStorage, PredictContext, PredictError,
+    Predictor, State, SystemClock, Transition,
 };
 use serde_json::{Value, json};
 
@@ -477,6 +479,248 @@ fn intra_op_threads_change_at_most_the_last_bits_of_tree_sums() {
                     );
                 }
             }
+        }
+    }
+}
+
+/// A predictor with only `predict`: the usual path, which the fast path
+/// (`predict_json_lines`) must match byte for byte.
+struct UsualPath(Arc<dyn Predictor>);
+
+impl Predictor for UsualPath {
+    fn predict(
+        &self,
+        batch: Vec<batch_prediction::Instance>,
+        ctx: &PredictContext<'_>,
+    ) -> Result<Vec<Value>, PredictError> {
+        self.0.predict(batch, ctx)
+    }
+}
+
+/// A predictor's both paths, counting the batches the fast path took.
+struct Counted(Arc<dyn Predictor>, Arc<AtomicU64>);
+
+impl Predictor for Counted {
+    fn predict(
+        &self,
+        batch: Vec<batch_prediction::Instance>,
+        ctx: &PredictContext<'_>,
+    ) -> Result<Vec<Value>, PredictError> {
+        self.0.predict(batch, ctx)
+    }
+
+    fn predict_json_lines(
+        &self,
+        lines: &[&[u8]],
+        ctx: &PredictContext<'_>,
+        out: &mut JsonPredictions<'_>,
+    ) -> bool {
+        let took = self.0.predict_json_lines(lines, ctx, out);
+        if took {
+            self.1.fetch_add(1, Ordering::Relaxed);
+        }
+        took
+    }
+}
+
+/// `value` as JSON text with its numbers written another way: floats in
+/// exponent form, whole floats as integers; the first number `null` when
+/// `null_first`.
+fn respelled(value: &Value, null_first: &mut bool) -> String {
+    match value {
+        Value::Number(n) if std::mem::take(null_first) => {
+            let _ = n;
+            "null".into()
+        }
+        Value::Number(n) => match n.as_f64() {
+            Some(f) if n.is_f64() && f.fract() == 0.0 && f.abs() < 1e15 => format!("{}", f as i64),
+            Some(f) if n.is_f64() => format!("{f:e}"),
+            _ => n.to_string(),
+        },
+        Value::Array(items) => format!(
+            "[ {} ]",
+            items
+                .iter()
+                .map(|v| respelled(v, null_first))
+                .collect::<Vec<_>>()
+                .join(" , ")
+        ),
+        Value::Object(fields) => format!(
+            "{{{}}}",
+            fields
+                .iter()
+                .map(|(k, v)| format!("{}:{}", json!(k), respelled(v, null_first)))
+                .collect::<Vec<_>>()
+                .join(",")
+        ),
+        other => other.to_string(),
+    }
+}
+
+/// Lines that test the fast path's reading against the usual path's, in
+/// batches of one:
+/// each instance as written, respelled, with a `null`, with spaces and an
+/// escaped key, with its fields repeated, with a field named as an output,
+/// bare (for a model of one input); and lines no path predicts. With how
+/// many lines, from the first, the fast path takes.
+fn tricky_lines(
+    instances: &[Value],
+    inputs: &[String],
+    outputs: &[String],
+) -> (Vec<String>, usize) {
+    // Lines the fast path takes, then lines it leaves to the usual path.
+    let (mut taken, mut left) = (Vec::new(), Vec::new());
+    for (i, instance) in instances.iter().enumerate() {
+        let body = instance.to_string();
+        let body = &body[1..body.len() - 1];
+        taken.push(format!("{{\"key\":{i},{body}}}"));
+        let mut no = false;
+        taken.push(format!(
+            "{{\"key\":{i},{}",
+            &respelled(instance, &mut no)[1..]
+        ));
+        taken.push(format!(
+            "  {{ \"key\" : \"k\\\"\\u00e9\\n{i}\" , {body} }}\t"
+        ));
+        taken.push(format!(
+            "{{{body},\"meta\":{{\"a\":[1,{{\"b\":null}}],\"c\":\"\\ud83d\\ude00\"}}}}"
+        ));
+        if inputs.len() == 1 {
+            taken.push(instance[&inputs[0]].to_string());
+        }
+        let mut yes = true;
+        left.push(format!(
+            "{{\"key\":{i},{}",
+            &respelled(instance, &mut yes)[1..]
+        ));
+        left.push(format!("{{\"key\":{i},\"key\":{},{body}}}", i + 1));
+        left.push(format!("{{\"key\":{i},{body},{body}}}"));
+        left.push(format!("{{\"{}\":{i},{body}}}", outputs[0]));
+        if inputs.len() == 1 {
+            left.push(format!(
+                "{{\"{}\":{}}}",
+                inputs[0],
+                json!([instance[&inputs[0]]])
+            ));
+        }
+    }
+    left.extend(
+        [
+            "{\"b64\": \"aGk=\"}",
+            "not json",
+            "[1,",
+            "7",
+            "{}",
+            "{\"key\": \"\\ud800\"}",
+            "\"text\"",
+        ]
+        .map(str::to_owned),
+    );
+    let count = taken.len();
+    taken.extend(left);
+    (taken, count)
+}
+
+/// Runs `lines` through the model at `uri` on `backend`, through the fast
+/// path or only the usual one: the results, errors and errors_stats files,
+/// and the batches the fast path took. (Not run concurrently: the input
+/// file is the same one each time.)
+fn run_lines(
+    backend: Backend,
+    uri: &Path,
+    lines: &[String],
+    fast: bool,
+    passthrough: bool,
+    batch: u32,
+) -> (String, String, String, u64) {
+    // One input path for every run, as errors name it.
+    static INPUTS: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
+    let inputs = INPUTS.get_or_init(|| tempfile::tempdir().unwrap());
+    let input = inputs.path().join("instances.jsonl");
+    let out = tempfile::tempdir().unwrap();
+    let out = out.path();
+    std::fs::write(&input, lines.join("\n") + "\n").unwrap();
+    let mut job = Job::from_value(json!({
+        "jobId": "paths",
+        "labels": {"bp-passthrough": if passthrough { "on" } else { "off" }},
+        "predictionInput": {
+            "dataFormat": "JSON",
+            "inputPaths": [input],
+            "outputPath": out,
+            "region": "local",
+            "uri": uri,
+            "batchSize": batch.to_string(),
+            "maxWorkerCount": "2",
+        }
+    }))
+    .unwrap();
+    job.apply(Transition::Queue, &SystemClock).unwrap();
+    let storage = LocalStorage::new();
+    let inner = backend.resolver(storage.clone());
+    let taken = Arc::new(AtomicU64::new(0));
+    let count = Arc::clone(&taken);
+    let resolver = move |model: &batch_prediction::ModelVersion,
+                         job: &Job|
+          -> Result<Arc<dyn Predictor>, PredictError> {
+        let predictor = inner.resolve(model, job)?;
+        Ok(if fast {
+            Arc::new(Counted(predictor, Arc::clone(&count)))
+        } else {
+            Arc::new(UsualPath(predictor))
+        })
+    };
+    let executor = BatchExecutor::new(Arc::new(storage), Arc::new(resolver));
+    executor.run(&mut job, &CancelHandle::new()).unwrap();
+    assert_eq!(job.state, Some(State::Succeeded), "{:?}", job.error_message);
+    let file = |name: &str| std::fs::read_to_string(out.join(name)).unwrap();
+    (
+        file("prediction.results-00000-of-00001"),
+        file("prediction.errors-00000-of-00001"),
+        file("prediction.errors_stats-00000-of-00001"),
+        taken.load(Ordering::Relaxed),
+    )
+}
+
+/// The ONNX predictors' fast path (numbers read straight from the text,
+/// outputs written without `Value`s) writes exactly what their usual path
+/// writes: every model family, on every backend that runs it, with and
+/// without passthrough, on lines meant to catch it out.
+#[test]
+fn the_fast_path_writes_what_the_usual_path_writes_for_every_model_family() {
+    for backend in backends() {
+        for (name, case) in &expected() {
+            #[cfg(feature = "onnx")]
+            if backend == Backend::Tract && !TRACT_RUNS.contains(&name.as_str()) {
+                continue;
+            }
+            let uri = model_file(name);
+            let (inputs, outputs) = backend.names(&uri);
+            let instances = case["instances"].as_array().unwrap();
+            let (lines, takes) = tricky_lines(instances, &inputs, &outputs);
+            for passthrough in [true, false] {
+                let at = format!("{backend:?} {name} passthrough {passthrough}");
+                // Batches of one: each line meets the fast path alone.
+                let usual = run_lines(backend, &uri, &lines, false, passthrough, 1);
+                let fast = run_lines(backend, &uri, &lines, true, passthrough, 1);
+                assert_eq!(fast.0, usual.0, "{at}: results");
+                assert_eq!(fast.1, usual.1, "{at}: errors");
+                assert_eq!(fast.2, usual.2, "{at}: errors_stats");
+                // And more: a `null` where a tree model takes it as missing;
+                // without passthrough, a repeated `key` and a field named as
+                // an output, dropped as the usual path drops them.
+                assert!(
+                    fast.3 >= takes as u64,
+                    "{at}: the fast path took {} lines",
+                    fast.3
+                );
+            }
+            let clean: Vec<String> = instances.iter().map(Value::to_string).collect();
+            let (_, _, _, taken) = run_lines(backend, &uri, &clean, true, true, 4);
+            assert_eq!(
+                taken,
+                clean.len().div_ceil(4) as u64,
+                "{backend:?} {name}: the fast path takes every clean batch"
+            );
         }
     }
 }

@@ -98,7 +98,7 @@ impl Backend {
     }
 
     /// The model's input and output names, in the file's order.
-    fn names(self, path: &Path) -> (Vec<String>, Vec<String>) {
+    pub fn names(self, path: &Path) -> (Vec<String>, Vec<String>) {
         let own = |v: Vec<&str>| v.into_iter().map(str::to_owned).collect::<Vec<_>>();
         match self {
             #[cfg(feature = "onnx")]
