@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """This crate against its peers on the same files, printed as ratios.
 
-    python3 benches/compare.py [--records N] [--rounds R] [--no-tensorflow]
+    python3 benches/compare.py [--records N] [--rounds R] [--no-tensorflow] [--baseline REV]
 
 (or `bash benches/compare.sh`, which runs this.) It generates, in a
 temporary directory, N (default 1,000,000) JSON-lines instances like
@@ -28,8 +28,13 @@ machine's drift falls on all of them alike, it times:
   and 2 workers, against the same model over the same batches of 64 in a
   bare loop (on N/4 lines of four features each).
 
-It prints the medians and each goal of issue #7 as a ratio with PASS or
-MISS. Python and TensorFlow stay out of the crate: only this script uses
+With --baseline REV (a git revision), it also times the echo and ONNX jobs
+of that revision's compare_helper (built once, in a git worktree under
+target/compare-baseline/), for the speedups issue #15 asks of the instance
+path.
+
+It prints the medians and each goal (issues #4, #6, #7, #15) as a ratio with
+PASS or MISS. Python and TensorFlow stay out of the crate: only this script uses
 them, and it says so when TensorFlow cannot be installed.
 """
 
@@ -51,6 +56,29 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def sh(cmd, **kw):
     return subprocess.run(cmd, check=True, **kw)
+
+
+def baseline_helper(rev):
+    """compare_helper as git revision `rev` builds it: made once, in a git
+    worktree and a target directory of its own under
+    target/compare-baseline/ (sharing the main one would leave cargo's
+    copy of the current helper stale), and kept as compare_helper-COMMIT."""
+    commit = subprocess.run(["git", "rev-parse", "--verify", rev + "^{commit}"], cwd=ROOT,
+                            check=True, capture_output=True, text=True).stdout.strip()
+    base = os.path.join(target_dir(), "compare-baseline")
+    binary = os.path.join(base, "compare_helper-" + commit[:12])
+    if os.path.exists(binary):
+        return binary, commit[:12]
+    tree = os.path.join(base, "tree-" + commit[:12])
+    if not os.path.exists(tree):
+        sh(["git", "worktree", "add", "--detach", tree, commit], cwd=ROOT, stdout=subprocess.DEVNULL)
+    print(f"building compare_helper at {commit[:12]} (once; a while)...", file=sys.stderr)
+    own_target = os.path.join(base, "target")
+    env = dict(os.environ, CARGO_TARGET_DIR=own_target)
+    sh(["cargo", "build", "--quiet", "--release", "--features", "onnx", "--example", "compare_helper"],
+       cwd=tree, env=env)
+    shutil.copy(os.path.join(own_target, "release", "examples", "compare_helper"), binary)
+    return binary, commit[:12]
 
 
 def target_dir():
@@ -212,8 +240,10 @@ def main():
     parser.add_argument("--records", type=int, default=1_000_000)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--no-tensorflow", action="store_true")
+    parser.add_argument("--baseline", metavar="REV", help="also time this git revision's echo and ONNX jobs")
     args = parser.parse_args()
 
+    baseline = baseline_helper(args.baseline) if args.baseline else None
     sh(["cargo", "build", "--quiet", "--release", "--features", "onnx", "--example", "compare_helper"], cwd=ROOT)
     helper = os.path.join(target_dir(), "release", "examples", "compare_helper")
     tf_python, tf_why = tensorflow_python(args.no_tensorflow)
@@ -263,6 +293,11 @@ def main():
             "gzip -dc": lambda: timed_to_null(["gzip", "-dc", tfgz]),
             "read gzip TFRecord": lambda: timed([helper, "read", "tfrecord-gzip", tfgz]),
         }
+        if baseline:
+            old = baseline[0]
+            cases["echo job, 1 worker, baseline"] = lambda: timed([old, "job", "echo", "json", jsonl, out, "1"])
+            cases["echo job, 2 workers, baseline"] = lambda: timed([old, "job", "echo", "json", jsonl, out, "2"])
+            cases["ONNX job, 1 worker, baseline"] = lambda: timed([old, "job", model, "json", iris, out, "1"])
         if tf_python:
             cases["tf.data batch(1024)"] = lambda: timed([tf_python, tf_script, tfr, ""])
             cases["tf.data gzip batch(1024)"] = lambda: timed([tf_python, tf_script, tfgz, "GZIP"])
@@ -281,7 +316,7 @@ def main():
           f"({time.strftime('%Y-%m-%d')}, {os.cpu_count()} CPUs)")
     for name, secs in med.items():
         count = n // 10 if name.startswith("cpu") else n // 4 if name.startswith("ONNX") else n
-        print(f"  {name:<26} {secs * 1000:9.1f} ms  {count / secs / 1e6:7.2f} M records/s")
+        print(f"  {name:<30} {secs * 1000:9.1f} ms  {count / secs / 1e6:7.2f} M records/s")
     if not tf_python:
         print(f"  tf.data: {tf_why}")
 
@@ -292,7 +327,7 @@ def main():
 
     speed = lambda name: 1 / med[name]
     goal("echo job 2w vs Python executor", speed("echo job, 2 workers") / speed("Python executor"), 20)
-    goal("echo job 1w vs bare serde_json loop", speed("echo job, 1 worker") / speed("bare serde_json loop"), 0.75)
+    goal("#15: echo job 1w vs bare serde_json", speed("echo job, 1 worker") / speed("bare serde_json loop"), 1.3)
     goal("echo job 2w vs 1w", speed("echo job, 2 workers") / speed("echo job, 1 worker"), 1.6)
     goal("cpu job 2w vs 1w", speed("cpu job, 2 workers") / speed("cpu job, 1 worker"), 1.8)
     # Issue #4's own targets: the executor adds under 25% to the bare cost, on JSON and TFRecord.
@@ -304,6 +339,13 @@ def main():
     goal("#6: ONNX job 1w vs bare tract loop", speed("ONNX job, 1 worker") / speed("ONNX bare loop"), 0.9)
     goal("TFRecord read vs cat", speed("read TFRecord") / speed("cat TFRecord"), 0.5)
     goal("gzip TFRecord read vs gzip -dc", speed("read gzip TFRecord") / speed("gzip -dc"), 1.0)
+    if baseline:
+        goal(f"#15: ONNX job 1w vs {baseline[1]}",
+             speed("ONNX job, 1 worker") / speed("ONNX job, 1 worker, baseline"), 1.5)
+        goal(f"echo job 1w vs {baseline[1]}",
+             speed("echo job, 1 worker") / speed("echo job, 1 worker, baseline"), 1.0)
+        goal(f"echo job 2w vs {baseline[1]}",
+             speed("echo job, 2 workers") / speed("echo job, 2 workers, baseline"), 1.0)
     if tf_python:
         goal("TFRecord read vs tf.data", speed("read TFRecord") / speed("tf.data batch(1024)"), 10)
     print("\ngoals (ratios of speed; higher is better)")

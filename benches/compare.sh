@@ -2,7 +2,7 @@
 # The comparison harness of issue #7: this crate against a bare serde_json
 # loop, a Python executor, cat, gzip -dc and (if it installs) tf.data, on the
 # same generated files. Arguments go to benches/compare.py (--records N,
-# --rounds R, --no-tensorflow). Needs python3; installs tensorflow-cpu into
+# --rounds R, --no-tensorflow, --baseline REV). Needs python3; installs tensorflow-cpu into
 # target/compare-venv on first use, and says so if it cannot.
 #
 # With --cloud first, the cloud storage backends against curl instead
@@ -12,11 +12,20 @@
 # With --models first, the model runtimes instead (benches/compare_models.py:
 # --records N, --rounds R): onnxruntime jobs against a bare `ort` loop and
 # tract, on the bundled MLP and a 500-tree gradient-boosting model.
+#
+# With --peers first, what users would run instead (benches/compare_peers.py:
+# --records N, --rounds R, --no-ray, --no-beam): a hand-written Python
+# script, Ray Data and Apache Beam with onnxruntime, on the same MLP jobs;
+# installs them into target/peers-venv on first use.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ "${1:-}" = "--cloud" ]; then
   shift
   exec python3 benches/compare_cloud.py "$@"
+fi
+if [ "${1:-}" = "--peers" ]; then
+  shift
+  exec python3 benches/compare_peers.py "$@"
 fi
 if [ "${1:-}" = "--models" ]; then
   shift

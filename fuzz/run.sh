@@ -10,12 +10,13 @@ cd "$(dirname "$0")/.."
 seconds=${1:-300}
 shift || true
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(json_lines text_lines tfrecord tfrecord_gzip job_json rest)
+[ ${#targets[@]} -gt 0 ] || targets=(json_lines text_lines tfrecord tfrecord_gzip job_json rest json_fast_path)
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
 
-mkdir -p fuzz/corpus/{json_lines,text_lines,tfrecord,tfrecord_gzip,job_json,rest}
+mkdir -p fuzz/corpus/{json_lines,text_lines,tfrecord,tfrecord_gzip,job_json,rest,json_fast_path}
 cp tests/data/tensorflow/examples.jsonl fuzz/corpus/json_lines/
 cp tests/data/tensorflow/examples.jsonl fuzz/corpus/text_lines/
+cp tests/data/tensorflow/examples.jsonl fuzz/corpus/json_fast_path/
 cp tests/data/tensorflow/examples.tfrecord fuzz/corpus/tfrecord/
 cp tests/data/tensorflow/examples.tfrecord.gz fuzz/corpus/tfrecord_gzip/
 cp examples/sample/job.json fuzz/corpus/job_json/

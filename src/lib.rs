@@ -108,6 +108,7 @@ mod status;
 mod storage;
 #[cfg(feature = "testing")]
 pub mod testing;
+mod transcode;
 mod validate;
 
 pub use clock::{Clock, ManualClock, SystemClock};

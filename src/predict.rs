@@ -400,6 +400,20 @@ impl Predictor for EchoPredictor {
     ) -> Result<Vec<Value>, PredictError> {
         Ok(batch.into_iter().map(Instance::into_json).collect())
     }
+
+    /// Writes each line's JSON as it reads it, with no `Value` between; a
+    /// line a `Value` would hold differently (a repeated field name, a
+    /// `{"b64": …}` instance) leaves the batch to `predict`.
+    fn predict_json_lines(
+        &self,
+        lines: &[&[u8]],
+        _: &PredictContext<'_>,
+        out: &mut JsonPredictions<'_>,
+    ) -> bool {
+        lines
+            .iter()
+            .all(|line| crate::transcode::echo(line, out.begin()))
+    }
 }
 
 type InstanceTest = Box<dyn Fn(&Instance) -> bool + Send + Sync>;
