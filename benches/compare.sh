@@ -16,7 +16,7 @@
 # With --peers first, what users would run instead (benches/compare_peers.py:
 # --records N, --rounds R, --no-ray, --no-beam): a hand-written Python
 # script, Ray Data and Apache Beam with onnxruntime, on the same MLP jobs;
-# installs them into target/peers-venv on first use.
+# installs them into target/peers-*-venv on first use.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ "${1:-}" = "--cloud" ]; then

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """The model runtimes of issue #14, printed as ratios.
 
-    bash benches/compare.sh --models [--records N] [--rounds R]
+    bash benches/compare.sh --models [--records N] [--rounds R] [--plot DIR]
 
 On N (default 1,000,000) JSON-lines instances {"key": i, "features": [4 numbers]}
 it times, in R (default 3) rounds that alternate the cases:
@@ -32,7 +32,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from compare import ROOT, alternate, sh, target_dir, timed  # noqa: E402
+from compare import ROOT, alternate, plot, sh, target_dir, timed  # noqa: E402
 
 MAKE_GB = r"""
 import sys
@@ -95,6 +95,7 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--records", type=int, default=1_000_000)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--plot", metavar="DIR", help="write the goals' ratios as DIR/models.svg")
     args = parser.parse_args()
 
     os.environ["ORT_DYLIB_PATH"] = ort_library()
@@ -145,6 +146,9 @@ def main():
         verdict = "PASS" if value >= target else "MISS"
         print(f"  {label:<36} {value:7.2f}  (goal >= {target})  {verdict}")
     print("  GB-500 on tract: not run (tract has no TreeEnsembleRegressor)")
+    if args.plot:
+        plot(os.path.join(args.plot, "models.svg"),
+             f"Model runtimes: ratios of speed ({n} instances; dashed: goal)", goals)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """This crate against what its users would run instead (issue #15), as ratios.
 
-    bash benches/compare.sh --peers [--records N] [--rounds R] [--no-ray] [--no-beam]
+    bash benches/compare.sh --peers [--records N] [--rounds R] [--no-ray] [--no-beam] [--plot DIR]
 
 The job: N (default 1,000,000) JSON-lines instances {"key": i, "features":
 [4 floats]} through the bundled MLP (tests/data/models/keras_mlp.onnx, a
@@ -28,8 +28,8 @@ alternate them:
 
 Before any timing counts, every contestant's outputs are checked against
 this crate's: the same keys, outputs within 1e-5. Python, numpy,
-onnxruntime, Ray and Beam go into target/peers-venv on first use (pinned
-below); a peer that cannot be installed or run is skipped, saying why
+onnxruntime, Ray and Beam go into venvs under target/ (target/peers-*-venv)
+on first use (pinned below); a peer that cannot be installed or run is skipped, saying why
 (--no-ray, --no-beam skip one on purpose).
 """
 
@@ -44,11 +44,12 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from compare import ROOT, alternate, sh, target_dir  # noqa: E402
+from compare import ROOT, alternate, plot, sh, target_dir  # noqa: E402
 
-PINS = ["numpy==2.5.5", "onnx==1.23.2", "onnxruntime==1.31.1", "pandas==3.1.1", "pyarrow==26.0.1"]
-RAY = "ray[data]==2.60.0"
-BEAM = "apache-beam==2.77.0"
+# Each peer in a venv of its own (Beam pins its own numpy and pyarrow).
+BASE = ["numpy==2.2.6", "onnx==1.23.2", "onnxruntime==1.31.1"]
+RAY = ["ray[data]==2.60.0", "onnxruntime==1.31.1"]
+BEAM = ["apache-beam==2.77.0", "onnxruntime==1.31.1", "onnx==1.23.2"]
 
 MAKE_MLP64 = r"""
 import sys
@@ -197,21 +198,24 @@ def wall(cmd):
     return time.perf_counter() - start
 
 
-def venv_python(extra, why_name):
-    """target/peers-venv's python, with `extra` installed; None and why when it cannot be."""
-    venv = os.path.join(ROOT, "target", "peers-venv")
+def venv_python(name, packages, what):
+    """target/peers-NAME-venv's python, with `packages` installed (once);
+    None and why when they cannot be."""
+    venv = os.path.join(ROOT, "target", f"peers-{name}-venv")
     python = os.path.join(venv, "bin", "python")
+    stamp = os.path.join(venv, "installed")
     try:
-        if not os.path.exists(python):
-            sh([sys.executable, "-m", "venv", venv], stdout=subprocess.DEVNULL)
-        stamp = os.path.join(venv, "installed-" + "-".join(p.split("==")[0].replace("[", "_").replace("]", "") for p in extra or ["base"]))
         if not os.path.exists(stamp):
-            print(f"installing {why_name} into target/peers-venv (once)...", file=sys.stderr)
-            sh([python, "-m", "pip", "install", "--quiet"] + PINS + extra)
+            if not os.path.exists(python):
+                sh([sys.executable, "-m", "venv", venv], stdout=subprocess.DEVNULL)
+            print(f"installing {what} into target/peers-{name}-venv (once)...", file=sys.stderr)
+            sh([python, "-m", "pip", "install", "--quiet"] + packages,
+               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
             open(stamp, "w").close()
         return python, None
     except subprocess.CalledProcessError as e:
-        return None, f"could not install {why_name}: {e}"
+        tail = (e.stderr or b"").decode(errors="replace").strip().splitlines()[-2:]
+        return None, f"could not install {what}: {' / '.join(tail)}"
 
 
 def write_instances(path, n, width, seed):
@@ -267,13 +271,14 @@ def main():
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--no-ray", action="store_true")
     parser.add_argument("--no-beam", action="store_true")
+    parser.add_argument("--plot", metavar="DIR", help="write the ratios as DIR/peers.svg")
     args = parser.parse_args()
 
     from compare_models import ort_library
     os.environ["ORT_DYLIB_PATH"] = ort_library()
     sh(["cargo", "build", "--quiet", "--release", "--features", "onnx,ort", "--example", "compare_helper"], cwd=ROOT)
     helper = os.path.join(target_dir(), "release", "examples", "compare_helper")
-    python, why = venv_python([], "numpy and onnxruntime")
+    python, why = venv_python("script", BASE, "numpy and onnxruntime")
     if python is None:
         sys.exit(why)
     skipped = {}
@@ -281,13 +286,13 @@ def main():
     if args.no_ray:
         skipped["Ray Data"] = "skipped (--no-ray)"
     else:
-        ray_python, why = venv_python([RAY], "Ray Data")
+        ray_python, why = venv_python("ray", RAY, "Ray Data")
         if why:
             skipped["Ray Data"] = why
     if args.no_beam:
         skipped["Beam"] = "skipped (--no-beam)"
     else:
-        beam_python, why = venv_python([BEAM], "Apache Beam")
+        beam_python, why = venv_python("beam", BEAM, "Apache Beam")
         if why:
             skipped["Beam"] = why
 
@@ -306,7 +311,8 @@ def main():
     try:
         scripts = {}
         for name, text in (("script", SCRIPT), ("ray", RAY_SCRIPT), ("beam", BEAM_SCRIPT)):
-            scripts[name] = os.path.join(work, name + ".py")
+            # Not ray.py, beam.py: a script named as a module shadows it.
+            scripts[name] = os.path.join(work, f"peer_{name}.py")
             with open(scripts[name], "w") as f:
                 f.write(text)
         for label, model, n, width in (("4 floats", mlp4, args.records, 4),
@@ -372,6 +378,7 @@ def main():
     print(f"\nmedians of {args.rounds} alternating rounds ({time.strftime('%Y-%m-%d')}, "
           f"{os.cpu_count()} CPUs), batches of 64, 2 workers or processes")
     goals = {"Python script": 6, "Ray Data": 30, "Beam": 10}
+    bars = []
     for label, n, med in results:
         print(f"\n{label}, {n} instances")
         for name, secs in med.items():
@@ -384,10 +391,15 @@ def main():
                 if label == "4 floats" and ours == "ort job":
                     verdict = "PASS" if ratio >= target else "MISS"
                     print(f"  {ours} vs {name:<14} {ratio:7.1f}x  (goal >= {target})  {verdict}")
+                    bars.append((f"{label}: {ours} vs {name}", ratio, target))
                 else:
                     print(f"  {ours} vs {name:<14} {ratio:7.1f}x")
+                    bars.append((f"{label}: {ours} vs {name}", ratio, None))
     for name, why in skipped.items():
         print(f"  {name}: {why}")
+    if args.plot:
+        plot(os.path.join(args.plot, "peers.svg"),
+             f"This crate's ONNX jobs against its peers: times faster (2 workers, {os.cpu_count()} CPUs)", bars)
 
 
 if __name__ == "__main__":
