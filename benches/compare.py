@@ -17,7 +17,9 @@ machine's drift falls on all of them alike, it times:
   64, json.dumps per prediction); the bare loops sync their output to disk
   at the end, as a job does when it commits its files;
 - the echo job on the TFRecords, 1 and 2 workers, against a loop that frames
-  each record and writes it as the echo's {"b64": ...} line;
+  each record and writes it as the echo's {"b64": ...} line, and its 2w/1w
+  speedup against the bound `compare_helper phases` computes for an
+  executor that cost nothing (issue #15 §3: at least 0.9 of it);
 - the same job with a CPU-bound predictor, 1 and 2 workers (on N/10 lines);
 - this crate framing every TFRecord (and gzip TFRecord) record, against
   `cat FILE > /dev/null` and `gzip -dc FILE > /dev/null`, and, if
@@ -345,6 +347,12 @@ def main():
             cases["tf.data batch(1024)"] = lambda: timed([tf_python, tf_script, tfr, ""])
             cases["tf.data gzip batch(1024)"] = lambda: timed([tf_python, tf_script, tfgz, "GZIP"])
         med = alternate(cases, args.rounds)
+        # The zero-cost bound on the TFRecord echo job's 2w/1w speedup (each
+        # part the best of 5; the parts go to stderr).
+        phases = subprocess.run([helper, "phases", "tfrecord", tfr, os.path.join(work, "phases.jsonl")],
+                                check=True, capture_output=True, text=True)
+        bound = float(phases.stdout.split()[0])
+        print(phases.stderr.strip(), file=sys.stderr)
 
         rss = {}
         for lines in (20_000, 2_000_000):
@@ -377,8 +385,11 @@ def main():
     goal("#4: echo job 1w vs bare loop, JSON", speed("echo job, 1 worker") / speed("bare serde_json loop"), 0.8)
     goal("#4: echo job 1w vs bare loop, TFRecord",
          speed("TFRecord echo job, 1 worker") / speed("bare TFRecord echo loop"), 0.8)
-    goal("#4: TFRecord echo job 2w vs 1w",
-         speed("TFRecord echo job, 2 workers") / speed("TFRecord echo job, 1 worker"), 1.6)
+    # #15 §3: where the framing and writing are serial, 2 workers are held
+    # to the speedup an executor that cost nothing could reach
+    # (compare_helper phases, measured in this run), not to a fixed 1.6.
+    goal(f"#15: TFRecord 2w/1w vs bound {bound:.2f}",
+         speed("TFRecord echo job, 2 workers") / speed("TFRecord echo job, 1 worker") / bound, 0.9)
     goal("#6: ONNX job 1w vs bare tract loop", speed("ONNX job, 1 worker") / speed("ONNX bare loop"), 0.9)
     goal("TFRecord read vs cat", speed("read TFRecord") / speed("cat TFRecord"), 0.5)
     goal("gzip TFRecord read vs gzip -dc", speed("read gzip TFRecord") / speed("gzip -dc"), 1.0)
