@@ -351,12 +351,12 @@ struct OutColumn<'n> {
     inner: Vec<usize>,
 }
 
-impl OutColumn<'_> {
-    /// The values as JSON; an error naming the output for NaN or an
+impl OutValues {
+    /// The values as JSON; an error naming output `name` for NaN or an
     /// infinity.
-    fn into_json(self) -> Result<Vec<Value>, PredictError> {
-        match self.values {
-            OutValues::F32(v) => finite(v, f32_json, self.name),
+    fn into_json(self, name: &str) -> Result<Vec<Value>, PredictError> {
+        match self {
+            OutValues::F32(v) => finite(v, f32_json, name),
             OutValues::Json(v) => Ok(v),
         }
     }
@@ -371,11 +371,36 @@ fn predictions_of(
     outputs: Vec<OutColumn<'_>>,
 ) -> Result<Vec<Value>, PredictError> {
     let mut predictions = passthrough_fields(values, inputs, passthrough);
-    for output in outputs {
-        let (name, inner) = (output.name, output.inner.clone());
-        place(&mut predictions, name, output.into_json()?, &inner);
+    for OutColumn {
+        name,
+        values,
+        inner,
+    } in outputs
+    {
+        place(&mut predictions, name, values.into_json(name)?, &inner);
     }
     Ok(predictions.into_iter().map(Value::Object).collect())
+}
+
+/// The fast path of both ONNX predictors
+/// ([`Predictor::predict_json_lines`](crate::Predictor::predict_json_lines)):
+/// reads `lines` into input columns, runs them through `infer` (the
+/// runtime's batch of `n` instances) and writes the predictions to `out`;
+/// `false` wherever the slow path must take the batch.
+fn predict_lines<'n>(
+    lines: &[&[u8]],
+    inputs: &[InputSpec],
+    passthrough: bool,
+    out: &mut JsonPredictions<'_>,
+    infer: impl FnOnce(usize, Vec<Column>) -> Result<Vec<OutColumn<'n>>, PredictError>,
+) -> bool {
+    let Some(mut batch) = read_lines(lines, inputs, passthrough) else {
+        return false;
+    };
+    infer(lines.len(), std::mem::take(&mut batch.columns))
+        .ok()
+        .and_then(|outputs| write_lines(&batch, &outputs, out))
+        .is_some()
 }
 
 /// A batch of JSON lines read for the fast path

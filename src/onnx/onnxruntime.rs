@@ -14,8 +14,8 @@ use serde_json::{Map, Value};
 
 use super::{
     Column, InputSpec, Kind, ModelFile, ModelFiles, OutColumn, OutValues, batch_first, f32_json,
-    f64_json, finite, gather, json_instances, model_path, passthrough_of, predictions_of,
-    read_lines, shown_as, write_lines,
+    f64_json, finite, gather, json_instances, model_path, passthrough_of, predict_lines,
+    predictions_of, shown_as,
 };
 use crate::model::{Job, ModelVersion};
 use crate::predict::{JsonPredictions, ModelResolver, PredictContext, PredictError, Predictor};
@@ -727,22 +727,14 @@ impl Predictor for OrtPredictor {
         if self.one_per_call {
             return false;
         }
-        let Some(mut batch) = read_lines(lines, &self.inputs, self.passthrough) else {
-            return false;
-        };
         let Ok(mut session) = self.take_session() else {
             return false;
         };
-        let outputs = self.infer(
-            &mut session,
-            lines.len(),
-            std::mem::take(&mut batch.columns),
-        );
-        let written = outputs
-            .ok()
-            .and_then(|outputs| write_lines(&batch, &outputs, out));
+        let took = predict_lines(lines, &self.inputs, self.passthrough, out, |n, columns| {
+            self.infer(&mut session, n, columns)
+        });
         self.give_back(session);
-        written.is_some()
+        took
     }
 }
 

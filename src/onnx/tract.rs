@@ -13,8 +13,8 @@ use tract_onnx::tract_hir::internal::DimLike;
 
 use super::{
     Column, InputSpec, Kind, ModelFile, ModelFiles, OutColumn, OutValues, batch_first, f64_json,
-    finite, gather, json_instances, model_path, passthrough_of, predictions_of, read_lines,
-    shown_as, write_lines,
+    finite, gather, json_instances, model_path, passthrough_of, predict_lines, predictions_of,
+    shown_as,
 };
 use crate::model::{Job, ModelVersion};
 use crate::predict::{JsonPredictions, ModelResolver, PredictContext, PredictError, Predictor};
@@ -363,13 +363,9 @@ impl Predictor for OnnxPredictor {
         _: &PredictContext<'_>,
         out: &mut JsonPredictions<'_>,
     ) -> bool {
-        let Some(mut batch) = read_lines(lines, &self.inputs, self.passthrough) else {
-            return false;
-        };
-        self.infer(lines.len(), std::mem::take(&mut batch.columns))
-            .ok()
-            .and_then(|outputs| write_lines(&batch, &outputs, out))
-            .is_some()
+        predict_lines(lines, &self.inputs, self.passthrough, out, |n, columns| {
+            self.infer(n, columns)
+        })
     }
 }
 

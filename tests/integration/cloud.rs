@@ -104,18 +104,17 @@ fn cloud(servers: &Servers) -> CloudStorage {
         .with_s3(s3(servers))
 }
 
-/// `command` with the environment that points the vendors' SDKs (and so
-/// `CloudStorage::new`) at the servers.
-fn with_servers<'c>(
-    command: &'c mut std::process::Command,
-    servers: &Servers,
-) -> &'c mut std::process::Command {
-    command
-        .env("STORAGE_EMULATOR_HOST", &servers.gcs)
-        .env("AWS_ENDPOINT_URL", &servers.s3)
-        .env("AWS_ACCESS_KEY_ID", "test")
-        .env("AWS_SECRET_ACCESS_KEY", "test")
-        .env("AWS_REGION", "us-east-1")
+/// The variables the vendors' SDKs read, pointing at the servers (for
+/// the programs the `rest` and `cli` tests start).
+#[cfg(feature = "rest")]
+fn server_env(servers: &Servers) -> [(&'static str, &std::ffi::OsStr); 5] {
+    [
+        ("STORAGE_EMULATOR_HOST", servers.gcs.as_ref()),
+        ("AWS_ENDPOINT_URL", servers.s3.as_ref()),
+        ("AWS_ACCESS_KEY_ID", "test".as_ref()),
+        ("AWS_SECRET_ACCESS_KEY", "test".as_ref()),
+        ("AWS_REGION", "us-east-1".as_ref()),
+    ]
 }
 
 /// A fresh prefix for one test: `SCHEME://BUCKET/NAME-NANOS`.
@@ -383,7 +382,8 @@ fn the_command_line_reads_one_bucket_and_writes_another() {
         }
     });
     std::fs::write(&job_file, body.to_string()).unwrap();
-    let out = with_servers(&mut std::process::Command::new(&exe), servers)
+    let out = std::process::Command::new(&exe)
+        .envs(server_env(servers))
         .arg("run")
         .arg(&job_file)
         .args(["--predictor", "echo"])
@@ -801,17 +801,8 @@ fn gzip_encoded_objects_on_cloud_storage_are_read_decompressed_and_never_by_rang
     );
 }
 
-/// A program started by a test, killed when dropped.
-struct Running(std::process::Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// Sends an HTTP request with curl; the body of the answer as JSON.
+#[cfg(feature = "rest")]
 fn curl(method: &str, url: &str, body: Option<&serde_json::Value>) -> serde_json::Value {
     let mut command = std::process::Command::new("curl");
     command.args(["-s", "-X", method, url]);
@@ -828,41 +819,20 @@ fn curl(method: &str, url: &str, body: Option<&serde_json::Value>) -> serde_json
         .unwrap_or_else(|_| panic!("{method} {url}: {}", String::from_utf8_lossy(&out.stdout)))
 }
 
+// The emulator is an example of the `rest` feature.
+#[cfg(feature = "rest")]
 #[test]
 fn the_emulator_runs_jobs_on_real_buckets() {
     let Some(servers) = servers() else { return };
-    let Some(exe) = crate::example("emulator") else {
+    let Some(emulator) = crate::Emulator::start(
+        tempfile::tempdir().unwrap(),
+        &["--predictor", "echo", "--buckets"],
+        &server_env(servers),
+    ) else {
         return;
     };
-    let root = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let _emulator = Running(
-        with_servers(&mut std::process::Command::new(&exe), servers)
-            .args([
-                "--port",
-                &port.to_string(),
-                "--predictor",
-                "echo",
-                "--buckets",
-                "--root",
-            ])
-            .arg(root.path())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let port = emulator.port;
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the emulator did not start"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
     let input = fresh("gs", servers, "emulator-in");
     let output = fresh("s3", servers, "emulator-out");
     gcs(servers)

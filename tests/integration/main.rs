@@ -103,7 +103,7 @@ impl Emulator {
     pub fn start(
         root: tempfile::TempDir,
         args: &[&str],
-        env: &[(&str, &std::path::Path)],
+        env: &[(&str, &std::ffi::OsStr)],
     ) -> Option<Emulator> {
         let program = example("emulator")?;
         let port = std::net::TcpListener::bind("127.0.0.1:0")

@@ -528,10 +528,7 @@ impl Predictor for Counted {
 /// `null_first`.
 fn respelled(value: &Value, null_first: &mut bool) -> String {
     match value {
-        Value::Number(n) if std::mem::take(null_first) => {
-            let _ = n;
-            "null".into()
-        }
+        Value::Number(_) if std::mem::take(null_first) => "null".into(),
         Value::Number(n) => match n.as_f64() {
             Some(f) if n.is_f64() && f.fract() == 0.0 && f.abs() < 1e15 => format!("{}", f as i64),
             Some(f) if n.is_f64() => format!("{f:e}"),

@@ -514,7 +514,7 @@ fn the_emulator_runs_models_on_onnxruntime() {
     let Some(emulator) = crate::Emulator::start(
         root,
         &["--predictor", "ort"],
-        &[("ORT_DYLIB_PATH", library)],
+        &[("ORT_DYLIB_PATH", library.as_os_str())],
     ) else {
         return;
     };

@@ -4,7 +4,6 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::Arc;
 
 use batch_prediction::{
@@ -226,7 +225,7 @@ fn the_command_line_refuses_a_job_reading_its_own_output() {
             .to_string(),
         )
         .unwrap();
-        let out = Command::new(&exe)
+        let out = std::process::Command::new(&exe)
             .arg("run")
             .arg(&job_file)
             .args(["--predictor", "echo"])
