@@ -16,6 +16,7 @@ use crate::model::DataFormat;
 use crate::predict::{JsonPredictions, PredictContext, Predictor};
 use crate::record::{
     ErrorRecordWriter, Instance, Position, RecordError, RecordErrorKind, decode, masked_crc32c,
+    masked_crc32c_4,
 };
 
 /// What a worker made of a batch.
@@ -96,6 +97,11 @@ impl Run<'_> {
         // only if it does not.
         let lines =
             self.plan.data_format == DataFormat::Json && self.plan.output_format != DataFormat::Csv;
+        // A TFRecord's data checksum, checked here rather than on the
+        // framing thread, which all workers wait on: the chunk's at once,
+        // four at a time.
+        checksums(&batch, &mut pending.checksums);
+        let mut next_checksum = 0;
         for item in &batch.items {
             match item {
                 RawItem::Record {
@@ -108,7 +114,11 @@ impl Run<'_> {
                         pending.slots.push(Slot::Line(pending.lines.len()));
                         pending.lines.push((*position, range.clone()));
                     } else {
-                        self.admit(pending, &batch, *position, range.clone(), *crc);
+                        let crc = crc.map(|stored| {
+                            next_checksum += 1;
+                            (stored, pending.checksums[next_checksum - 1])
+                        });
+                        self.admit(pending, &batch, *position, range.clone(), crc);
                     }
                 }
                 RawItem::Damaged(e) => pending.slots.push(Slot::Damaged(e.clone())),
@@ -131,20 +141,18 @@ impl Run<'_> {
     }
 
     /// Decodes the record at `range` of the chunk into the pending batch: an
-    /// instance, or a damaged record in its place.
+    /// instance, or a damaged record in its place (when `crc`, its stored
+    /// and computed data checksums, differ).
     fn admit(
         &self,
         pending: &mut Pending,
         batch: &RawBatch,
         position: Position,
         range: Range<usize>,
-        crc: Option<u32>,
+        crc: Option<(u32, u32)>,
     ) {
         let raw = &batch.data[range.clone()];
-        // A TFRecord's data checksum, checked here rather than on the
-        // framing thread, which all workers wait on.
-        let damaged = crc.and_then(|stored| {
-            let computed = masked_crc32c(raw);
+        let damaged = crc.and_then(|(stored, computed)| {
             (stored != computed).then_some(RecordErrorKind::DataChecksum { stored, computed })
         });
         match damaged.map_or_else(|| decode(self.plan.data_format, raw), Err) {
@@ -323,6 +331,31 @@ pub(super) enum Slot {
     Damaged(Box<RecordError>),
 }
 
+/// The masked data checksum of each of the chunk's records that carries a
+/// stored one ([`RawItem::Record`]'s `crc`), in order, into `out`: four at
+/// a time ([`masked_crc32c_4`]), as the framing thread would.
+fn checksums(batch: &RawBatch, out: &mut Vec<u32>) {
+    out.clear();
+    let mut group: [&[u8]; 4] = [&[]; 4];
+    let mut n = 0;
+    for item in &batch.items {
+        if let RawItem::Record {
+            range,
+            crc: Some(_),
+            ..
+        } = item
+        {
+            group[n] = &batch.data[range.clone()];
+            n += 1;
+            if n == 4 {
+                out.extend(masked_crc32c_4(group));
+                n = 0;
+            }
+        }
+    }
+    out.extend(group[..n].iter().map(|data| masked_crc32c(data)));
+}
+
 /// The batch being gathered by a worker, with the errors between its instances.
 #[derive(Default)]
 pub(super) struct Pending {
@@ -338,6 +371,8 @@ pub(super) struct Pending {
     pub(super) results: Vec<Result<Value, Failure>>,
     /// An empty vector with room, to hold the next batch.
     pub(super) spare: Vec<Instance>,
+    /// The chunk's TFRecord data checksums, computed, in record order.
+    pub(super) checksums: Vec<u32>,
 }
 
 impl Pending {
@@ -352,6 +387,7 @@ impl Pending {
         self.positions.clear();
         self.bytes = 0;
         self.results.clear();
+        self.checksums.clear();
     }
 }
 

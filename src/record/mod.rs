@@ -17,6 +17,7 @@
 //! gzip stream, an I/O error) is a *fatal* error that ends the file: it gives
 //! the byte offset and how many bytes were left unread.
 
+mod crc;
 mod lines;
 mod output;
 mod tfrecord;
@@ -34,7 +35,7 @@ pub use output::{
     ERRORS_STATS_FILE_PREFIX, ErrorRecordWriter, ErrorStats, JsonLinesWriter, RESULTS_FILE_PREFIX,
     csv_header_bytes, shard_file_name,
 };
-pub use tfrecord::{TfRecordReader, TfRecordWriter, masked_crc32c};
+pub use tfrecord::{TfRecordReader, TfRecordWriter, masked_crc32c, masked_crc32c_4};
 
 use crate::model::DataFormat;
 

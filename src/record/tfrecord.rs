@@ -25,6 +25,21 @@ pub fn masked_crc32c(data: &[u8]) -> u32 {
     mask(crc32c::crc32c(data))
 }
 
+/// [`masked_crc32c`] of four buffers at once: for many short records, as
+/// a TFRecord reader checks them, about three times faster than four calls
+/// on a CPU with SSE 4.2 (the four computations overlap; one short checksum
+/// is bound by the instruction's latency), and the same results on every
+/// CPU.
+///
+/// ```
+/// use batch_prediction::{masked_crc32c, masked_crc32c_4};
+/// let data: [&[u8]; 4] = [b"123456789", b"", b"a longer record of bytes", b"x"];
+/// assert_eq!(masked_crc32c_4(data), data.map(masked_crc32c));
+/// ```
+pub fn masked_crc32c_4(data: [&[u8]; 4]) -> [u32; 4] {
+    super::crc::crc32c_4(data).map(mask)
+}
+
 fn mask(crc: u32) -> u32 {
     crc.rotate_right(15).wrapping_add(0xa282_ead8)
 }
@@ -74,7 +89,7 @@ impl HeaderCheck {
 /// range in `avail` and its stored data checksum, checked here if `verify`.
 /// `None` for anything else, for the careful path to deal with: a frame
 /// cut by the buffer's end, a bad checksum, a length over `limit`.
-#[inline]
+#[inline(always)]
 fn whole_frame(
     headers: &mut HeaderCheck,
     limit: usize,
@@ -367,25 +382,57 @@ impl TfRecordReader {
         let verify = !self.defer_data_crc;
         let base = buf.len();
         let (mut at, mut n, mut bytes) = (0, 0, 0);
-        while n < max_records && bytes < max_bytes {
-            let Some((data, stored)) =
-                whole_frame(&mut self.headers, self.limit, verify, avail, at)
-            else {
+        // Frames go in groups of up to four, whose data checksums are
+        // computed side by side ([`super::crc::crc32c_4`]); the run ends
+        // before the first frame that is not whole and sound.
+        'run: loop {
+            let mut group = [(0, 0, 0u32); 4]; // data's start and end, checksum
+            let (mut size, mut next) = (0, at);
+            while size < 4 && n + size < max_records && bytes < max_bytes {
+                let Some((data, stored)) =
+                    whole_frame(&mut self.headers, self.limit, false, avail, next)
+                else {
+                    break;
+                };
+                bytes += data.len();
+                next = data.end + 4;
+                group[size] = (data.start, data.end, stored);
+                size += 1;
+            }
+            let mut computed = [0; 4];
+            if verify && size == 4 {
+                let [a, b, c, d] = group;
+                computed = super::crc::crc32c_4([
+                    &avail[a.0..a.1],
+                    &avail[b.0..b.1],
+                    &avail[c.0..c.1],
+                    &avail[d.0..d.1],
+                ]);
+            } else if verify {
+                for (c, (start, end, _)) in computed.iter_mut().zip(&group[..size]) {
+                    *c = crc32c::crc32c(&avail[*start..*end]);
+                }
+            }
+            for (k, (start, end, stored)) in group.into_iter().take(size).enumerate() {
+                if verify && mask(computed[k]) != stored {
+                    break 'run;
+                }
+                let position = Position {
+                    record: 0,
+                    line: None,
+                    byte: self.offset + at as u64,
+                };
+                at = end + 4;
+                n += 1;
+                push(
+                    position,
+                    base + start..base + end,
+                    (!verify).then_some(stored),
+                );
+            }
+            if size < 4 {
                 break;
-            };
-            let position = Position {
-                record: 0,
-                line: None,
-                byte: self.offset + at as u64,
-            };
-            bytes += data.len();
-            at = data.end + 4;
-            n += 1;
-            push(
-                position,
-                base + data.start..base + data.end,
-                (!verify).then_some(stored),
-            );
+            }
         }
         buf.extend_from_slice(&avail[..at]);
         self.inner.consume(at);

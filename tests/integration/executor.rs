@@ -331,6 +331,58 @@ fn failing_instances_are_isolated_and_the_rest_predicted() {
     }
 }
 
+/// The workers check data checksums four records at a time: a bad one is
+/// found in whichever place of its group of four it sits, or in the group
+/// left over at a chunk's end, and nothing else is flagged.
+#[test]
+fn a_bad_data_checksum_is_found_in_every_place_of_a_group() {
+    let records: Vec<Vec<u8>> = (0..23u8)
+        .map(|i| {
+            (0..(5 + 7 * usize::from(i) % 61))
+                .map(|b| b as u8 ^ i)
+                .collect()
+        })
+        .collect();
+    let bad = [0usize, 5, 10, 15, 20, 21, 22];
+    let mut w = batch_prediction::TfRecordWriter::new(Vec::new());
+    let mut offsets = Vec::new();
+    let mut at = 0;
+    for r in &records {
+        offsets.push(at);
+        w.write(r).unwrap();
+        at += r.len() + 16;
+    }
+    let mut file = w.into_inner();
+    for &k in &bad {
+        file[offsets[k] + 12 + records[k].len() / 2] ^= 0x10;
+    }
+    for workers in [1, 2] {
+        let storage = InMemoryStorage::new();
+        storage.put("gs://b/in/a.tfrecord", file.clone());
+        let mut job = queued_job(DataFormat::TfRecord, &["gs://b/in/a.tfrecord"], 6, workers);
+        let summary = run_with(
+            Arc::new(storage.clone()),
+            Arc::new(EchoPredictor),
+            ExecutorConfig::default(),
+            &mut job,
+        );
+        assert_eq!(summary.state, State::Succeeded);
+        assert_eq!((summary.prediction_count, summary.error_count), (16, 7));
+        check_accounting(&storage, &job, &summary);
+        let flagged: Vec<(u64, u64)> = lines_of(&storage, "prediction.errors-")
+            .iter()
+            .map(|l| serde_json::from_str::<Value>(l).unwrap())
+            .inspect(|e| {
+                let message = e["error"].as_str().unwrap();
+                assert!(message.starts_with("data checksum mismatch"), "{e}");
+            })
+            .map(|e| (e["record"].as_u64().unwrap(), e["byte"].as_u64().unwrap()))
+            .collect();
+        let want: Vec<(u64, u64)> = bad.iter().map(|&k| (k as u64, offsets[k] as u64)).collect();
+        assert_eq!(flagged, want, "{workers} workers");
+    }
+}
+
 #[test]
 fn damaged_inputs_are_counted_and_reported_not_fatal() {
     let storage = InMemoryStorage::new();

@@ -545,7 +545,7 @@ mod read_many {
     /// the end cut off.
     fn frames() -> impl Strategy<Value = Vec<u8>> {
         (
-            proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..40), 0..30),
+            proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..80), 0..30),
             proptest::option::of((any::<usize>(), 1u8..)),
             proptest::option::of(any::<usize>()),
         )
@@ -586,8 +586,8 @@ mod read_many {
         fn tfrecord_read_many_is_read_into(
             data in frames(),
             piece in 1usize..300,
-            max in 1usize..8,
-            limit in 8usize..48,
+            max in 1usize..12,
+            limit in 8usize..96,
         ) {
             let want = one_by_one(reader(DataFormat::TfRecord, &data, piece, limit));
             prop_assert_eq!(many(reader(DataFormat::TfRecord, &data, piece, limit), max), want);

@@ -154,6 +154,45 @@ fn multi_member_gzip_is_one_stream() {
     assert_eq!(bytes_of(&items), tensorflow_records());
 }
 
+/// The reader checks the data checksums of the frames whole in its buffer
+/// four at a time: a bad one is found in whichever place of its group it
+/// sits, for records shorter and longer than a word.
+#[test]
+fn a_bad_data_checksum_is_found_in_every_place_of_a_group() {
+    let records: Vec<Vec<u8>> = (0..11u8)
+        .map(|i| (0..(3 + 9 * usize::from(i))).map(|b| b as u8 ^ i).collect())
+        .collect();
+    let mut w = TfRecordWriter::new(Vec::new());
+    for r in &records {
+        w.write(r).unwrap();
+    }
+    let clean = w.into_inner();
+    let offsets = frame_offsets(&clean);
+    for bad in 0..records.len() {
+        let mut file = clean.clone();
+        file[offsets[bad] + 12 + records[bad].len() - 1] ^= 0x01;
+        let mut reader = batch_prediction::RawReader::new(
+            DataFormat::TfRecord,
+            "input",
+            Box::new(std::io::Cursor::new(file)),
+            ReadOptions::default(),
+        )
+        .unwrap();
+        let (mut buf, mut got, mut flagged) = (Vec::new(), Vec::new(), Vec::new());
+        while let Some(item) = reader.read_many(&mut buf, &mut got, 1024) {
+            if let Err(e) = item {
+                assert!(matches!(e.kind, RecordErrorKind::DataChecksum { .. }));
+                flagged.push((e.position.record, e.position.byte));
+            }
+        }
+        assert_eq!(flagged, [(bad as u64, offsets[bad] as u64)]);
+        let good: Vec<&[u8]> = got.iter().map(|r| &buf[r.range.clone()]).collect();
+        let mut want: Vec<&[u8]> = records.iter().map(Vec::as_slice).collect();
+        want.remove(bad);
+        assert_eq!(good, want, "record {bad} flipped");
+    }
+}
+
 #[test]
 fn flipped_data_byte_is_one_bad_record_and_reading_goes_on() {
     let mut file = fixture("examples.tfrecord");
