@@ -100,6 +100,8 @@ mod onnx;
 
 mod predict;
 mod record;
+#[cfg(feature = "remote")]
+mod remote;
 #[cfg(feature = "rest")]
 mod rest;
 mod service;
@@ -124,15 +126,14 @@ pub use model::{
     UnknownEnumValue,
 };
 pub use name::{JobName, MAX_ID_LEN, ModelName, ProjectName, VersionName};
-#[cfg(any(feature = "onnx", feature = "ort"))]
-pub use onnx::PASSTHROUGH_LABEL;
 #[cfg(feature = "onnx")]
 pub use onnx::{OnnxPredictor, OnnxResolver};
 #[cfg(feature = "ort")]
 pub use onnx::{OrtOptions, OrtPredictor, OrtResolver};
 pub use predict::{
     CancelHandle, EchoPredictor, EchoResolver, FaultyPredictor, FnPredictor, JsonPredictions,
-    ModelRegistry, ModelResolver, PredictContext, PredictError, Predictor, predictor_fn,
+    ModelRegistry, ModelResolver, PASSTHROUGH_LABEL, PredictContext, PredictError, Predictor,
+    predictor_fn,
 };
 pub use record::{
     CSV_HEADER_FILE, CsvResultWriter, CsvRowError, CsvWriteError, DEFAULT_MAX_RECORD_BYTES,
@@ -142,6 +143,8 @@ pub use record::{
     TfRecordWriter, bytes_to_json, csv_header_bytes, decode, masked_crc32c, masked_crc32c_4,
     shard_file_name,
 };
+#[cfg(feature = "remote")]
+pub use remote::{Protocol, RemotePredictor, RemoteResolver};
 #[cfg(feature = "rest")]
 pub use rest::{DEFAULT_MAX_BODY_BYTES, RestApi, RestRequest, RestResponse};
 pub use service::{

@@ -18,6 +18,12 @@ use crate::model::{Job, ModelVersion};
 use crate::name::{ModelName, VersionName};
 use crate::record::Instance;
 
+/// The label a job sets to `off` to leave out of its predictions the
+/// instance fields that name no model input, which the tensor predictors
+/// (`OnnxPredictor`, `OrtPredictor`, and `RemotePredictor` over the v2
+/// protocol) otherwise pass through (a `key`).
+pub const PASSTHROUGH_LABEL: &str = "bp-passthrough";
+
 /// Cancels a running job from any thread: workers stop at the next batch
 /// boundary. Clones share the flag.
 ///

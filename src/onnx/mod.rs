@@ -9,7 +9,7 @@ use std::sync::Arc;
 use serde_json::{Map, Number, Value};
 
 use crate::model::Job;
-use crate::predict::{JsonPredictions, PredictError};
+use crate::predict::{JsonPredictions, PASSTHROUGH_LABEL, PredictError};
 use crate::record::Instance;
 use crate::storage::{LocalStorage, Storage, StorageErrorKind, StorageExt, join_location};
 
@@ -22,11 +22,6 @@ mod tract;
 pub use onnxruntime::{OrtOptions, OrtPredictor, OrtResolver};
 #[cfg(feature = "onnx")]
 pub use tract::{OnnxPredictor, OnnxResolver};
-
-/// The label a job sets to `off` to leave out of its predictions the
-/// instance fields that name no model input, which the ONNX predictors
-/// (`OnnxPredictor`, `OrtPredictor`) otherwise pass through (a `key`).
-pub const PASSTHROUGH_LABEL: &str = "bp-passthrough";
 
 /// Whether `job` keeps the instance fields that name no input.
 fn passthrough_of(job: &Job) -> bool {

@@ -16,6 +16,8 @@ mod onnx;
 mod own_output;
 mod props;
 mod records;
+#[cfg(feature = "remote")]
+mod remote;
 #[cfg(feature = "rest")]
 mod rest;
 mod scale_out;

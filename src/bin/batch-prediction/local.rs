@@ -14,7 +14,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use crate::{Exit, Format, count};
 
 /// Where a job's files are.
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub struct StorageArgs {
     /// Read and write `gs://BUCKET/PATH` at DIR/BUCKET/PATH, not on Cloud Storage.
     #[arg(long, value_name = "DIR")]
@@ -22,11 +22,12 @@ pub struct StorageArgs {
 }
 
 /// How a job runs here.
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub struct RunOptions {
     /// The model runtime: `onnx` (tract, the default with the `onnx`
     /// feature), `ort` (onnxruntime from ORT_DYLIB_PATH, with the `ort`
-    /// feature) or `echo` (each instance predicted as itself).
+    /// feature), `remote` (a model server, with the `remote` feature) or
+    /// `echo` (each instance predicted as itself).
     #[arg(long, default_value = if cfg!(feature = "onnx") { "onnx" } else { "echo" })]
     predictor: String,
     /// With `ort`: threads per worker's session.
@@ -44,8 +45,37 @@ pub struct RunOptions {
     /// Ignore the shards an earlier run finished.
     #[arg(long)]
     fresh: bool,
+    /// With `remote`: the model server's base URL, e.g. `http://127.0.0.1:8080`
+    /// (`run` takes it as `--endpoint` too).
+    #[arg(long, value_name = "URL")]
+    model_endpoint: Option<String>,
+    /// With `remote`: `tfserving` (TensorFlow Serving's REST API, as AI
+    /// Platform online prediction and KServe v1 speak it) or `v2` (the Open
+    /// Inference Protocol of KServe v2, MLServer and Triton).
+    #[arg(long, default_value = "tfserving", value_parser = ["tfserving", "v2"])]
+    protocol: String,
+    /// With `remote`: the server's model name, for a job that names its model
+    /// by uri, or instead of the job's model (`run` takes it as `--model` too).
+    /// Otherwise the last segments of the job's modelName or versionName are
+    /// the server's model and version.
+    #[arg(long, value_name = "NAME")]
+    server_model: Option<String>,
+    /// With `remote`: a header for every request, e.g. `Authorization: Bearer TOKEN`
+    /// (repeatable).
+    #[arg(long = "header", value_name = "NAME: VALUE", value_parser = header)]
+    headers: Vec<(String, String)>,
     #[command(flatten)]
     storage: StorageArgs,
+}
+
+/// `NAME: VALUE`.
+fn header(text: &str) -> Result<(String, String), String> {
+    match text.split_once(':') {
+        Some((name, value)) if !name.trim().is_empty() => {
+            Ok((name.trim().to_owned(), value.trim().to_owned()))
+        }
+        _ => Err(format!("{text:?}: expected NAME: VALUE")),
+    }
 }
 
 /// `run`'s arguments.
@@ -64,6 +94,12 @@ pub struct RunArgs {
     /// `json` (the default) prints the finished job as the API's JSON; `table` a summary.
     #[arg(long, value_enum, default_value_t = Format::Json)]
     format: Format,
+    /// With `--predictor remote`: the model server's base URL (`--model-endpoint`).
+    #[arg(long, value_name = "URL", conflicts_with = "model_endpoint")]
+    endpoint: Option<String>,
+    /// With `--predictor remote`: the server's model name (`--server-model`).
+    #[arg(long, value_name = "NAME", conflicts_with = "server_model")]
+    model: Option<String>,
 }
 
 fn read_job(path: &str) -> Result<Job, Exit> {
@@ -98,6 +134,23 @@ fn resolver(
     let _ = (&local, storage, options.intra_threads);
     match options.predictor.as_str() {
         "echo" => Ok(Arc::new(EchoResolver)),
+        #[cfg(feature = "remote")]
+        "remote" => {
+            let endpoint = options.model_endpoint.as_deref().ok_or(
+                "--predictor remote: give the model server's URL (--endpoint URL, or --model-endpoint URL with submit)",
+            )?;
+            let mut resolver =
+                batch_prediction::RemoteResolver::new(endpoint, options.protocol.parse()?);
+            for (name, value) in &options.headers {
+                resolver = resolver.with_header(name, value);
+            }
+            if let Some(model) = &options.server_model {
+                resolver = resolver.with_model(model);
+            }
+            Ok(Arc::new(resolver))
+        }
+        #[cfg(not(feature = "remote"))]
+        "remote" => Err(without("remote")),
         #[cfg(feature = "onnx")]
         "onnx" => Ok(Arc::new(
             batch_prediction::OnnxResolver::new(local).with_buckets(Arc::clone(storage)),
@@ -115,12 +168,14 @@ fn resolver(
         "onnx" => Err(without("onnx")),
         #[cfg(not(feature = "ort"))]
         "ort" => Err(without("ort")),
-        other => Err(format!("--predictor {other:?}: expected onnx, ort or echo")),
+        other => Err(format!(
+            "--predictor {other:?}: expected onnx, ort, remote or echo"
+        )),
     }
 }
 
 /// Why a predictor this build lacks cannot run.
-#[cfg(any(not(feature = "onnx"), not(feature = "ort")))]
+#[cfg(any(not(feature = "onnx"), not(feature = "ort"), not(feature = "remote")))]
 fn without(feature: &str) -> String {
     format!(
         "--predictor {feature}: this program was built without the `{feature}` feature (cargo install batch-prediction --features cli,{feature})"
@@ -185,15 +240,22 @@ pub fn run(args: &RunArgs) -> Exit {
         Ok(job) => job,
         Err(exit) => return exit,
     };
+    let mut options = args.options.clone();
+    if let Some(endpoint) = &args.endpoint {
+        options.model_endpoint = Some(endpoint.clone());
+    }
+    if let Some(model) = &args.model {
+        options.server_model = Some(model.clone());
+    }
     if args.merge {
-        let executor = match executor(&args.options, None) {
+        let executor = match executor(&options, None) {
             Ok(e) => e,
             Err(exit) => return exit,
         };
         let mut job = job;
         return finish(executor.merge(&mut job), job, args.format);
     }
-    match executor(&args.options, args.shard) {
+    match executor(&options, args.shard) {
         Ok(executor) => execute(&executor, job, args.format),
         Err(exit) => exit,
     }

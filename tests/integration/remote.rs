@@ -1,0 +1,371 @@
+//! Models in a model server (feature `remote`), against real servers
+//! started on loopback by `tests/remote/servers.sh`: KServe (a scikit-learn
+//! classifier over its v1 and v2 protocols) and Seldon MLServer (its
+//! scikit-learn runtime over v2). Without them (no Python, no PyPI) each
+//! test says SKIP; under CI (`CI=true`) that is a failure.
+
+use std::sync::{Arc, OnceLock};
+
+use batch_prediction::{
+    BatchExecutor, CancelHandle, DataFormat, ExecutorConfig, InMemoryStorage, Job, ModelResolver,
+    ModelVersion, PredictionInput, Protocol, RemoteResolver, RunSummary, State, SystemClock,
+    Transition,
+};
+use serde_json::Value;
+
+struct Servers {
+    kserve: String,
+    mlserver: String,
+    /// `instances.jsonl` (300 `{"key", "x"}`) and `expected.jsonl` (the
+    /// model's own predictions, in process).
+    data: std::path::PathBuf,
+}
+
+/// The servers, started once for this test binary (they stop when it exits).
+fn servers() -> Option<&'static Servers> {
+    static SERVERS: OnceLock<Result<Servers, String>> = OnceLock::new();
+    let started = SERVERS.get_or_init(|| {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/remote/servers.sh");
+        let out = std::process::Command::new("bash")
+            .arg(script)
+            .arg(std::process::id().to_string())
+            .output()
+            .map_err(|e| format!("cannot run {script}: {e}"))?;
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let value = |key: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(&format!("{key}=")))
+                .map(str::to_owned)
+        };
+        match (value("KSERVE"), value("MLSERVER"), value("DATA")) {
+            (Some(kserve), Some(mlserver), Some(data)) => Ok(Servers {
+                kserve,
+                mlserver,
+                data: data.into(),
+            }),
+            _ => Err(format!(
+                "{}{}",
+                text.trim(),
+                String::from_utf8_lossy(&out.stderr).trim()
+            )),
+        }
+    });
+    match started {
+        Ok(servers) => Some(servers),
+        Err(why) if std::env::var("CI").is_ok_and(|v| v == "true") => {
+            panic!("the model servers are required under CI: {why}")
+        }
+        Err(why) => {
+            eprintln!("SKIP: no model servers: {why}");
+            None
+        }
+    }
+}
+
+fn lines(path: &std::path::Path) -> Vec<Value> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// A job over `instances` (JSON lines) naming `model`, run by `resolver`.
+fn run(
+    resolver: impl ModelResolver + 'static,
+    instances: &[u8],
+    model: ModelVersion,
+    configure: impl FnOnce(PredictionInput) -> PredictionInput,
+) -> (RunSummary, Job, InMemoryStorage) {
+    let storage = InMemoryStorage::new();
+    storage.put("gs://b/in/instances.jsonl", instances.to_vec());
+    let input = PredictionInput::new(
+        DataFormat::Json,
+        ["gs://b/in/instances.jsonl"],
+        "gs://b/out",
+        "us-central1",
+        model,
+    )
+    .set_batch_size(64)
+    .set_max_worker_count(2);
+    let mut job = Job::new("remote_test", configure(input));
+    job.apply(Transition::Queue, &SystemClock).unwrap();
+    let summary = BatchExecutor::new(Arc::new(storage.clone()), Arc::new(resolver))
+        .with_config(ExecutorConfig::default())
+        .run(&mut job, &CancelHandle::new())
+        .unwrap();
+    (summary, job, storage)
+}
+
+/// Every line of the output files whose names start with `prefix`.
+fn output(storage: &InMemoryStorage, prefix: &str) -> Vec<Value> {
+    let mut names: Vec<String> = storage
+        .locations()
+        .into_iter()
+        .filter(|l| l.starts_with(&format!("gs://b/out/{prefix}")))
+        .collect();
+    names.sort();
+    names
+        .iter()
+        .flat_map(|n| {
+            String::from_utf8(storage.get(n).unwrap())
+                .unwrap()
+                .lines()
+                .map(|l| serde_json::from_str(l).unwrap())
+                .collect::<Vec<Value>>()
+        })
+        .collect()
+}
+
+fn model() -> ModelVersion {
+    ModelVersion::model("projects/my-project/models/iris").unwrap()
+}
+
+/// The same label, and probabilities within 1e-12 of the model's own.
+fn assert_matches_in_process(
+    results: &[Value],
+    expected: &[Value],
+    label: &str,
+    probabilities: bool,
+) {
+    assert_eq!(results.len(), expected.len());
+    for (got, want) in results.iter().zip(expected) {
+        assert_eq!(got["key"], want["key"], "{got}");
+        assert_eq!(got[label], want["label"], "{got}");
+        if probabilities {
+            let got_p = got["probabilities"].as_array().unwrap();
+            let want_p = want["probabilities"].as_array().unwrap();
+            assert_eq!(got_p.len(), 3);
+            for (g, w) in got_p.iter().zip(want_p) {
+                assert!(
+                    (g.as_f64().unwrap() - w.as_f64().unwrap()).abs() < 1e-12,
+                    "{got} vs {want}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn kserve_v1_predictions_equal_the_models_own() {
+    let Some(servers) = servers() else { return };
+    let instances = std::fs::read(servers.data.join("instances.jsonl")).unwrap();
+    let expected = lines(&servers.data.join("expected.jsonl"));
+    let resolver = RemoteResolver::new(&servers.kserve, Protocol::TfServing)
+        .with_header("X-Test-Token", "secret");
+    let (summary, job, storage) = run(resolver, &instances, model(), |i| {
+        i.set_signature_name("scores")
+    });
+    assert_eq!(summary.state, State::Succeeded, "{:?}", job.error_message);
+    assert_eq!((summary.prediction_count, summary.error_count), (300, 0));
+    let results = output(&storage, "prediction.results-");
+    assert_matches_in_process(&results, &expected, "label", true);
+    // The job's signatureName and the configured header reached the server.
+    assert!(
+        results
+            .iter()
+            .all(|r| r["signature"] == "scores" && r["token"] == "secret"),
+        "{}",
+        results[0]
+    );
+    // The default signature is not sent.
+    let (_, _, storage) = run(
+        RemoteResolver::new(&servers.kserve, Protocol::TfServing),
+        &instances[..200],
+        model(),
+        |i| i,
+    );
+    assert!(
+        output(&storage, "prediction.results-")
+            .iter()
+            .all(|r| r.get("signature").is_none())
+    );
+}
+
+#[test]
+fn kserve_v2_tensors_equal_the_models_own() {
+    let Some(servers) = servers() else { return };
+    let instances = std::fs::read(servers.data.join("instances.jsonl")).unwrap();
+    let expected = lines(&servers.data.join("expected.jsonl"));
+    let (summary, job, storage) = run(
+        RemoteResolver::new(&servers.kserve, Protocol::V2),
+        &instances,
+        model(),
+        |i| i,
+    );
+    assert_eq!(summary.state, State::Succeeded, "{:?}", job.error_message);
+    assert_eq!((summary.prediction_count, summary.error_count), (300, 0));
+    // `key` passes through; `x`, the input, does not; one field per output.
+    let results = output(&storage, "prediction.results-");
+    assert_eq!(
+        results[0].as_object().unwrap().keys().collect::<Vec<_>>(),
+        ["key", "label", "probabilities"]
+    );
+    assert_matches_in_process(&results, &expected, "label", true);
+}
+
+#[test]
+fn mlserver_v2_with_a_version_equals_the_models_own() {
+    let Some(servers) = servers() else { return };
+    let instances = std::fs::read(servers.data.join("instances.jsonl")).unwrap();
+    let expected = lines(&servers.data.join("expected.jsonl"));
+    let version = ModelVersion::version("projects/my-project/models/iris/versions/v1").unwrap();
+    let (summary, job, storage) = run(
+        RemoteResolver::new(&servers.mlserver, Protocol::V2),
+        &instances,
+        version,
+        |i| i,
+    );
+    assert_eq!(summary.state, State::Succeeded, "{:?}", job.error_message);
+    // MLServer's scikit-learn runtime answers `predict`, of shape [N, 1]:
+    // one bare value per instance.
+    let results = output(&storage, "prediction.results-");
+    assert_matches_in_process(&results, &expected, "predict", false);
+}
+
+/// Bad instances among good ones: each is that instance's error, with the
+/// server's message or ours, and every other instance is predicted.
+#[test]
+fn bad_instances_are_their_own_errors_on_every_server() {
+    let Some(servers) = servers() else { return };
+    let mut text = String::new();
+    for k in 0..150 {
+        match k {
+            17 => text.push_str("{\"key\": 17, \"x\": [1, 2, 3]}\n"),
+            99 => text.push_str("{\"key\": 99, \"x\": [1, 2, \"three\", 4]}\n"),
+            _ => text.push_str(&format!("{{\"key\": {k}, \"x\": [{k}, 0.5, -1, 2]}}\n")),
+        }
+    }
+    let version = ModelVersion::version("projects/my-project/models/iris/versions/v1").unwrap();
+    let cases: [(&str, RemoteResolver, ModelVersion); 3] = [
+        (
+            "kserve v1",
+            RemoteResolver::new(&servers.kserve, Protocol::TfServing),
+            model(),
+        ),
+        (
+            "kserve v2",
+            RemoteResolver::new(&servers.kserve, Protocol::V2),
+            model(),
+        ),
+        (
+            "mlserver",
+            RemoteResolver::new(&servers.mlserver, Protocol::V2),
+            version,
+        ),
+    ];
+    for (name, resolver, model) in cases {
+        let (summary, job, storage) = run(resolver, text.as_bytes(), model, |i| i);
+        assert_eq!(
+            summary.state,
+            State::Succeeded,
+            "{name}: {:?}",
+            job.error_message
+        );
+        assert_eq!(
+            (summary.prediction_count, summary.error_count),
+            (148, 2),
+            "{name}: {:?}",
+            output(&storage, "prediction.errors-")
+        );
+        let errors = output(&storage, "prediction.errors-");
+        let keys: Vec<&Value> = errors.iter().map(|e| &e["instance"]["key"]).collect();
+        assert_eq!(keys, [17, 99], "{name}: {errors:?}");
+        for e in &errors {
+            assert!(!e["error"].as_str().unwrap().is_empty(), "{name}: {e}");
+        }
+    }
+}
+
+#[test]
+fn a_model_the_server_lacks_or_a_server_that_is_down_fails_the_job_before_predicting() {
+    let Some(servers) = servers() else { return };
+    let instances = b"{\"key\": 1, \"x\": [1, 2, 3, 4]}\n";
+    let missing = ModelVersion::model("projects/my-project/models/absent").unwrap();
+    for protocol in [Protocol::TfServing, Protocol::V2] {
+        let (summary, job, storage) = run(
+            RemoteResolver::new(&servers.kserve, protocol),
+            instances,
+            missing.clone(),
+            |i| i,
+        );
+        assert_eq!(summary.state, State::Failed);
+        let message = job.error_message.clone().unwrap();
+        assert!(
+            message.contains("\"absent\"") && message.contains("404"),
+            "{protocol}: {message}"
+        );
+        assert!(output(&storage, "prediction.results-").is_empty());
+    }
+    // Nothing listens on the port of a listener just closed.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let down = RemoteResolver::new(format!("http://127.0.0.1:{port}"), Protocol::V2);
+    let (summary, job, _) = run(down, instances, model(), |i| i);
+    assert_eq!(summary.state, State::Failed);
+    let message = job.error_message.clone().unwrap();
+    assert!(message.contains(&format!("127.0.0.1:{port}")), "{message}");
+    // A job that names its model by uri needs the server's name for it.
+    let uri = ModelVersion::uri("gs://models/iris");
+    let (summary, job, _) = run(
+        RemoteResolver::new(&servers.kserve, Protocol::V2),
+        instances,
+        uri.clone(),
+        |i| i,
+    );
+    assert_eq!(summary.state, State::Failed);
+    assert!(job.error_message.clone().unwrap().contains("--model NAME"));
+    let named = RemoteResolver::new(&servers.kserve, Protocol::V2).with_model("iris");
+    let (summary, job, _) = run(named, instances, uri, |i| i);
+    assert_eq!(summary.state, State::Succeeded, "{:?}", job.error_message);
+}
+
+/// The command line: `run --predictor remote --endpoint URL --protocol v2`.
+#[cfg(feature = "cli")]
+#[test]
+fn the_command_line_runs_a_job_on_a_model_server() {
+    let Some(servers) = servers() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let job = dir.path().join("job.json");
+    std::fs::write(
+        &job,
+        serde_json::json!({
+            "jobId": "remote_cli",
+            "predictionInput": {
+                "dataFormat": "JSON",
+                "inputPaths": [servers.data.join("instances.jsonl")],
+                "outputPath": out,
+                "region": "us-central1",
+                "uri": "gs://models/iris",
+            }
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let run = |extra: &[&str]| {
+        std::process::Command::new(crate::cli_program())
+            .arg("run")
+            .arg(&job)
+            .args(["--predictor", "remote", "--endpoint", &servers.kserve])
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let done = run(&["--protocol", "v2", "--model", "iris"]);
+    assert!(
+        done.status.success(),
+        "{}",
+        String::from_utf8_lossy(&done.stderr)
+    );
+    let finished: Value = serde_json::from_slice(&done.stdout).unwrap();
+    assert_eq!(finished["state"], "SUCCEEDED");
+    assert_eq!(finished["predictionOutput"]["predictionCount"], "300");
+    // Without --model, a uri job cannot name the server's model.
+    let failed = run(&["--protocol", "v2", "--fresh"]);
+    assert_eq!(failed.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&failed.stdout).contains("--model NAME"));
+}
