@@ -104,6 +104,7 @@ mod record;
 mod remote;
 #[cfg(feature = "rest")]
 mod rest;
+mod retry;
 mod service;
 pub mod state;
 mod status;
@@ -147,6 +148,7 @@ pub use record::{
 pub use remote::{Protocol, RemotePredictor, RemoteResolver};
 #[cfg(feature = "rest")]
 pub use rest::{DEFAULT_MAX_BODY_BYTES, RestApi, RestRequest, RestResponse};
+pub use retry::RetryPolicy;
 pub use service::{
     Binding, Caller, CallerView, DEFAULT_PAGE_SIZE, Expr, INTERRUPTED_CANCEL_MESSAGE,
     INTERRUPTED_MESSAGE, InMemoryJobStore, JOB_PERMISSIONS, JobRecord, JobService,
@@ -156,7 +158,7 @@ pub use service::{
 pub use state::Transition;
 pub use status::{Code, MalformedStatus, Status, UnknownCode};
 #[cfg(feature = "cloud")]
-pub use storage::{CloudStorage, GcsStorage, RetryPolicy, S3Storage};
+pub use storage::{CloudStorage, GcsStorage, S3Storage};
 pub use storage::{
     DynStorage, InMemoryStorage, LocalStorage, ObjectMeta, ObjectWriter, Storage, StorageError,
     StorageErrorKind, StorageExt, join_location,

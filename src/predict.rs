@@ -11,6 +11,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
@@ -54,11 +55,12 @@ impl CancelHandle {
 }
 
 /// What a predictor knows about the call besides its batch.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct PredictContext<'a> {
     pub(crate) signature_name: &'a str,
     pub(crate) cancel: &'a CancelHandle,
     pub(crate) worker: usize,
+    pub(crate) deadline: Option<Instant>,
 }
 
 impl<'a> PredictContext<'a> {
@@ -68,7 +70,15 @@ impl<'a> PredictContext<'a> {
             signature_name,
             cancel,
             worker,
+            deadline: None,
         }
+    }
+
+    /// The same context with a deadline for the call.
+    #[must_use]
+    pub fn with_deadline(mut self, deadline: Instant) -> Self {
+        self.deadline = Some(deadline);
+        self
     }
 
     /// The job's `signatureName` (`serving_default` when the job has none).
@@ -86,16 +96,35 @@ impl<'a> PredictContext<'a> {
     pub fn worker(&self) -> usize {
         self.worker
     }
+
+    /// When the call must have returned, if the job has a batch deadline
+    /// ([`ExecutorConfig::with_batch_deadline`](crate::ExecutorConfig::with_batch_deadline)):
+    /// past it the batch counts as failed, and whatever the call returns
+    /// later is dropped. A predictor that stops by then itself (a remote
+    /// call with this as its time-out) says so with
+    /// [`Predictor::honors_deadline`].
+    pub fn deadline(&self) -> Option<Instant> {
+        self.deadline
+    }
 }
 
 /// A failed prediction or model load: a message, and the cause if any.
 ///
 /// The message is what `errors_stats` groups failures by, so it should not
 /// hold per-instance details.
+///
+/// An error can say that it is worth another try ([`retryable`](Self::retryable):
+/// a model server that sheds load or drops a connection): the executor then
+/// calls again with the same batch, after a backoff (at least
+/// [`retry_after`](Self::retry_after)), up to its retry policy
+/// ([`ExecutorConfig::with_predict_retries`](crate::ExecutorConfig::with_predict_retries)).
+/// Any other failed batch is split to find the instances that fail.
 #[derive(Debug)]
 pub struct PredictError {
     message: String,
     source: Option<Box<dyn std::error::Error + Send + Sync + 'static>>,
+    retryable: bool,
+    retry_after: Option<Duration>,
 }
 
 impl PredictError {
@@ -104,6 +133,8 @@ impl PredictError {
         PredictError {
             message: message.into(),
             source: None,
+            retryable: false,
+            retry_after: None,
         }
     }
 
@@ -113,14 +144,41 @@ impl PredictError {
         source: impl Into<Box<dyn std::error::Error + Send + Sync + 'static>>,
     ) -> Self {
         PredictError {
-            message: message.into(),
             source: Some(source.into()),
+            ..PredictError::new(message)
         }
+    }
+
+    /// The same error, marked as transient: the same batch may well
+    /// succeed if sent again (HTTP 429 or 503, a dropped connection).
+    #[must_use]
+    pub fn retryable(mut self) -> Self {
+        self.retryable = true;
+        self
+    }
+
+    /// The same error, transient, with the wait the server asked for
+    /// before the next try (an HTTP `Retry-After`).
+    #[must_use]
+    pub fn with_retry_after(mut self, wait: Duration) -> Self {
+        self.retryable = true;
+        self.retry_after = Some(wait);
+        self
     }
 
     /// The message, without the cause.
     pub fn message(&self) -> &str {
         &self.message
+    }
+
+    /// Whether the error is transient ([`retryable`](Self::retryable)).
+    pub fn is_retryable(&self) -> bool {
+        self.retryable
+    }
+
+    /// The wait asked for before the next try, if any.
+    pub fn retry_after(&self) -> Option<Duration> {
+        self.retry_after
     }
 }
 
@@ -185,6 +243,16 @@ pub trait Predictor: Send + Sync {
         batch: Vec<Instance>,
         ctx: &PredictContext<'_>,
     ) -> Result<Vec<Value>, PredictError>;
+
+    /// Whether this predictor returns by the [deadline](PredictContext::deadline)
+    /// of the call on its own (a remote call with it as its time-out), so
+    /// that the executor calls it directly. Otherwise (the default), when
+    /// the job has a batch deadline, each call runs on a watched thread,
+    /// and a call past its deadline is abandoned there: its batch fails,
+    /// its result, if it ever comes, is dropped.
+    fn honors_deadline(&self) -> bool {
+        false
+    }
 
     /// An optional fast path for JSON-lines input: predicts a batch from the
     /// text of its lines, writing each prediction's JSON text to `out`, and

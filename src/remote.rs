@@ -6,7 +6,7 @@
 
 use std::fmt;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use serde_json::{Map, Value, json};
@@ -14,6 +14,7 @@ use serde_json::{Map, Value, json};
 use crate::model::{Job, ModelVersion};
 use crate::predict::{ModelResolver, PASSTHROUGH_LABEL, PredictContext, PredictError, Predictor};
 use crate::record::Instance;
+use crate::retry::RetryPolicy;
 
 /// The name of the one input of a v2 model whose metadata declares none.
 const UNDECLARED: &str = "input-0";
@@ -92,6 +93,7 @@ pub struct RemoteResolver {
     headers: Vec<(String, String)>,
     model: Option<String>,
     timeout: Duration,
+    retry: RetryPolicy,
 }
 
 impl RemoteResolver {
@@ -103,7 +105,22 @@ impl RemoteResolver {
             headers: Vec::new(),
             model: None,
             timeout: Duration::from_secs(60),
+            retry: RetryPolicy::default()
+                .with_max_retries(5)
+                .with_backoff(Duration::from_millis(100), Duration::from_secs(10))
+                .with_max_elapsed(Duration::from_secs(60)),
         }
+    }
+
+    /// How [`connect`](Self::connect) retries a transient failure of its
+    /// question to the server (a server starting up, shedding load): by
+    /// default 5 retries from 100 ms, doubling, within a minute. (Batches
+    /// are retried by the executor:
+    /// [`ExecutorConfig::with_predict_retries`](crate::ExecutorConfig::with_predict_retries).)
+    #[must_use]
+    pub fn with_retry(mut self, retry: RetryPolicy) -> Self {
+        self.retry = retry;
+        self
     }
 
     /// Sends a header with every request (a bearer token, for instance).
@@ -178,10 +195,32 @@ impl RemoteResolver {
             headers: self.headers.clone(),
             inputs: Vec::new(),
             passthrough: true,
+            timeout: self.timeout,
         };
-        let metadata = predictor
-            .call("GET", &path, None)
-            .map_err(|e| PredictError::new(format!("model {model:?} on {}: {e}", self.base)))?;
+        let (started, mut tries) = (Instant::now(), 0);
+        let metadata = loop {
+            match predictor.call("GET", &path, None, None) {
+                Err(e)
+                    if e.is_retryable()
+                        && tries < self.retry.max_retries
+                        && started.elapsed() < self.retry.max_elapsed =>
+                {
+                    tries += 1;
+                    let wait = self
+                        .retry
+                        .backoff(tries)
+                        .max(e.retry_after().unwrap_or_default());
+                    std::thread::sleep(wait.min(self.retry.max_backoff));
+                }
+                Err(e) => {
+                    return Err(PredictError::new(format!(
+                        "model {model:?} on {}: {e}",
+                        self.base
+                    )));
+                }
+                Ok(metadata) => break metadata,
+            }
+        };
         if self.protocol == Protocol::V2 {
             predictor.inputs = v2_inputs(&metadata).map_err(|e| {
                 PredictError::new(format!(
@@ -253,6 +292,8 @@ pub struct RemotePredictor {
     /// The v2 model's declared inputs; empty for one undeclared input.
     inputs: Vec<TensorInput>,
     passthrough: bool,
+    /// The longest a request may take.
+    timeout: Duration,
 }
 
 impl fmt::Debug for RemotePredictor {
@@ -291,14 +332,35 @@ impl RemotePredictor {
 
     /// One request; the JSON of a 2xx answer, else the server's status and
     /// message.
-    fn call(&self, method: &str, url: &str, body: Option<Vec<u8>>) -> Result<Value, PredictError> {
+    ///
+    /// Transient failures are [retryable](PredictError::retryable): HTTP
+    /// 429, 502, 503 and 504 (with the server's `Retry-After`, in seconds),
+    /// a connection refused, reset or timed out. A call past `deadline`
+    /// (the batch's, when the job has one) stops there and is not.
+    fn call(
+        &self,
+        method: &str,
+        url: &str,
+        body: Option<Vec<u8>>,
+        deadline: Option<Instant>,
+    ) -> Result<Value, PredictError> {
+        let timeout = match deadline {
+            Some(d) => d
+                .saturating_duration_since(Instant::now())
+                .min(self.timeout),
+            None => self.timeout,
+        };
         let send = || match &body {
             None => {
                 let mut request = self.agent.get(url);
                 for (k, v) in &self.headers {
                     request = request.header(k, v);
                 }
-                request.call()
+                request
+                    .config()
+                    .timeout_global(Some(timeout))
+                    .build()
+                    .call()
             }
             Some(body) => {
                 let mut request = self
@@ -308,7 +370,11 @@ impl RemotePredictor {
                 for (k, v) in &self.headers {
                     request = request.header(k, v);
                 }
-                request.send(&body[..])
+                request
+                    .config()
+                    .timeout_global(Some(timeout))
+                    .build()
+                    .send(&body[..])
             }
         };
         // A kept-alive connection the server has closed meanwhile (as
@@ -319,17 +385,37 @@ impl RemotePredictor {
             Err(ureq::Error::Io(e)) if closed_connection(&e) => send(),
             response => response,
         };
-        let mut response =
-            response.map_err(|e| PredictError::with_source(format!("{method} {url} failed"), e))?;
+        let failed = |e: ureq::Error, what: String| {
+            let past_deadline = deadline.is_some_and(|d| Instant::now() >= d);
+            let transient = match &e {
+                ureq::Error::Timeout(_) => !past_deadline,
+                ureq::Error::ConnectionFailed | ureq::Error::HostNotFound => true,
+                ureq::Error::Io(io) => {
+                    closed_connection(io)
+                        || matches!(
+                            io.kind(),
+                            std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::TimedOut
+                        )
+                }
+                _ => false,
+            };
+            let error = PredictError::with_source(what, e);
+            if transient { error.retryable() } else { error }
+        };
+        let mut response = response.map_err(|e| failed(e, format!("{method} {url} failed")))?;
         let status = response.status();
+        let retry_after = response
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(Duration::from_secs);
         let body = response
             .body_mut()
             .with_config()
             .limit(MAX_RESPONSE_BYTES)
             .read_to_vec()
-            .map_err(|e| {
-                PredictError::with_source(format!("{method} {url}: reading the answer failed"), e)
-            })?;
+            .map_err(|e| failed(e, format!("{method} {url}: reading the answer failed")))?;
         let json: Option<Value> = serde_json::from_slice(&body).ok();
         if !status.is_success() {
             // A body that is not JSON may be a traceback: its last line
@@ -343,9 +429,16 @@ impl RemotePredictor {
                         .unwrap_or(""),
                 )
             });
-            return Err(PredictError::new(format!(
-                "the model server answered {status}: {message}"
-            )));
+            let error = PredictError::new(if message.is_empty() {
+                format!("the model server answered {status}")
+            } else {
+                format!("the model server answered {status}: {message}")
+            });
+            return Err(match (status.as_u16(), retry_after) {
+                (429 | 502 | 503 | 504, Some(wait)) => error.with_retry_after(wait),
+                (429 | 502 | 503 | 504, None) => error.retryable(),
+                _ => error,
+            });
         }
         let json = json.ok_or_else(|| {
             PredictError::new(format!(
@@ -382,7 +475,7 @@ impl RemotePredictor {
         }
         body.insert("instances".into(), Value::Array(instances));
         let body = serde_json::to_vec(&body).expect("JSON values serialize");
-        let mut answer = self.call("POST", &self.url, Some(body))?;
+        let mut answer = self.call("POST", &self.url, Some(body), ctx.deadline())?;
         match answer.get_mut("predictions").map(Value::take) {
             Some(Value::Array(predictions)) if predictions.len() == n => Ok(predictions),
             Some(Value::Array(predictions)) => Err(PredictError::new(format!(
@@ -396,7 +489,11 @@ impl RemotePredictor {
         }
     }
 
-    fn v2(&self, batch: Vec<Instance>) -> Result<Vec<Value>, PredictError> {
+    fn v2(
+        &self,
+        batch: Vec<Instance>,
+        ctx: &PredictContext<'_>,
+    ) -> Result<Vec<Value>, PredictError> {
         let n = batch.len();
         let values = batch
             .into_iter()
@@ -423,7 +520,7 @@ impl RemotePredictor {
             .collect::<Result<Vec<_>, _>>()?;
         let body =
             serde_json::to_vec(&json!({ "inputs": tensors })).expect("JSON values serialize");
-        let answer = self.call("POST", &self.url, Some(body))?;
+        let answer = self.call("POST", &self.url, Some(body), ctx.deadline())?;
         let Some(outputs) = answer.get("outputs").and_then(Value::as_array) else {
             return Err(PredictError::new(format!(
                 "the model server's answer has no \"outputs\" array: {}",
@@ -457,8 +554,13 @@ impl Predictor for RemotePredictor {
     ) -> Result<Vec<Value>, PredictError> {
         match self.protocol {
             Protocol::TfServing => self.tf_serving(batch, ctx),
-            Protocol::V2 => self.v2(batch),
+            Protocol::V2 => self.v2(batch, ctx),
         }
+    }
+
+    /// Each request's time-out is what is left of the batch's deadline.
+    fn honors_deadline(&self) -> bool {
+        true
     }
 }
 

@@ -3,10 +3,12 @@
 
 use std::fmt;
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::clock::{Clock, SystemClock};
 use crate::error::Error;
 use crate::record::ReadOptions;
+use crate::retry::RetryPolicy;
 
 /// The default of [`ExecutorConfig::shard_target_bytes`]: 64 MiB.
 pub const SHARD_TARGET_BYTES: u64 = 64 << 20;
@@ -52,6 +54,19 @@ pub struct ExecutorConfig {
     pub clock: Arc<dyn Clock>,
     /// Run only some of the plan's shards (one of several processes).
     pub shard_selection: Option<ShardSelection>,
+    /// How long one predictor call may take (off by default). A call past
+    /// it fails its batch, which is then split as any failed batch is, so
+    /// that instances that hang a model end as errors and the rest are
+    /// predicted; the job never waits on one call for longer. The call
+    /// sees it as [`PredictContext::deadline`](crate::PredictContext::deadline).
+    pub batch_deadline: Option<Duration>,
+    /// How calls that fail with a [retryable](crate::PredictError::is_retryable)
+    /// error are tried again: by default 5 retries, waiting 100 ms and
+    /// doubling to at most 10 s (or the error's `retry_after`, up to that
+    /// cap), within 2 minutes. A batch still failing after them fails as a
+    /// whole, every instance with that error: the failure is the server's,
+    /// not an instance's, so the batch is not split.
+    pub predict_retries: RetryPolicy,
 }
 
 /// Which of a plan's shards one process runs when a job is spread over
@@ -145,6 +160,8 @@ impl fmt::Debug for ExecutorConfig {
             .field("shard_target_bytes", &self.shard_target_bytes)
             .field("split_bytes", &self.split_bytes)
             .field("shard_selection", &self.shard_selection)
+            .field("batch_deadline", &self.batch_deadline)
+            .field("predict_retries", &self.predict_retries)
             .finish_non_exhaustive()
     }
 }
@@ -162,6 +179,11 @@ impl Default for ExecutorConfig {
             split_bytes: SHARD_TARGET_BYTES,
             clock: Arc::new(SystemClock),
             shard_selection: None,
+            batch_deadline: None,
+            predict_retries: RetryPolicy::default()
+                .with_max_retries(5)
+                .with_backoff(Duration::from_millis(100), Duration::from_secs(10))
+                .with_max_elapsed(Duration::from_secs(120)),
         }
     }
 }
@@ -234,6 +256,20 @@ impl ExecutorConfig {
     #[must_use]
     pub fn with_shard_selection(mut self, selection: ShardSelection) -> Self {
         self.shard_selection = Some(selection);
+        self
+    }
+
+    /// Sets [`batch_deadline`](Self::batch_deadline).
+    #[must_use]
+    pub fn with_batch_deadline(mut self, deadline: Duration) -> Self {
+        self.batch_deadline = Some(deadline);
+        self
+    }
+
+    /// Sets [`predict_retries`](Self::predict_retries) (`max_retries` 0: no retries).
+    #[must_use]
+    pub fn with_predict_retries(mut self, policy: RetryPolicy) -> Self {
+        self.predict_retries = policy;
         self
     }
 

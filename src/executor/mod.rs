@@ -88,6 +88,7 @@ use self::plan::settings;
 use self::run::{Pool, Run};
 use self::shards::Totals;
 
+mod call;
 mod config;
 mod names;
 pub(crate) mod overlap;
@@ -423,6 +424,8 @@ impl BatchExecutor {
             node_seconds: totals.node_seconds,
             error_stats: totals.committed_stats,
             elapsed: started.elapsed(),
+            retries: totals.retries,
+            deadline_hits: totals.deadline_hits,
         }
     }
 

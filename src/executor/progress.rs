@@ -28,6 +28,12 @@ pub struct RunSummary {
     pub error_stats: ErrorStats,
     /// Wall time of the run.
     pub elapsed: Duration,
+    /// Predictor calls this run tried again after a transient failure
+    /// ([`PredictError::is_retryable`](crate::PredictError::is_retryable)).
+    pub retries: u64,
+    /// Predictor calls this run gave up on at the batch deadline
+    /// ([`ExecutorConfig::batch_deadline`](crate::ExecutorConfig::batch_deadline)).
+    pub deadline_hits: u64,
 }
 
 /// The progress of one shard.
@@ -68,6 +74,10 @@ pub struct Progress<'a> {
     pub shards_done: usize,
     /// Every shard's progress.
     pub shards: &'a [ShardProgress],
+    /// Predictor calls tried again so far after a transient failure.
+    pub retries: u64,
+    /// Predictor calls given up on so far at the batch deadline.
+    pub deadline_hits: u64,
 }
 
 /// Receives progress from the writing thread, after every batch and shard.

@@ -293,6 +293,9 @@ pub(super) struct Totals {
     pub(super) committed_stats: ErrorStats,
     pub(super) records_read: u64,
     pub(super) node_seconds: f64,
+    /// This run's predictor calls tried again, and past the batch deadline.
+    pub(super) retries: u64,
+    pub(super) deadline_hits: u64,
 }
 
 impl Totals {

@@ -9,15 +9,16 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use super::panic_message;
+use super::call::{Caller, Failure, Tally};
 use super::read::{RawBatch, RawItem};
 use super::run::{Event, POLL, Run};
 use crate::model::DataFormat;
-use crate::predict::{JsonPredictions, PredictContext, Predictor};
+use crate::predict::{JsonPredictions, PredictContext};
 use crate::record::{
     ErrorRecordWriter, Instance, Position, RecordError, RecordErrorKind, decode, masked_crc32c,
     masked_crc32c_4,
 };
+use crate::retry::RetryPolicy;
 
 /// What a worker made of a batch.
 #[derive(Default)]
@@ -34,6 +35,10 @@ pub(super) struct BatchOutput {
     pub(super) records: u64,
     pub(super) bytes: u64,
     pub(super) busy: Duration,
+    /// Predictor calls tried again after a transient failure.
+    pub(super) retries: u64,
+    /// Predictor calls past the batch deadline.
+    pub(super) deadline_hits: u64,
 }
 
 impl Run<'_> {
@@ -45,6 +50,10 @@ impl Run<'_> {
         done: SyncSender<(u64, Event)>,
     ) {
         let ctx = PredictContext::new(&self.signature, self.cancel, worker);
+        let caller = Caller::new(
+            Arc::clone(&self.predictor),
+            self.executor.config.batch_deadline,
+        );
         // Kept from chunk to chunk, so that its lists do not grow anew each time.
         let mut pending = Pending::default();
         loop {
@@ -62,7 +71,7 @@ impl Run<'_> {
                 return;
             }
             let seq = batch.seq;
-            let Some(output) = self.process(batch, &ctx, &mut pending) else {
+            let Some(output) = self.process(batch, &ctx, &caller, &mut pending) else {
                 return; // stopping
             };
             if done.send((seq, Event::Batch(output))).is_err() {
@@ -79,6 +88,7 @@ impl Run<'_> {
         &self,
         batch: RawBatch,
         ctx: &PredictContext<'_>,
+        caller: &Caller,
         pending: &mut Pending,
     ) -> Option<BatchOutput> {
         let started = Instant::now();
@@ -95,8 +105,9 @@ impl Run<'_> {
         // JSON lines into JSON lines: the predictor may take the batch's text
         // as it is (Predictor::predict_json_lines), so lines are decoded
         // only if it does not.
-        let lines =
-            self.plan.data_format == DataFormat::Json && self.plan.output_format != DataFormat::Csv;
+        let lines = self.plan.data_format == DataFormat::Json
+            && self.plan.output_format != DataFormat::Csv
+            && caller.fast_path();
         // A TFRecord's data checksum, checked here rather than on the
         // framing thread, which all workers wait on: the chunk's at once,
         // four at a time.
@@ -125,12 +136,12 @@ impl Run<'_> {
             }
             if (pending.instances.len() + pending.lines.len() >= batch_size
                 || pending.bytes >= max_bytes)
-                && !self.flush(pending, &batch, ctx, &mut out, &mut errors)
+                && !self.flush(pending, &batch, ctx, caller, &mut out, &mut errors)
             {
                 return None;
             }
         }
-        if !self.flush(pending, &batch, ctx, &mut out, &mut errors) {
+        if !self.flush(pending, &batch, ctx, caller, &mut out, &mut errors) {
             return None;
         }
         self.raw_buffers.give(batch.data);
@@ -224,6 +235,7 @@ impl Run<'_> {
         pending: &mut Pending,
         batch: &RawBatch,
         ctx: &PredictContext<'_>,
+        caller: &Caller,
         out: &mut BatchOutput,
         errors: &mut ErrorRecordWriter<Vec<u8>>,
     ) -> bool {
@@ -255,12 +267,15 @@ impl Run<'_> {
         if !instances.is_empty() {
             let span = 0..instances.len();
             let stopping = || self.stopping();
+            let tally = Tally::default();
             let iso = Isolation {
-                predictor: &*self.predictor,
+                caller,
                 records: &records,
                 ctx,
                 stopping: &stopping,
                 spare_room: 2 * self.plan.batch_size.min(4096),
+                retries: &self.executor.config.predict_retries,
+                tally: &tally,
             };
             isolate(
                 &iso,
@@ -269,6 +284,8 @@ impl Run<'_> {
                 &mut pending.results,
                 &mut pending.spare,
             );
+            out.retries += tally.retries.get();
+            out.deadline_hits += tally.deadline_hits.get();
             if pending.results.len() < pending.ranges.len() {
                 return false;
             }
@@ -282,6 +299,7 @@ impl Run<'_> {
                     let failure = Failure {
                         stats: e.stats_message(),
                         full: e.message(),
+                        retry: None,
                     };
                     let raw = e.raw.is_some().then(|| e.raw_json());
                     (e.position, None, raw, failure)
@@ -391,57 +409,6 @@ impl Pending {
     }
 }
 
-/// Why an instance failed: the message for `errors_stats` (without
-/// details) and the full one for the error file.
-#[derive(Debug, Clone)]
-pub(super) struct Failure {
-    pub(super) stats: String,
-    pub(super) full: String,
-}
-
-impl Failure {
-    pub(super) fn same(message: String) -> Self {
-        Failure {
-            stats: message.clone(),
-            full: message,
-        }
-    }
-}
-
-/// Calls the predictor once with `batch`, turning an error, a panic or a
-/// wrong count into a [`Failure`]. Everything that runs user code (the
-/// error's `Display`, dropping a panic payload) stays inside the guard.
-pub(super) fn call(
-    predictor: &dyn Predictor,
-    batch: Vec<Instance>,
-    ctx: &PredictContext<'_>,
-) -> Result<Vec<Value>, Failure> {
-    let expected = batch.len();
-    let outcome = catch_unwind(AssertUnwindSafe(|| match predictor.predict(batch, ctx) {
-        Ok(predictions) if predictions.len() == expected => Ok(predictions),
-        Ok(predictions) => Err(Failure::same(format!(
-            "wrong number of predictions: expected {expected}, got {}",
-            predictions.len()
-        ))),
-        Err(e) => Err(Failure {
-            stats: e.message().to_owned(),
-            full: e.to_string(),
-        }),
-    }));
-    match outcome {
-        Ok(result) => result,
-        Err(payload) => {
-            let message = catch_unwind(AssertUnwindSafe(|| {
-                let message = panic_message(&*payload);
-                drop(payload);
-                message
-            }))
-            .unwrap_or_else(|_| "a payload that panicked".to_owned());
-            Err(Failure::same(format!("predictor panicked: {message}")))
-        }
-    }
-}
-
 /// The records of a batch, to decode its instances again when a part of it
 /// must be retried (the predictor owns what it was given).
 pub(super) struct Records<'a> {
@@ -464,7 +431,7 @@ impl Records<'_> {
 
 /// What [`isolate`] works with besides the batch.
 pub(super) struct Isolation<'r> {
-    pub(super) predictor: &'r dyn Predictor,
+    pub(super) caller: &'r Caller,
     /// The batch's records, decoded again for retries.
     pub(super) records: &'r Records<'r>,
     pub(super) ctx: &'r PredictContext<'r>,
@@ -472,12 +439,18 @@ pub(super) struct Isolation<'r> {
     /// The most room a spare vector keeps (a predictor may return vectors
     /// with far more room than predictions).
     pub(super) spare_room: usize,
+    /// How transient failures are tried again.
+    pub(super) retries: &'r RetryPolicy,
+    pub(super) tally: &'r Tally,
 }
 
 /// Predicts `batch` (the decoded records of `span`), splitting it in halves
 /// on failure until the failing instances are alone; pushes one result per
 /// instance, in order — unless `stopping` says to give up, which leaves
-/// `out` short. The allocation of the predictions' vector, emptied, is
+/// `out` short. A transient failure is tried again with the same batch, by
+/// the retry policy, and when the retries are spent every instance of the
+/// batch fails with it, unsplit: the server failed, not an instance. The
+/// allocation of the predictions' vector, emptied, is
 /// left in `spare` for the next batch when it has more room than `spare`
 /// (and no more than `spare_room`): a predictor that maps its batch in
 /// place (as [`EchoPredictor`](crate::EchoPredictor) does) then gets the
@@ -495,24 +468,68 @@ pub(super) fn isolate(
         return;
     }
     let len = batch.len();
-    match call(iso.predictor, batch, iso.ctx) {
-        Ok(mut predictions) => {
-            out.extend(predictions.drain(..).map(Ok));
-            let room = predictions.capacity();
-            if room > spare.capacity() && room <= iso.spare_room {
-                // Empty, and Value and Instance have one size: the vector
-                // is rebuilt in its own allocation.
-                *spare = predictions.into_iter().map(Instance::Json).collect();
+    let (mut batch, mut tries, started) = (batch, 0, Instant::now());
+    let failure = loop {
+        match iso.caller.call(batch, iso.ctx, iso.tally, iso.stopping) {
+            Ok(mut predictions) => {
+                out.extend(predictions.drain(..).map(Ok));
+                let room = predictions.capacity();
+                if room > spare.capacity() && room <= iso.spare_room {
+                    // Empty, and Value and Instance have one size: the
+                    // vector is rebuilt in its own allocation.
+                    *spare = predictions.into_iter().map(Instance::Json).collect();
+                }
+                return;
             }
+            Err(failure) => match failure.retry {
+                Some(asked)
+                    if tries < iso.retries.max_retries
+                        && started.elapsed() < iso.retries.max_elapsed =>
+                {
+                    tries += 1;
+                    iso.tally.retries.set(iso.tally.retries.get() + 1);
+                    let wait = iso
+                        .retries
+                        .backoff(tries)
+                        .max(asked.unwrap_or_default())
+                        .min(iso.retries.max_backoff);
+                    if !sleep(wait, iso.stopping) {
+                        return;
+                    }
+                    batch = iso.records.decode(span.clone());
+                }
+                Some(_) => {
+                    // Spent: the whole batch fails with it.
+                    out.extend(std::iter::repeat_n(Err(failure), len));
+                    return;
+                }
+                None => break failure,
+            },
         }
-        Err(failure) if len == 1 => out.push(Err(failure)),
-        Err(_) => {
-            let mid = span.start + len / 2;
-            for half in [span.start..mid, mid..span.end] {
-                let batch = iso.records.decode(half.clone());
-                isolate(iso, batch, half, out, spare);
-            }
+    };
+    if len == 1 {
+        out.push(Err(failure));
+        return;
+    }
+    let mid = span.start + len / 2;
+    for half in [span.start..mid, mid..span.end] {
+        let batch = iso.records.decode(half.clone());
+        isolate(iso, batch, half, out, spare);
+    }
+}
+
+/// Waits `wait`, or less if `stopping` says so (then `false`).
+fn sleep(wait: Duration, stopping: &dyn Fn() -> bool) -> bool {
+    let until = Instant::now() + wait;
+    loop {
+        if stopping() {
+            return false;
         }
+        let left = until.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return true;
+        }
+        std::thread::sleep(left.min(POLL));
     }
 }
 

@@ -250,6 +250,8 @@ impl<'r, 'a> Writer<'r, 'a> {
         open.node_seconds += batch.busy.as_secs_f64();
         self.totals.records_read += batch.records;
         self.totals.node_seconds += batch.busy.as_secs_f64();
+        self.totals.retries += batch.retries;
+        self.totals.deadline_hits += batch.deadline_hits;
         let progress = &mut self.progress[open.index];
         progress.records += batch.records;
         progress.predictions += batch.predictions;
@@ -345,6 +347,8 @@ impl<'r, 'a> Writer<'r, 'a> {
             elapsed: self.run.started.elapsed(),
             shards_done: self.progress.iter().filter(|p| p.done).count(),
             shards: &self.progress,
+            retries: self.totals.retries,
+            deadline_hits: self.totals.deadline_hits,
         };
         if catch_unwind(AssertUnwindSafe(|| observer.on_progress(&progress))).is_err() {
             self.observer_failed.set(true);

@@ -118,7 +118,7 @@ const ORT_HINT: &str = "onnxruntime runs the whole ONNX standard: build with the
 /// copied unchanged into that instance's prediction, so a `key` survives
 /// (something the hosted service could not do); a model output of the same
 /// name wins. A job turns this off with the label
-/// [`bp-passthrough: off`](PASSTHROUGH_LABEL).
+/// [`bp-passthrough: off`](crate::PASSTHROUGH_LABEL).
 ///
 /// **signatureName** has no meaning for ONNX, whose models have one graph:
 /// it is ignored.

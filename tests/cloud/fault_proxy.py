@@ -1,5 +1,5 @@
-"""A small HTTP proxy in front of a test object store that shows the faults
-a real server cannot be made to show on demand.
+"""A small HTTP proxy in front of a test object store or model server that
+shows the faults a real server cannot be made to show on demand.
 
   python3 fault_proxy.py --upstream http://127.0.0.1:PORT --mode MODE
 
@@ -7,6 +7,10 @@ Modes:
   cut        the first GET of each object whose body is longer than 1 MiB
              is cut off after 1 MiB (the connection closes mid-body);
   fail:N     the first N requests are answered 503, then all pass;
+  fail-post:N  the first N POST requests are answered 503 (with
+             `Retry-After: 0`), then all pass;
+  hang-if:TEXT  a POST whose body holds TEXT hangs for 60 s, then the
+             connection closes unanswered; everything else passes;
   hang-list  every listing (S3 `?list-type=`, Cloud Storage `GET
              /storage/v1/b/BUCKET/o`) hangs for 60 s, then the connection
              closes unanswered; everything else passes.
@@ -61,6 +65,23 @@ def make_handler(upstream, mode):
                 time.sleep(60)
                 self.close_connection = True
                 return
+            if mode.startswith("hang-if:") and self.command == "POST" and mode[8:].encode() in (body or b""):
+                with lock:
+                    stats["hung"] = stats.get("hung", 0) + 1
+                time.sleep(60)
+                self.close_connection = True
+                return
+            if mode.startswith("fail-post:") and self.command == "POST":
+                with lock:
+                    fail = stats["failed"] < int(mode[10:])
+                    if fail:
+                        stats["failed"] += 1
+                if fail:
+                    self.send_response(503)
+                    self.send_header("Retry-After", "0")
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
             if mode.startswith("fail:"):
                 with lock:
                     fail = stats["failed"] < int(mode[5:])

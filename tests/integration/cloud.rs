@@ -408,52 +408,7 @@ fn the_command_line_reads_one_bucket_and_writes_another() {
     );
 }
 
-/// A fault proxy (`tests/cloud/fault_proxy.py`) in front of `upstream`,
-/// stopped when dropped.
-struct Proxy {
-    child: std::process::Child,
-    url: String,
-}
-
-impl Proxy {
-    fn start(upstream: &str, mode: &str) -> Proxy {
-        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/cloud/fault_proxy.py");
-        let mut child = std::process::Command::new("python3")
-            .args([script, "--upstream", upstream, "--mode", mode])
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .expect("python3 runs the fault proxy");
-        let mut line = String::new();
-        std::io::BufRead::read_line(
-            &mut std::io::BufReader::new(child.stdout.take().unwrap()),
-            &mut line,
-        )
-        .unwrap();
-        let port: u16 = line.trim().parse().expect("the proxy prints its port");
-        Proxy {
-            child,
-            url: format!("http://127.0.0.1:{port}"),
-        }
-    }
-
-    /// What the proxy did: cuts, failed requests, Range headers seen.
-    fn stats(&self) -> serde_json::Value {
-        // No HTTP client among the test dependencies: ask with curl.
-        let out = std::process::Command::new("curl")
-            .args(["-sf", &format!("{}/__proxy_stats", self.url)])
-            .output()
-            .unwrap();
-        serde_json::from_slice(&out.stdout).unwrap()
-    }
-}
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use crate::FaultProxy as Proxy;
 
 #[test]
 fn a_connection_dropped_mid_object_resumes_from_the_byte_it_reached() {

@@ -1809,3 +1809,172 @@ fn the_fast_path_for_json_lines_writes_what_the_usual_path_writes() {
         assert_eq!(taken, 0, "{format:?} into {output:?} offers no fast path");
     }
 }
+
+/// `n` JSON-lines instances `{"k": i}`, with `{"k": i, "hang": true}` at
+/// the indexes in `hang`.
+fn keyed_lines(n: usize, hang: &[usize]) -> Vec<u8> {
+    (0..n)
+        .map(|i| {
+            if hang.contains(&i) {
+                format!("{{\"k\": {i}, \"hang\": true}}\n")
+            } else {
+                format!("{{\"k\": {i}}}\n")
+            }
+        })
+        .collect::<String>()
+        .into_bytes()
+}
+
+/// A predictor that never returns for a batch holding a `hang` instance
+/// (until the test drops its sender), and echoes anything else.
+fn hanging(release: std::sync::mpsc::Receiver<()>) -> Arc<dyn Predictor> {
+    let release = Mutex::new(release);
+    Arc::new(predictor_fn(move |batch: Vec<Instance>, ctx: &_| {
+        let hangs = batch
+            .iter()
+            .any(|i| matches!(i, Instance::Json(v) if v["hang"] == true));
+        if hangs {
+            // Blocks until the test ends (the sender is dropped).
+            let _ = release.lock().unwrap().recv();
+        }
+        EchoPredictor.predict(batch, ctx)
+    }))
+}
+
+/// An in-process predictor that hangs on some instances: with a batch
+/// deadline, those instances end as errors, found by splitting, the rest
+/// are predicted, and the job does not wait on the hung calls.
+#[test]
+fn a_batch_deadline_turns_instances_that_hang_into_errors() {
+    let (hold, release) = std::sync::mpsc::channel::<()>();
+    let storage = InMemoryStorage::new();
+    storage.put("gs://b/in/a.jsonl", keyed_lines(20, &[5]));
+    let mut job = queued_job(DataFormat::Json, &["gs://b/in/a.jsonl"], 8, 2);
+    let seen = Arc::new(AtomicU64::new(0));
+    let observed = Arc::clone(&seen);
+    let summary = BatchExecutor::new(Arc::new(storage.clone()), resolver_for(hanging(release)))
+        .with_config(
+            ExecutorConfig::default().with_batch_deadline(std::time::Duration::from_secs(1)),
+        )
+        .with_observer(Arc::new(move |p: &batch_prediction::Progress<'_>| {
+            observed.fetch_max(p.deadline_hits, Ordering::Relaxed);
+        }))
+        .run(&mut job, &CancelHandle::new())
+        .unwrap();
+    drop(hold);
+    assert_eq!(summary.state, State::Succeeded);
+    assert_eq!((summary.prediction_count, summary.error_count), (19, 1));
+    // The batch of 8 holding it, then the halves holding it: 8, 4, 2, 1.
+    assert_eq!(summary.deadline_hits, 4);
+    assert_eq!(
+        seen.load(Ordering::Relaxed),
+        4,
+        "progress shows the deadline hits"
+    );
+    assert_eq!(summary.retries, 0);
+    check_accounting(&storage, &job, &summary);
+    let errors: Vec<Value> = lines_of(&storage, "prediction.errors-")
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(errors.len(), 1);
+    assert_eq!(errors[0]["instance"], json!({"k": 5, "hang": true}));
+    assert_eq!(
+        errors[0]["error"],
+        "the batch took longer than its deadline of 1 s"
+    );
+    let results = lines_of(&storage, "prediction.results-");
+    assert_eq!(results.len(), 19);
+    assert!(!results.iter().any(|l| l.contains("hang")));
+}
+
+/// A predictor whose first calls fail with retryable errors: the batches
+/// are tried again, and the output is what a run without failures writes.
+#[test]
+fn transient_failures_are_retried_and_change_nothing() {
+    let run = |predictor: Arc<dyn Predictor>| {
+        let storage = InMemoryStorage::new();
+        storage.put("gs://b/in/a.jsonl", keyed_lines(50, &[]));
+        let mut job = queued_job(DataFormat::Json, &["gs://b/in/a.jsonl"], 8, 2);
+        let policy = batch_prediction::RetryPolicy::default()
+            .with_max_retries(5)
+            .with_backoff(
+                std::time::Duration::from_millis(1),
+                std::time::Duration::from_millis(5),
+            );
+        let summary = run_with(
+            Arc::new(storage.clone()),
+            predictor,
+            ExecutorConfig::default().with_predict_retries(policy),
+            &mut job,
+        );
+        check_accounting(&storage, &job, &summary);
+        // The summary file holds times; the results and errors are compared.
+        let files: Vec<(String, Vec<u8>)> = outputs(&storage)
+            .into_iter()
+            .filter(|(name, _)| !name.starts_with("prediction.summary"))
+            .collect();
+        (summary, files)
+    };
+    let calls = AtomicU64::new(0);
+    let flaky: Arc<dyn Predictor> =
+        Arc::new(predictor_fn(
+            move |batch: Vec<Instance>, ctx: &_| match calls.fetch_add(1, Ordering::Relaxed) {
+                0 => Err(PredictError::new("the server is busy")
+                    .with_retry_after(std::time::Duration::ZERO)),
+                1 | 2 => Err(PredictError::new("the server is busy").retryable()),
+                _ => EchoPredictor.predict(batch, ctx),
+            },
+        ));
+    let (summary, files) = run(flaky);
+    assert_eq!(summary.state, State::Succeeded);
+    assert_eq!(
+        (
+            summary.prediction_count,
+            summary.error_count,
+            summary.retries
+        ),
+        (50, 0, 3)
+    );
+    let (clean, want) = run(Arc::new(EchoPredictor));
+    assert_eq!(clean.retries, 0);
+    assert_eq!(files, want, "the same files, byte for byte");
+}
+
+/// A transient failure that outlasts the retries fails its whole batch
+/// with its message, without splitting it: the server failed, not an
+/// instance.
+#[test]
+fn spent_retries_fail_the_whole_batch_unsplit() {
+    let storage = InMemoryStorage::new();
+    storage.put("gs://b/in/a.jsonl", keyed_lines(20, &[]));
+    let mut job = queued_job(DataFormat::Json, &["gs://b/in/a.jsonl"], 8, 1);
+    let calls = Arc::new(AtomicU64::new(0));
+    let counted = Arc::clone(&calls);
+    let down: Arc<dyn Predictor> = Arc::new(predictor_fn(move |_: Vec<Instance>, _: &_| {
+        counted.fetch_add(1, Ordering::Relaxed);
+        Err::<Vec<Value>, _>(PredictError::new("the server is down").retryable())
+    }));
+    let policy = batch_prediction::RetryPolicy::default()
+        .with_max_retries(2)
+        .with_backoff(
+            std::time::Duration::from_millis(1),
+            std::time::Duration::from_millis(2),
+        );
+    let summary = run_with(
+        Arc::new(storage.clone()),
+        down,
+        ExecutorConfig::default().with_predict_retries(policy),
+        &mut job,
+    );
+    check_accounting(&storage, &job, &summary);
+    assert_eq!((summary.prediction_count, summary.error_count), (0, 20));
+    // 3 batches (8, 8, 4), each tried 3 times and never split.
+    assert_eq!(calls.load(Ordering::Relaxed), 9);
+    assert_eq!(summary.retries, 6);
+    assert!(
+        lines_of(&storage, "prediction.errors-")
+            .iter()
+            .all(|l| l.contains("\"error\":\"the server is down\"")),
+    );
+}

@@ -141,3 +141,55 @@ impl Drop for Emulator {
         let _ = self.child.wait();
     }
 }
+
+#[cfg(any(feature = "cloud", feature = "remote"))]
+/// A fault proxy (`tests/cloud/fault_proxy.py`) in front of `upstream` (an
+/// object store or a model server), stopped when dropped.
+pub struct FaultProxy {
+    child: std::process::Child,
+    /// Its base URL.
+    pub url: String,
+}
+
+#[cfg(any(feature = "cloud", feature = "remote"))]
+impl FaultProxy {
+    /// Starts it (see the script for the modes).
+    pub fn start(upstream: &str, mode: &str) -> FaultProxy {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/cloud/fault_proxy.py");
+        let mut child = std::process::Command::new("python3")
+            .args([script, "--upstream", upstream, "--mode", mode])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("python3 runs the fault proxy");
+        let mut line = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+            &mut line,
+        )
+        .unwrap();
+        let port: u16 = line.trim().parse().expect("the proxy prints its port");
+        FaultProxy {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+        }
+    }
+
+    /// What the proxy did: cuts, failed requests, Range headers seen.
+    pub fn stats(&self) -> serde_json::Value {
+        // No HTTP client among the test dependencies: ask with curl.
+        let out = std::process::Command::new("curl")
+            .args(["-sf", &format!("{}/__proxy_stats", self.url)])
+            .output()
+            .unwrap();
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+}
+
+#[cfg(any(feature = "cloud", feature = "remote"))]
+impl Drop for FaultProxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -5,13 +5,16 @@
 //! test says SKIP; under CI (`CI=true`) that is a failure.
 
 use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use batch_prediction::{
     BatchExecutor, CancelHandle, DataFormat, ExecutorConfig, InMemoryStorage, Job, ModelResolver,
-    ModelVersion, PredictionInput, Protocol, RemoteResolver, RunSummary, State, SystemClock,
-    Transition,
+    ModelVersion, PredictionInput, Protocol, RemoteResolver, RetryPolicy, RunSummary, State,
+    SystemClock, Transition,
 };
 use serde_json::Value;
+
+use crate::FaultProxy;
 
 struct Servers {
     kserve: String,
@@ -77,6 +80,23 @@ fn run(
     model: ModelVersion,
     configure: impl FnOnce(PredictionInput) -> PredictionInput,
 ) -> (RunSummary, Job, InMemoryStorage) {
+    run_with(
+        resolver,
+        instances,
+        model,
+        configure,
+        ExecutorConfig::default(),
+    )
+}
+
+/// [`run`] with an executor configuration.
+fn run_with(
+    resolver: impl ModelResolver + 'static,
+    instances: &[u8],
+    model: ModelVersion,
+    configure: impl FnOnce(PredictionInput) -> PredictionInput,
+    config: ExecutorConfig,
+) -> (RunSummary, Job, InMemoryStorage) {
     let storage = InMemoryStorage::new();
     storage.put("gs://b/in/instances.jsonl", instances.to_vec());
     let input = PredictionInput::new(
@@ -91,7 +111,7 @@ fn run(
     let mut job = Job::new("remote_test", configure(input));
     job.apply(Transition::Queue, &SystemClock).unwrap();
     let summary = BatchExecutor::new(Arc::new(storage.clone()), Arc::new(resolver))
-        .with_config(ExecutorConfig::default())
+        .with_config(config)
         .run(&mut job, &CancelHandle::new())
         .unwrap();
     (summary, job, storage)
@@ -321,6 +341,118 @@ fn a_model_the_server_lacks_or_a_server_that_is_down_fails_the_job_before_predic
     let named = RemoteResolver::new(&servers.kserve, Protocol::V2).with_model("iris");
     let (summary, job, _) = run(named, instances, uri, |i| i);
     assert_eq!(summary.state, State::Succeeded, "{:?}", job.error_message);
+}
+
+/// Quick retries, for the tests with faults.
+fn quick(retries: u32) -> ExecutorConfig {
+    ExecutorConfig::default().with_predict_retries(
+        RetryPolicy::default()
+            .with_max_retries(retries)
+            .with_backoff(Duration::from_millis(1), Duration::from_millis(20)),
+    )
+}
+
+/// A server that sheds load (503 with `Retry-After`) for a while: the
+/// batches are retried, the job succeeds, and its results are those of a
+/// run without the faults.
+#[test]
+fn a_503_storm_is_retried_and_changes_nothing() {
+    let Some(servers) = servers() else { return };
+    let instances = std::fs::read(servers.data.join("instances.jsonl")).unwrap();
+    let (clean, _, want) = run(
+        RemoteResolver::new(&servers.kserve, Protocol::V2),
+        &instances,
+        model(),
+        |i| i,
+    );
+    assert_eq!(clean.retries, 0);
+    let proxy = FaultProxy::start(&servers.kserve, "fail-post:6");
+    let (summary, job, got) = run_with(
+        RemoteResolver::new(&proxy.url, Protocol::V2),
+        &instances,
+        model(),
+        |i| i,
+        quick(10),
+    );
+    assert_eq!(summary.state, State::Succeeded, "{:?}", job.error_message);
+    assert_eq!(proxy.stats()["failed"], 6);
+    assert_eq!(
+        (
+            summary.prediction_count,
+            summary.error_count,
+            summary.retries
+        ),
+        (300, 0, 6)
+    );
+    assert_eq!(
+        output(&got, "prediction.results-"),
+        output(&want, "prediction.results-")
+    );
+}
+
+/// A server that keeps failing past the retries: each batch fails whole
+/// with the server's status, unsplit (three tries each, no more).
+#[test]
+fn a_server_that_keeps_failing_fails_whole_batches_after_the_retries() {
+    let Some(servers) = servers() else { return };
+    let instances = std::fs::read(servers.data.join("instances.jsonl")).unwrap();
+    let proxy = FaultProxy::start(&servers.kserve, "fail-post:1000000");
+    let (summary, _, storage) = run_with(
+        RemoteResolver::new(&proxy.url, Protocol::TfServing),
+        &instances,
+        model(),
+        |i| i,
+        quick(2),
+    );
+    // 300 instances in batches of 64: 5 batches, 3 tries each.
+    assert_eq!(
+        (
+            summary.prediction_count,
+            summary.error_count,
+            summary.retries
+        ),
+        (0, 300, 10)
+    );
+    assert_eq!(proxy.stats()["failed"], 15);
+    let errors = output(&storage, "prediction.errors-");
+    assert!(
+        errors
+            .iter()
+            .all(|e| e["error"] == "the model server answered 503 Service Unavailable"),
+        "{}",
+        errors[0]
+    );
+}
+
+/// A server that hangs on some instances: past the batch deadline the
+/// call is dropped, the batch split, and only those instances fail.
+#[test]
+fn a_server_that_hangs_on_an_instance_fails_only_that_instance() {
+    let Some(servers) = servers() else { return };
+    let mut text = String::new();
+    for k in 0..100 {
+        let hang = if k == 10 { r#", "hang": 1"# } else { "" };
+        text.push_str(&format!(r#"{{"key": {k}, "x": [1, 2, 3, 4]{hang}}}"#));
+        text.push('\n');
+    }
+    let proxy = FaultProxy::start(&servers.kserve, "hang-if:\"hang\"");
+    let (summary, job, storage) = run_with(
+        RemoteResolver::new(&proxy.url, Protocol::TfServing),
+        text.as_bytes(),
+        model(),
+        |i| i,
+        quick(2).with_batch_deadline(Duration::from_secs(1)),
+    );
+    assert_eq!(summary.state, State::Succeeded, "{:?}", job.error_message);
+    assert_eq!((summary.prediction_count, summary.error_count), (99, 1));
+    // The batch of 64 holding it, then the halves holding it: 64 to 1.
+    assert_eq!(summary.deadline_hits, 7);
+    let errors = output(&storage, "prediction.errors-");
+    assert_eq!(errors[0]["instance"]["key"], 10);
+    assert_eq!(
+        errors[0]["error"],
+        "the batch took longer than its deadline of 1 s"
+    );
 }
 
 /// The command line: `run --predictor remote --endpoint URL --protocol v2`.

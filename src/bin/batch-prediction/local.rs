@@ -64,8 +64,26 @@ pub struct RunOptions {
     /// (repeatable).
     #[arg(long = "header", value_name = "NAME: VALUE", value_parser = header)]
     headers: Vec<(String, String)>,
+    /// How long one predictor call may take before its batch fails (and is
+    /// split to find the instances that hang): default 60 with `remote`, no
+    /// limit otherwise.
+    #[arg(long, value_name = "SECONDS", value_parser = seconds)]
+    batch_deadline: Option<Duration>,
+    /// Retries of a predictor call that failed for a transient reason (an
+    /// HTTP 429 or 503, a dropped connection), waiting 100 ms, doubling up
+    /// to 10 s (or the server's Retry-After).
+    #[arg(long, value_name = "N", default_value_t = 5)]
+    max_retries: u32,
     #[command(flatten)]
     storage: StorageArgs,
+}
+
+/// A positive number of seconds.
+fn seconds(text: &str) -> Result<Duration, String> {
+    match text.parse::<f64>() {
+        Ok(s) if s > 0.0 && s.is_finite() => Ok(Duration::from_secs_f64(s)),
+        _ => Err(format!("{text:?}: expected a positive number of seconds")),
+    }
 }
 
 /// `NAME: VALUE`.
@@ -202,6 +220,16 @@ fn executor(options: &RunOptions, shard: Option<ShardSelection>) -> Result<Batch
     if let Some(shard) = shard {
         config = config.with_shard_selection(shard);
     }
+    let deadline = match (options.batch_deadline, options.predictor.as_str()) {
+        (Some(d), _) => Some(d),
+        (None, "remote") => Some(Duration::from_secs(60)),
+        (None, _) => None,
+    };
+    if let Some(d) = deadline {
+        config = config.with_batch_deadline(d);
+    }
+    let retries = config.predict_retries.with_max_retries(options.max_retries);
+    config = config.with_predict_retries(retries);
     Ok(BatchExecutor::new(storage, resolver)
         .with_config(config)
         .with_observer(Arc::new(progress_bar())))

@@ -35,7 +35,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Runs a job here: JOB.json is a jobs.create request body.
-    Run(local::RunArgs),
+    Run(Box<local::RunArgs>),
     /// Checks a job as jobs.create does, listing every rule it breaks.
     Validate {
         /// A jobs.create request body.

@@ -28,6 +28,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
+use crate::retry::RetryPolicy;
+
 pub use gcs::GcsStorage;
 pub use s3::S3Storage;
 
@@ -40,70 +42,7 @@ const READ_AHEAD_CHUNKS: usize = 16;
 /// 256 KiB (GCS's resumable chunk unit) and at least 5 MiB (S3's smallest part).
 pub(crate) const UPLOAD_PART_BYTES: usize = 8 << 20;
 
-/// How transient failures (HTTP 429 and 5xx, dropped connections, time-outs)
-/// are retried: exponential backoff with jitter, bounded in count and time.
-#[derive(Debug, Clone, Copy, PartialEq)]
-#[non_exhaustive]
-pub struct RetryPolicy {
-    /// Retries after the first attempt.
-    pub max_retries: u32,
-    /// The first wait; each next one doubles, up to `max_backoff`.
-    pub initial_backoff: Duration,
-    /// The longest wait between attempts.
-    pub max_backoff: Duration,
-    /// No retry starts after this long since the first attempt.
-    pub max_elapsed: Duration,
-}
-
-impl Default for RetryPolicy {
-    /// 10 retries from 100 ms, at most 15 s apart, within 3 minutes.
-    fn default() -> Self {
-        RetryPolicy {
-            max_retries: 10,
-            initial_backoff: Duration::from_millis(100),
-            max_backoff: Duration::from_secs(15),
-            max_elapsed: Duration::from_secs(180),
-        }
-    }
-}
-
 impl RetryPolicy {
-    /// Sets [`max_retries`](Self::max_retries).
-    #[must_use]
-    pub fn with_max_retries(mut self, n: u32) -> Self {
-        self.max_retries = n;
-        self
-    }
-
-    /// Sets the backoff bounds.
-    #[must_use]
-    pub fn with_backoff(mut self, initial: Duration, max: Duration) -> Self {
-        self.initial_backoff = initial;
-        self.max_backoff = max;
-        self
-    }
-
-    /// Sets [`max_elapsed`](Self::max_elapsed).
-    #[must_use]
-    pub fn with_max_elapsed(mut self, elapsed: Duration) -> Self {
-        self.max_elapsed = elapsed;
-        self
-    }
-
-    /// The wait before retry `attempt` (from 1), with up to half of it as jitter.
-    fn backoff(&self, attempt: u32) -> Duration {
-        let base = self
-            .initial_backoff
-            .saturating_mul(1u32 << attempt.saturating_sub(1).min(16))
-            .min(self.max_backoff);
-        // Jitter from the clock's low bits: no random-number crate for this.
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.subsec_nanos());
-        let jitter = base.mul_f64(f64::from(nanos % 1000) / 2000.0);
-        base - jitter
-    }
-
     /// Runs `attempt` until it succeeds, fails for good, or the policy is
     /// spent; `transient` tells the errors worth another try.
     pub(crate) async fn run<T, E, F, Fut>(
