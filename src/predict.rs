@@ -125,6 +125,7 @@ pub struct PredictError {
     source: Option<Box<dyn std::error::Error + Send + Sync + 'static>>,
     retryable: bool,
     retry_after: Option<Duration>,
+    too_large: bool,
 }
 
 impl PredictError {
@@ -135,6 +136,7 @@ impl PredictError {
             source: None,
             retryable: false,
             retry_after: None,
+            too_large: false,
         }
     }
 
@@ -166,9 +168,25 @@ impl PredictError {
         self
     }
 
+    /// The same error, saying that the batch was too large for the model
+    /// (an HTTP 413, a payload limit): the batch is split as any failed
+    /// batch is, and a job with adaptive batches
+    /// ([`ExecutorConfig::with_adaptive_batch`](crate::ExecutorConfig::with_adaptive_batch))
+    /// makes its next ones smaller.
+    #[must_use]
+    pub fn too_large(mut self) -> Self {
+        self.too_large = true;
+        self
+    }
+
     /// The message, without the cause.
     pub fn message(&self) -> &str {
         &self.message
+    }
+
+    /// Whether the batch was too large ([`too_large`](Self::too_large)).
+    pub fn is_too_large(&self) -> bool {
+        self.too_large
     }
 
     /// Whether the error is transient ([`retryable`](Self::retryable)).

@@ -336,7 +336,8 @@ impl RemotePredictor {
     /// Transient failures are [retryable](PredictError::retryable): HTTP
     /// 429, 502, 503 and 504 (with the server's `Retry-After`, in seconds),
     /// a connection refused, reset or timed out. A call past `deadline`
-    /// (the batch's, when the job has one) stops there and is not.
+    /// (the batch's, when the job has one) stops there and is not. A 413
+    /// says the batch was [too large](PredictError::too_large).
     fn call(
         &self,
         method: &str,
@@ -437,6 +438,7 @@ impl RemotePredictor {
             return Err(match (status.as_u16(), retry_after) {
                 (429 | 502 | 503 | 504, Some(wait)) => error.with_retry_after(wait),
                 (429 | 502 | 503 | 504, None) => error.retryable(),
+                (413, _) => error.too_large(),
                 _ => error,
             });
         }
@@ -479,8 +481,9 @@ impl RemotePredictor {
         match answer.get_mut("predictions").map(Value::take) {
             Some(Value::Array(predictions)) if predictions.len() == n => Ok(predictions),
             Some(Value::Array(predictions)) => Err(PredictError::new(format!(
-                "the model server returned {} predictions for {n} instances",
-                predictions.len()
+                "the model server returned {} for {}",
+                count(predictions.len(), "prediction"),
+                count(n, "instance")
             ))),
             _ => Err(PredictError::new(format!(
                 "the model server's answer has no \"predictions\" array: {}",
@@ -580,6 +583,15 @@ fn server_message(json: &Value) -> Option<String> {
         Value::String(s) => Some(s.clone()),
         Value::Null => None,
         other => Some(shorten(&other.to_string())),
+    }
+}
+
+/// `1 thing`, `2 things`.
+fn count(n: usize, thing: &str) -> String {
+    if n == 1 {
+        format!("1 {thing}")
+    } else {
+        format!("{n} {thing}s")
     }
 }
 
@@ -780,7 +792,8 @@ fn place_output(
         .ok_or_else(|| PredictError::new(format!("output {name:?} has no shape")))?;
     if shape.first() != Some(&(n as u64)) {
         return Err(PredictError::new(format!(
-            "output {name:?} has shape {shape:?}, not one row for each of the {n} instances"
+            "output {name:?} has shape {shape:?}, not one row for each of {}",
+            count(n, "instance")
         )));
     }
     let mut data = Vec::new();
@@ -923,7 +936,7 @@ mod tests {
         .unwrap_err();
         assert_eq!(
             e.message(),
-            "output \"q\" has shape [3], not one row for each of the 2 instances"
+            "output \"q\" has shape [3], not one row for each of 2 instances"
         );
         let e = place_output(
             &mut predictions,

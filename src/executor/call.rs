@@ -23,6 +23,8 @@ pub(super) struct Failure {
     pub(super) full: String,
     /// `Some` for a transient failure, with the wait the server asked for.
     pub(super) retry: Option<Option<Duration>>,
+    /// The batch was too large for the model (or past the deadline).
+    pub(super) too_large: bool,
 }
 
 impl Failure {
@@ -31,6 +33,7 @@ impl Failure {
             stats: message.clone(),
             full: message,
             retry: None,
+            too_large: false,
         }
     }
 }
@@ -54,6 +57,7 @@ pub(super) fn call(
             stats: e.message().to_owned(),
             full: e.to_string(),
             retry: e.is_retryable().then(|| e.retry_after()),
+            too_large: e.is_too_large(),
         }),
     }));
     match outcome {
@@ -75,6 +79,8 @@ pub(super) fn call(
 pub(super) struct Tally {
     pub(super) retries: Cell<u64>,
     pub(super) deadline_hits: Cell<u64>,
+    /// A call of the batch failed as too large.
+    pub(super) too_large: Cell<bool>,
 }
 
 /// A worker's calls of its job's predictor, under the job's batch
@@ -89,6 +95,8 @@ pub(super) struct Caller {
     deadline: Option<Duration>,
     watched: bool,
     helper: RefCell<Option<Helper>>,
+    /// The worker's batch size, when batches adapt.
+    pub(super) adaptive: Option<Adaptive>,
 }
 
 /// A helper thread's ends: batches in, outcomes out.
@@ -107,13 +115,18 @@ struct Call {
 }
 
 impl Caller {
-    pub(super) fn new(predictor: Arc<dyn Predictor>, deadline: Option<Duration>) -> Self {
+    pub(super) fn new(
+        predictor: Arc<dyn Predictor>,
+        deadline: Option<Duration>,
+        adaptive: Option<Adaptive>,
+    ) -> Self {
         let watched = deadline.is_some() && !predictor.honors_deadline();
         Caller {
             predictor,
             deadline,
             watched,
             helper: RefCell::new(None),
+            adaptive,
         }
     }
 
@@ -140,10 +153,13 @@ impl Caller {
         let deadline = Instant::now() + limit;
         let late = || {
             tally.deadline_hits.set(tally.deadline_hits.get() + 1);
-            Err(Failure::same(format!(
-                "the batch took longer than its deadline of {}",
-                seconds(limit)
-            )))
+            Err(Failure {
+                too_large: true,
+                ..Failure::same(format!(
+                    "the batch took longer than its deadline of {}",
+                    seconds(limit)
+                ))
+            })
         };
         if !self.watched {
             let ctx = ctx.clone().with_deadline(deadline);
@@ -189,6 +205,80 @@ impl Caller {
                 }
             }
         }
+    }
+}
+
+/// A worker's batch size when batches adapt
+/// ([`ExecutorConfig::adaptive_batch`](super::ExecutorConfig::adaptive_batch)):
+/// doubled after each [`PROBE_BATCHES`] batches whose throughput beat the
+/// size before by a tenth, stepped back and settled once one does not, and
+/// halved below a batch that failed as too large.
+#[derive(Debug)]
+pub(super) struct Adaptive {
+    size: Cell<usize>,
+    ceiling: Cell<usize>,
+    /// The throughput of the size before, while growing; `None` once settled.
+    growing: Cell<Option<f64>>,
+    /// This size's batches so far: how many, their instances and call time.
+    batches: Cell<u32>,
+    instances: Cell<u64>,
+    busy: Cell<Duration>,
+}
+
+/// Batches measured at each size before the next step.
+pub(super) const PROBE_BATCHES: u32 = 4;
+
+impl Adaptive {
+    /// From `start`, up to `ceiling`.
+    pub(super) fn new(start: usize, ceiling: usize) -> Self {
+        Adaptive {
+            size: Cell::new(start.max(1)),
+            ceiling: Cell::new(ceiling.max(start).max(1)),
+            growing: Cell::new(Some(0.0)),
+            batches: Cell::new(0),
+            instances: Cell::new(0),
+            busy: Cell::new(Duration::ZERO),
+        }
+    }
+
+    /// The size of the next batch.
+    pub(super) fn size(&self) -> usize {
+        self.size.get()
+    }
+
+    /// A batch of `n` instances predicted in `took`.
+    pub(super) fn done(&self, n: usize, took: Duration) {
+        let Some(before) = self.growing.get() else {
+            return;
+        };
+        self.batches.set(self.batches.get() + 1);
+        self.instances.set(self.instances.get() + n as u64);
+        self.busy.set(self.busy.get() + took);
+        if self.batches.get() < PROBE_BATCHES {
+            return;
+        }
+        let rate = self.instances.get() as f64 / self.busy.get().as_secs_f64().max(1e-9);
+        let size = self.size.get();
+        if rate >= before * 1.1 && size < self.ceiling.get() {
+            self.growing.set(Some(rate));
+            self.size.set((size * 2).min(self.ceiling.get()));
+        } else {
+            if rate < before * 1.1 {
+                self.size.set((size / 2).max(1));
+            }
+            self.growing.set(None);
+        }
+        self.batches.set(0);
+        self.instances.set(0);
+        self.busy.set(Duration::ZERO);
+    }
+
+    /// A batch of `n` instances failed as too large.
+    pub(super) fn too_large(&self, n: usize) {
+        let ceiling = (n / 2).max(1).min(self.ceiling.get());
+        self.ceiling.set(ceiling);
+        self.size.set(self.size.get().min(ceiling));
+        self.growing.set(None);
     }
 }
 

@@ -67,6 +67,16 @@ pub struct ExecutorConfig {
     /// whole, every instance with that error: the failure is the server's,
     /// not an instance's, so the batch is not split.
     pub predict_retries: RetryPolicy,
+    /// Adaptive batches (off by default): each worker starts at the job's
+    /// `batchSize`, doubles it while the predictor's throughput (instances
+    /// per second of its calls) rises by a tenth or more, steps back once it
+    /// does not, and halves it below any batch that fails as too large
+    /// ([`PredictError::too_large`](crate::PredictError::too_large), or past
+    /// the batch deadline). Batches stay within a chunk of the input (about
+    /// 1,024 instances, or one `batchSize` when larger). The output is the
+    /// same as with fixed batches: results do not depend on how instances
+    /// are batched.
+    pub adaptive_batch: bool,
 }
 
 /// Which of a plan's shards one process runs when a job is spread over
@@ -162,6 +172,7 @@ impl fmt::Debug for ExecutorConfig {
             .field("shard_selection", &self.shard_selection)
             .field("batch_deadline", &self.batch_deadline)
             .field("predict_retries", &self.predict_retries)
+            .field("adaptive_batch", &self.adaptive_batch)
             .finish_non_exhaustive()
     }
 }
@@ -184,6 +195,7 @@ impl Default for ExecutorConfig {
                 .with_max_retries(5)
                 .with_backoff(Duration::from_millis(100), Duration::from_secs(10))
                 .with_max_elapsed(Duration::from_secs(120)),
+            adaptive_batch: false,
         }
     }
 }
@@ -270,6 +282,13 @@ impl ExecutorConfig {
     #[must_use]
     pub fn with_predict_retries(mut self, policy: RetryPolicy) -> Self {
         self.predict_retries = policy;
+        self
+    }
+
+    /// Sets [`adaptive_batch`](Self::adaptive_batch).
+    #[must_use]
+    pub fn with_adaptive_batch(mut self, adaptive: bool) -> Self {
+        self.adaptive_batch = adaptive;
         self
     }
 

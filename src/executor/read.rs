@@ -12,6 +12,12 @@ use crate::storage::Storage;
 /// this many instances, so that threads meet once per chunk, not per batch.
 pub(super) const CHUNK_INSTANCES: usize = 1024;
 
+/// The instances of a chunk for batches of `batch_size`: about
+/// [`CHUNK_INSTANCES`], whole batches, at least one.
+pub(super) fn chunk_instances(batch_size: usize) -> usize {
+    batch_size.saturating_mul((CHUNK_INSTANCES / batch_size.max(1)).max(1))
+}
+
 /// … and a chunk ends at the first batch boundary past this many bytes.
 pub(super) const CHUNK_BYTES: usize = 1 << 20;
 
@@ -53,7 +59,7 @@ impl Run<'_> {
         let options = self.executor.config.read_options;
         let batch_size = self.plan.batch_size;
         // Whole batches per chunk: about CHUNK_INSTANCES, at least one batch.
-        let chunk_instances = batch_size.saturating_mul((CHUNK_INSTANCES / batch_size).max(1));
+        let chunk_instances = chunk_instances(batch_size);
         // Damaged records ride along, but not without bound.
         let max_items = chunk_instances.saturating_mul(2).max(64);
         // With a byte limit on batches, chunks hold no more either, so that

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use super::call::{Caller, Failure, Tally};
-use super::read::{RawBatch, RawItem};
+use super::call::{Adaptive, Caller, Failure, Tally};
+use super::read::{RawBatch, RawItem, chunk_instances};
 use super::run::{Event, POLL, Run};
 use crate::model::DataFormat;
 use crate::predict::{JsonPredictions, PredictContext};
@@ -50,9 +50,13 @@ impl Run<'_> {
         done: SyncSender<(u64, Event)>,
     ) {
         let ctx = PredictContext::new(&self.signature, self.cancel, worker);
+        let batch_size = self.plan.batch_size;
+        let adaptive = (self.executor.config.adaptive_batch)
+            .then(|| Adaptive::new(batch_size, chunk_instances(batch_size)));
         let caller = Caller::new(
             Arc::clone(&self.predictor),
             self.executor.config.batch_deadline,
+            adaptive,
         );
         // Kept from chunk to chunk, so that its lists do not grow anew each time.
         let mut pending = Pending::default();
@@ -100,7 +104,6 @@ impl Run<'_> {
         };
         pending.clear();
         let mut errors = ErrorRecordWriter::new(Vec::new());
-        let batch_size = self.plan.batch_size;
         let max_bytes = self.executor.config.max_batch_bytes.unwrap_or(usize::MAX);
         // JSON lines into JSON lines: the predictor may take the batch's text
         // as it is (Predictor::predict_json_lines), so lines are decoded
@@ -134,6 +137,10 @@ impl Run<'_> {
                 }
                 RawItem::Damaged(e) => pending.slots.push(Slot::Damaged(e.clone())),
             }
+            let batch_size = caller
+                .adaptive
+                .as_ref()
+                .map_or(self.plan.batch_size, Adaptive::size);
             if (pending.instances.len() + pending.lines.len() >= batch_size
                 || pending.bytes >= max_bytes)
                 && !self.flush(pending, &batch, ctx, caller, &mut out, &mut errors)
@@ -242,6 +249,11 @@ impl Run<'_> {
         if self.stopping() {
             return false;
         }
+        let (began, n) = (
+            Instant::now(),
+            pending.instances.len() + pending.lines.len(),
+        );
+        let tally = Tally::default();
         if !pending.lines.is_empty() && !self.predict_lines(pending, batch, ctx, out) {
             // Refused: the lines are decoded and go the usual way.
             let slots = std::mem::take(&mut pending.slots);
@@ -267,7 +279,6 @@ impl Run<'_> {
         if !instances.is_empty() {
             let span = 0..instances.len();
             let stopping = || self.stopping();
-            let tally = Tally::default();
             let iso = Isolation {
                 caller,
                 records: &records,
@@ -300,6 +311,7 @@ impl Run<'_> {
                         stats: e.stats_message(),
                         full: e.message(),
                         retry: None,
+                        too_large: false,
                     };
                     let raw = e.raw.is_some().then(|| e.raw_json());
                     (e.position, None, raw, failure)
@@ -337,6 +349,13 @@ impl Run<'_> {
         pending.ranges.clear();
         pending.positions.clear();
         pending.bytes = 0;
+        if let Some(adaptive) = caller.adaptive.as_ref().filter(|_| n > 0) {
+            if tally.too_large.get() {
+                adaptive.too_large(n);
+            } else {
+                adaptive.done(n, began.elapsed());
+            }
+        }
         true
     }
 }
@@ -503,7 +522,12 @@ pub(super) fn isolate(
                     out.extend(std::iter::repeat_n(Err(failure), len));
                     return;
                 }
-                None => break failure,
+                None => {
+                    if failure.too_large {
+                        iso.tally.too_large.set(true);
+                    }
+                    break failure;
+                }
             },
         }
     };

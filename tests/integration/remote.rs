@@ -455,6 +455,96 @@ fn a_server_that_hangs_on_an_instance_fails_only_that_instance() {
     );
 }
 
+/// Answers that do not fit the batch: every instance an error saying
+/// what was wrong, never a panic, the job finished.
+#[test]
+fn malformed_answers_are_errors_of_their_instances() {
+    let Some(servers) = servers() else { return };
+    let instances = b"{\"key\": 1, \"x\": [1, 2, 3, 4]}\n{\"key\": 2, \"x\": [4, 3, 2, 1]}\n";
+    let cases = [
+        (
+            Protocol::TfServing,
+            r#"{"predictions": []}"#,
+            "the model server returned 0 predictions for 1 instance",
+        ),
+        (
+            Protocol::TfServing,
+            "<html>oops</html>",
+            "the model server's answer is not JSON: <html>oops</html>",
+        ),
+        (
+            Protocol::TfServing,
+            r#"{"outputs": []}"#,
+            r#"the model server's answer has no "predictions" array: {"outputs":[]}"#,
+        ),
+        (
+            Protocol::V2,
+            r#"{"outputs": [{"name": "y", "shape": [5], "data": [1, 2, 3, 4, 5]}]}"#,
+            r#"output "y" has shape [5], not one row for each of 1 instance"#,
+        ),
+        (
+            Protocol::V2,
+            r#"{"model_name": "iris"}"#,
+            r#"the model server's answer has no "outputs" array: {"model_name":"iris"}"#,
+        ),
+    ];
+    for (protocol, body, message) in cases {
+        let proxy = FaultProxy::start(&servers.kserve, &format!("reply:{body}"));
+        let (summary, job, storage) = run_with(
+            RemoteResolver::new(&proxy.url, protocol),
+            instances,
+            model(),
+            |i| i,
+            quick(0),
+        );
+        assert_eq!(
+            summary.state,
+            State::Succeeded,
+            "{body}: {:?}",
+            job.error_message
+        );
+        assert_eq!(
+            (summary.prediction_count, summary.error_count),
+            (0, 2),
+            "{body}"
+        );
+        for e in output(&storage, "prediction.errors-") {
+            assert_eq!(e["error"], message, "{body}");
+        }
+    }
+}
+
+/// A server that refuses large payloads (413): adaptive batches shrink
+/// below its limit, the job succeeds, and few requests are refused.
+#[test]
+fn adaptive_batches_shrink_below_a_servers_payload_limit() {
+    let Some(servers) = servers() else { return };
+    let instances = std::fs::read(servers.data.join("instances.jsonl")).unwrap();
+    let (_, _, want) = run(
+        RemoteResolver::new(&servers.kserve, Protocol::TfServing),
+        &instances,
+        model(),
+        |i| i,
+    );
+    // About 40 bytes an instance: a batch of 64 is over 2,000 bytes, 32 are not.
+    let proxy = FaultProxy::start(&servers.kserve, "max-body:1600");
+    let (summary, job, got) = run_with(
+        RemoteResolver::new(&proxy.url, Protocol::TfServing),
+        &instances,
+        model(),
+        |i| i,
+        quick(0).with_adaptive_batch(true),
+    );
+    assert_eq!(summary.state, State::Succeeded, "{:?}", job.error_message);
+    assert_eq!((summary.prediction_count, summary.error_count), (300, 0));
+    assert_eq!(
+        output(&got, "prediction.results-"),
+        output(&want, "prediction.results-")
+    );
+    let refused = proxy.stats()["failed"].as_u64().unwrap();
+    assert!((1..=8).contains(&refused), "{refused} requests refused");
+}
+
 /// The command line: `run --predictor remote --endpoint URL --protocol v2`.
 #[cfg(feature = "cli")]
 #[test]

@@ -21,7 +21,7 @@ if [ ! -x "$venv/bin/python" ]; then
   python3 -m venv "$venv" >"$log/venv.log" 2>&1 || skip "python3 -m venv failed: $(tail -1 "$log/venv.log")"
 fi
 if ! "$venv/bin/python" -c "import onnxruntime, sys; sys.exit(onnxruntime.__version__ != '$version')" 2>/dev/null; then
-  "$venv/bin/pip" install --quiet "onnxruntime==$version" >"$log/pip.log" 2>&1 ||
+  bash tests/pip_install.sh "$venv" "$log/pip.log" "onnxruntime==$version" ||
     skip "could not install onnxruntime==$version: $(tail -1 "$log/pip.log")"
 fi
 lib=$("$venv/bin/python" -c "import onnxruntime, pathlib; print(next(pathlib.Path(onnxruntime.__file__).parent.glob('capi/libonnxruntime.so.*')).resolve())" 2>"$log/find.log") ||

@@ -30,7 +30,7 @@ venv() { # DIR IMPORTS PACKAGES...
     python3 -m venv "$dir" >"$work/venv.log" 2>&1 || skip "python3 -m venv failed: $(tail -1 "$work/venv.log")"
   fi
   if ! "$dir/bin/python" -c "import $imports" 2>/dev/null; then
-    "$dir/bin/pip" install --quiet "$@" >"$work/pip.log" 2>&1 ||
+    bash tests/pip_install.sh "$dir" "$work/pip.log" "$@" ||
       skip "could not install $*: $(tail -1 "$work/pip.log")"
   fi
 }

@@ -74,6 +74,11 @@ pub struct RunOptions {
     /// to 10 s (or the server's Retry-After).
     #[arg(long, value_name = "N", default_value_t = 5)]
     max_retries: u32,
+    /// Let each worker's batch size follow the predictor: doubled from
+    /// the job's batchSize while throughput rises, halved below a batch that
+    /// was too large (HTTP 413, or past the deadline). The output is the same.
+    #[arg(long)]
+    adaptive_batch: bool,
     #[command(flatten)]
     storage: StorageArgs,
 }
@@ -229,7 +234,9 @@ fn executor(options: &RunOptions, shard: Option<ShardSelection>) -> Result<Batch
         config = config.with_batch_deadline(d);
     }
     let retries = config.predict_retries.with_max_retries(options.max_retries);
-    config = config.with_predict_retries(retries);
+    config = config
+        .with_predict_retries(retries)
+        .with_adaptive_batch(options.adaptive_batch);
     Ok(BatchExecutor::new(storage, resolver)
         .with_config(config)
         .with_observer(Arc::new(progress_bar())))
