@@ -17,6 +17,10 @@
 # --records N, --rounds R, --no-ray, --no-beam): a hand-written Python
 # script, Ray Data and Apache Beam with onnxruntime, on the same MLP jobs;
 # installs them into target/peers-*-venv on first use.
+#
+# With --remote first, the remote predictor instead (benches/compare_remote.py:
+# --records N, --rounds R, --threads T): a job against a model server that
+# answers at once, against a bare Rust loop of the same requests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ "${1:-}" = "--cloud" ]; then
@@ -26,6 +30,10 @@ fi
 if [ "${1:-}" = "--peers" ]; then
   shift
   exec python3 benches/compare_peers.py "$@"
+fi
+if [ "${1:-}" = "--remote" ]; then
+  shift
+  exec python3 benches/compare_remote.py "$@"
 fi
 if [ "${1:-}" = "--models" ]; then
   shift

@@ -4,6 +4,7 @@ shows the faults a real server cannot be made to show on demand.
   python3 fault_proxy.py --upstream http://127.0.0.1:PORT --mode MODE
 
 Modes:
+  pass       every request passes;
   cut        the first GET of each object whose body is longer than 1 MiB
              is cut off after 1 MiB (the connection closes mid-body);
   fail:N     the first N requests are answered 503, then all pass;

@@ -545,6 +545,62 @@ fn adaptive_batches_shrink_below_a_servers_payload_limit() {
     assert!((1..=8).contains(&refused), "{refused} requests refused");
 }
 
+/// A server that goes away mid-job (its listener killed): the batches
+/// after it are retried by the bounds, then fail whole, each instance's
+/// error naming the request and the failure; what was predicted stays
+/// predicted, and every record is accounted for.
+#[test]
+fn a_server_killed_mid_job_fails_the_rest_saying_why() {
+    let Some(servers) = servers() else { return };
+    let mut text = String::new();
+    for k in 0..20_000 {
+        text.push_str(&format!("{{\"key\": {k}, \"x\": [1, 2, 3, 4]}}\n"));
+    }
+    let proxy = FaultProxy::start(&servers.kserve, "pass");
+    let url = proxy.url.clone();
+    let alive = Arc::new(std::sync::Mutex::new(Some(proxy)));
+    let kill = Arc::clone(&alive);
+    let storage = InMemoryStorage::new();
+    storage.put("gs://b/in/instances.jsonl", text.into_bytes());
+    let input = PredictionInput::new(
+        DataFormat::Json,
+        ["gs://b/in/instances.jsonl"],
+        "gs://b/out",
+        "us-central1",
+        model(),
+    )
+    .set_batch_size(16)
+    .set_max_worker_count(2);
+    let mut job = Job::new("killed", input);
+    job.apply(Transition::Queue, &SystemClock).unwrap();
+    let summary = BatchExecutor::new(
+        Arc::new(storage.clone()),
+        Arc::new(RemoteResolver::new(&url, Protocol::TfServing)),
+    )
+    .with_config(quick(2))
+    .with_observer(Arc::new(move |p: &batch_prediction::Progress<'_>| {
+        if p.predictions >= 1000 {
+            drop(kill.lock().unwrap().take());
+        }
+    }))
+    .run(&mut job, &CancelHandle::new())
+    .unwrap();
+    assert!(alive.lock().unwrap().is_none(), "the server was killed");
+    assert_eq!(summary.records_read, 20_000);
+    assert_eq!(summary.prediction_count + summary.error_count, 20_000);
+    assert!(
+        summary.prediction_count >= 100 && summary.error_count > 0,
+        "{summary:?}"
+    );
+    assert!(summary.retries > 0);
+    let errors = output(&storage, "prediction.errors-");
+    let message = errors[0]["error"].as_str().unwrap();
+    assert!(
+        message.starts_with(&format!("POST {url}/v1/models/iris:predict failed")),
+        "{message}"
+    );
+}
+
 /// The command line: `run --predictor remote --endpoint URL --protocol v2`.
 #[cfg(feature = "cli")]
 #[test]
