@@ -262,6 +262,15 @@ pub trait Predictor: Send + Sync {
         ctx: &PredictContext<'_>,
     ) -> Result<Vec<Value>, PredictError>;
 
+    /// Whether calls mostly wait (on a model server) rather than compute:
+    /// the executor then runs as many workers as the job's
+    /// `maxWorkerCount` (at most 1,024), whatever the machine's cores and
+    /// [`ExecutorConfig::max_threads`](crate::ExecutorConfig::max_threads),
+    /// so that that many requests can be in flight. `false` by default.
+    fn calls_mostly_wait(&self) -> bool {
+        false
+    }
+
     /// Whether this predictor returns by the [deadline](PredictContext::deadline)
     /// of the call on its own (a remote call with it as its time-out), so
     /// that the executor calls it directly. Otherwise (the default), when
@@ -420,6 +429,13 @@ impl<P: Predictor + ?Sized> Predictor for Arc<P> {
     ) -> bool {
         (**self).predict_json_lines(lines, ctx, out)
     }
+    fn honors_deadline(&self) -> bool {
+        (**self).honors_deadline()
+    }
+
+    fn calls_mostly_wait(&self) -> bool {
+        (**self).calls_mostly_wait()
+    }
 }
 
 impl<P: Predictor + ?Sized> Predictor for Box<P> {
@@ -438,6 +454,13 @@ impl<P: Predictor + ?Sized> Predictor for Box<P> {
         out: &mut JsonPredictions<'_>,
     ) -> bool {
         (**self).predict_json_lines(lines, ctx, out)
+    }
+    fn honors_deadline(&self) -> bool {
+        (**self).honors_deadline()
+    }
+
+    fn calls_mostly_wait(&self) -> bool {
+        (**self).calls_mostly_wait()
     }
 }
 
@@ -606,6 +629,14 @@ impl<P: Predictor> Predictor for FaultyPredictor<P> {
         }
         Ok(out)
     }
+
+    fn honors_deadline(&self) -> bool {
+        self.inner.honors_deadline()
+    }
+
+    fn calls_mostly_wait(&self) -> bool {
+        self.inner.calls_mostly_wait()
+    }
 }
 
 /// Finds and loads the model a job names. Called once per job; the
@@ -736,5 +767,46 @@ impl ModelResolver for ModelRegistry {
             .get(version)
             .cloned()
             .ok_or_else(|| PredictError::new(format!("version \"{version}\" not found")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A predictor with every hint set.
+    struct Hinted;
+
+    impl Predictor for Hinted {
+        fn predict(
+            &self,
+            _: Vec<Instance>,
+            _: &PredictContext<'_>,
+        ) -> Result<Vec<Value>, PredictError> {
+            Ok(Vec::new())
+        }
+
+        fn honors_deadline(&self) -> bool {
+            true
+        }
+
+        fn calls_mostly_wait(&self) -> bool {
+            true
+        }
+    }
+
+    /// `Arc`, `Box` and `FaultyPredictor` pass a predictor's hints on: the
+    /// executor holds an `Arc<dyn Predictor>`, whose own impl is what it calls.
+    #[test]
+    fn wrappers_pass_every_hint_on() {
+        fn hints(p: &impl Predictor) -> (bool, bool) {
+            (p.honors_deadline(), p.calls_mostly_wait())
+        }
+        let arc: Arc<dyn Predictor> = Arc::new(Hinted);
+        let boxed: Box<dyn Predictor> = Box::new(Hinted);
+        assert_eq!(hints(&arc), (true, true));
+        assert_eq!(hints(&boxed), (true, true));
+        assert_eq!(hints(&FaultyPredictor::new(Hinted)), (true, true));
+        assert_eq!(hints(&EchoPredictor), (false, false));
     }
 }

@@ -576,6 +576,11 @@ impl Predictor for RemotePredictor {
     fn honors_deadline(&self) -> bool {
         true
     }
+
+    /// Workers wait on the server: up to `maxWorkerCount` requests in flight.
+    fn calls_mostly_wait(&self) -> bool {
+        true
+    }
 }
 
 /// Whether `e` is what a pooled connection the server closed gives.

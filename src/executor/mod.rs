@@ -303,9 +303,21 @@ impl BatchExecutor {
         if queued {
             self.notify_state(job)?;
         }
-        let plan: &Plan = plan.insert(self.plan_until(job, Some(cancel))?);
+        let plan = plan.insert(self.plan_until(job, Some(cancel))?);
         totals.shards = plan.shards.len();
         let predictor = self.load_model(job)?;
+        if predictor.calls_mostly_wait() {
+            // Workers that mostly wait on a server: as many as the job
+            // allows (maxWorkerCount), whatever the cores.
+            let allowed = job
+                .prediction_input
+                .as_ref()
+                .map_or(1, |i| i.effective_max_worker_count());
+            plan.workers = usize::try_from(allowed)
+                .unwrap_or(usize::MAX)
+                .clamp(1, 1024);
+        }
+        let plan: &Plan = plan;
         if cancel.is_cancelled() {
             return Err(Stop::Cancelled);
         }

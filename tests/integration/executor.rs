@@ -2052,3 +2052,60 @@ fn adaptive_batches_grow_while_throughput_rises() {
         "batches grew: {largest:?}"
     );
 }
+
+/// A predictor whose calls mostly wait gets `maxWorkerCount` workers, not
+/// one per core: six calls are in flight at once, on any machine.
+#[test]
+fn predictors_that_mostly_wait_get_max_worker_count_workers() {
+    struct Waits {
+        in_flight: Mutex<usize>,
+        changed: std::sync::Condvar,
+        most: AtomicU64,
+    }
+    impl Predictor for Waits {
+        fn predict(
+            &self,
+            batch: Vec<Instance>,
+            ctx: &batch_prediction::PredictContext<'_>,
+        ) -> Result<Vec<Value>, PredictError> {
+            let mut n = self.in_flight.lock().unwrap();
+            *n += 1;
+            self.most.fetch_max(*n as u64, Ordering::SeqCst);
+            self.changed.notify_all();
+            // Each call waits (up to 10 s) until six are in flight, once.
+            let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            while self.most.load(Ordering::SeqCst) < 6 && std::time::Instant::now() < until {
+                n = self
+                    .changed
+                    .wait_timeout(n, std::time::Duration::from_millis(50))
+                    .unwrap()
+                    .0;
+            }
+            *n -= 1;
+            drop(n);
+            EchoPredictor.predict(batch, ctx)
+        }
+
+        fn calls_mostly_wait(&self) -> bool {
+            true
+        }
+    }
+    let storage = InMemoryStorage::new();
+    // Six chunks of one batch each.
+    storage.put("gs://b/in/a.jsonl", keyed_lines(6 * 1024, &[]));
+    let mut job = queued_job(DataFormat::Json, &["gs://b/in/a.jsonl"], 1024, 6);
+    let waits = Arc::new(Waits {
+        in_flight: Mutex::new(0),
+        changed: std::sync::Condvar::new(),
+        most: AtomicU64::new(0),
+    });
+    let summary = run_with(
+        Arc::new(storage.clone()),
+        Arc::clone(&waits) as Arc<dyn Predictor>,
+        ExecutorConfig::default().with_max_threads(1),
+        &mut job,
+    );
+    check_accounting(&storage, &job, &summary);
+    assert_eq!(summary.prediction_count, 6 * 1024);
+    assert_eq!(waits.most.load(Ordering::SeqCst), 6);
+}
