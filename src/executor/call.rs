@@ -99,6 +99,10 @@ pub(super) struct Caller {
     pub(super) adaptive: Option<Adaptive>,
 }
 
+/// The batch deadline of a predictor whose calls mostly wait
+/// ([`Predictor::calls_mostly_wait`]), when the job sets none.
+pub(super) const WAITING_DEADLINE: Duration = Duration::from_secs(60);
+
 /// A helper thread's ends: batches in, outcomes out.
 struct Helper {
     calls: SyncSender<Call>,
@@ -120,6 +124,10 @@ impl Caller {
         deadline: Option<Duration>,
         adaptive: Option<Adaptive>,
     ) -> Self {
+        // Calls that wait on a server have a deadline even when the job
+        // sets none.
+        let deadline =
+            deadline.or_else(|| predictor.calls_mostly_wait().then_some(WAITING_DEADLINE));
         let watched = deadline.is_some() && !predictor.honors_deadline();
         Caller {
             predictor,

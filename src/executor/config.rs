@@ -54,7 +54,9 @@ pub struct ExecutorConfig {
     pub clock: Arc<dyn Clock>,
     /// Run only some of the plan's shards (one of several processes).
     pub shard_selection: Option<ShardSelection>,
-    /// How long one predictor call may take (off by default). A call past
+    /// How long one predictor call may take (by default: off, but 60 s for
+    /// a predictor whose calls wait on a server,
+    /// [`Predictor::calls_mostly_wait`](crate::Predictor::calls_mostly_wait)). A call past
     /// it fails its batch, which is then split as any failed batch is, so
     /// that instances that hang a model end as errors and the rest are
     /// predicted; the job never waits on one call for longer. The call

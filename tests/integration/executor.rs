@@ -2054,7 +2054,8 @@ fn adaptive_batches_grow_while_throughput_rises() {
 }
 
 /// A predictor whose calls mostly wait gets `maxWorkerCount` workers, not
-/// one per core: six calls are in flight at once, on any machine.
+/// one per core (six calls are in flight at once, on any machine), and a
+/// 60 s batch deadline though the job sets none.
 #[test]
 fn predictors_that_mostly_wait_get_max_worker_count_workers() {
     struct Waits {
@@ -2068,6 +2069,12 @@ fn predictors_that_mostly_wait_get_max_worker_count_workers() {
             batch: Vec<Instance>,
             ctx: &batch_prediction::PredictContext<'_>,
         ) -> Result<Vec<Value>, PredictError> {
+            // Calls that wait get a deadline though the job sets none.
+            let left = ctx.deadline().expect("a deadline") - std::time::Instant::now();
+            assert!(
+                left > std::time::Duration::from_secs(30)
+                    && left <= std::time::Duration::from_secs(60)
+            );
             let mut n = self.in_flight.lock().unwrap();
             *n += 1;
             self.most.fetch_max(*n as u64, Ordering::SeqCst);

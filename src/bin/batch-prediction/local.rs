@@ -225,12 +225,9 @@ fn executor(options: &RunOptions, shard: Option<ShardSelection>) -> Result<Batch
     if let Some(shard) = shard {
         config = config.with_shard_selection(shard);
     }
-    let deadline = match (options.batch_deadline, options.predictor.as_str()) {
-        (Some(d), _) => Some(d),
-        (None, "remote") => Some(Duration::from_secs(60)),
-        (None, _) => None,
-    };
-    if let Some(d) = deadline {
+    // Without --batch-deadline: none, or 60 s for a remote predictor (the
+    // executor's default for predictors that wait on a server).
+    if let Some(d) = options.batch_deadline {
         config = config.with_batch_deadline(d);
     }
     let retries = config.predict_retries.with_max_retries(options.max_retries);
