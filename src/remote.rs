@@ -490,7 +490,17 @@ impl RemotePredictor {
         let body = serde_json::to_vec(&body).expect("JSON values serialize");
         let mut answer = self.call("POST", &self.url, Some(body), ctx.deadline())?;
         match answer.get_mut("predictions").map(Value::take) {
-            Some(Value::Array(predictions)) if predictions.len() == n => Ok(predictions),
+            Some(Value::Array(predictions)) if predictions.len() == n => {
+                // An instance's own error (`{"error": "…"}` in its place)
+                // fails the batch, which is then split until that instance
+                // is alone: its error, the others' predictions.
+                match predictions.iter().find_map(instance_error) {
+                    Some(message) => Err(PredictError::new(format!(
+                        "the model server answered with an error for an instance: {message}"
+                    ))),
+                    None => Ok(predictions),
+                }
+            }
             Some(Value::Array(predictions)) => Err(PredictError::new(format!(
                 "the model server returned {} for {}",
                 count(predictions.len(), "prediction"),
@@ -599,6 +609,15 @@ fn server_message(json: &Value) -> Option<String> {
         Value::String(s) => Some(s.clone()),
         Value::Null => None,
         other => Some(shorten(&other.to_string())),
+    }
+}
+
+/// The message of a prediction that is an instance's error: an object
+/// whose only field is `error`, a string.
+fn instance_error(prediction: &Value) -> Option<&str> {
+    match prediction.as_object() {
+        Some(map) if map.len() == 1 => map.get("error")?.as_str(),
+        _ => None,
     }
 }
 
@@ -986,6 +1005,17 @@ mod tests {
         );
         let e = r.connect("m", Some("v 1")).unwrap_err();
         assert!(e.message().starts_with("version name \"v 1\""), "{e}");
+    }
+
+    #[test]
+    fn an_instances_error_is_an_object_of_one_error_string() {
+        assert_eq!(
+            instance_error(&json!({"error": "bad input"})),
+            Some("bad input")
+        );
+        assert_eq!(instance_error(&json!({"error": "x", "label": 1})), None);
+        assert_eq!(instance_error(&json!({"error": 3})), None);
+        assert_eq!(instance_error(&json!([1, 2])), None);
     }
 
     #[test]

@@ -455,6 +455,36 @@ fn a_server_that_hangs_on_an_instance_fails_only_that_instance() {
     );
 }
 
+/// A TF Serving answer with an instance's own error in its place: that
+/// instance's error, the others predicted.
+#[test]
+fn an_error_in_an_instances_place_is_that_instances_error() {
+    let Some(servers) = servers() else { return };
+    let mut text = String::new();
+    for k in 0..40 {
+        let x = if k == 13 {
+            "[0, 0, 0, 0]"
+        } else {
+            "[1, 2, 3, 4]"
+        };
+        text.push_str(&format!("{{\"key\": {k}, \"x\": {x}}}\n"));
+    }
+    let (summary, job, storage) = run(
+        RemoteResolver::new(&servers.kserve, Protocol::TfServing),
+        text.as_bytes(),
+        model(),
+        |i| i,
+    );
+    assert_eq!(summary.state, State::Succeeded, "{:?}", job.error_message);
+    assert_eq!((summary.prediction_count, summary.error_count), (39, 1));
+    let errors = output(&storage, "prediction.errors-");
+    assert_eq!(errors[0]["instance"]["key"], 13);
+    assert_eq!(
+        errors[0]["error"],
+        "the model server answered with an error for an instance: all-zero features"
+    );
+}
+
 /// Answers that do not fit the batch: every instance an error saying
 /// what was wrong, never a panic, the job finished.
 #[test]

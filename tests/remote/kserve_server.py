@@ -9,7 +9,8 @@ v1: each instance is `{"x": [4 numbers], ...}` or the 4 numbers; each
 prediction is `{"label": int, "probabilities": [3 floats]}` plus the
 instance's `key`, the request's `signature_name` and the request's
 `x-test-token` header when there are any (so that the tests see what the
-client sent). v2: one input `x` (FP64, [-1, 4]) declared in the metadata;
+client sent); an instance of four zeros gets `{"error": "all-zero
+features"}` in its place. v2: one input `x` (FP64, [-1, 4]) declared in the metadata;
 outputs `label` (INT64, [N]) and `probabilities` (FP64, [N, 3]).
 """
 
@@ -64,6 +65,11 @@ class Classifier(Model):
         probabilities = self.model.predict_proba(x)
         predictions = []
         for i, instance in enumerate(instances):
+            if rows[i] == [0, 0, 0, 0]:
+                # An instance's own error, in its place (as AI Platform's
+                # custom prediction routines may answer).
+                predictions.append({"error": "all-zero features"})
+                continue
             p = {"label": int(labels[i]), "probabilities": probabilities[i].tolist()}
             if isinstance(instance, dict) and "key" in instance:
                 p["key"] = instance["key"]
