@@ -65,9 +65,10 @@ pub struct ExecutorConfig {
     /// How calls that fail with a [retryable](crate::PredictError::is_retryable)
     /// error are tried again: by default 5 retries, waiting 100 ms and
     /// doubling to at most 10 s (or the error's `retry_after`, up to that
-    /// cap), within 2 minutes. A batch still failing after them fails as a
-    /// whole, every instance with that error: the failure is the server's,
-    /// not an instance's, so the batch is not split.
+    /// cap), within 2 minutes, shared by a batch and its parts. A batch
+    /// still failing after them is split as any failed batch is, without
+    /// more retries, so that an instance that brings a server down ends as
+    /// an error and the others are predicted.
     pub predict_retries: RetryPolicy,
     /// Adaptive batches (off by default): each worker starts at the job's
     /// `batchSize`, doubles it while the predictor's throughput (instances

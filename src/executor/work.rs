@@ -287,6 +287,7 @@ impl Run<'_> {
                 spare_room: 2 * self.plan.batch_size.min(4096),
                 retries: &self.executor.config.predict_retries,
                 tally: &tally,
+                began: Instant::now(),
             };
             isolate(
                 &iso,
@@ -461,14 +462,18 @@ pub(super) struct Isolation<'r> {
     /// How transient failures are tried again.
     pub(super) retries: &'r RetryPolicy,
     pub(super) tally: &'r Tally,
+    /// When the batch's first call began (for the retry policy's time bound).
+    pub(super) began: Instant,
 }
 
 /// Predicts `batch` (the decoded records of `span`), splitting it in halves
 /// on failure until the failing instances are alone; pushes one result per
 /// instance, in order — unless `stopping` says to give up, which leaves
 /// `out` short. A transient failure is tried again with the same batch, by
-/// the retry policy, and when the retries are spent every instance of the
-/// batch fails with it, unsplit: the server failed, not an instance. The
+/// the retry policy, whose retries the batch and all its parts share; once
+/// they are spent, it is split as any failure is (so that an instance that
+/// brings a server down is found, in at most twice as many calls as the
+/// batch has instances). The
 /// allocation of the predictions' vector, emptied, is
 /// left in `spare` for the next batch when it has more room than `spare`
 /// (and no more than `spare_room`): a predictor that maps its batch in
@@ -487,7 +492,7 @@ pub(super) fn isolate(
         return;
     }
     let len = batch.len();
-    let (mut batch, mut tries, started) = (batch, 0, Instant::now());
+    let mut batch = batch;
     let failure = loop {
         match iso.caller.call(batch, iso.ctx, iso.tally, iso.stopping) {
             Ok(mut predictions) => {
@@ -501,12 +506,13 @@ pub(super) fn isolate(
                 return;
             }
             Err(failure) => match failure.retry {
+                // The retries are the whole batch's, shared by its parts.
                 Some(asked)
-                    if tries < iso.retries.max_retries
-                        && started.elapsed() < iso.retries.max_elapsed =>
+                    if iso.tally.retries.get() < u64::from(iso.retries.max_retries)
+                        && iso.began.elapsed() < iso.retries.max_elapsed =>
                 {
-                    tries += 1;
-                    iso.tally.retries.set(iso.tally.retries.get() + 1);
+                    let tries = iso.tally.retries.get() as u32 + 1;
+                    iso.tally.retries.set(u64::from(tries));
                     let wait = iso
                         .retries
                         .backoff(tries)
@@ -517,12 +523,7 @@ pub(super) fn isolate(
                     }
                     batch = iso.records.decode(span.clone());
                 }
-                Some(_) => {
-                    // Spent: the whole batch fails with it.
-                    out.extend(std::iter::repeat_n(Err(failure), len));
-                    return;
-                }
-                None => {
+                _ => {
                     if failure.too_large {
                         iso.tally.too_large.set(true);
                     }

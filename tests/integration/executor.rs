@@ -1941,11 +1941,11 @@ fn transient_failures_are_retried_and_change_nothing() {
     assert_eq!(files, want, "the same files, byte for byte");
 }
 
-/// A transient failure that outlasts the retries fails its whole batch
-/// with its message, without splitting it: the server failed, not an
-/// instance.
+/// A transient failure that outlasts the retries: the batch is split as
+/// any failed batch is, its parts not retried again, and every instance
+/// ends with the error.
 #[test]
-fn spent_retries_fail_the_whole_batch_unsplit() {
+fn spent_retries_leave_the_batch_to_splitting() {
     let storage = InMemoryStorage::new();
     storage.put("gs://b/in/a.jsonl", keyed_lines(20, &[]));
     let mut job = queued_job(DataFormat::Json, &["gs://b/in/a.jsonl"], 8, 1);
@@ -1969,8 +1969,9 @@ fn spent_retries_fail_the_whole_batch_unsplit() {
     );
     check_accounting(&storage, &job, &summary);
     assert_eq!((summary.prediction_count, summary.error_count), (0, 20));
-    // 3 batches (8, 8, 4), each tried 3 times and never split.
-    assert_eq!(calls.load(Ordering::Relaxed), 9);
+    // 3 batches (8, 8, 4), each tried 3 times, then split down to single
+    // instances: 14 more calls for a batch of 8, 6 for one of 4.
+    assert_eq!(calls.load(Ordering::Relaxed), 3 * 3 + 14 + 14 + 6);
     assert_eq!(summary.retries, 6);
     assert!(
         lines_of(&storage, "prediction.errors-")

@@ -390,10 +390,11 @@ fn a_503_storm_is_retried_and_changes_nothing() {
     );
 }
 
-/// A server that keeps failing past the retries: each batch fails whole
-/// with the server's status, unsplit (three tries each, no more).
+/// A server that keeps failing past the retries: each batch, tried three
+/// times, is then split down to single instances, each failing with the
+/// server's status; the job ends, every record accounted for.
 #[test]
-fn a_server_that_keeps_failing_fails_whole_batches_after_the_retries() {
+fn a_server_that_keeps_failing_fails_every_instance_after_the_retries() {
     let Some(servers) = servers() else { return };
     let instances = std::fs::read(servers.data.join("instances.jsonl")).unwrap();
     let proxy = FaultProxy::start(&servers.kserve, "fail-post:1000000");
@@ -404,7 +405,8 @@ fn a_server_that_keeps_failing_fails_whole_batches_after_the_retries() {
         |i| i,
         quick(2),
     );
-    // 300 instances in batches of 64: 5 batches, 3 tries each.
+    // 300 instances in batches of 64 (4 of 64, one of 44): 3 tries each,
+    // then 2n - 2 calls to split a batch of n down to single instances.
     assert_eq!(
         (
             summary.prediction_count,
@@ -413,7 +415,7 @@ fn a_server_that_keeps_failing_fails_whole_batches_after_the_retries() {
         ),
         (0, 300, 10)
     );
-    assert_eq!(proxy.stats()["failed"], 15);
+    assert_eq!(proxy.stats()["failed"], 4 * (3 + 126) + (3 + 86));
     let errors = output(&storage, "prediction.errors-");
     assert!(
         errors
