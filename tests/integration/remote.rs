@@ -578,8 +578,8 @@ fn adaptive_batches_shrink_below_a_servers_payload_limit() {
 }
 
 /// A server that goes away mid-job (its listener killed): the batches
-/// after it are retried by the bounds, then fail whole, each instance's
-/// error naming the request and the failure; what was predicted stays
+/// after it are retried by the bounds, then split, each instance's error
+/// naming the request and the failure; what was predicted stays
 /// predicted, and every record is accounted for.
 #[test]
 fn a_server_killed_mid_job_fails_the_rest_saying_why() {
