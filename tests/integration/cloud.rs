@@ -26,40 +26,13 @@ fn servers() -> Option<&'static Servers> {
     static SERVERS: OnceLock<Result<Servers, String>> = OnceLock::new();
     let started = SERVERS.get_or_init(|| {
         let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/cloud/servers.sh");
-        let out = std::process::Command::new("bash")
-            .arg(script)
-            .arg(std::process::id().to_string())
-            .output()
-            .map_err(|e| format!("cannot run {script}: {e}"))?;
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        let value = |key: &str| {
-            text.lines()
-                .find_map(|l| l.strip_prefix(&format!("{key}=")))
-                .map(str::to_owned)
-        };
-        match (
-            value("AWS_ENDPOINT_URL"),
-            value("STORAGE_EMULATOR_HOST"),
-            value("BUCKET"),
-        ) {
-            (Some(s3), Some(gcs), Some(bucket)) => Ok(Servers { s3, gcs, bucket }),
-            _ => Err(format!(
-                "{}{}",
-                text.trim(),
-                String::from_utf8_lossy(&out.stderr).trim()
-            )),
-        }
+        let [s3, gcs, bucket] = start_servers(
+            script,
+            ["AWS_ENDPOINT_URL", "STORAGE_EMULATOR_HOST", "BUCKET"],
+        )?;
+        Ok(Servers { s3, gcs, bucket })
     });
-    match started {
-        Ok(servers) => Some(servers),
-        Err(why) if std::env::var("CI").is_ok_and(|v| v == "true") => {
-            panic!("the cloud test servers are required under CI: {why}")
-        }
-        Err(why) => {
-            eprintln!("SKIP: no cloud test servers: {why}");
-            None
-        }
-    }
+    required(started, "cloud test servers")
 }
 
 /// A short retry policy: tests should fail fast, not wait minutes.
@@ -409,6 +382,7 @@ fn the_command_line_reads_one_bucket_and_writes_another() {
 }
 
 use crate::FaultProxy as Proxy;
+use crate::{required, start_servers};
 
 #[test]
 fn a_connection_dropped_mid_object_resumes_from_the_byte_it_reached() {

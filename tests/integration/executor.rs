@@ -79,6 +79,15 @@ fn outputs(storage: &InMemoryStorage) -> Vec<(String, Vec<u8>)> {
         .collect()
 }
 
+/// [`outputs`] without the summary files, which hold times: the results and
+/// errors, to compare between runs.
+fn outputs_but_summaries(storage: &InMemoryStorage) -> Vec<(String, Vec<u8>)> {
+    outputs(storage)
+        .into_iter()
+        .filter(|(name, _)| !name.starts_with("prediction.summary"))
+        .collect()
+}
+
 fn lines_of(storage: &InMemoryStorage, prefix: &str) -> Vec<String> {
     outputs(storage)
         .into_iter()
@@ -487,11 +496,7 @@ fn output_is_byte_identical_whatever_the_threads() {
             assert_eq!(summary.shards, 3, "9000-byte shards over five 4.7 kB files");
             assert_eq!(summary.records_read, 5 * 102);
             check_accounting(&storage, &job, &summary);
-            let files: Vec<(String, Vec<u8>)> = outputs(&storage)
-                .into_iter()
-                .filter(|(n, _)| !n.starts_with("prediction.summary"))
-                .collect();
-            runs.push(files);
+            runs.push(outputs_but_summaries(&storage));
         }
         assert_eq!(runs[0].len(), 9, "3 shards × results, errors, errors_stats");
         for run in &runs[1..] {
@@ -819,10 +824,7 @@ fn resume_skips_finished_shards_and_redoes_changed_ones() {
         (2, 300),
         "counts of the whole job"
     );
-    let resumed: Vec<_> = outputs(&inner)
-        .into_iter()
-        .filter(|(n, _)| !n.starts_with("prediction.summary"))
-        .collect();
+    let resumed = outputs_but_summaries(&inner);
     let fresh_results: Vec<_> = fresh
         .iter()
         .filter(|(n, _)| !n.starts_with("prediction.summary"))
@@ -1909,12 +1911,7 @@ fn transient_failures_are_retried_and_change_nothing() {
             &mut job,
         );
         check_accounting(&storage, &job, &summary);
-        // The summary file holds times; the results and errors are compared.
-        let files: Vec<(String, Vec<u8>)> = outputs(&storage)
-            .into_iter()
-            .filter(|(name, _)| !name.starts_with("prediction.summary"))
-            .collect();
-        (summary, files)
+        (summary, outputs_but_summaries(&storage))
     };
     let calls = AtomicU64::new(0);
     let flaky: Arc<dyn Predictor> =
@@ -2007,11 +2004,10 @@ fn adaptive_batches_shrink_below_too_large_and_change_nothing() {
         );
         check_accounting(&storage, &job, &summary);
         assert_eq!((summary.prediction_count, summary.error_count), (2000, 0));
-        let files: Vec<(String, Vec<u8>)> = outputs(&storage)
-            .into_iter()
-            .filter(|(name, _)| !name.starts_with("prediction.summary"))
-            .collect();
-        (refused.load(Ordering::Relaxed), files)
+        (
+            refused.load(Ordering::Relaxed),
+            outputs_but_summaries(&storage),
+        )
     };
     let (fixed_refusals, fixed) = run(false);
     let (adaptive_refusals, adaptive) = run(true);

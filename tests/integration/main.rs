@@ -193,3 +193,48 @@ impl Drop for FaultProxy {
         let _ = self.child.wait();
     }
 }
+
+/// Runs a script that starts test servers on loopback (`tests/cloud/servers.sh`,
+/// `tests/remote/servers.sh`): they stop when this test binary exits. The
+/// script prints `KEY=VALUE` lines once they are up; the values of `keys`,
+/// in order, or why there are none (the script's own `SKIP: …` reason).
+#[cfg(any(feature = "cloud", feature = "remote"))]
+pub fn start_servers<const N: usize>(script: &str, keys: [&str; N]) -> Result<[String; N], String> {
+    let out = std::process::Command::new("bash")
+        .arg(script)
+        .arg(std::process::id().to_string())
+        .output()
+        .map_err(|e| format!("cannot run {script}: {e}"))?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let values: Option<Vec<String>> = keys
+        .iter()
+        .map(|key| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(&format!("{key}=")))
+                .map(str::to_owned)
+        })
+        .collect();
+    values.and_then(|v| v.try_into().ok()).ok_or_else(|| {
+        format!(
+            "{}{}",
+            text.trim(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )
+    })
+}
+
+/// Servers started once for the test binary, or, when they could not be:
+/// a SKIP saying why, and under CI (`CI=true`) a failure.
+#[cfg(any(feature = "cloud", feature = "remote"))]
+pub fn required<T>(started: &'static Result<T, String>, what: &str) -> Option<&'static T> {
+    match started {
+        Ok(servers) => Some(servers),
+        Err(why) if std::env::var("CI").is_ok_and(|v| v == "true") => {
+            panic!("the {what} are required under CI: {why}")
+        }
+        Err(why) => {
+            eprintln!("SKIP: no {what}: {why}");
+            None
+        }
+    }
+}

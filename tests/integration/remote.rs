@@ -14,7 +14,7 @@ use batch_prediction::{
 };
 use serde_json::Value;
 
-use crate::FaultProxy;
+use crate::{FaultProxy, required, start_servers};
 
 struct Servers {
     kserve: String,
@@ -29,40 +29,14 @@ fn servers() -> Option<&'static Servers> {
     static SERVERS: OnceLock<Result<Servers, String>> = OnceLock::new();
     let started = SERVERS.get_or_init(|| {
         let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/remote/servers.sh");
-        let out = std::process::Command::new("bash")
-            .arg(script)
-            .arg(std::process::id().to_string())
-            .output()
-            .map_err(|e| format!("cannot run {script}: {e}"))?;
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        let value = |key: &str| {
-            text.lines()
-                .find_map(|l| l.strip_prefix(&format!("{key}=")))
-                .map(str::to_owned)
-        };
-        match (value("KSERVE"), value("MLSERVER"), value("DATA")) {
-            (Some(kserve), Some(mlserver), Some(data)) => Ok(Servers {
-                kserve,
-                mlserver,
-                data: data.into(),
-            }),
-            _ => Err(format!(
-                "{}{}",
-                text.trim(),
-                String::from_utf8_lossy(&out.stderr).trim()
-            )),
-        }
+        let [kserve, mlserver, data] = start_servers(script, ["KSERVE", "MLSERVER", "DATA"])?;
+        Ok(Servers {
+            kserve,
+            mlserver,
+            data: data.into(),
+        })
     });
-    match started {
-        Ok(servers) => Some(servers),
-        Err(why) if std::env::var("CI").is_ok_and(|v| v == "true") => {
-            panic!("the model servers are required under CI: {why}")
-        }
-        Err(why) => {
-            eprintln!("SKIP: no model servers: {why}");
-            None
-        }
-    }
+    required(started, "model servers")
 }
 
 fn lines(path: &std::path::Path) -> Vec<Value> {
