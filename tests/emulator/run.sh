@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Starts the emulator example and drives it with Google's own Python client
+# Starts the emulator (`batch-prediction serve`) and drives it with Google's own Python client
 # (google-api-python-client), installed into a virtual environment this
 # script makes (target/emulator-venv). If Python or the install is not
 # available, it says SKIP and exits 0; once installed, any failure fails.
@@ -20,12 +20,12 @@ if ! "$venv/bin/python" -c "import googleapiclient, google.auth" 2>/dev/null; th
   fi
 fi
 
-cargo build --quiet --all-features --example emulator
+cargo build --quiet --all-features --bin batch-prediction
 target_dir=$(cargo metadata --format-version 1 --no-deps |
   "$venv/bin/python" -c "import json, sys; print(json.load(sys.stdin)['target_directory'])")
 root=$(mktemp -d)
 port=$("$venv/bin/python" -c "import socket; s=socket.socket(); s.bind(('127.0.0.1', 0)); print(s.getsockname()[1])")
-"$target_dir/debug/examples/emulator" --port "$port" --root "$root" --predictor echo 2>"$root/emulator.log" &
+"$target_dir/debug/batch-prediction" serve --port "$port" --root "$root" --predictor echo 2>"$root/emulator.log" &
 pid=$!
 cleanup() {
   kill -INT "$pid" 2>/dev/null || true
@@ -66,7 +66,7 @@ iam_port=$("$venv/bin/python" -c "import socket; s=socket.socket(); s.bind(('127
 cat > "$iam_root/policy.json" <<'JSON'
 {"policy": {"bindings": [{"role": "roles/ml.developer", "members": ["user:dev@example.com"]}]}}
 JSON
-"$target_dir/debug/examples/emulator" --port "$iam_port" --root "$iam_root" --predictor echo \
+"$target_dir/debug/batch-prediction" serve --port "$iam_port" --root "$iam_root" --predictor echo \
   --enforce-iam --policy "iam-test=$iam_root/policy.json" --admin user:admin@example.com 2>"$iam_root/emulator.log" &
 iam_pid=$!
 trap 'kill -INT "$iam_pid" 2>/dev/null || true; wait "$iam_pid" 2>/dev/null || true; rm -rf "$iam_root"; cleanup' EXIT

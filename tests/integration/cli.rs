@@ -213,9 +213,7 @@ fn submit_describe_list_and_cancel_on_the_emulator() {
         "{\"x\": 1}\n{\"x\": 2}\n",
     )
     .unwrap();
-    let Some(emulator) = crate::Emulator::start(root, &["--predictor", "echo"], &[]) else {
-        return;
-    };
+    let emulator = crate::Emulator::start(root, &["--predictor", "echo"], &[]);
     let port = emulator.port;
     let endpoint = format!("http://127.0.0.1:{port}");
     let service = ["--endpoint", endpoint.as_str(), "--project", "cli-project"];

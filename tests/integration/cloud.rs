@@ -748,18 +748,16 @@ fn curl(method: &str, url: &str, body: Option<&serde_json::Value>) -> serde_json
         .unwrap_or_else(|_| panic!("{method} {url}: {}", String::from_utf8_lossy(&out.stdout)))
 }
 
-// The emulator is an example of the `rest` feature.
-#[cfg(feature = "rest")]
+// The emulator is `batch-prediction serve`, of the `cli` feature.
+#[cfg(feature = "cli")]
 #[test]
 fn the_emulator_runs_jobs_on_real_buckets() {
     let Some(servers) = servers() else { return };
-    let Some(emulator) = crate::Emulator::start(
+    let emulator = crate::Emulator::start(
         tempfile::tempdir().unwrap(),
         &["--predictor", "echo", "--buckets"],
         &server_env(servers),
-    ) else {
-        return;
-    };
+    );
     let port = emulator.port;
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     let input = fresh("gs", servers, "emulator-in");

@@ -1,7 +1,8 @@
-//! The emulator's HTTP server against hostile clients, over loopback: a
-//! whole-request deadline, refused connections answered off the accepting
-//! thread, slow clients beside normal traffic, strict `Content-Length`, and
-//! `HEAD`. Each test is bounded (the slowest takes a few seconds).
+//! `batch-prediction serve` (hyper, with tower layers) against hostile
+//! clients, over loopback: a deadline for heads and for bodies, refused
+//! connections answered off the accepting loop, slow clients beside normal
+//! traffic, strict `Content-Length`, and `HEAD`. Each test is bounded (the
+//! slowest takes a few seconds).
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -11,10 +12,14 @@ use std::time::{Duration, Instant};
 struct Emulator(crate::Emulator);
 
 impl Emulator {
-    fn start(args: &[&str]) -> Option<Emulator> {
+    fn start(args: &[&str]) -> Emulator {
         let mut all = vec!["--predictor", "echo"];
         all.extend(args);
-        crate::Emulator::start(tempfile::tempdir().unwrap(), &all, &[]).map(Emulator)
+        Emulator(crate::Emulator::start(
+            tempfile::tempdir().unwrap(),
+            &all,
+            &[],
+        ))
     }
 
     fn connect(&self) -> TcpStream {
@@ -35,7 +40,8 @@ impl Emulator {
     }
 }
 
-const LIST: &[u8] = b"GET /v1/projects/my-proj/jobs HTTP/1.1\r\nHost: x\r\n\r\n";
+const LIST: &[u8] =
+    b"GET /v1/projects/my-proj/jobs HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
 
 /// The status code of a response, 0 for none.
 fn status(response: &str) -> u16 {
@@ -55,11 +61,9 @@ fn stalled(emulator: &Emulator) -> TcpStream {
     stream
 }
 
-#[test]
-fn a_client_trickling_its_request_is_cut_off_at_the_deadline() {
-    let Some(emulator) = Emulator::start(&["--request-deadline", "2"]) else {
-        return;
-    };
+/// Sends `at_once` on a new connection, then `slowly` a byte every 200 ms
+/// until the server answers or closes; the response and when it came.
+fn trickle(emulator: &Emulator, at_once: &[u8], slowly: &[u8]) -> (String, Duration) {
     let mut stream = emulator.connect();
     let mut reader = stream.try_clone().unwrap();
     let started = Instant::now();
@@ -71,30 +75,49 @@ fn a_client_trickling_its_request_is_cut_off_at_the_deadline() {
             started.elapsed(),
         )
     });
-    // One byte every 200 ms: each read is quick, only the whole is slow.
-    let head = b"GET /v1/projects/my-proj/jobs HTTP/1.1\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
-    for byte in head {
+    stream.write_all(at_once).unwrap();
+    // Each write is quick; only the whole is slow.
+    for byte in slowly {
         if stream.write_all(&[*byte]).is_err() || answer.is_finished() {
             break;
         }
         std::thread::sleep(Duration::from_millis(200));
     }
-    let (response, after) = answer.join().unwrap();
+    answer.join().unwrap()
+}
+
+#[test]
+fn a_client_trickling_its_head_is_cut_off_at_the_deadline() {
+    let emulator = Emulator::start(&["--request-deadline", "2"]);
+    let head = format!(
+        "GET /v1/projects/my-proj/jobs HTTP/1.1\r\nX-Slow: {}",
+        "a".repeat(100)
+    );
+    let (response, after) = trickle(&emulator, b"", head.as_bytes());
+    // hyper closes a connection whose head is late, without an answer:
+    // there is no request to answer yet.
+    assert_eq!(response, "", "{response}");
+    // The whole head would take 28 s; the deadline is 2.
+    assert!(after < Duration::from_secs(15), "cut off after {after:?}");
+}
+
+#[test]
+fn a_client_trickling_its_body_gets_408_at_the_deadline() {
+    let emulator = Emulator::start(&["--request-deadline", "2"]);
+    let head = b"POST /v1/projects/my-proj/jobs HTTP/1.1\r\nContent-Length: 100\r\n\r\n";
+    let (response, after) = trickle(&emulator, head, &[b' '; 100]);
     assert_eq!(status(&response), 408, "{response}");
     assert!(
         response.contains("the request did not arrive within 2 s"),
         "{response}"
     );
-    // The whole head would take 20 s; the deadline is 2.
+    // The whole body would take 20 s.
     assert!(after < Duration::from_secs(15), "cut off after {after:?}");
 }
 
 #[test]
 fn refused_connections_that_trickle_bytes_do_not_stop_the_server_accepting() {
-    let Some(emulator) = Emulator::start(&["--max-connections", "4", "--request-deadline", "3"])
-    else {
-        return;
-    };
+    let emulator = Emulator::start(&["--max-connections", "4", "--request-deadline", "3"]);
     // Every slot taken by a client that says nothing more.
     let holders: Vec<TcpStream> = (0..4).map(|_| stalled(&emulator)).collect();
     std::thread::sleep(Duration::from_millis(300));
@@ -143,9 +166,7 @@ fn refused_connections_that_trickle_bytes_do_not_stop_the_server_accepting() {
 
 #[test]
 fn sixty_four_slow_clients_leave_normal_requests_served() {
-    let Some(emulator) = Emulator::start(&["--request-deadline", "20"]) else {
-        return;
-    };
+    let emulator = Emulator::start(&["--request-deadline", "20"]);
     let slow: Vec<TcpStream> = (0..64).map(|_| stalled(&emulator)).collect();
     std::thread::sleep(Duration::from_millis(300));
     let started = Instant::now();
@@ -163,31 +184,27 @@ fn sixty_four_slow_clients_leave_normal_requests_served() {
 
 #[test]
 fn content_length_is_one_plain_number_and_head_has_no_body() {
-    let Some(emulator) = Emulator::start(&[]) else {
-        return;
-    };
+    let emulator = Emulator::start(&[]);
     let post = |headers: &str| {
         emulator.exchange(
-            format!("POST /v1/projects/my-proj/jobs HTTP/1.1\r\nHost: x\r\n{headers}\r\n{{}}")
+            format!("POST /v1/projects/my-proj/jobs HTTP/1.1\r\nHost: x\r\nConnection: close\r\n{headers}\r\n{{}}")
                 .as_bytes(),
         )
     };
     let conflicting = post("Content-Length: 2\r\nContent-Length: 3\r\n");
+    // hyper refuses these heads itself, with an empty 400.
     assert_eq!(status(&conflicting), 400, "{conflicting}");
-    assert!(
-        conflicting.contains("conflicting Content-Length headers"),
-        "{conflicting}"
-    );
     let signed = post("Content-Length: +2\r\n");
     assert_eq!(status(&signed), 400, "{signed}");
-    assert!(signed.contains("invalid Content-Length"), "{signed}");
     // The same length twice is one length: the API reads the body (and
     // finds the job incomplete).
     let repeated = post("Content-Length: 2\r\nContent-Length: 2\r\n");
     assert_eq!(status(&repeated), 400, "{repeated}");
     assert!(repeated.contains("invalid job"), "{repeated}");
 
-    let head = emulator.exchange(b"HEAD /v1/projects/my-proj/jobs HTTP/1.1\r\nHost: x\r\n\r\n");
+    let head = emulator.exchange(
+        b"HEAD /v1/projects/my-proj/jobs HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    );
     let (top, body) = head.split_once("\r\n\r\n").unwrap_or((&head, ""));
     assert!(top.starts_with("HTTP/1.1 "), "{head}");
     assert!(top.contains("Content-Length: "), "{head}");

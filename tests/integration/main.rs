@@ -5,7 +5,7 @@ mod cli;
 #[cfg(feature = "cloud")]
 mod cloud;
 mod discovery;
-#[cfg(feature = "rest")]
+#[cfg(feature = "cli")]
 mod emulator_http;
 mod executor;
 mod job_store;
@@ -66,31 +66,15 @@ pub fn results_and_errors(
     (results.into_iter().flat_map(|(_, b)| b).collect(), errors)
 }
 
-/// The path of an example program cargo built beside this test binary, or
-/// `None` (with a note) when it was not built, as under a filtered build.
-pub fn example(name: &str) -> Option<PathBuf> {
-    let exe = std::env::current_exe().unwrap();
-    let path = exe.parent()?.parent()?.join("examples").join(name);
-    if path.is_file() {
-        Some(path)
-    } else if std::env::var_os("CI").is_some() {
-        panic!("{} was not built", path.display());
-    } else {
-        eprintln!("SKIP: {} was not built", path.display());
-        None
-    }
-}
-
 /// The `batch-prediction` command line cargo built for these tests.
 #[cfg(feature = "cli")]
 pub fn cli_program() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_batch-prediction"))
 }
 
-/// The emulator example, started on a free port over `root` with `args`
-/// (and `env`); killed when dropped. `None` (with a note) when it was not
-/// built.
-#[cfg(feature = "rest")]
+/// `batch-prediction serve`, started on a free port over `root` with `args`
+/// (and `env`); killed when dropped.
+#[cfg(feature = "cli")]
 pub struct Emulator {
     child: std::process::Child,
     /// Its port on 127.0.0.1.
@@ -99,42 +83,43 @@ pub struct Emulator {
     pub root: tempfile::TempDir,
 }
 
-#[cfg(feature = "rest")]
+#[cfg(feature = "cli")]
 impl Emulator {
     /// Starts it and waits until it accepts connections.
     pub fn start(
         root: tempfile::TempDir,
         args: &[&str],
         env: &[(&str, &std::ffi::OsStr)],
-    ) -> Option<Emulator> {
-        let program = example("emulator")?;
+    ) -> Emulator {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
             .unwrap()
             .port();
-        let child = std::process::Command::new(program)
-            .args(["--port", &port.to_string(), "--root"])
+        let mut child = std::process::Command::new(cli_program())
+            .args(["serve", "--port", &port.to_string(), "--root"])
             .arg(root.path())
             .args(args)
             .envs(env.iter().copied())
             .stderr(std::process::Stdio::null())
             .spawn()
             .unwrap();
-        let emulator = Emulator { child, port, root };
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if let Some(status) = child.try_wait().unwrap() {
+                panic!("batch-prediction serve {args:?} exited: {status}");
+            }
             assert!(
                 std::time::Instant::now() < deadline,
                 "the emulator did not start"
             );
             std::thread::sleep(std::time::Duration::from_millis(50));
         }
-        Some(emulator)
+        Emulator { child, port, root }
     }
 }
 
-#[cfg(feature = "rest")]
+#[cfg(feature = "cli")]
 impl Drop for Emulator {
     fn drop(&mut self) {
         let _ = self.child.kill();

@@ -470,7 +470,7 @@ fn a_missing_or_wrong_onnxruntime_library_fails_the_job_and_says_why() {
 
 /// One HTTP/1.1 request to the emulator on loopback; the JSON body of the
 /// response.
-#[cfg(all(feature = "ort", feature = "rest"))]
+#[cfg(all(feature = "ort", feature = "cli"))]
 fn http(method: &str, port: u16, path: &str, body: Option<&Value>) -> Value {
     use std::io::{Read, Write};
     let body = body.map(Value::to_string).unwrap_or_default();
@@ -489,9 +489,9 @@ fn http(method: &str, port: u16, path: &str, body: Option<&Value>) -> Value {
     serde_json::from_str(json).unwrap_or_else(|_| panic!("{response}"))
 }
 
-/// `emulator --predictor ort` runs a job's model on onnxruntime: a
+/// `batch-prediction serve --predictor ort` runs a job's model on onnxruntime: a
 /// gradient-boosting regressor, which tract cannot load.
-#[cfg(all(feature = "ort", feature = "rest"))]
+#[cfg(all(feature = "ort", feature = "cli"))]
 #[test]
 fn the_emulator_runs_models_on_onnxruntime() {
     let Some(library) = ort_library() else { return };
@@ -511,13 +511,11 @@ fn the_emulator_runs_models_on_onnxruntime() {
     let instances = case["instances"].as_array().unwrap();
     let lines: String = instances.iter().map(|i| format!("{i}\n")).collect();
     std::fs::write(root.path().join("data/in.jsonl"), lines).unwrap();
-    let Some(emulator) = crate::Emulator::start(
+    let emulator = crate::Emulator::start(
         root,
         &["--predictor", "ort"],
         &[("ORT_DYLIB_PATH", library.as_os_str())],
-    ) else {
-        return;
-    };
+    );
     let (port, root) = (emulator.port, &emulator.root);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     let jobs = "/v1/projects/ort-test/jobs";

@@ -10,13 +10,16 @@
 //! batch-prediction describe JOB_ID --endpoint URL
 //! batch-prediction list [--filter EXPR] --endpoint URL
 //! batch-prediction cancel JOB_ID --endpoint URL
+//! batch-prediction serve --root DIR [--port 8080] [--predictor echo|onnx|ort] …   the jobs API here
 //! ```
 //!
 //! Exit codes: 0 when the job SUCCEEDED (or the request did), 1 when it
 //! failed, 2 for a bad command line or job file.
 
 mod endpoint;
+mod http;
 mod local;
+mod serve;
 
 use std::process::ExitCode;
 
@@ -76,6 +79,9 @@ enum Command {
         #[command(flatten)]
         service: endpoint::ServiceArgs,
     },
+    /// Serves the jobs API here (an emulator of AI Platform's), running
+    /// the jobs created on it; Google's own clients can talk to it.
+    Serve(Box<serve::ServeArgs>),
 }
 
 #[derive(Debug, Subcommand)]
@@ -245,6 +251,7 @@ fn main() -> ExitCode {
             service,
         } => endpoint::list(&service, filter.as_deref(), limit),
         Command::Cancel { job_id, service } => endpoint::cancel(&service, &job_id),
+        Command::Serve(args) => serve::serve(&args),
     };
     match exit {
         Exit::Ok => ExitCode::SUCCESS,
