@@ -5,10 +5,12 @@
 use std::io::Write;
 use std::sync::Arc;
 
+use batch_prediction::executor::ResumeMode;
+use batch_prediction::predict::CancelHandle;
+use batch_prediction::record::TfRecordWriter;
 use batch_prediction::{
-    BatchExecutor, CancelHandle, DataFormat, EchoResolver, ExecutorConfig, InMemoryStorage, Job,
-    ModelVersion, PredictionInput, ResumeMode, State, Storage, SystemClock, TfRecordWriter,
-    Transition,
+    BatchExecutor, DataFormat, EchoResolver, ExecutorConfig, InMemoryStorage, Job, ModelVersion,
+    PredictionInput, State, Storage, SystemClock, Transition,
 };
 use criterion::{Criterion, Throughput};
 use serde_json::json;

@@ -5,9 +5,10 @@ use std::hint::black_box;
 use std::io::{Cursor, Write};
 use std::sync::Arc;
 
-use batch_prediction::{
-    CsvResultWriter, DataFormat, InstanceReader, JsonLinesWriter, RawReader, RawRecord,
-    ReadOptions, TfRecordWriter,
+use batch_prediction::DataFormat;
+use batch_prediction::record::{
+    CsvResultWriter, InstanceReader, JsonLinesWriter, RawReader, RawRecord, ReadOptions,
+    TfRecordWriter,
 };
 use criterion::{Criterion, Throughput};
 use serde_json::{Value, json};

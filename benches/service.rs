@@ -3,9 +3,8 @@
 
 use std::hint::black_box;
 
-use batch_prediction::{
-    InMemoryJobStore, Job, JobName, JobService, ListJobsRequest, LocalJobStore, ProjectName,
-};
+use batch_prediction::service::ListJobsRequest;
+use batch_prediction::{InMemoryJobStore, Job, JobName, JobService, LocalJobStore, ProjectName};
 use criterion::{BatchSize, Criterion};
 use serde_json::json;
 

@@ -12,9 +12,11 @@ use std::io::{Read, Write};
 use std::sync::Arc;
 use std::time::Instant;
 
+use batch_prediction::executor::ResumeMode;
+use batch_prediction::predict::CancelHandle;
 use batch_prediction::{
-    BatchExecutor, CancelHandle, CloudStorage, EchoResolver, ExecutorConfig, Job, LocalStorage,
-    ResumeMode, State, Storage, SystemClock, Transition,
+    BatchExecutor, CloudStorage, EchoResolver, ExecutorConfig, Job, LocalStorage, State, Storage,
+    SystemClock, Transition,
 };
 
 fn main() {

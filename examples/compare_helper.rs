@@ -25,10 +25,13 @@ use std::io::{BufRead, BufReader, BufWriter, Write};
 use std::sync::Arc;
 use std::time::Instant;
 
+use batch_prediction::executor::ResumeMode;
+use batch_prediction::predict::CancelHandle;
+use batch_prediction::record::{RawReader, ReadOptions};
 use batch_prediction::{
-    BatchExecutor, CancelHandle, DataFormat, EchoPredictor, ExecutorConfig, Instance, Job,
-    LocalStorage, ModelVersion, PredictError, PredictionInput, Predictor, RawReader, ReadOptions,
-    ResumeMode, State, Storage, SystemClock, Transition,
+    BatchExecutor, DataFormat, EchoPredictor, ExecutorConfig, Instance, Job, LocalStorage,
+    ModelVersion, PredictError, PredictionInput, Predictor, State, Storage, SystemClock,
+    Transition,
 };
 use serde_json::Value;
 
@@ -82,7 +85,8 @@ fn bare_tfrecord_echo(input: &str, output: &str) -> (f64, u64) {
     let mut n = 0;
     while let Some(item) = reader.read_into(&mut buf) {
         item.expect("clean input");
-        serde_json::to_writer(&mut out, &batch_prediction::bytes_to_json(&buf)).expect("write");
+        serde_json::to_writer(&mut out, &batch_prediction::record::bytes_to_json(&buf))
+            .expect("write");
         out.write_all(b"\n").expect("write");
         buf.clear();
         n += 1;
@@ -110,7 +114,7 @@ fn phases(format: DataFormat, input: &str, output: &str) -> (f64, u64) {
             })
             .fold(f64::INFINITY, f64::min)
     };
-    let read_all = |data: &mut Vec<u8>, records: &mut Vec<batch_prediction::RawRecord>| {
+    let read_all = |data: &mut Vec<u8>, records: &mut Vec<batch_prediction::record::RawRecord>| {
         let mut reader = raw_reader(format, input);
         while let Some(item) = reader.read_many(data, records, 1024) {
             item.expect("clean input");
@@ -136,13 +140,13 @@ fn phases(format: DataFormat, input: &str, output: &str) -> (f64, u64) {
             let mut groups = records.chunks_exact(4);
             let mut crc = 0;
             for g in &mut groups {
-                let four = batch_prediction::masked_crc32c_4(std::array::from_fn(|k| {
+                let four = batch_prediction::record::masked_crc32c_4(std::array::from_fn(|k| {
                     &data[g[k].range.clone()]
                 }));
                 crc ^= four[0] ^ four[1] ^ four[2] ^ four[3];
             }
             for r in groups.remainder() {
-                crc ^= batch_prediction::masked_crc32c(&data[r.range.clone()]);
+                crc ^= batch_prediction::record::masked_crc32c(&data[r.range.clone()]);
             }
             std::hint::black_box(crc);
         })
@@ -151,7 +155,8 @@ fn phases(format: DataFormat, input: &str, output: &str) -> (f64, u64) {
     };
     let work_on = |raw: &[u8], out: &mut Vec<u8>| {
         if format == DataFormat::TfRecord {
-            serde_json::to_writer(&mut *out, &batch_prediction::bytes_to_json(raw)).expect("JSON");
+            serde_json::to_writer(&mut *out, &batch_prediction::record::bytes_to_json(raw))
+                .expect("JSON");
         } else {
             let value: Value = serde_json::from_slice(raw).expect("valid JSON");
             serde_json::to_writer(&mut *out, &value).expect("JSON");
@@ -264,7 +269,7 @@ fn job(predictor: &str, format: DataFormat, input: &str, outdir: &str, workers: 
 fn to_tfrecord(blobs: &str, output: &str) -> (f64, u64) {
     let data = std::fs::read(blobs).expect("blobs");
     let out = BufWriter::new(std::fs::File::create(output).expect("output"));
-    let mut writer = batch_prediction::TfRecordWriter::new(out);
+    let mut writer = batch_prediction::record::TfRecordWriter::new(out);
     let (mut at, mut n) = (0, 0);
     while at + 4 <= data.len() {
         let len = u32::from_le_bytes(data[at..at + 4].try_into().expect("4 bytes")) as usize;
@@ -286,7 +291,7 @@ fn model_predictor(spec: &str) -> Arc<dyn Predictor> {
         }
         #[cfg(feature = "ort")]
         Some(("ort", path)) => Arc::new(
-            batch_prediction::OrtPredictor::load(path, &batch_prediction::OrtOptions::new())
+            batch_prediction::OrtPredictor::load(path, &batch_prediction::onnx::OrtOptions::new())
                 .expect("model"),
         ),
         _ => panic!(

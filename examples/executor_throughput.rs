@@ -23,10 +23,12 @@ use std::io::Write;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use batch_prediction::predict::CancelHandle;
+use batch_prediction::record::{RawReader, ReadOptions, TfRecordWriter};
 use batch_prediction::{
-    BatchExecutor, CancelHandle, DataFormat, EchoPredictor, ExecutorConfig, InMemoryStorage, Job,
-    LocalStorage, ModelVersion, PredictError, PredictionInput, Predictor, RawReader, ReadOptions,
-    State, Storage, SystemClock, TfRecordWriter, Transition,
+    BatchExecutor, DataFormat, EchoPredictor, ExecutorConfig, InMemoryStorage, Job, LocalStorage,
+    ModelVersion, PredictError, PredictionInput, Predictor, State, Storage, SystemClock,
+    Transition,
 };
 use serde_json::{Value, json};
 
@@ -90,8 +92,9 @@ fn run_job(
     let resolver = move |_: &ModelVersion, _: &Job| -> Result<Arc<dyn Predictor>, PredictError> {
         Ok(Arc::clone(&predictor))
     };
-    let executor = BatchExecutor::new(Arc::clone(storage), Arc::new(resolver))
-        .with_config(ExecutorConfig::default().with_resume(batch_prediction::ResumeMode::Fresh));
+    let executor = BatchExecutor::new(Arc::clone(storage), Arc::new(resolver)).with_config(
+        ExecutorConfig::default().with_resume(batch_prediction::executor::ResumeMode::Fresh),
+    );
     let start = Instant::now();
     let summary = executor.run(&mut job, &CancelHandle::new()).unwrap();
     let elapsed = start.elapsed();
@@ -140,7 +143,8 @@ fn bare_tfrecord(file: &[u8], records: usize, echo: bool) -> Duration {
     while let Some(item) = reader.read_into(&mut buf) {
         item.unwrap();
         if echo {
-            serde_json::to_writer(&mut out, &batch_prediction::bytes_to_json(&buf)).unwrap();
+            serde_json::to_writer(&mut out, &batch_prediction::record::bytes_to_json(&buf))
+                .unwrap();
             out.push(b'\n');
         }
         buf.clear();
@@ -164,7 +168,9 @@ fn child_rss(path: &str, output: &str) {
     let storage: Arc<dyn Storage> = Arc::new(LocalStorage::new());
     let mut job = job(DataFormat::Json, path, output, 2);
     let executor = BatchExecutor::new(storage, Arc::new(batch_prediction::EchoResolver))
-        .with_config(ExecutorConfig::default().with_resume(batch_prediction::ResumeMode::Fresh));
+        .with_config(
+            ExecutorConfig::default().with_resume(batch_prediction::executor::ResumeMode::Fresh),
+        );
     let summary = executor.run(&mut job, &CancelHandle::new()).unwrap();
     assert_eq!(summary.state, State::Succeeded);
     println!(

@@ -18,9 +18,8 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use batch_prediction::{
-    DataFormat, InstanceReader, LocalStorage, ReadOptions, Storage, TfRecordWriter,
-};
+use batch_prediction::record::{InstanceReader, ReadOptions, TfRecordWriter};
+use batch_prediction::{DataFormat, LocalStorage, Storage};
 use serde_json::json;
 
 const ROUNDS: usize = 5;

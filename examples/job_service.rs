@@ -13,9 +13,10 @@
 use std::error::Error;
 use std::sync::Arc;
 
+use batch_prediction::service::ListJobsRequest;
 use batch_prediction::{
-    BatchExecutor, EchoResolver, InMemoryJobStore, Job, JobService, JobStore, ListJobsRequest,
-    LocalJobStore, LocalStorage, ProjectName,
+    BatchExecutor, EchoResolver, InMemoryJobStore, Job, JobService, JobStore, LocalJobStore,
+    LocalStorage, ProjectName,
 };
 use serde_json::json;
 

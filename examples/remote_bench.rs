@@ -23,9 +23,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
+use batch_prediction::predict::CancelHandle;
+use batch_prediction::remote::Protocol;
 use batch_prediction::{
-    BatchExecutor, CancelHandle, DataFormat, ExecutorConfig, Job, LocalStorage, ModelVersion,
-    PredictionInput, Protocol, RemoteResolver, SystemClock, Transition,
+    BatchExecutor, DataFormat, ExecutorConfig, Job, LocalStorage, ModelVersion, PredictionInput,
+    RemoteResolver, SystemClock, Transition,
 };
 use serde_json::{Value, json};
 

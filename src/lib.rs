@@ -21,7 +21,7 @@
 //!   [`Storage`] with a [`Predictor`], streaming, on worker threads.
 //! - **The jobs API**: [`JobService`] has every `projects.jobs` method over
 //!   a [`JobStore`] ([`InMemoryJobStore`], or the durable [`LocalJobStore`]),
-//!   with IAM [`Policy`] checks, and runs queued jobs. With the `rest`
+//!   with IAM [`Policy`](iam::Policy) checks, and runs queued jobs. With the `rest`
 //!   feature, `RestApi` serves it as the REST API Google's clients speak.
 //!
 //! # Features
@@ -40,7 +40,9 @@
 //!
 //! # Quick start
 //! ```
-//! use batch_prediction::{DataFormat, Job, ManualClock, ModelVersion, PredictionInput, State, Transition};
+//! use batch_prediction::{
+//!     DataFormat, Job, ManualClock, ModelVersion, PredictionInput, State, Transition,
+//! };
 //!
 //! // A create request, as a client would send it.
 //! let job = Job::from_json(r#"{
@@ -83,87 +85,82 @@
 //! ```
 //!
 //! # Modules
-//! Everything is exported at the root. [`state`] documents the transition
-//! diagram.
+//! The main types are at the root; each family is in a module of its own:
+//!
+//! | module | what is in it |
+//! |---|---|
+//! | [`model`] | the wire types: [`Job`], [`PredictionInput`], [`PredictionOutput`], [`DataFormat`], [`State`], [`ModelVersion`], [`Etag`] |
+//! | [`name`] | resource names: [`ProjectName`], [`ModelName`], [`VersionName`], [`JobName`] |
+//! | [`validate`] | the limits [`Job::validate`] checks |
+//! | [`state`] | the state machine: [`Transition`] and the transition diagram |
+//! | [`clock`] | [`Clock`], [`SystemClock`], [`ManualClock`] |
+//! | [`error`] | [`Error`], [`ErrorKind`] and the errors they carry |
+//! | [`status`] | [`Code`], [`Status`]: canonical codes and the API's error body |
+//! | [`storage`] | [`Storage`] and its backends, objects, wildcards |
+//! | [`record`] | record I/O: readers, decoders, checksums, the output writers and file names |
+//! | [`predict`] | [`Predictor`], [`ModelResolver`] and the predictors that come with the crate |
+//! | [`executor`] | [`BatchExecutor`]: configuration, plans, progress, summaries, shards |
+//! | [`retry`] | [`RetryPolicy`] |
+//! | [`service`] | [`JobService`] and the job stores, list requests |
+//! | [`iam`] | policies, bindings, roles, permissions and callers |
+//! | `rest` | (feature `rest`) `RestApi`: the REST API over a [`JobService`] |
+//! | `remote` | (feature `remote`) `RemotePredictor`: models behind a model server |
+//! | `onnx` | (features `onnx`, `ort`) the ONNX predictors |
+//! | `testing` | (feature `testing`) conformance suites and fault injection |
 
 #![deny(missing_docs, rustdoc::broken_intra_doc_links)]
 #![warn(missing_debug_implementations)]
 #![deny(unsafe_code)] // allowed in one place only: src/record/crc.rs
 
-mod clock;
-mod error;
-mod executor;
-mod model;
-mod name;
+pub mod clock;
+pub mod error;
+pub mod executor;
+pub mod iam;
+pub mod model;
+pub mod name;
 #[cfg(any(feature = "onnx", feature = "ort"))]
-mod onnx;
-
-mod predict;
-mod record;
+pub mod onnx;
+pub mod predict;
+pub mod record;
 #[cfg(feature = "remote")]
-mod remote;
+pub mod remote;
 #[cfg(feature = "rest")]
-mod rest;
-mod retry;
-mod service;
+pub mod rest;
+pub mod retry;
+pub mod service;
 pub mod state;
-mod status;
-mod storage;
+pub mod status;
+pub mod storage;
 #[cfg(feature = "testing")]
 pub mod testing;
 mod transcode;
-mod validate;
+pub mod validate;
 
 pub use clock::{Clock, ManualClock, SystemClock};
-pub use error::{
-    Error, ErrorKind, InvalidName, InvalidTransition, NameKind, Result, ValidationError, Violation,
-};
-pub use executor::{
-    BatchExecutor, ExecutorConfig, OutputFile, Plan, PlannedShard, Progress, ProgressObserver,
-    ResumeMode, RunSummary, SHARD_TARGET_BYTES, SUMMARY_FILE_PREFIX, ShardProgress, ShardSelection,
-};
-pub use model::{
-    DataFormat, Etag, InvalidEtag, Job, ModelVersion, PredictionInput, PredictionOutput, State,
-    UnknownEnumValue,
-};
-pub use name::{JobName, MAX_ID_LEN, ModelName, ProjectName, VersionName};
+pub use error::{Error, ErrorKind, Result};
+pub use executor::{BatchExecutor, ExecutorConfig, RunSummary};
+pub use model::{DataFormat, Etag, Job, ModelVersion, PredictionInput, PredictionOutput, State};
+pub use name::{JobName, ModelName, ProjectName, VersionName};
 #[cfg(feature = "onnx")]
 pub use onnx::{OnnxPredictor, OnnxResolver};
 #[cfg(feature = "ort")]
-pub use onnx::{OrtOptions, OrtPredictor, OrtResolver};
+pub use onnx::{OrtPredictor, OrtResolver};
 pub use predict::{
-    CancelHandle, EchoPredictor, EchoResolver, FaultyPredictor, FnPredictor, JsonPredictions,
-    ModelRegistry, ModelResolver, PASSTHROUGH_LABEL, PredictContext, PredictError, Predictor,
+    EchoPredictor, EchoResolver, ModelResolver, PredictContext, PredictError, Predictor,
     predictor_fn,
 };
-pub use record::{
-    CSV_HEADER_FILE, CsvResultWriter, CsvRowError, CsvWriteError, DEFAULT_MAX_RECORD_BYTES,
-    ERRORS_FILE_PREFIX, ERRORS_STATS_FILE_PREFIX, ErrorRecordWriter, ErrorStats, Instance,
-    InstanceReader, JsonLinesWriter, LineReader, NotAnInputFormat, Position, RESULTS_FILE_PREFIX,
-    RawReader, RawRecord, ReadOptions, Record, RecordError, RecordErrorKind, TfRecordReader,
-    TfRecordWriter, bytes_to_json, csv_header_bytes, decode, masked_crc32c, masked_crc32c_4,
-    shard_file_name,
-};
+pub use record::Instance;
 #[cfg(feature = "remote")]
-pub use remote::{Protocol, RemotePredictor, RemoteResolver};
+pub use remote::{RemotePredictor, RemoteResolver};
 #[cfg(feature = "rest")]
-pub use rest::{DEFAULT_MAX_BODY_BYTES, RestApi, RestRequest, RestResponse};
+pub use rest::RestApi;
 pub use retry::RetryPolicy;
-pub use service::{
-    Binding, Caller, CallerView, DEFAULT_PAGE_SIZE, Expr, INTERRUPTED_CANCEL_MESSAGE,
-    INTERRUPTED_MESSAGE, InMemoryJobStore, JOB_PERMISSIONS, JobRecord, JobService,
-    JobServiceBuilder, JobStore, ListJobsRequest, ListJobsResponse, LocalJobStore, MAX_PAGE_BYTES,
-    MAX_PAGE_SIZE, MAX_POLICY_GROUPS, MAX_POLICY_MEMBERS, Policy, ScanOrder, role_permissions,
-};
+pub use service::{InMemoryJobStore, JobService, JobStore, LocalJobStore};
 pub use state::Transition;
-pub use status::{Code, MalformedStatus, Status, UnknownCode};
+pub use status::{Code, Status};
 #[cfg(feature = "cloud")]
-pub use storage::{CloudStorage, GcsStorage, S3Storage};
-pub use storage::{
-    DynStorage, InMemoryStorage, LocalStorage, ObjectMeta, ObjectWriter, Storage, StorageError,
-    StorageErrorKind, StorageExt, join_location,
-};
-pub use validate::{MAX_INPUT_PATHS, MAX_LABEL_LEN, MAX_LABELS};
+pub use storage::CloudStorage;
+pub use storage::{InMemoryStorage, LocalStorage, Storage, StorageExt};
 
 /// The README's examples, compiled and run as doc tests.
 #[cfg(doctest)]

@@ -29,7 +29,7 @@ pub const PASSTHROUGH_LABEL: &str = "bp-passthrough";
 /// boundary. Clones share the flag.
 ///
 /// ```
-/// let handle = batch_prediction::CancelHandle::new();
+/// let handle = batch_prediction::predict::CancelHandle::new();
 /// let other = handle.clone();
 /// other.cancel();
 /// assert!(handle.is_cancelled());
@@ -230,7 +230,8 @@ impl std::error::Error for PredictError {
 ///
 /// # Example
 /// ```
-/// use batch_prediction::{CancelHandle, Instance, PredictContext, PredictError, Predictor};
+/// use batch_prediction::{Instance, PredictContext, PredictError, Predictor};
+/// use batch_prediction::predict::CancelHandle;
 /// use serde_json::{Value, json};
 ///
 /// /// Sums the `x` list of each instance.
@@ -306,7 +307,8 @@ pub trait Predictor: Send + Sync {
     ///
     /// # Example
     /// ```
-    /// use batch_prediction::{CancelHandle, Instance, JsonPredictions, PredictContext, PredictError, Predictor};
+    /// use batch_prediction::{Instance, PredictContext, PredictError, Predictor};
+    /// use batch_prediction::predict::{CancelHandle, JsonPredictions};
     /// use serde_json::{Value, json};
     ///
     /// /// Doubles `x`.
@@ -538,7 +540,8 @@ type InstanceTest = Box<dyn Fn(&Instance) -> bool + Send + Sync>;
 /// error, panics, or returns one prediction too few.
 ///
 /// ```
-/// use batch_prediction::{EchoPredictor, FaultyPredictor, Instance};
+/// use batch_prediction::{EchoPredictor, Instance};
+/// use batch_prediction::predict::FaultyPredictor;
 ///
 /// let faulty = FaultyPredictor::new(EchoPredictor)
 ///     .fail_when(|i| i.to_json()["fail"] == true)
@@ -683,7 +686,8 @@ type UriLoader = Box<dyn Fn(&str) -> Result<Arc<dyn Predictor>, PredictError> + 
 /// # Example
 /// ```
 /// use std::sync::Arc;
-/// use batch_prediction::{EchoPredictor, Job, ModelRegistry, ModelResolver, ModelVersion};
+/// use batch_prediction::{EchoPredictor, Job, ModelResolver, ModelVersion};
+/// use batch_prediction::predict::ModelRegistry;
 ///
 /// let v1 = "projects/my-proj/models/census/versions/v1".parse()?;
 /// let registry = ModelRegistry::new()

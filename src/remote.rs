@@ -91,7 +91,8 @@ impl fmt::Display for Protocol {
 ///
 /// ```no_run
 /// use std::sync::Arc;
-/// use batch_prediction::{Job, ModelVersion, PredictError, Predictor, Protocol, RemoteResolver};
+/// use batch_prediction::{Job, ModelVersion, PredictError, Predictor, RemoteResolver};
+/// use batch_prediction::remote::Protocol;
 ///
 /// let tabular = RemoteResolver::new("http://tabular:8080", Protocol::V2);
 /// let text = RemoteResolver::new("http://text:8501", Protocol::TfServing)

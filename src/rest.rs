@@ -9,9 +9,10 @@ use std::sync::Arc;
 use serde_json::{Map, Value, json};
 
 use crate::error::Error;
+use crate::iam::{Caller, Policy};
 use crate::model::Job;
 use crate::name::{JobName, ProjectName};
-use crate::service::{Caller, JobService, ListJobsRequest, Policy};
+use crate::service::{JobService, ListJobsRequest};
 use crate::status::{Code, Status};
 
 /// The default limit on request bodies: 1 MiB (a job, or a policy of
@@ -22,7 +23,7 @@ pub const DEFAULT_MAX_BODY_BYTES: usize = 1 << 20;
 ///
 /// # Example
 /// ```
-/// use batch_prediction::RestRequest;
+/// use batch_prediction::rest::RestRequest;
 ///
 /// let request = RestRequest::new("GET", "/v1/projects/my-proj/jobs?pageSize=5")
 ///     .with_header("Authorization", "Bearer user:alice@example.com");
@@ -189,7 +190,8 @@ type Authenticator = dyn Fn(&RestRequest) -> Result<Option<Caller>, Error> + Sen
 /// # Example
 /// ```
 /// use std::sync::Arc;
-/// use batch_prediction::{InMemoryJobStore, JobService, RestApi, RestRequest};
+/// use batch_prediction::{InMemoryJobStore, JobService, RestApi};
+/// use batch_prediction::rest::RestRequest;
 ///
 /// let api = RestApi::new(Arc::new(JobService::new(InMemoryJobStore::new())?));
 /// let body = r#"{"jobId": "j1", "predictionInput": {"dataFormat": "JSON", "inputPaths": ["gs://b/in"],

@@ -21,9 +21,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::ops::ControlFlow;
 
 use crate::error::ErrorKind;
+use crate::iam::Binding;
 use crate::model::Job;
 use crate::name::{JobName, ProjectName};
-use crate::service::{Binding, JobRecord, JobStore, ScanOrder};
+use crate::service::{JobRecord, JobStore, ScanOrder};
 use crate::status::Code;
 use crate::storage::{
     ObjectMeta, ObjectWriter, Storage, StorageError, StorageErrorKind, StorageExt, join_location,

@@ -15,7 +15,7 @@
 //! | `predictionInput.inputPaths` | at most [`MAX_INPUT_PATHS`] (1,000) entries, each at most 4,096 bytes | this crate: bounded planning work per job (no limit is documented); a pattern given twice is expanded once |
 //! | `predictionInput.outputPath`, `.region` | required, non-empty | [REST] |
 //! | `predictionInput.outputPath` | no `inputPaths` pattern matches a file the job writes there (compared after dropping `.` and empty segments and trailing `/`; the executor compares again through its storage, links followed) | this crate: a job never reads or deletes its own output |
-//! | `modelName` / `versionName` / `uri` | exactly one; names by the rules of [`ModelName`](crate::ModelName), [`VersionName`](crate::VersionName); `uri` non-empty | [REST], [names] |
+//! | `modelName` / `versionName` / `uri` | exactly one; names by the rules of [`ModelName`], [`VersionName`]; `uri` non-empty | [REST], [names] |
 //! | `predictionInput.batchSize`, `.maxWorkerCount` | if set, positive; no upper bound | [REST] (no bound documented) |
 //!
 //! [REST]: https://cloud.google.com/ai-platform/prediction/docs/reference/rest/v1/projects.jobs

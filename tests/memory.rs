@@ -6,7 +6,8 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::io::Read;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use batch_prediction::{DataFormat, InstanceReader, ReadOptions, TfRecordWriter};
+use batch_prediction::DataFormat;
+use batch_prediction::record::{InstanceReader, ReadOptions, TfRecordWriter};
 
 struct Counting;
 

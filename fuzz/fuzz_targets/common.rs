@@ -1,7 +1,8 @@
 //! Shared by the reader targets: read everything, check the accounting.
 
 use batch_prediction::testing::ShortReads;
-use batch_prediction::{DataFormat, InstanceReader, Position, RawReader, ReadOptions};
+use batch_prediction::{DataFormat};
+use batch_prediction::record::{InstanceReader, Position, RawReader, ReadOptions};
 
 /// What a raw reader gave: a record, or an error's text, place, fatality and bytes.
 #[derive(Debug, PartialEq)]

@@ -3,9 +3,9 @@
 //! writes exactly what decoding the line and `predict` write; what does not
 //! decode, it never takes.
 
-use batch_prediction::{
-    CancelHandle, DataFormat, EchoPredictor, JsonPredictions, PredictContext, Predictor, decode,
-};
+use batch_prediction::{DataFormat, EchoPredictor, PredictContext, Predictor};
+use batch_prediction::predict::{CancelHandle, JsonPredictions};
+use batch_prediction::record::decode;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -12,7 +12,8 @@
 
 use std::sync::Arc;
 
-use batch_prediction::{InMemoryJobStore, Job, JobService, RestApi, RestRequest};
+use batch_prediction::{InMemoryJobStore, Job, JobService, RestApi};
+use batch_prediction::rest::RestRequest;
 use libfuzzer_sys::fuzz_target;
 
 const METHODS: [&str; 6] = ["GET", "POST", "PATCH", "DELETE", "PUT", "get"];

@@ -90,7 +90,7 @@ pub struct ExecutorConfig {
 ///
 /// # Example
 /// ```
-/// use batch_prediction::ShardSelection;
+/// use batch_prediction::executor::ShardSelection;
 ///
 /// let part: ShardSelection = "1/3".parse()?;
 /// assert_eq!((part.index(), part.count()), (1, 3));

@@ -31,7 +31,7 @@
 //! - A batch whose `predict` call fails, panics or returns the wrong number
 //!   of predictions is split in halves, recursively, until the failing
 //!   instances are isolated; the others still get their predictions.
-//! - Every damaged record is a located error ([`RecordError`]).
+//! - Every damaged record is a located error ([`RecordError`](crate::record::RecordError)).
 //! - `instances read = predictionCount + errorCount`, and `predictionCount`
 //!   is the number of lines in the committed result files — also when the
 //!   job fails or is cancelled, since only complete shards are counted.
@@ -112,9 +112,10 @@ pub use progress::{Progress, ProgressObserver, RunSummary, ShardProgress};
 /// ```
 /// use std::sync::Arc;
 /// use batch_prediction::{
-///     BatchExecutor, CancelHandle, DataFormat, EchoResolver, InMemoryStorage, Job, ModelVersion,
+///     BatchExecutor, DataFormat, EchoResolver, InMemoryStorage, Job, ModelVersion,
 ///     PredictionInput, State, StorageExt, SystemClock, Transition,
 /// };
+/// use batch_prediction::predict::CancelHandle;
 ///
 /// let storage = InMemoryStorage::new();
 /// storage.put("gs://b/in/1.jsonl", "{\"x\": 1}\n{\"x\": 2}\nnot json\n");

@@ -16,7 +16,7 @@ pub(super) const OUTPUT_FILE_PREFIX: &str = "prediction.";
 /// A kind of file a run writes into `outputPath`.
 ///
 /// ```
-/// use batch_prediction::OutputFile;
+/// use batch_prediction::executor::OutputFile;
 ///
 /// assert_eq!(OutputFile::Results.name(3, 10), "prediction.results-00003-of-00010");
 /// assert_eq!(OutputFile::Summary.name(0, 1), "prediction.summary-00000-of-00001.json");

@@ -70,7 +70,7 @@ impl BatchExecutor {
     /// the model or writing anything.
     ///
     /// # Errors
-    /// The job's [`ValidationError`](crate::ValidationError) (also for
+    /// The job's [`ValidationError`] (also for
     /// input patterns that can match the job's own output files, compared
     /// through the storage), or the storage's error for a pattern that
     /// matches nothing or cannot be listed.

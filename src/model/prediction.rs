@@ -159,16 +159,16 @@ impl ModelVersion {
     /// A `modelName` from `projects/{project}/models/{model}`.
     ///
     /// # Errors
-    /// [`InvalidName`](crate::InvalidName) when the name breaks its rules.
-    pub fn model(name: &str) -> Result<Self, crate::InvalidName> {
+    /// [`InvalidName`](crate::error::InvalidName) when the name breaks its rules.
+    pub fn model(name: &str) -> Result<Self, crate::error::InvalidName> {
         name.parse().map(ModelVersion::Model)
     }
 
     /// A `versionName` from `projects/{project}/models/{model}/versions/{version}`.
     ///
     /// # Errors
-    /// [`InvalidName`](crate::InvalidName) when the name breaks its rules.
-    pub fn version(name: &str) -> Result<Self, crate::InvalidName> {
+    /// [`InvalidName`](crate::error::InvalidName) when the name breaks its rules.
+    pub fn version(name: &str) -> Result<Self, crate::error::InvalidName> {
         name.parse().map(ModelVersion::Version)
     }
 

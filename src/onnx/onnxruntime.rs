@@ -29,7 +29,7 @@ const DYLIB_VARIABLE: &str = "ORT_DYLIB_PATH";
 /// How [`OrtPredictor`] runs a model.
 ///
 /// ```
-/// use batch_prediction::OrtOptions;
+/// use batch_prediction::onnx::OrtOptions;
 ///
 /// let options = OrtOptions::new().with_intra_threads(2);
 /// assert_eq!(options.intra_threads(), 2);
@@ -199,7 +199,9 @@ enum Model {
 ///
 /// # Example
 /// ```no_run
-/// use batch_prediction::{CancelHandle, Instance, OrtOptions, OrtPredictor, PredictContext, Predictor};
+/// use batch_prediction::{Instance, OrtPredictor, PredictContext, Predictor};
+/// use batch_prediction::onnx::OrtOptions;
+/// use batch_prediction::predict::CancelHandle;
 /// use serde_json::json;
 ///
 /// // With ORT_DYLIB_PATH naming libonnxruntime.so:
@@ -747,7 +749,8 @@ impl Predictor for OrtPredictor {
 /// # Example
 /// ```
 /// use std::sync::Arc;
-/// use batch_prediction::{BatchExecutor, LocalStorage, OrtOptions, OrtResolver};
+/// use batch_prediction::{BatchExecutor, LocalStorage, OrtResolver};
+/// use batch_prediction::onnx::OrtOptions;
 ///
 /// let storage = LocalStorage::new();
 /// let resolver = OrtResolver::new(storage.clone()).with_options(OrtOptions::new().with_intra_threads(1));

@@ -118,7 +118,7 @@ const ORT_HINT: &str = "onnxruntime runs the whole ONNX standard: build with the
 /// copied unchanged into that instance's prediction, so a `key` survives
 /// (something the hosted service could not do); a model output of the same
 /// name wins. A job turns this off with the label
-/// [`bp-passthrough: off`](crate::PASSTHROUGH_LABEL).
+/// [`bp-passthrough: off`](crate::predict::PASSTHROUGH_LABEL).
 ///
 /// **signatureName** has no meaning for ONNX, whose models have one graph:
 /// it is ignored.
@@ -130,7 +130,8 @@ const ORT_HINT: &str = "onnxruntime runs the whole ONNX standard: build with the
 ///
 /// # Example
 /// ```
-/// use batch_prediction::{CancelHandle, Instance, OnnxPredictor, PredictContext, Predictor};
+/// use batch_prediction::{Instance, OnnxPredictor, PredictContext, Predictor};
+/// use batch_prediction::predict::CancelHandle;
 /// use serde_json::json;
 ///
 /// let model = OnnxPredictor::load("tests/data/onnx/classifier.onnx")?;
@@ -449,7 +450,7 @@ fn output_error(name: &str) -> impl Fn(TractError) -> PredictError + '_ {
 /// `file://` URI, or a `gs://` location in the root of the given
 /// [`LocalStorage`], naming an `.onnx` file or a directory with
 /// `model.onnx`. `modelName` and `versionName` are refused: name models by
-/// `uri`, or map names to files with a [`ModelRegistry`](crate::ModelRegistry).
+/// `uri`, or map names to files with a [`ModelRegistry`](crate::predict::ModelRegistry).
 ///
 /// # Example
 /// ```

@@ -490,7 +490,8 @@ impl RawReader {
     /// [`read_into`](Self::read_into).
     ///
     /// ```
-    /// use batch_prediction::{DataFormat, RawReader, ReadOptions};
+    /// use batch_prediction::{DataFormat};
+    /// use batch_prediction::record::{RawReader, ReadOptions};
     ///
     /// let file = b"{\"x\": 1}\n\n{\"x\": 2}\n".to_vec();
     /// let mut reader = RawReader::new(DataFormat::Json, "in.json", Box::new(std::io::Cursor::new(file)), ReadOptions::default())?;
@@ -652,7 +653,8 @@ pub fn decode(format: DataFormat, raw: &[u8]) -> Result<Instance, RecordErrorKin
 ///
 /// # Example
 /// ```
-/// use batch_prediction::{DataFormat, Instance, InstanceReader, ReadOptions};
+/// use batch_prediction::{DataFormat, Instance};
+/// use batch_prediction::record::{InstanceReader, ReadOptions};
 /// use serde_json::json;
 ///
 /// let data = b"{\"x\": 1}\r\n\nnot json\n{\"b64\": \"aGk=\"}";

@@ -57,7 +57,7 @@ pub const CSV_HEADER_FILE: &str = "prediction.results_header.csv";
 /// `{prefix}-SSSSS-of-NNNNN`, e.g. `prediction.results-00003-of-00010`.
 ///
 /// ```
-/// use batch_prediction::{RESULTS_FILE_PREFIX, shard_file_name};
+/// use batch_prediction::record::{RESULTS_FILE_PREFIX, shard_file_name};
 /// assert_eq!(shard_file_name(RESULTS_FILE_PREFIX, 3, 10), "prediction.results-00003-of-00010");
 /// ```
 pub fn shard_file_name(prefix: &str, shard: usize, count: usize) -> String {
@@ -132,7 +132,7 @@ pub enum CsvRowError {
 ///
 /// # Example
 /// ```
-/// use batch_prediction::{CsvResultWriter, csv_header_bytes};
+/// use batch_prediction::record::{CsvResultWriter, csv_header_bytes};
 /// use serde_json::json;
 ///
 /// let mut w = CsvResultWriter::new(Vec::new(), vec!["label".into(), "scores".into()]);
@@ -241,7 +241,7 @@ fn csv_io(e: csv::Error) -> io::Error {
 ///
 /// # Example
 /// ```
-/// use batch_prediction::ErrorStats;
+/// use batch_prediction::record::ErrorStats;
 ///
 /// let mut stats = ErrorStats::default();
 /// stats.add("Input x was missing in at least one input instance.", 2);

@@ -19,7 +19,7 @@ use super::{Position, ReadOptions, RecordError, RecordErrorKind};
 /// ```
 /// // 0xE3069283 is the CRC-32C check value of "123456789".
 /// let masked = 0xE306_9283_u32.rotate_right(15).wrapping_add(0xa282_ead8);
-/// assert_eq!(batch_prediction::masked_crc32c(b"123456789"), masked);
+/// assert_eq!(batch_prediction::record::masked_crc32c(b"123456789"), masked);
 /// ```
 pub fn masked_crc32c(data: &[u8]) -> u32 {
     mask(crc32c::crc32c(data))
@@ -32,7 +32,7 @@ pub fn masked_crc32c(data: &[u8]) -> u32 {
 /// CPU.
 ///
 /// ```
-/// use batch_prediction::{masked_crc32c, masked_crc32c_4};
+/// use batch_prediction::record::{masked_crc32c, masked_crc32c_4};
 /// let data: [&[u8]; 4] = [b"123456789", b"", b"a longer record of bytes", b"x"];
 /// assert_eq!(masked_crc32c_4(data), data.map(masked_crc32c));
 /// ```
@@ -549,7 +549,8 @@ impl TfRecordReader {
 ///
 /// # Example
 /// ```
-/// use batch_prediction::{DataFormat, Instance, InstanceReader, ReadOptions, TfRecordWriter};
+/// use batch_prediction::{DataFormat, Instance};
+/// use batch_prediction::record::{InstanceReader, ReadOptions, TfRecordWriter};
 ///
 /// let mut w = TfRecordWriter::new(Vec::new());
 /// w.write(b"first")?;

@@ -11,9 +11,9 @@ use std::sync::{Mutex, RwLock};
 use serde_json::{Value, json};
 
 use crate::error::Error;
+use crate::iam::Policy;
 use crate::model::Job;
 use crate::name::{JobName, ProjectName};
-use crate::service::iam::Policy;
 use crate::service::store::{self, Index, JobRecord, JobStore, ScanOrder, read};
 use crate::status::Code;
 
@@ -40,7 +40,8 @@ use crate::status::Code;
 ///
 /// # Example
 /// ```
-/// use batch_prediction::{Job, JobName, JobRecord, JobStore, LocalJobStore};
+/// use batch_prediction::{Job, JobName, JobStore, LocalJobStore};
+/// use batch_prediction::service::JobRecord;
 ///
 /// let dir = tempfile::tempdir()?;
 /// let name: JobName = "projects/my-proj/jobs/j1".parse()?;

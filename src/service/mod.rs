@@ -1,9 +1,8 @@
 //! The job service: the `projects.jobs` methods over a [`JobStore`], and a
-//! runner that takes queued jobs through the [`BatchExecutor`].
+//! runner that takes queued jobs through the [`BatchExecutor`](crate::BatchExecutor).
 
 mod caller;
 mod filter;
-pub(crate) mod iam;
 mod local;
 mod runner;
 mod store;
@@ -26,11 +25,8 @@ use crate::name::{JobName, ProjectName};
 use crate::predict::CancelHandle;
 use crate::state::Transition;
 
+use crate::iam::{self, Caller, JOB_PERMISSIONS, Policy};
 pub use caller::CallerView;
-pub use iam::{
-    Binding, Caller, Expr, JOB_PERMISSIONS, MAX_POLICY_GROUPS, MAX_POLICY_MEMBERS, Policy,
-    role_permissions,
-};
 pub use local::LocalJobStore;
 pub use store::{InMemoryJobStore, JobRecord, JobStore, ScanOrder};
 
@@ -63,7 +59,7 @@ pub const INTERRUPTED_CANCEL_MESSAGE: &str =
 ///
 /// # Example
 /// ```
-/// let request = batch_prediction::ListJobsRequest::new()
+/// let request = batch_prediction::service::ListJobsRequest::new()
 ///     .set_filter("state=FAILED AND labels.team=ml")
 ///     .set_page_size(50);
 /// assert_eq!(request.page_size, 50);
@@ -246,7 +242,8 @@ impl JobServiceBuilder {
 ///
 /// # Example
 /// ```
-/// use batch_prediction::{InMemoryJobStore, Job, JobService, ListJobsRequest, ProjectName, State};
+/// use batch_prediction::{InMemoryJobStore, Job, JobService, ProjectName, State};
+/// use batch_prediction::service::ListJobsRequest;
 ///
 /// let service = JobService::new(InMemoryJobStore::new())?;
 /// let parent: ProjectName = "projects/my-proj".parse()?;

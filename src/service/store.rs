@@ -6,9 +6,9 @@ use std::ops::{Bound, ControlFlow};
 use std::sync::{Arc, RwLock};
 
 use crate::error::{Error, ErrorKind};
+use crate::iam::Policy;
 use crate::model::Job;
 use crate::name::{JobName, ProjectName};
-use crate::service::iam::Policy;
 
 /// One job as a store holds it: the job, its IAM policy, and the numbers a
 /// store assigns.
@@ -248,7 +248,8 @@ impl Index {
 ///
 /// # Example
 /// ```
-/// use batch_prediction::{InMemoryJobStore, Job, JobName, JobRecord, JobStore};
+/// use batch_prediction::{InMemoryJobStore, Job, JobName, JobStore};
+/// use batch_prediction::service::JobRecord;
 ///
 /// let store = InMemoryJobStore::new();
 /// let name: JobName = "projects/my-proj/jobs/j1".parse()?;

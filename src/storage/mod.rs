@@ -15,7 +15,8 @@
 //!
 //! ```
 //! use std::io::{Read, Write};
-//! use batch_prediction::{ObjectMeta, ObjectWriter, Storage, StorageError};
+//! use batch_prediction::{Storage};
+//! use batch_prediction::storage::{ObjectMeta, ObjectWriter, StorageError};
 //!
 //! #[derive(Debug)]
 //! struct Gcs { /* a blocking HTTP client, credentials */ }
@@ -367,7 +368,7 @@ impl<S: Storage + ?Sized> StorageExt for S {}
 /// Joins an output location and a file name with one `/`.
 ///
 /// ```
-/// assert_eq!(batch_prediction::join_location("gs://b/out/", "prediction.results-00000-of-00001"),
+/// assert_eq!(batch_prediction::storage::join_location("gs://b/out/", "prediction.results-00000-of-00001"),
 ///            "gs://b/out/prediction.results-00000-of-00001");
 /// ```
 pub fn join_location(base: &str, name: &str) -> String {

@@ -7,11 +7,12 @@ use std::io::{Read, Write};
 use std::sync::{Arc, OnceLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use batch_prediction::predict::CancelHandle;
+use batch_prediction::storage::{GcsStorage, S3Storage, StorageErrorKind};
 use batch_prediction::testing::storage_conformance;
 use batch_prediction::{
-    BatchExecutor, CancelHandle, CloudStorage, EchoResolver, ExecutorConfig, GcsStorage, Job,
-    LocalStorage, RetryPolicy, S3Storage, State, Storage, StorageErrorKind, StorageExt,
-    SystemClock, Transition,
+    BatchExecutor, CloudStorage, EchoResolver, ExecutorConfig, Job, LocalStorage, RetryPolicy,
+    State, Storage, StorageExt, SystemClock, Transition,
 };
 use serde_json::json;
 
@@ -264,7 +265,7 @@ fn jobs_on_buckets_write_what_they_write_on_local_files() {
             lines.push_str("not json\n");
         }
     }
-    let mut frames = batch_prediction::TfRecordWriter::new(Vec::new());
+    let mut frames = batch_prediction::record::TfRecordWriter::new(Vec::new());
     for i in 0..300u32 {
         frames.write(&i.to_le_bytes()).unwrap();
     }
@@ -504,7 +505,8 @@ fn onnx_models_load_from_a_bucket() {
             job.apply(Transition::Queue, &SystemClock).unwrap();
             let summary = BatchExecutor::new(Arc::clone(&storage), Arc::new(resolver.clone()))
                 .with_config(
-                    ExecutorConfig::default().with_resume(batch_prediction::ResumeMode::Fresh),
+                    ExecutorConfig::default()
+                        .with_resume(batch_prediction::executor::ResumeMode::Fresh),
                 )
                 .run(&mut job, &CancelHandle::new())
                 .unwrap();
@@ -555,7 +557,7 @@ fn parts_of_one_job_on_a_bucket_merge_into_what_one_run_writes() {
             .put_bytes(&format!("{input}/{i}.jsonl"), lines.as_bytes())
             .unwrap();
     }
-    let executor = |part: Option<batch_prediction::ShardSelection>| {
+    let executor = |part: Option<batch_prediction::executor::ShardSelection>| {
         let mut config = ExecutorConfig::default().with_shard_target_bytes(1);
         if let Some(part) = part {
             config = config.with_shard_selection(part);
@@ -578,7 +580,7 @@ fn parts_of_one_job_on_a_bucket_merge_into_what_one_run_writes() {
         for i in 0..3 {
             let (pattern, parted, executor) = (&pattern, &parted, &executor);
             scope.spawn(move || {
-                let part = batch_prediction::ShardSelection::new(i, 3).unwrap();
+                let part = batch_prediction::executor::ShardSelection::new(i, 3).unwrap();
                 let mut job = job(std::slice::from_ref(pattern), parted, "JSON");
                 let summary = executor(Some(part))
                     .run(&mut job, &CancelHandle::new())

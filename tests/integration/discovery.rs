@@ -204,10 +204,10 @@ fn iam_policy_and_list_response_match_their_schemas() {
     let doc = discovery();
     let full = sample(&doc, "policy", &json!({"$ref": "GoogleIamV1__Policy"}), 0);
     assert!(full["bindings"][0]["condition"]["expression"].is_string());
-    let policy = batch_prediction::Policy::from_value(full.clone()).unwrap();
+    let policy = batch_prediction::iam::Policy::from_value(full.clone()).unwrap();
     assert_eq!(policy.to_json(), full, "every Policy field round-trips");
 
-    let mut response = batch_prediction::ListJobsResponse::default();
+    let mut response = batch_prediction::service::ListJobsResponse::default();
     response.jobs.push(Job::default().set_job_id("j1"));
     response.next_page_token = Some("t".into());
     let written: BTreeSet<String> = response

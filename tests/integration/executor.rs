@@ -4,11 +4,13 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use batch_prediction::executor::ResumeMode;
+use batch_prediction::predict::{CancelHandle, FaultyPredictor};
 use batch_prediction::testing::{Fault, FaultyStorage};
 use batch_prediction::{
-    BatchExecutor, CancelHandle, DataFormat, EchoPredictor, EchoResolver, ExecutorConfig,
-    FaultyPredictor, InMemoryStorage, Instance, Job, ManualClock, ModelVersion, PredictError,
-    PredictionInput, Predictor, ResumeMode, RunSummary, State, Storage, Transition, predictor_fn,
+    BatchExecutor, DataFormat, EchoPredictor, EchoResolver, ExecutorConfig, InMemoryStorage,
+    Instance, Job, ManualClock, ModelVersion, PredictError, PredictionInput, Predictor, RunSummary,
+    State, Storage, Transition, predictor_fn,
 };
 use serde_json::{Value, json};
 
@@ -353,7 +355,7 @@ fn a_bad_data_checksum_is_found_in_every_place_of_a_group() {
         })
         .collect();
     let bad = [0usize, 5, 10, 15, 20, 21, 22];
-    let mut w = batch_prediction::TfRecordWriter::new(Vec::new());
+    let mut w = batch_prediction::record::TfRecordWriter::new(Vec::new());
     let mut offsets = Vec::new();
     let mut at = 0;
     for r in &records {
@@ -435,11 +437,11 @@ fn damaged_inputs_are_counted_and_reported_not_fatal() {
     assert_eq!(errors[0]["record"], 2);
     // The workers check data checksums (off the framing thread): the error
     // is exactly the one the reader itself gives for that record.
-    let from_reader = batch_prediction::InstanceReader::new(
+    let from_reader = batch_prediction::record::InstanceReader::new(
         DataFormat::TfRecord,
         "gs://b/in/a.tfrecord",
         storage.open("gs://b/in/a.tfrecord").unwrap(),
-        batch_prediction::ReadOptions::default(),
+        batch_prediction::record::ReadOptions::default(),
     )
     .unwrap()
     .find_map(Result::err)
@@ -517,7 +519,7 @@ fn batch_byte_limit_counts_record_bytes_only() {
             seen.lock().unwrap().push(batch.len());
             Ok(batch.into_iter().map(Instance::into_json).collect())
         }));
-    let mut frames = batch_prediction::TfRecordWriter::new(Vec::new());
+    let mut frames = batch_prediction::record::TfRecordWriter::new(Vec::new());
     for i in 0..200u32 {
         frames.write(&i.to_le_bytes()).unwrap();
     }
@@ -926,7 +928,7 @@ fn progress_is_reported_and_adds_up() {
     let seen = Arc::new(Mutex::new(Vec::new()));
     let observer = {
         let seen = Arc::clone(&seen);
-        move |p: &batch_prediction::Progress<'_>| {
+        move |p: &batch_prediction::executor::Progress<'_>| {
             seen.lock().unwrap().push((
                 p.records_read,
                 p.predictions,
@@ -961,8 +963,8 @@ struct StateLog {
     panic_on_running: bool,
 }
 
-impl batch_prediction::ProgressObserver for StateLog {
-    fn on_progress(&self, _: &batch_prediction::Progress<'_>) {}
+impl batch_prediction::executor::ProgressObserver for StateLog {
+    fn on_progress(&self, _: &batch_prediction::executor::Progress<'_>) {}
     fn on_state(&self, job: &Job) {
         self.states.lock().unwrap().push(job.state());
         assert!(
@@ -1192,7 +1194,7 @@ fn user_code_that_panics_anywhere_never_hangs_the_job() {
     );
 
     let mut job = queued_job(DataFormat::Json, &["gs://b/in/*"], 64, 2);
-    let observer = |_: &batch_prediction::Progress<'_>| panic!("observer bug");
+    let observer = |_: &batch_prediction::executor::Progress<'_>| panic!("observer bug");
     let summary = BatchExecutor::new(Arc::new(storage), Arc::new(EchoResolver))
         .with_config(ExecutorConfig::default().with_resume(ResumeMode::Fresh))
         .with_observer(Arc::new(observer))
@@ -1487,7 +1489,7 @@ fn run_and_merge_say_the_same_of_the_same_error_limit() {
     let ran = job.error_message.clone().unwrap();
     // The same job, run as the only part of one, then merged under the limit.
     let mut part = queued_job(DataFormat::Json, &["gs://b/in/*"], 1, 1);
-    let whole = batch_prediction::ShardSelection::new(0, 1).unwrap();
+    let whole = batch_prediction::executor::ShardSelection::new(0, 1).unwrap();
     let summary = run_with(
         Arc::new(storage.clone()),
         Arc::new(EchoPredictor),
@@ -1519,7 +1521,8 @@ impl Storage for CancelAtListing {
     fn list(
         &self,
         prefix: &str,
-    ) -> Result<Vec<batch_prediction::ObjectMeta>, batch_prediction::StorageError> {
+    ) -> Result<Vec<batch_prediction::storage::ObjectMeta>, batch_prediction::storage::StorageError>
+    {
         if self.lists.fetch_add(1, Ordering::SeqCst) + 1 == self.at {
             self.cancel.cancel();
         }
@@ -1528,22 +1531,26 @@ impl Storage for CancelAtListing {
     fn head(
         &self,
         location: &str,
-    ) -> Result<batch_prediction::ObjectMeta, batch_prediction::StorageError> {
+    ) -> Result<batch_prediction::storage::ObjectMeta, batch_prediction::storage::StorageError>
+    {
         self.inner.head(location)
     }
     fn open(
         &self,
         location: &str,
-    ) -> Result<Box<dyn std::io::Read + Send>, batch_prediction::StorageError> {
+    ) -> Result<Box<dyn std::io::Read + Send>, batch_prediction::storage::StorageError> {
         self.inner.open(location)
     }
     fn create(
         &self,
         location: &str,
-    ) -> Result<Box<dyn batch_prediction::ObjectWriter>, batch_prediction::StorageError> {
+    ) -> Result<
+        Box<dyn batch_prediction::storage::ObjectWriter>,
+        batch_prediction::storage::StorageError,
+    > {
         self.inner.create(location)
     }
-    fn delete(&self, location: &str) -> Result<(), batch_prediction::StorageError> {
+    fn delete(&self, location: &str) -> Result<(), batch_prediction::storage::StorageError> {
         self.inner.delete(location)
     }
 }
@@ -1625,14 +1632,14 @@ fn input_paths_are_bounded_in_count_and_length() {
     assert!(
         job(vec![
             "gs://b/in/*".to_owned();
-            batch_prediction::MAX_INPUT_PATHS
+            batch_prediction::validate::MAX_INPUT_PATHS
         ])
         .validate()
         .is_ok()
     );
     let err = job(vec![
         "gs://b/in/*".to_owned();
-        batch_prediction::MAX_INPUT_PATHS + 1
+        batch_prediction::validate::MAX_INPUT_PATHS + 1
     ])
     .validate()
     .unwrap_err();
@@ -1706,7 +1713,7 @@ impl Predictor for Lines {
         &self,
         lines: &[&[u8]],
         _: &batch_prediction::PredictContext<'_>,
-        out: &mut batch_prediction::JsonPredictions<'_>,
+        out: &mut batch_prediction::predict::JsonPredictions<'_>,
     ) -> bool {
         if self.fast == FastPath::None {
             return false;
@@ -1858,9 +1865,11 @@ fn a_batch_deadline_turns_instances_that_hang_into_errors() {
         .with_config(
             ExecutorConfig::default().with_batch_deadline(std::time::Duration::from_secs(1)),
         )
-        .with_observer(Arc::new(move |p: &batch_prediction::Progress<'_>| {
-            observed.fetch_max(p.deadline_hits, Ordering::Relaxed);
-        }))
+        .with_observer(Arc::new(
+            move |p: &batch_prediction::executor::Progress<'_>| {
+                observed.fetch_max(p.deadline_hits, Ordering::Relaxed);
+            },
+        ))
         .run(&mut job, &CancelHandle::new())
         .unwrap();
     drop(hold);

@@ -7,10 +7,12 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
+use batch_prediction::iam::Policy;
+use batch_prediction::service::{INTERRUPTED_CANCEL_MESSAGE, INTERRUPTED_MESSAGE, JobRecord};
 use batch_prediction::testing::job_store_conformance;
 use batch_prediction::{
-    Code, ErrorKind, INTERRUPTED_CANCEL_MESSAGE, INTERRUPTED_MESSAGE, InMemoryJobStore, Job,
-    JobName, JobRecord, JobService, JobStore, LocalJobStore, Policy, ProjectName, State,
+    Code, ErrorKind, InMemoryJobStore, Job, JobName, JobService, JobStore, LocalJobStore,
+    ProjectName, State,
 };
 use serde_json::json;
 
@@ -74,7 +76,10 @@ fn local_store_keeps_everything_across_reopening() {
         .create(&name.parent(), job("later"))
         .expect("sequence numbers continue");
     let page = service
-        .list(&name.parent(), &batch_prediction::ListJobsRequest::new())
+        .list(
+            &name.parent(),
+            &batch_prediction::service::ListJobsRequest::new(),
+        )
         .unwrap();
     let ids: Vec<&str> = page
         .jobs

@@ -9,9 +9,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use batch_prediction::predict::{CancelHandle, JsonPredictions};
 use batch_prediction::{
-    BatchExecutor, CancelHandle, Job, JsonPredictions, LocalStorage, PredictContext, PredictError,
-    Predictor, State, SystemClock, Transition,
+    BatchExecutor, Job, LocalStorage, PredictContext, PredictError, Predictor, State, SystemClock,
+    Transition,
 };
 use serde_json::{Value, json};
 
@@ -422,7 +423,8 @@ fn results_are_byte_identical_whatever_the_workers() {
 #[cfg(feature = "ort")]
 #[test]
 fn intra_op_threads_change_at_most_the_last_bits_of_tree_sums() {
-    use batch_prediction::{OrtOptions, OrtPredictor, Predictor};
+    use batch_prediction::onnx::OrtOptions;
+    use batch_prediction::{OrtPredictor, Predictor};
     let Some(library) = crate::onnx::ort_library() else {
         return;
     };

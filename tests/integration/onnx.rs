@@ -9,9 +9,10 @@
 use std::path::Path;
 use std::sync::Arc;
 
+use batch_prediction::predict::CancelHandle;
 use batch_prediction::{
-    BatchExecutor, CancelHandle, Instance, Job, LocalStorage, ModelResolver, PredictContext,
-    Predictor, State, SystemClock, Transition,
+    BatchExecutor, Instance, Job, LocalStorage, ModelResolver, PredictContext, Predictor, State,
+    SystemClock, Transition,
 };
 use serde_json::{Value, json};
 
@@ -78,8 +79,9 @@ pub fn ort_library() -> Option<&'static Path> {
 }
 
 #[cfg(feature = "ort")]
-fn ort_options() -> batch_prediction::OrtOptions {
-    batch_prediction::OrtOptions::new().with_library(ort_library().expect("backends() checked"))
+fn ort_options() -> batch_prediction::onnx::OrtOptions {
+    batch_prediction::onnx::OrtOptions::new()
+        .with_library(ort_library().expect("backends() checked"))
 }
 
 impl Backend {

@@ -6,9 +6,10 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use batch_prediction::predict::CancelHandle;
 use batch_prediction::{
-    BatchExecutor, CancelHandle, EchoResolver, ExecutorConfig, InMemoryStorage, Job, LocalStorage,
-    State, Storage, StorageExt, SystemClock, Transition,
+    BatchExecutor, EchoResolver, ExecutorConfig, InMemoryStorage, Job, LocalStorage, State,
+    Storage, StorageExt, SystemClock, Transition,
 };
 use proptest::prelude::*;
 use serde_json::json;

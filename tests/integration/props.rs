@@ -393,9 +393,10 @@ proptest! {
 mod byte_ranges {
     use std::sync::Arc;
 
+    use batch_prediction::predict::CancelHandle;
     use batch_prediction::{
-        BatchExecutor, CancelHandle, DataFormat, EchoResolver, ExecutorConfig, InMemoryStorage,
-        Job, ModelVersion, PredictionInput, State, SystemClock, Transition,
+        BatchExecutor, DataFormat, EchoResolver, ExecutorConfig, InMemoryStorage, Job,
+        ModelVersion, PredictionInput, State, SystemClock, Transition,
     };
     use proptest::prelude::*;
     use serde_json::Value;
@@ -467,10 +468,9 @@ mod byte_ranges {
 mod read_many {
     use std::io::Cursor;
 
+    use batch_prediction::DataFormat;
+    use batch_prediction::record::{Position, RawReader, RawRecord, ReadOptions, TfRecordWriter};
     use batch_prediction::testing::ShortReads;
-    use batch_prediction::{
-        DataFormat, Position, RawReader, RawRecord, ReadOptions, TfRecordWriter,
-    };
     use proptest::prelude::*;
 
     #[derive(Debug, PartialEq)]
@@ -486,7 +486,7 @@ mod read_many {
         RawReader::new(format, "f", Box::new(source), options).unwrap()
     }
 
-    fn error(e: batch_prediction::RecordError) -> Item {
+    fn error(e: batch_prediction::record::RecordError) -> Item {
         Item::Error(e.to_string(), e.position, e.is_fatal(), e.raw)
     }
 

@@ -4,10 +4,11 @@
 use std::io::Write;
 
 use base64::Engine as _;
-use batch_prediction::{
-    DataFormat, Instance, InstanceReader, ReadOptions, Record, RecordError, RecordErrorKind,
-    TfRecordWriter, masked_crc32c,
+use batch_prediction::record::{
+    InstanceReader, ReadOptions, Record, RecordError, RecordErrorKind, TfRecordWriter,
+    masked_crc32c,
 };
+use batch_prediction::{DataFormat, Instance};
 use flate2::Compression;
 use flate2::write::GzEncoder;
 use serde_json::{Value, json};
@@ -171,7 +172,7 @@ fn a_bad_data_checksum_is_found_in_every_place_of_a_group() {
     for bad in 0..records.len() {
         let mut file = clean.clone();
         file[offsets[bad] + 12 + records[bad].len() - 1] ^= 0x01;
-        let mut reader = batch_prediction::RawReader::new(
+        let mut reader = batch_prediction::record::RawReader::new(
             DataFormat::TfRecord,
             "input",
             Box::new(std::io::Cursor::new(file)),
@@ -235,7 +236,7 @@ fn huge_length_without_a_limit_is_a_truncated_frame() {
         file.extend_from_slice(&masked_crc32c(&len.to_le_bytes()).to_le_bytes());
         file.extend_from_slice(b"some data");
         let options = ReadOptions::default().with_max_record_bytes(usize::MAX);
-        let mut reader = batch_prediction::RawReader::new(
+        let mut reader = batch_prediction::record::RawReader::new(
             DataFormat::TfRecord,
             "f",
             Box::new(std::io::Cursor::new(file.clone())),
@@ -558,7 +559,7 @@ fn csv_is_not_an_input_format() {
 
 #[test]
 fn tfrecord_writer_writes_what_tensorflow_writes() {
-    let mut w = batch_prediction::TfRecordWriter::new(Vec::new());
+    let mut w = batch_prediction::record::TfRecordWriter::new(Vec::new());
     for record in tensorflow_records() {
         w.write(&record).unwrap();
     }
@@ -573,10 +574,11 @@ fn tfrecord_writer_writes_what_tensorflow_writes() {
 /// instances; an uncommitted writer leaves nothing.
 #[test]
 fn results_written_through_storage_read_back() {
-    use batch_prediction::{
-        ERRORS_STATS_FILE_PREFIX, ErrorStats, InMemoryStorage, JsonLinesWriter,
-        RESULTS_FILE_PREFIX, Storage, StorageExt, join_location, shard_file_name,
+    use batch_prediction::record::{
+        ERRORS_STATS_FILE_PREFIX, ErrorStats, JsonLinesWriter, RESULTS_FILE_PREFIX, shard_file_name,
     };
+    use batch_prediction::storage::join_location;
+    use batch_prediction::{InMemoryStorage, Storage, StorageExt};
     let storage = InMemoryStorage::new();
     let results = join_location("gs://b/out", &shard_file_name(RESULTS_FILE_PREFIX, 0, 2));
     assert_eq!(results, "gs://b/out/prediction.results-00000-of-00002");

@@ -7,10 +7,11 @@
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use batch_prediction::predict::CancelHandle;
+use batch_prediction::remote::Protocol;
 use batch_prediction::{
-    BatchExecutor, CancelHandle, DataFormat, ExecutorConfig, InMemoryStorage, Job, ModelResolver,
-    ModelVersion, PredictionInput, Protocol, RemoteResolver, RetryPolicy, RunSummary, State,
-    SystemClock, Transition,
+    BatchExecutor, DataFormat, ExecutorConfig, InMemoryStorage, Job, ModelResolver, ModelVersion,
+    PredictionInput, RemoteResolver, RetryPolicy, RunSummary, State, SystemClock, Transition,
 };
 use serde_json::Value;
 
@@ -584,11 +585,13 @@ fn a_server_killed_mid_job_fails_the_rest_saying_why() {
         Arc::new(RemoteResolver::new(&url, Protocol::TfServing)),
     )
     .with_config(quick(2))
-    .with_observer(Arc::new(move |p: &batch_prediction::Progress<'_>| {
-        if p.predictions >= 1000 {
-            drop(kill.lock().unwrap().take());
-        }
-    }))
+    .with_observer(Arc::new(
+        move |p: &batch_prediction::executor::Progress<'_>| {
+            if p.predictions >= 1000 {
+                drop(kill.lock().unwrap().take());
+            }
+        },
+    ))
     .run(&mut job, &CancelHandle::new())
     .unwrap();
     assert!(alive.lock().unwrap().is_none(), "the server was killed");

@@ -3,9 +3,9 @@
 
 use std::sync::Arc;
 
-use batch_prediction::{
-    Caller, InMemoryJobStore, JobService, Policy, RestApi, RestRequest, RestResponse,
-};
+use batch_prediction::iam::{Caller, Policy};
+use batch_prediction::rest::{RestRequest, RestResponse};
+use batch_prediction::{InMemoryJobStore, JobService, RestApi};
 use serde_json::{Value, json};
 
 fn api() -> RestApi {

@@ -8,9 +8,11 @@ use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
 
+use batch_prediction::executor::ShardSelection;
+use batch_prediction::predict::CancelHandle;
 use batch_prediction::{
-    BatchExecutor, CancelHandle, EchoResolver, ExecutorConfig, Job, LocalStorage, RunSummary,
-    ShardSelection, State, SystemClock, Transition,
+    BatchExecutor, EchoResolver, ExecutorConfig, Job, LocalStorage, RunSummary, State, SystemClock,
+    Transition,
 };
 use serde_json::json;
 
@@ -234,7 +236,7 @@ fn csv_output_and_fresh_starts_are_not_spread_over_processes() {
     let mut fresh = job(root, "fresh");
     let config = ExecutorConfig::default()
         .with_shard_selection(part)
-        .with_resume(batch_prediction::ResumeMode::Fresh);
+        .with_resume(batch_prediction::executor::ResumeMode::Fresh);
     BatchExecutor::new(Arc::new(LocalStorage::new()), Arc::new(EchoResolver))
         .with_config(config)
         .run(&mut fresh, &CancelHandle::new())

@@ -5,11 +5,12 @@ use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use batch_prediction::iam::{Binding, Caller, JOB_PERMISSIONS, Policy};
+use batch_prediction::service::{JobRecord, ListJobsRequest, ScanOrder};
 use batch_prediction::{
-    BatchExecutor, Binding, Caller, Code, EchoResolver, Error, ErrorKind, InMemoryJobStore,
-    InMemoryStorage, JOB_PERMISSIONS, Job, JobName, JobRecord, JobService, JobStore,
-    ListJobsRequest, ManualClock, ModelVersion, Policy, PredictError, Predictor, ProjectName,
-    ScanOrder, State, StorageExt, predictor_fn,
+    BatchExecutor, Code, EchoResolver, Error, ErrorKind, InMemoryJobStore, InMemoryStorage, Job,
+    JobName, JobService, JobStore, ManualClock, ModelVersion, PredictError, Predictor, ProjectName,
+    State, StorageExt, predictor_fn,
 };
 use serde_json::{Value, json};
 
@@ -125,7 +126,7 @@ fn get_of_a_missing_job_is_not_found() {
     );
 }
 
-fn ids(response: &batch_prediction::ListJobsResponse) -> Vec<String> {
+fn ids(response: &batch_prediction::service::ListJobsResponse) -> Vec<String> {
     response
         .jobs
         .iter()
@@ -1143,7 +1144,7 @@ fn a_list_page_of_large_jobs_is_bounded_in_bytes() {
             .max()
             .unwrap();
         assert!(
-            bytes < batch_prediction::MAX_PAGE_BYTES + largest,
+            bytes < batch_prediction::service::MAX_PAGE_BYTES + largest,
             "page {pages}: {bytes} bytes"
         );
         seen.extend(page.jobs.iter().map(|j| j.job_id.clone().unwrap()));

@@ -3,10 +3,9 @@
 
 use std::sync::Arc;
 
+use batch_prediction::storage::{DynStorage, StorageErrorKind};
 use batch_prediction::testing::storage_conformance;
-use batch_prediction::{
-    DynStorage, InMemoryStorage, LocalStorage, Storage, StorageErrorKind, StorageExt,
-};
+use batch_prediction::{InMemoryStorage, LocalStorage, Storage, StorageExt};
 
 #[test]
 fn in_memory_conforms() {
@@ -243,7 +242,10 @@ fn an_expansion_gives_up_when_its_caller_stops() {
         storage.expand(&patterns).unwrap().len()
     );
     let err = storage.expand_until(&patterns, &|| true).unwrap_err();
-    assert_eq!(err.kind(), batch_prediction::StorageErrorKind::Cancelled);
+    assert_eq!(
+        err.kind(),
+        batch_prediction::storage::StorageErrorKind::Cancelled
+    );
     assert_eq!(err.code(), batch_prediction::Code::Cancelled);
     assert_eq!(err.to_string(), "gave up listing \"gs://b/in/*\"");
     // Asked before each pattern: a stop after the first gives up at the second.

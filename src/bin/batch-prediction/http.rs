@@ -27,7 +27,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use batch_prediction::{Code, RestRequest, RestResponse, Status};
+use batch_prediction::rest::{RestRequest, RestResponse};
+use batch_prediction::{Code, Status};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Either, Full};
 use hyper::body::Incoming;

@@ -4,9 +4,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use batch_prediction::executor::{Progress, ResumeMode, ShardSelection};
+use batch_prediction::predict::CancelHandle;
 use batch_prediction::{
-    BatchExecutor, CancelHandle, EchoResolver, ExecutorConfig, Job, LocalStorage, ModelResolver,
-    Progress, ResumeMode, ShardSelection, State, Storage, SystemClock, Transition,
+    BatchExecutor, EchoResolver, ExecutorConfig, Job, LocalStorage, ModelResolver, State, Storage,
+    SystemClock, Transition,
 };
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -183,7 +185,7 @@ fn resolver(
             batch_prediction::OrtResolver::new(local)
                 .with_buckets(Arc::clone(storage))
                 .with_options(
-                    batch_prediction::OrtOptions::new()
+                    batch_prediction::onnx::OrtOptions::new()
                         .with_intra_threads(options.intra_threads as usize),
                 ),
         )),

@@ -23,9 +23,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use batch_prediction::iam::{Caller, Policy};
+use batch_prediction::rest::RestRequest;
 use batch_prediction::{
-    BatchExecutor, Caller, EchoResolver, JobService, LocalJobStore, LocalStorage, ModelResolver,
-    Policy, ProjectName, RestApi, RestRequest, Storage,
+    BatchExecutor, EchoResolver, JobService, LocalJobStore, LocalStorage, ModelResolver,
+    ProjectName, RestApi, Storage,
 };
 use clap::Args;
 
@@ -63,7 +65,7 @@ pub struct ServeArgs {
     #[arg(long = "admin", value_name = "MEMBER", value_parser = admin)]
     admins: Vec<String>,
     /// The largest request body; larger ones get 413.
-    #[arg(long, value_name = "N", default_value_t = batch_prediction::DEFAULT_MAX_BODY_BYTES)]
+    #[arg(long, value_name = "N", default_value_t = batch_prediction::rest::DEFAULT_MAX_BODY_BYTES)]
     max_body_bytes: usize,
     /// Connections served at once; more get 503.
     #[arg(long, value_name = "N", default_value_t = 256,

@@ -44,7 +44,7 @@ pub const JOB_PERMISSIONS: &[&str] = &[
 ///
 /// # Example
 /// ```
-/// use batch_prediction::role_permissions;
+/// use batch_prediction::iam::role_permissions;
 ///
 /// assert_eq!(role_permissions("roles/ml.viewer"), ["ml.jobs.get", "ml.jobs.list"]);
 /// assert!(role_permissions("roles/ml.operationOwner").is_empty());
@@ -80,7 +80,7 @@ pub fn role_permissions(role: &str) -> &'static [&'static str] {
 ///
 /// # Example
 /// ```
-/// use batch_prediction::Caller;
+/// use batch_prediction::iam::Caller;
 ///
 /// let alice = Caller::new("user:alice@example.com")?.with_group("group:ml-team@example.com")?;
 /// assert_eq!(alice.identity(), Some("user:alice@example.com"));
@@ -281,7 +281,7 @@ impl Binding {
 ///
 /// # Example
 /// ```
-/// use batch_prediction::{Binding, Policy};
+/// use batch_prediction::iam::{Binding, Policy};
 ///
 /// let policy = Policy::from_json(r#"{"bindings": [{"role": "roles/ml.viewer", "members": ["user:bob@example.com"]}]}"#)?;
 /// assert_eq!(policy.bindings, [Binding::new("roles/ml.viewer", ["user:bob@example.com"])]);
