@@ -33,6 +33,7 @@
 //! | `ort` | `OrtPredictor` and `OrtResolver`: ONNX models run by onnxruntime (every operator, the whole `ai.onnx.ml` domain: scikit-learn, XGBoost, LightGBM, Keras models), loaded at run time from `ORT_DYLIB_PATH`; needs Rust 1.92 |
 //! | `rest` | `RestApi`: the `projects.jobs` REST API over a [`JobService`] |
 //! | `testing` | the conformance suites for [`Storage`] and [`JobStore`], fault injection |
+//! | `tracing` | spans and events through `tracing` (a job, its shards, batch retries and failures, commits, the job store's writes), with fields a log pipeline can index; nothing is printed by the library |
 //!
 //! None is on by default. Without `cloud` the crate does not talk to Google
 //! or AWS: it is for services and tests that run or emulate batch
@@ -133,6 +134,7 @@ pub mod status;
 pub mod storage;
 #[cfg(feature = "testing")]
 pub mod testing;
+mod trace;
 mod transcode;
 pub mod validate;
 

@@ -44,7 +44,8 @@ pub(crate) use span;
 /// Where events go: the subscriber that was current where the context was
 /// made, and a span. Worker threads enter it, so their events reach the
 /// caller's subscriber (even a scoped one) inside the job's span.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
+#[cfg_attr(not(feature = "tracing"), derive(Default))]
 pub(crate) struct Context {
     #[cfg(feature = "tracing")]
     dispatch: tracing::Dispatch,

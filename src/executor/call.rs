@@ -13,6 +13,7 @@ use serde_json::Value;
 use super::panic_message;
 use crate::predict::{CancelHandle, PredictContext, Predictor};
 use crate::record::Instance;
+use crate::trace;
 
 /// Why an instance failed: the message for `errors_stats` (without
 /// details) and the full one for the error file; and whether the failure
@@ -161,6 +162,11 @@ impl Caller {
         let deadline = Instant::now() + limit;
         let late = || {
             tally.deadline_hits.set(tally.deadline_hits.get() + 1);
+            trace::event!(
+                warn,
+                deadline_ms = u64::try_from(limit.as_millis()).unwrap_or(u64::MAX),
+                "predictor call past its deadline"
+            );
             Err(Failure {
                 too_large: true,
                 ..Failure::same(format!(

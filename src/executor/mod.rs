@@ -83,6 +83,7 @@ use crate::model::{DataFormat, Job, PredictionOutput, State};
 use crate::predict::{CancelHandle, ModelResolver, Predictor};
 use crate::state::Transition;
 use crate::storage::{Storage, StorageError};
+use crate::trace;
 
 use self::plan::settings;
 use self::run::{Pool, Run};
@@ -267,6 +268,17 @@ impl BatchExecutor {
     /// Only [`InvalidTransition`] when the job is neither `QUEUED` nor
     /// `PREPARING`; every other failure is the job's, recorded in it.
     pub fn run(&self, job: &mut Job, cancel: &CancelHandle) -> Result<RunSummary, Error> {
+        let context = trace::span!(
+            INFO,
+            "job",
+            job = job.job_id.as_deref().unwrap_or_default(),
+            shard_selection = self.config.shard_selection.map(|s| s.to_string()),
+        );
+        context.scope(|| self.run_here(job, cancel))
+    }
+
+    /// [`run`](Self::run), inside the job's span.
+    fn run_here(&self, job: &mut Job, cancel: &CancelHandle) -> Result<RunSummary, Error> {
         let started = Instant::now();
         let queued = match job.state() {
             State::Queued => {
@@ -341,6 +353,15 @@ impl BatchExecutor {
         let resumed = self
             .prepare_output(plan, &settings)
             .map_err(Stop::Invalid)?;
+        trace::event!(
+            info,
+            files = plan.inputs.len(),
+            bytes = plan.total_bytes,
+            shards = plan.shards.len(),
+            resumed = resumed.len(),
+            workers = plan.workers,
+            "job running"
+        );
         let signature = job
             .prediction_input
             .as_ref()
@@ -427,6 +448,18 @@ impl BatchExecutor {
             Some(failure) => job.apply(Transition::Fail(failure.to_string()), clock),
         };
         debug_assert!(moved.is_ok(), "{moved:?}");
+        trace::event!(
+            info,
+            state = %job.state(),
+            predictions = totals.committed_predictions,
+            errors = totals.committed_errors,
+            records = totals.records_read,
+            retries = totals.retries,
+            deadline_hits = totals.deadline_hits,
+            elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+            error_message = job.error_message.as_deref(),
+            "job ended"
+        );
         RunSummary {
             state: job.state(),
             prediction_count: totals.committed_predictions,

@@ -16,6 +16,7 @@ use super::work::BatchOutput;
 use super::write::Writer;
 use super::{BatchExecutor, Plan, Stop, panic_message};
 use crate::predict::{CancelHandle, Predictor};
+use crate::trace;
 
 /// How long a blocked thread waits before it checks for a stop.
 pub(super) const POLL: Duration = Duration::from_millis(20);
@@ -96,6 +97,25 @@ impl Run<'_> {
             .clone()
     }
 
+    /// The reading thread's work; a panic fails the run.
+    fn read_guarded(
+        &self,
+        to_run: &[usize],
+        work_tx: std::sync::mpsc::SyncSender<RawBatch>,
+        done: std::sync::mpsc::SyncSender<(u64, Event)>,
+        tokens: std::sync::mpsc::Receiver<()>,
+    ) {
+        let read = catch_unwind(AssertUnwindSafe(|| {
+            self.read(to_run, work_tx, done, tokens)
+        }));
+        if let Err(payload) = read {
+            self.fail(format!(
+                "reading the input failed: {}",
+                panic_message(&*payload)
+            ));
+        }
+    }
+
     pub(super) fn execute(
         &self,
         resumed: BTreeMap<usize, ShardSummary>,
@@ -114,6 +134,8 @@ impl Run<'_> {
         let to_run: Vec<usize> = (0..self.plan.shards.len())
             .filter(|i| !resumed.contains_key(i) && self.executor.config.selects(*i))
             .collect();
+        // The threads report in the job's span, to the caller's subscriber.
+        let context = trace::Context::current();
         std::thread::scope(|scope| {
             let reader_done = done_tx.clone();
             // No thread may unwind out of the scope: a panic (in a storage
@@ -123,15 +145,10 @@ impl Run<'_> {
             // channels closed and leave.
             let spawned = std::thread::Builder::new()
                 .name("bp-reader".into())
-                .spawn_scoped(scope, move || {
-                    let read = catch_unwind(AssertUnwindSafe(|| {
-                        self.read(&to_run, work_tx, reader_done, token_rx)
-                    }));
-                    if let Err(payload) = read {
-                        self.fail(format!(
-                            "reading the input failed: {}",
-                            panic_message(&*payload)
-                        ));
+                .spawn_scoped(scope, {
+                    let context = context.clone();
+                    move || {
+                        context.scope(|| self.read_guarded(&to_run, work_tx, reader_done, token_rx))
                     }
                 });
             if let Err(e) = spawned {
@@ -142,11 +159,20 @@ impl Run<'_> {
                 let work = Arc::clone(&work_rx);
                 let spawned = std::thread::Builder::new()
                     .name(format!("bp-worker-{worker}"))
-                    .spawn_scoped(scope, move || {
-                        let worked =
-                            catch_unwind(AssertUnwindSafe(|| self.work(worker, &work, done)));
-                        if let Err(payload) = worked {
-                            self.fail(format!("a worker failed: {}", panic_message(&*payload)));
+                    .spawn_scoped(scope, {
+                        let context = context.clone();
+                        move || {
+                            context.scope(|| {
+                                let worked = catch_unwind(AssertUnwindSafe(|| {
+                                    self.work(worker, &work, done)
+                                }));
+                                if let Err(payload) = worked {
+                                    self.fail(format!(
+                                        "a worker failed: {}",
+                                        panic_message(&*payload)
+                                    ));
+                                }
+                            })
                         }
                     });
                 if let Err(e) = spawned {

@@ -16,6 +16,7 @@ use crate::state::Transition;
 use crate::storage::{
     ObjectMeta, Storage, StorageError, StorageErrorKind, StorageExt, join_location,
 };
+use crate::trace;
 
 impl BatchExecutor {
     /// Reads the summaries an earlier run left, decides which shards are
@@ -140,6 +141,16 @@ impl BatchExecutor {
     /// # Errors
     /// Only [`InvalidTransition`] when the job is not `QUEUED`.
     pub fn merge(&self, job: &mut Job) -> Result<RunSummary, Error> {
+        let context = trace::span!(
+            INFO,
+            "merge",
+            job = job.job_id.as_deref().unwrap_or_default()
+        );
+        context.scope(|| self.merge_here(job))
+    }
+
+    /// [`merge`](Self::merge), inside its span.
+    fn merge_here(&self, job: &mut Job) -> Result<RunSummary, Error> {
         let started = Instant::now();
         if job.state() != State::Queued {
             return Err(InvalidTransition {

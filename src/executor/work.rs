@@ -19,6 +19,7 @@ use crate::record::{
     masked_crc32c_4,
 };
 use crate::retry::RetryPolicy;
+use crate::trace;
 
 /// What a worker made of a batch.
 #[derive(Default)]
@@ -518,6 +519,14 @@ pub(super) fn isolate(
                         .backoff(tries)
                         .max(asked.unwrap_or_default())
                         .min(iso.retries.max_backoff);
+                    trace::event!(
+                        warn,
+                        attempt = tries,
+                        wait_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
+                        instances = len,
+                        error = %failure.full,
+                        "predictor call failed; retrying"
+                    );
                     if !sleep(wait, iso.stopping) {
                         return;
                     }
@@ -533,9 +542,16 @@ pub(super) fn isolate(
         }
     };
     if len == 1 {
+        trace::event!(debug, error = %failure.full, "instance failed");
         out.push(Err(failure));
         return;
     }
+    trace::event!(
+        warn,
+        instances = len,
+        error = %failure.full,
+        "batch failed; splitting it"
+    );
     let mid = span.start + len / 2;
     for half in [span.start..mid, mid..span.end] {
         let batch = iso.records.decode(half.clone());

@@ -20,6 +20,7 @@ use crate::record::{
     csv_header_bytes, decode,
 };
 use crate::storage::{ObjectWriter, Storage, StorageError, StorageExt, join_location};
+use crate::trace;
 
 /// An open shard's files.
 pub(super) struct OpenShard {
@@ -315,8 +316,17 @@ impl<'r, 'a> Writer<'r, 'a> {
             for location in committed {
                 let _ = storage.delete(location);
             }
+            trace::event!(warn, shard = index, error = %e, "shard output not committed");
             return Err(Stop::Failed(format!("cannot write output: {e}")));
         }
+        trace::event!(
+            info,
+            shard = index,
+            predictions = summary.predictions,
+            errors = summary.errors,
+            records = summary.records,
+            "shard committed"
+        );
         self.totals.committed_predictions += summary.predictions;
         self.totals.committed_errors += summary.errors;
         self.totals.committed_stats.merge(&summary.stats);

@@ -26,6 +26,7 @@ use crate::predict::CancelHandle;
 use crate::state::Transition;
 
 use crate::iam::{self, Caller, JOB_PERMISSIONS, Policy};
+use crate::trace;
 pub use caller::CallerView;
 pub use local::LocalJobStore;
 pub use store::{InMemoryJobStore, JobRecord, JobStore, ScanOrder};
@@ -463,6 +464,8 @@ impl JobService {
         job.etag = None;
         job.apply(Transition::Queue, &*self.clock)?;
         let record = self.store.insert(JobRecord::new(name, job))?;
+        trace::event!(debug, job = %record.name, op = "insert", revision = record.revision, "job store write");
+        trace::event!(info, job = %record.name, state = %record.job.state(), "job created");
         *lock(&self.created.0) += 1;
         self.created.1.notify_all();
         Ok(present(&record))
@@ -860,8 +863,16 @@ fn modify(
         if policy_changed {
             next.policy_revision = current.revision + 1;
         }
+        let (from, to) = (current.job.state(), next.job.state());
         match store.update(next) {
             Err(e) if matches!(e.kind(), ErrorKind::Conflict { .. }) => continue,
+            Ok(written) => {
+                trace::event!(debug, job = %name, op = "update", revision = written.revision, "job store write");
+                if from != to {
+                    trace::event!(info, job = %name, from = %from, state = %to, "job state changed");
+                }
+                return Ok(written);
+            }
             other => return other,
         }
     }

@@ -11,6 +11,7 @@ fn cli(args: &[&str]) -> Output {
         .env_remove("CLOUDSDK_CORE_PROJECT")
         .env_remove("BATCH_PREDICTION_ENDPOINT")
         .env_remove("CLOUDSDK_AUTH_ACCESS_TOKEN")
+        .env_remove("RUST_LOG")
         .output()
         .unwrap()
 }
@@ -32,6 +33,49 @@ fn sample_job(dir: &std::path::Path) -> std::path::PathBuf {
     let path = dir.join("job.json");
     std::fs::write(&path, job.to_string()).unwrap();
     path
+}
+
+#[test]
+fn verbose_logs_the_jobs_events_on_stderr_and_a_bad_rust_log_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let job = sample_job(dir.path());
+    let job = job.to_str().unwrap();
+    let quiet = cli(&["run", job, "--predictor", "echo"]);
+    assert_eq!(quiet.status.code(), Some(0), "{}", text(&quiet.stderr));
+    assert!(
+        !text(&quiet.stderr).contains("batch_prediction"),
+        "{}",
+        text(&quiet.stderr)
+    );
+    let loud = cli(&["-v", "run", job, "--predictor", "echo", "--fresh"]);
+    assert_eq!(loud.status.code(), Some(0), "{}", text(&loud.stderr));
+    let log = text(&loud.stderr);
+    for event in [
+        "job running",
+        "shard committed",
+        "job ended state=SUCCEEDED",
+    ] {
+        assert!(
+            log.contains(event) && log.contains("job{job="),
+            "{event}: {log}"
+        );
+    }
+    assert!(!log.contains("DEBUG"), "-v is info: {log}");
+    // The finished job's JSON alone on stdout, still.
+    let finished: Value = serde_json::from_slice(&loud.stdout).unwrap();
+    assert_eq!(finished["state"], "SUCCEEDED");
+
+    let bad = Command::new(env!("CARGO_BIN_EXE_batch-prediction"))
+        .args(["run", job, "--predictor", "echo"])
+        .env("RUST_LOG", "batch_prediction=[")
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(2), "{}", text(&bad.stderr));
+    assert!(
+        text(&bad.stderr).contains("RUST_LOG="),
+        "{}",
+        text(&bad.stderr)
+    );
 }
 
 #[test]

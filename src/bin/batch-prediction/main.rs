@@ -33,6 +33,11 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Log what the crate does on stderr: `-v` jobs, shards, retries and
+    /// failures; `-vv` also each store write and failed instance; `-vvv`
+    /// everything. `RUST_LOG` (e.g. `batch_prediction=debug`) overrides.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
 }
 
 #[derive(Debug, Subcommand)]
@@ -239,6 +244,10 @@ enum Exit {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Err(message) = log_to_stderr(cli.verbose) {
+        eprintln!("batch-prediction: {message}");
+        return ExitCode::from(2);
+    }
     let exit = match cli.command {
         Command::Run(args) => local::run(&args),
         Command::Validate { job } => local::validate(&job),
@@ -264,6 +273,29 @@ fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+/// Turns the library's `tracing` events into lines on stderr, as `-v` or
+/// `RUST_LOG` asks; nothing without either.
+fn log_to_stderr(verbose: u8) -> Result<(), String> {
+    use tracing_subscriber::EnvFilter;
+    let filter = match std::env::var("RUST_LOG") {
+        Ok(directives) if !directives.trim().is_empty() => {
+            EnvFilter::try_new(&directives).map_err(|e| format!("RUST_LOG={directives:?}: {e}"))?
+        }
+        _ => EnvFilter::new(match verbose {
+            0 => return Ok(()),
+            1 => "batch_prediction=info",
+            2 => "batch_prediction=debug",
+            _ => "batch_prediction=trace",
+        }),
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    Ok(())
 }
 
 fn submit_prediction(submit: &SubmitPrediction) -> Exit {
