@@ -311,7 +311,8 @@ fn submit_describe_list_and_cancel_on_the_emulator() {
     let listed = with(&["list", "--filter", "labels.team=ml", "--format", "json"]);
     let listed: Value = serde_json::from_slice(&listed.stdout).unwrap();
     assert_eq!(listed["jobs"].as_array().unwrap().len(), 1);
-    let none = with(&["list", "--filter", "labels.team=ops", "--format", "json"]);
+    // `--json` is `--format json`, for scripts.
+    let none = with(&["list", "--filter", "labels.team=ops", "--json"]);
     assert_eq!(
         serde_json::from_slice::<Value>(&none.stdout).unwrap(),
         json!({"jobs": []})

@@ -24,8 +24,12 @@ pub struct ServiceArgs {
     #[arg(long, env = "CLOUDSDK_AUTH_ACCESS_TOKEN", hide_env_values = true)]
     pub access_token: Option<String>,
     /// `table` (the default) for people, `json` for the API's JSON.
-    #[arg(long, value_enum, default_value_t = Format::Table)]
+    #[arg(long, value_enum, default_value_t = Format::Table,
+          default_value_if("json", "true", "json"))]
     pub format: Format,
+    /// For scripts: `--format json`.
+    #[arg(long, conflicts_with = "format")]
+    pub json: bool,
 }
 
 /// A client of one service and project.

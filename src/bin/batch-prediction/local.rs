@@ -119,6 +119,9 @@ pub struct RunArgs {
     /// `json` (the default) prints the finished job as the API's JSON; `table` a summary.
     #[arg(long, value_enum, default_value_t = Format::Json)]
     format: Format,
+    /// `--format json` (the default here), as the other commands take it.
+    #[arg(long, conflicts_with = "format")]
+    json: bool,
     /// With `--predictor remote`: the model server's base URL (`--model-endpoint`).
     #[arg(long, value_name = "URL", conflicts_with = "model_endpoint")]
     endpoint: Option<String>,
