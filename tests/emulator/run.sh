@@ -2,21 +2,27 @@
 # Starts the emulator (`batch-prediction serve`) and drives it with Google's own Python client
 # (google-api-python-client), installed into a virtual environment this
 # script makes (target/emulator-venv). If Python or the install is not
-# available, it says SKIP and exits 0; once installed, any failure fails.
+# available, it says SKIP and exits 0 (under CI=true it fails instead);
+# once installed, any failure fails.
 #
 #   bash tests/emulator/run.sh
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
+skip() {
+  if [ "${CI:-}" = true ]; then echo "FAIL (under CI a skip is a failure): $1"; exit 1; fi
+  echo "SKIP: $1"; exit 0
+}
+
 venv=target/emulator-venv
 if [ ! -x "$venv/bin/python" ]; then
   if ! python3 -m venv "$venv" >/dev/null 2>&1; then
-    echo "SKIP: python3 -m venv is not available"; exit 0
+    skip "python3 -m venv is not available"
   fi
 fi
 if ! "$venv/bin/python" -c "import googleapiclient, google.auth" 2>/dev/null; then
   if ! "$venv/bin/pip" install --quiet "google-api-python-client>=2.100,<3" "google-auth>=2,<3"; then
-    echo "SKIP: could not install google-api-python-client"; exit 0
+    skip "could not install google-api-python-client"
   fi
 fi
 
