@@ -16,6 +16,11 @@ Modes:
              holds); everything else passes;
   max-body:N a POST whose body is longer than N bytes is answered 413;
              everything else passes;
+  fail-parts:N  the first N part uploads in the middle of an upload (S3
+             `PUT ?partNumber=`, a Cloud Storage resumable chunk: `PUT`
+             with `upload_id=` and a body) are read whole and answered
+             503, then all pass;
+  drop-parts:N  the same, but the connection closes unanswered;
   hang-list  every listing (S3 `?list-type=`, Cloud Storage `GET
              /storage/v1/b/BUCKET/o`) hangs for 60 s, then the connection
              closes unanswered; everything else passes.
@@ -93,6 +98,23 @@ def make_handler(upstream, mode):
                 self.end_headers()
                 self.wfile.write(message)
                 return
+            part = self.command == "PUT" and body and (
+                "partNumber=" in self.path or "upload_id=" in self.path
+            )
+            for kind in ("fail-parts:", "drop-parts:"):
+                if mode.startswith(kind) and part:
+                    with lock:
+                        fail = stats["failed"] < int(mode[len(kind):])
+                        if fail:
+                            stats["failed"] += 1
+                    if fail and kind == "drop-parts:":
+                        self.close_connection = True
+                        return
+                    if fail:
+                        self.send_response(503)
+                        self.send_header("Content-Length", "0")
+                        self.end_headers()
+                        return
             if mode.startswith("fail-post:") and self.command == "POST":
                 with lock:
                     fail = stats["failed"] < int(mode[10:])

@@ -415,6 +415,37 @@ fn a_connection_dropped_mid_object_resumes_from_the_byte_it_reached() {
 }
 
 #[test]
+fn parts_refused_or_dropped_mid_upload_are_sent_again() {
+    let Some(servers) = servers() else { return };
+    let data = pattern(20 << 20); // three parts of 8 MiB
+    for (scheme, upstream) in [("gs", &servers.gcs), ("s3", &servers.s3)] {
+        for mode in ["fail-parts:2", "drop-parts:1"] {
+            let location = format!("{}/resent.bin", fresh(scheme, servers, "resent"));
+            let proxy = Proxy::start(upstream, mode);
+            let through = backend_at(scheme, &proxy.url);
+            let mut writer = through.create(&location).unwrap();
+            for chunk in data.chunks(1 << 20) {
+                writer.write_all(chunk).unwrap();
+            }
+            let meta = writer
+                .commit()
+                .unwrap_or_else(|e| panic!("{location} ({mode}): {e}"));
+            assert_eq!(meta.size, data.len() as u64, "{location} ({mode})");
+            // The faults happened, and the object is whole.
+            let failed = mode.rsplit(':').next().unwrap().parse::<u64>().unwrap();
+            assert_eq!(
+                proxy.stats()["failed"],
+                failed,
+                "{location} ({mode}): {}",
+                proxy.stats()
+            );
+            let read = backend_at(scheme, upstream).read_bytes(&location).unwrap();
+            assert!(read == data, "{location} ({mode}): {} bytes", read.len());
+        }
+    }
+}
+
+#[test]
 fn a_503_storm_is_retried_and_an_endless_one_fails_the_job_saying_why() {
     let Some(servers) = servers() else { return };
     for (scheme, upstream) in [("gs", &servers.gcs), ("s3", &servers.s3)] {

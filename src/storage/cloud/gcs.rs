@@ -14,7 +14,9 @@ use gcloud_storage::http::objects::download::Range;
 use gcloud_storage::http::objects::get::GetObjectRequest;
 use gcloud_storage::http::objects::list::ListObjectsRequest;
 use gcloud_storage::http::objects::upload::{Media, UploadObjectRequest, UploadType};
-use gcloud_storage::http::resumable_upload_client::ChunkSize;
+use gcloud_storage::http::resumable_upload_client::{
+    ChunkSize, ResumableUploadClient, UploadStatus,
+};
 
 use super::{
     ChunkReader, Feeder, Part, Parts, RetryPolicy, Runtime, Upload, UploadTarget, next_part, pump,
@@ -40,6 +42,11 @@ pub struct GcsStorage {
     runtime: Arc<Runtime>,
     retry: RetryPolicy,
     endpoint: String,
+    /// After a chunk fails, ask the server how much of it it kept (Cloud
+    /// Storage's protocol). Not on an emulator: fake-gcs-server finalizes
+    /// the upload on that query, and appends whatever chunk it is sent, so
+    /// there the chunk is sent again whole.
+    query_status: bool,
 }
 
 impl std::fmt::Debug for GcsStorage {
@@ -73,7 +80,7 @@ impl GcsStorage {
                             ),
                         )
                     })?;
-                Ok(Self::with_config(config, runtime))
+                Ok(Self::with_config(config, runtime, true))
             }
         }
     }
@@ -94,16 +101,17 @@ impl GcsStorage {
             ..ClientConfig::default()
         }
         .anonymous();
-        Ok(Self::with_config(config, shared_runtime()?))
+        Ok(Self::with_config(config, shared_runtime()?, false))
     }
 
-    fn with_config(config: ClientConfig, runtime: Arc<Runtime>) -> GcsStorage {
+    fn with_config(config: ClientConfig, runtime: Arc<Runtime>, query_status: bool) -> GcsStorage {
         let endpoint = config.storage_endpoint.clone();
         GcsStorage {
             client: Client::new(config),
             runtime,
             retry: RetryPolicy::default(),
             endpoint,
+            query_status,
         }
     }
 
@@ -129,6 +137,68 @@ impl GcsStorage {
 }
 
 /// Whether a failure is worth another try: 408, 429, 5xx, and transport errors.
+/// Sends the bytes `data` of a resumable upload, from offset `sent`, until
+/// the server holds them all: a transient failure is retried by `retry`,
+/// from the offset the server says it holds when `query_status` (else from
+/// the chunk's start), and a chunk the server kept only in part is completed.
+async fn send_chunk(
+    session: &ResumableUploadClient,
+    data: Bytes,
+    sent: u64,
+    total: Option<u64>,
+    retry: RetryPolicy,
+    query_status: bool,
+) -> Result<(), GcsError> {
+    let end = sent + data.len() as u64;
+    let started = std::time::Instant::now();
+    // Where the server's copy ends, as far as this chunk is concerned.
+    let mut held = sent;
+    let mut tries = 0;
+    loop {
+        let from = usize::try_from(held - sent).expect("within the chunk");
+        let chunk = ChunkSize::new(held, end - 1, total);
+        let error = match session
+            .upload_multiple_chunk(data.slice(from..), &chunk)
+            .await
+        {
+            // The last chunk makes the object.
+            Ok(UploadStatus::Ok(_)) => return Ok(()),
+            Ok(UploadStatus::ResumeIncomplete(range)) if range.last_byte + 1 >= end => {
+                return Ok(());
+            }
+            // Kept in part (the protocol allows it): send the rest.
+            Ok(UploadStatus::ResumeIncomplete(range)) if range.last_byte + 1 > held => {
+                held = range.last_byte + 1;
+                continue;
+            }
+            // fake-gcs-server acknowledges chunks without a Range.
+            Ok(UploadStatus::NotStarted) if total.is_none() => return Ok(()),
+            Ok(status) => GcsError::InvalidRangeHeader(format!(
+                "the server kept no more of bytes {held}-{} of the upload: {status:?}",
+                end - 1
+            )),
+            Err(e) => e,
+        };
+        if !transient(&error)
+            || tries >= retry.max_retries
+            || started.elapsed() >= retry.max_elapsed
+        {
+            return Err(error);
+        }
+        tries += 1;
+        tokio::time::sleep(retry.backoff(tries)).await;
+        // What did the server keep of what we sent?
+        if !query_status {
+            continue;
+        }
+        if let Ok(UploadStatus::ResumeIncomplete(range)) = session.status(None).await {
+            if range.last_byte + 1 > held && range.last_byte + 1 <= end {
+                held = range.last_byte + 1;
+            }
+        }
+    }
+}
+
 fn transient(e: &GcsError) -> bool {
     match e {
         GcsError::Response(r) => matches!(r.code, 408 | 429 | 500..=599),
@@ -366,6 +436,7 @@ impl UploadTarget for GcsTarget {
             ..Object::default()
         };
         let location = self.location.clone();
+        let (retry, query_status) = (self.storage.retry, self.storage.query_status);
         self.storage.runtime.spawn(async move {
             let failed = |e| error(&location, "upload", e);
             let session = match client
@@ -393,13 +464,13 @@ impl UploadTarget for GcsTarget {
                 let total = last.then_some(sent + len);
                 let result = if len == 0 {
                     // Finalize with nothing more to send.
-                    session.status(total).await.map(|_| ())
-                } else {
-                    let chunk = ChunkSize::new(sent, sent + len - 1, total);
-                    session
-                        .upload_multiple_chunk(data, &chunk)
+                    retry
+                        .run(transient, || session.status(total))
                         .await
                         .map(|_| ())
+                } else {
+                    let chunk = Bytes::from(data);
+                    send_chunk(&session, chunk, sent, total, retry, query_status).await
                 };
                 if let Err(e) = result {
                     let _ = session.cancel().await;
