@@ -191,10 +191,11 @@ async fn send_chunk(
         if !query_status {
             continue;
         }
-        if let Ok(UploadStatus::ResumeIncomplete(range)) = session.status(None).await {
-            if range.last_byte + 1 > held && range.last_byte + 1 <= end {
-                held = range.last_byte + 1;
-            }
+        if let Ok(UploadStatus::ResumeIncomplete(range)) = session.status(None).await
+            && range.last_byte >= held
+            && range.last_byte < end
+        {
+            held = range.last_byte + 1;
         }
     }
 }
