@@ -289,6 +289,7 @@ impl Run<'_> {
                 retries: &self.executor.config.predict_retries,
                 tally: &tally,
                 began: Instant::now(),
+                whole: span.len(),
             };
             isolate(
                 &iso,
@@ -465,6 +466,8 @@ pub(super) struct Isolation<'r> {
     pub(super) tally: &'r Tally,
     /// When the batch's first call began (for the retry policy's time bound).
     pub(super) began: Instant,
+    /// The instances of the whole batch (its splits are logged below it).
+    pub(super) whole: usize,
 }
 
 /// Predicts `batch` (the decoded records of `span`), splitting it in halves
@@ -546,12 +549,22 @@ pub(super) fn isolate(
         out.push(Err(failure));
         return;
     }
-    trace::event!(
-        warn,
-        instances = len,
-        error = %failure.full,
-        "batch failed; splitting it"
-    );
+    // A warning for the batch, not for each of its parts.
+    if len == iso.whole {
+        trace::event!(
+            warn,
+            instances = len,
+            error = %failure.full,
+            "batch failed; splitting it"
+        );
+    } else {
+        trace::event!(
+            debug,
+            instances = len,
+            error = %failure.full,
+            "batch failed; splitting it"
+        );
+    }
     let mid = span.start + len / 2;
     for half in [span.start..mid, mid..span.end] {
         let batch = iso.records.decode(half.clone());

@@ -79,6 +79,22 @@ fn verbose_logs_the_jobs_events_on_stderr_and_a_bad_rust_log_is_refused() {
 }
 
 #[test]
+fn durations_past_a_day_are_refused_naming_the_flag() {
+    for args in [
+        &["run", "job.json", "--batch-deadline", "1e19"][..],
+        &["serve", "--root", "r", "--request-deadline", "86401"][..],
+    ] {
+        let refused = cli(args);
+        assert_eq!(refused.status.code(), Some(2), "{args:?}");
+        let message = text(&refused.stderr);
+        assert!(
+            message.contains(args[args.len() - 2]) && message.contains("at most 86400"),
+            "{message}"
+        );
+    }
+}
+
+#[test]
 fn run_validate_and_plan_a_job_here() {
     let dir = tempfile::tempdir().unwrap();
     let job = sample_job(dir.path());

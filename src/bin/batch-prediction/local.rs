@@ -85,11 +85,14 @@ pub struct RunOptions {
     storage: StorageArgs,
 }
 
-/// A positive number of seconds.
+/// A positive number of seconds, at most a day.
 pub fn seconds(text: &str) -> Result<Duration, String> {
+    const DAY: f64 = 86_400.0;
     match text.parse::<f64>() {
-        Ok(s) if s > 0.0 && s.is_finite() => Ok(Duration::from_secs_f64(s)),
-        _ => Err(format!("{text:?}: expected a positive number of seconds")),
+        Ok(s) if s > 0.0 && s <= DAY => Ok(Duration::from_secs_f64(s)),
+        _ => Err(format!(
+            "{text:?}: expected a positive number of seconds, at most {DAY} (a day)"
+        )),
     }
 }
 

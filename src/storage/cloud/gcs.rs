@@ -136,11 +136,17 @@ impl GcsStorage {
     }
 }
 
-/// Whether a failure is worth another try: 408, 429, 5xx, and transport errors.
-/// Sends the bytes `data` of a resumable upload, from offset `sent`, until
-/// the server holds them all: a transient failure is retried by `retry`,
-/// from the offset the server says it holds when `query_status` (else from
-/// the chunk's start), and a chunk the server kept only in part is completed.
+/// Sends the bytes `data` of a resumable upload, from offset `sent` (the
+/// last chunk when `total` is given), until the server holds them all.
+///
+/// A transient failure is retried by `retry`. With `query_status` (Cloud
+/// Storage) the resend starts where a status query says the server's copy
+/// ends. Without it (an emulator: fake-gcs-server finalizes the upload on a
+/// status query, and appends whatever chunk it is sent) the chunk is sent
+/// again whole, and only after the server (or a proxy) answered with an
+/// error: after a dropped connection the chunk may have been kept, and
+/// sending it again would store its bytes twice. A chunk the server keeps
+/// only in part is completed; an answer that shows no progress is retried.
 async fn send_chunk(
     session: &ResumableUploadClient,
     data: Bytes,
@@ -155,51 +161,72 @@ async fn send_chunk(
     let mut held = sent;
     let mut tries = 0;
     loop {
-        let from = usize::try_from(held - sent).expect("within the chunk");
-        let chunk = ChunkSize::new(held, end - 1, total);
-        let error = match session
-            .upload_multiple_chunk(data.slice(from..), &chunk)
-            .await
-        {
-            // The last chunk makes the object.
+        let outcome = if held < end {
+            let from = usize::try_from(held - sent).expect("within the chunk");
+            let chunk = ChunkSize::new(held, end - 1, total);
+            session
+                .upload_multiple_chunk(data.slice(from..), &chunk)
+                .await
+        } else if total.is_some() {
+            // All held, but the object is not made yet.
+            session.status(total).await
+        } else {
+            return Ok(());
+        };
+        let (error, again) = match outcome {
+            // The last chunk makes the object (fake-gcs-server also
+            // answers other chunks so).
             Ok(UploadStatus::Ok(_)) => return Ok(()),
-            Ok(UploadStatus::ResumeIncomplete(range)) if range.last_byte + 1 >= end => {
-                return Ok(());
-            }
-            // Kept in part (the protocol allows it): send the rest.
-            Ok(UploadStatus::ResumeIncomplete(range)) if range.last_byte + 1 > held => {
-                held = range.last_byte + 1;
+            // Kept, whole or in part: go on from there.
+            Ok(UploadStatus::ResumeIncomplete(range)) if range.last_byte >= held => {
+                held = (range.last_byte + 1).min(end);
                 continue;
             }
             // fake-gcs-server acknowledges chunks without a Range.
-            Ok(UploadStatus::NotStarted) if total.is_none() => return Ok(()),
-            Ok(status) => GcsError::InvalidRangeHeader(format!(
-                "the server kept no more of bytes {held}-{} of the upload: {status:?}",
-                end - 1
-            )),
-            Err(e) => e,
+            Ok(UploadStatus::NotStarted) if total.is_none() && !query_status => return Ok(()),
+            Ok(status) => (
+                GcsError::InvalidRangeHeader(format!(
+                    "the server kept none of bytes {held}-{} of the upload: {status:?}",
+                    end - 1
+                )),
+                true,
+            ),
+            Err(e) => {
+                let again = transient(&e) && (query_status || answered(&e));
+                (e, again)
+            }
         };
-        if !transient(&error)
-            || tries >= retry.max_retries
-            || started.elapsed() >= retry.max_elapsed
-        {
+        if !again || tries >= retry.max_retries || started.elapsed() >= retry.max_elapsed {
             return Err(error);
         }
         tries += 1;
         tokio::time::sleep(retry.backoff(tries)).await;
-        // What did the server keep of what we sent?
         if !query_status {
             continue;
         }
-        if let Ok(UploadStatus::ResumeIncomplete(range)) = session.status(None).await
-            && range.last_byte >= held
-            && range.last_byte < end
-        {
-            held = range.last_byte + 1;
+        // What did the server keep of what we sent?
+        match session.status(None).await {
+            Ok(UploadStatus::ResumeIncomplete(range)) if range.last_byte >= held => {
+                held = (range.last_byte + 1).min(end);
+            }
+            // The last chunk arrived and made the object; only its answer was lost.
+            Ok(UploadStatus::Ok(_)) if total.is_some() => return Ok(()),
+            _ => {}
         }
     }
 }
 
+/// Whether the server (or a proxy before it) answered with a status, so
+/// that the request was refused rather than lost in transit.
+fn answered(e: &GcsError) -> bool {
+    match e {
+        GcsError::Response(_) => true,
+        GcsError::HttpClient(e) | GcsError::RawResponse(e, _) => e.status().is_some(),
+        _ => false,
+    }
+}
+
+/// Whether a failure is worth another try: 408, 429, 5xx, and transport errors.
 fn transient(e: &GcsError) -> bool {
     match e {
         GcsError::Response(r) => matches!(r.code, 408 | 429 | 500..=599),
