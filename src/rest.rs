@@ -105,6 +105,26 @@ impl RestResponse {
         serde_json::from_slice(&self.body)
     }
 
+    /// An error in the API's shape with `http` as its HTTP status, which may
+    /// differ from the one `status.code` maps to (a 413 with
+    /// `INVALID_ARGUMENT`, say): for a server's own refusals around
+    /// [`RestApi::handle`], such as a body over its limit.
+    ///
+    /// ```
+    /// use batch_prediction::Status;
+    /// use batch_prediction::rest::RestResponse;
+    /// use batch_prediction::status::Code;
+    ///
+    /// let response = RestResponse::refusal(413, &Status::new(Code::InvalidArgument, "too big"));
+    /// assert_eq!(response.status, 413);
+    /// let body = response.json().unwrap();
+    /// assert_eq!(body["error"]["code"], 413);
+    /// assert_eq!(body["error"]["status"], "INVALID_ARGUMENT");
+    /// ```
+    pub fn refusal(http: u16, status: &Status) -> Self {
+        Self::new(http, &status_body(status, http), false)
+    }
+
     fn new(status: u16, body: &Value, pretty: bool) -> Self {
         let body = if pretty {
             serde_json::to_vec_pretty(body)

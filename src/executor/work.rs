@@ -549,17 +549,11 @@ pub(super) fn isolate(
         out.push(Err(failure));
         return;
     }
-    // A warning for the batch, not for each of its parts.
+    // Once for the batch, not again for each of its parts (each failing
+    // instance has its own "instance failed").
     if len == iso.whole {
         trace::event!(
             warn,
-            instances = len,
-            error = %failure.full,
-            "batch failed; splitting it"
-        );
-    } else {
-        trace::event!(
-            debug,
             instances = len,
             error = %failure.full,
             "batch failed; splitting it"

@@ -295,16 +295,10 @@ fn in_api_shape<B>(
 
 /// An error response in the API's shape, with `status` as its HTTP status.
 fn error(status: StatusCode, code: Code, message: &str) -> Response<Full<Bytes>> {
-    let mut body = Status::new(code, message).to_json();
-    body["error"]["code"] = status.as_u16().into();
-    let body = serde_json::to_vec(&body).expect("JSON values serialize");
-    let mut response = Response::new(Full::new(Bytes::from(body)));
-    *response.status_mut() = status;
-    response.headers_mut().insert(
-        CONTENT_TYPE,
-        HeaderValue::from_static("application/json; charset=UTF-8"),
-    );
-    response
+    to_http(RestResponse::refusal(
+        status.as_u16(),
+        &Status::new(code, message),
+    ))
 }
 
 /// The request's path and query, as logged.

@@ -162,9 +162,7 @@ fn resolver(
     local: LocalStorage,
     storage: &Arc<dyn Storage>,
 ) -> Result<Arc<dyn ModelResolver>, String> {
-    let _ = (&local, storage, options.intra_threads);
     match options.predictor.as_str() {
-        "echo" => Ok(Arc::new(EchoResolver)),
         #[cfg(feature = "remote")]
         "remote" => {
             let endpoint = options.model_endpoint.as_deref().ok_or(
@@ -182,6 +180,27 @@ fn resolver(
         }
         #[cfg(not(feature = "remote"))]
         "remote" => Err(without("remote")),
+        name => runtime(name, local, storage, options.intra_threads).unwrap_or_else(|| {
+            Err(format!(
+                "--predictor {name:?}: expected onnx, ort, remote or echo"
+            ))
+        }),
+    }
+}
+
+/// The model runtimes that run in this process, by name: `echo`, `onnx`
+/// and `ort` (with `intra_threads` per session), reading models through
+/// `local` and, on buckets, `storage`. `None` for another name; an error
+/// for one this build lacks.
+pub fn runtime(
+    name: &str,
+    local: LocalStorage,
+    storage: &Arc<dyn Storage>,
+    intra_threads: u32,
+) -> Option<Result<Arc<dyn ModelResolver>, String>> {
+    let _ = (&local, storage, intra_threads);
+    Some(match name {
+        "echo" => Ok(Arc::new(EchoResolver)),
         #[cfg(feature = "onnx")]
         "onnx" => Ok(Arc::new(
             batch_prediction::OnnxResolver::new(local).with_buckets(Arc::clone(storage)),
@@ -192,17 +211,15 @@ fn resolver(
                 .with_buckets(Arc::clone(storage))
                 .with_options(
                     batch_prediction::onnx::OrtOptions::new()
-                        .with_intra_threads(options.intra_threads as usize),
+                        .with_intra_threads(intra_threads as usize),
                 ),
         )),
         #[cfg(not(feature = "onnx"))]
         "onnx" => Err(without("onnx")),
         #[cfg(not(feature = "ort"))]
         "ort" => Err(without("ort")),
-        other => Err(format!(
-            "--predictor {other:?}: expected onnx, ort, remote or echo"
-        )),
-    }
+        _ => return None,
+    })
 }
 
 /// Why a predictor this build lacks cannot run.

@@ -26,8 +26,8 @@ use std::time::Duration;
 use batch_prediction::iam::{Caller, Policy};
 use batch_prediction::rest::RestRequest;
 use batch_prediction::{
-    BatchExecutor, EchoResolver, JobService, LocalJobStore, LocalStorage, ModelResolver,
-    ProjectName, RestApi, Storage,
+    BatchExecutor, JobService, LocalJobStore, LocalStorage, ModelResolver, ProjectName, RestApi,
+    Storage,
 };
 use clap::Args;
 
@@ -150,29 +150,18 @@ fn resolver(
     confined: LocalStorage,
     storage: &Arc<dyn Storage>,
 ) -> Result<Arc<dyn ModelResolver>, Exit> {
-    let _ = (&confined, storage);
     let default = if cfg!(feature = "onnx") {
         "onnx"
     } else {
         "none"
     };
-    Ok(match args.predictor.as_deref().unwrap_or(default) {
-        "echo" => Arc::new(EchoResolver),
-        #[cfg(feature = "onnx")]
-        "onnx" => Arc::new(
-            batch_prediction::OnnxResolver::new(confined).with_buckets(Arc::clone(storage)),
-        ),
-        #[cfg(feature = "ort")]
-        "ort" => {
-            Arc::new(batch_prediction::OrtResolver::new(confined).with_buckets(Arc::clone(storage)))
-        }
-        "none" => Arc::new(no_model),
-        other => {
-            return Err(Exit::Usage(format!(
-                "--predictor {other}: this program was built without the `{other}` feature (cargo install batch-prediction --features cli,{other})"
-            )));
-        }
-    })
+    match args.predictor.as_deref().unwrap_or(default) {
+        "none" => Ok(Arc::new(no_model)),
+        // One intra-op thread per onnxruntime session, as `run`'s default.
+        name => crate::local::runtime(name, confined, storage, 1)
+            .expect("clap allows only echo, onnx and ort")
+            .map_err(Exit::Usage),
+    }
 }
 
 /// Runs the emulator until Ctrl-C or SIGTERM.
