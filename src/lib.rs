@@ -28,7 +28,7 @@
 //! | feature | what it adds |
 //! |---|---|
 //! | `cli` | the `batch-prediction` command line: run, validate and plan jobs here; submit, describe, list and cancel them as `gcloud ai-platform jobs` does |
-//! | `cloud` | `GcsStorage`, `S3Storage` and `CloudStorage`: jobs on real Cloud Storage and S3 buckets |
+//! | `cloud` | `GcsStorage`, `S3Storage`, `AzureStorage` and `CloudStorage`: jobs on real Cloud Storage, S3 and Azure Blob Storage buckets |
 //! | `onnx` | `OnnxPredictor` and `OnnxResolver`: ONNX models run by the pure-Rust `tract-onnx` |
 //! | `ort` | `OrtPredictor` and `OrtResolver`: ONNX models run by onnxruntime (every operator, the whole `ai.onnx.ml` domain: scikit-learn, XGBoost, LightGBM, Keras models), loaded at run time from `ORT_DYLIB_PATH`; needs Rust 1.92 |
 //! | `rest` | `RestApi`: the `projects.jobs` REST API over a [`JobService`] |

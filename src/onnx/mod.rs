@@ -817,11 +817,15 @@ enum ModelFile {
 }
 
 impl ModelFiles {
-    /// The model at `uri`: on a bucket when it is `gs://` or `s3://` and
-    /// buckets were given, otherwise a local path.
+    /// The model at `uri`: on a bucket when it is `gs://`, `s3://` or
+    /// `az://` and buckets were given, otherwise a local path.
     fn find(&self, uri: &str) -> Result<ModelFile, PredictError> {
         match &self.buckets {
-            Some(buckets) if uri.starts_with("gs://") || uri.starts_with("s3://") => {
+            Some(buckets)
+                if ["gs://", "s3://", "az://"]
+                    .iter()
+                    .any(|s| uri.starts_with(s)) =>
+            {
                 let object = match buckets.head(uri) {
                     Ok(_) => uri.to_owned(),
                     Err(e) if e.kind() == StorageErrorKind::NotFound => {

@@ -61,7 +61,7 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 
 #[cfg(feature = "cloud")]
-pub use cloud::{CloudStorage, GcsStorage, S3Storage};
+pub use cloud::{AzureStorage, CloudStorage, GcsStorage, S3Storage};
 pub use local::LocalStorage;
 pub use memory::InMemoryStorage;
 

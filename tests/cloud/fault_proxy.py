@@ -17,12 +17,12 @@ Modes:
   max-body:N a POST whose body is longer than N bytes is answered 413;
              everything else passes;
   fail-parts:N  the first N part uploads in the middle of an upload (S3
-             `PUT ?partNumber=`, a Cloud Storage resumable chunk: `PUT`
-             with `upload_id=` and a body) are read whole and answered
-             503, then all pass;
+             `PUT ?partNumber=`, an Azure `PUT ?comp=block`, a Cloud
+             Storage resumable chunk: `PUT` with `upload_id=` and a body)
+             are read whole and answered 503, then all pass;
   drop-parts:N  the same, but the connection closes unanswered;
-  hang-list  every listing (S3 `?list-type=`, Cloud Storage `GET
-             /storage/v1/b/BUCKET/o`) hangs for 60 s, then the connection
+  hang-list  every listing (S3 `?list-type=`, Azure `?comp=list`, Cloud
+             Storage `GET /storage/v1/b/BUCKET/o`) hangs for 60 s, then the connection
              closes unanswered; everything else passes.
 
 Prints the port it listens on (127.0.0.1) as its first line. GET
@@ -67,7 +67,8 @@ def make_handler(upstream, mode):
             length = int(self.headers.get("Content-Length") or 0)
             body = self.rfile.read(length) if length else None
             listing = self.command == "GET" and (
-                "list-type=" in self.path or re.match(r"^/storage/v1/b/[^/?]+/o(\?|$)", self.path)
+                "list-type=" in self.path or "comp=list" in self.path
+                or re.match(r"^/storage/v1/b/[^/?]+/o(\?|$)", self.path)
             )
             if mode == "hang-list" and listing:
                 with lock:
@@ -100,6 +101,7 @@ def make_handler(upstream, mode):
                 return
             part = self.command == "PUT" and body and (
                 "partNumber=" in self.path or "upload_id=" in self.path
+                or re.search(r"[?&]comp=block(&|$)", self.path)
             )
             for kind in ("fail-parts:", "drop-parts:"):
                 if mode.startswith(kind) and part:

@@ -1,14 +1,15 @@
 //! Real object stores (feature `cloud`), against real servers started on
-//! loopback by `tests/cloud/servers.sh`: moto for S3, fake-gcs-server for
-//! Cloud Storage. Without them (no Python, no PyPI) each test says SKIP;
-//! under CI (`CI=true`) that is a failure.
+//! loopback by `tests/cloud/servers.sh` (moto for S3, fake-gcs-server for
+//! Cloud Storage) and `tests/cloud/azurite.sh` (Azurite for Azure Blob
+//! Storage). Without them (no Python, no PyPI, no Node.js) each test says
+//! SKIP; under CI (`CI=true`) that is a failure.
 
 use std::io::{Read, Write};
 use std::sync::{Arc, OnceLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use batch_prediction::predict::CancelHandle;
-use batch_prediction::storage::{GcsStorage, S3Storage, StorageErrorKind};
+use batch_prediction::storage::{AzureStorage, GcsStorage, S3Storage, StorageErrorKind};
 use batch_prediction::testing::storage_conformance;
 use batch_prediction::{
     BatchExecutor, CloudStorage, EchoResolver, ExecutorConfig, Job, LocalStorage, RetryPolicy,
@@ -19,6 +20,9 @@ use serde_json::json;
 struct Servers {
     s3: String,
     gcs: String,
+    /// Azurite's blob service, when it could be started (else SKIP said why).
+    az: Option<String>,
+    /// A bucket on each, and an Azure container of the same name.
     bucket: String,
 }
 
@@ -31,9 +35,34 @@ fn servers() -> Option<&'static Servers> {
             script,
             ["AWS_ENDPOINT_URL", "STORAGE_EMULATOR_HOST", "BUCKET"],
         )?;
-        Ok(Servers { s3, gcs, bucket })
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/cloud/azurite.sh");
+        let azurite = start_servers(script, ["AZURITE_BLOB_STORAGE_URL", "BUCKET"]).and_then(
+            |[url, container]| {
+                if container == bucket {
+                    Ok(url)
+                } else {
+                    Err(format!(
+                        "Azurite's container is {container:?}, not {bucket:?}"
+                    ))
+                }
+            },
+        );
+        let az = required(Box::leak(Box::new(azurite)), "Azurite (Azure's emulator)").cloned();
+        Ok(Servers {
+            s3,
+            gcs,
+            az,
+            bucket,
+        })
     });
     required(started, "cloud test servers")
+}
+
+/// Each server that runs, as its scheme and endpoint.
+fn schemes(servers: &Servers) -> Vec<(&'static str, &str)> {
+    let mut all = vec![("gs", servers.gcs.as_str()), ("s3", servers.s3.as_str())];
+    all.extend(servers.az.as_deref().map(|az| ("az", az)));
+    all
 }
 
 /// A short retry policy: tests should fail fast, not wait minutes.
@@ -63,19 +92,30 @@ fn s3_at(endpoint: &str) -> S3Storage {
         .with_retry(quick())
 }
 
+fn azure_at(endpoint: &str) -> AzureStorage {
+    AzureStorage::emulator(&format!("{endpoint}/devstoreaccount1"))
+        .unwrap()
+        .with_retry(quick())
+}
+
 /// The backend of `scheme` at `endpoint` (a server, or a proxy before one).
 fn backend_at(scheme: &str, endpoint: &str) -> Arc<dyn Storage> {
     match scheme {
         "gs" => Arc::new(GcsStorage::emulator(endpoint).unwrap().with_retry(quick())),
+        "az" => Arc::new(azure_at(endpoint)),
         _ => Arc::new(s3_at(endpoint)),
     }
 }
 
-/// Local paths, and both servers' buckets.
+/// Local paths, and every server's bucket.
 fn cloud(servers: &Servers) -> CloudStorage {
-    CloudStorage::new(LocalStorage::new())
+    let storage = CloudStorage::new(LocalStorage::new())
         .with_gcs(gcs(servers))
-        .with_s3(s3(servers))
+        .with_s3(s3(servers));
+    match &servers.az {
+        Some(az) => storage.with_azure(azure_at(az)),
+        None => storage,
+    }
 }
 
 /// The variables the vendors' SDKs read, pointing at the servers (for
@@ -100,16 +140,16 @@ fn fresh(scheme: &str, servers: &Servers, name: &str) -> String {
     format!("{scheme}://{}/{name}-{nanos}", servers.bucket)
 }
 
-/// Both backends, each with a fresh prefix for `name`.
+/// Every backend, each with a fresh prefix for `name`.
 fn backends(servers: &Servers, name: &str) -> Vec<(Arc<dyn Storage>, String)> {
-    vec![
-        (Arc::new(gcs(servers)), fresh("gs", servers, name)),
-        (Arc::new(s3(servers)), fresh("s3", servers, name)),
-    ]
+    schemes(servers)
+        .into_iter()
+        .map(|(scheme, endpoint)| (backend_at(scheme, endpoint), fresh(scheme, servers, name)))
+        .collect()
 }
 
 #[test]
-fn both_backends_keep_the_storage_contract() {
+fn every_backend_keeps_the_storage_contract() {
     let Some(servers) = servers() else { return };
     for (storage, base) in backends(servers, "conformance") {
         storage_conformance(&*storage, &base);
@@ -185,7 +225,14 @@ fn calls_from_inside_a_tokio_runtime_do_not_panic() {
 fn malformed_and_missing_locations_are_clear_errors() {
     let Some(servers) = servers() else { return };
     let storage = cloud(servers);
-    for location in ["gs://", "gs:///x", "s3://b/../x", "gs://b/x//y"] {
+    for location in [
+        "gs://",
+        "gs:///x",
+        "s3://b/../x",
+        "gs://b/x//y",
+        "az://",
+        "az://c/./x",
+    ] {
         let err = storage.head(location).unwrap_err();
         assert_eq!(
             err.kind(),
@@ -193,14 +240,16 @@ fn malformed_and_missing_locations_are_clear_errors() {
             "{location}: {err}"
         );
     }
-    for location in [
-        format!("gs://{}/no/such/object", servers.bucket),
-        format!("s3://{}/no/such/object", servers.bucket),
-    ] {
+    for (scheme, _) in schemes(servers) {
+        let location = format!("{scheme}://{}/no/such/object", servers.bucket);
         let err = storage.head(&location).unwrap_err();
         assert_eq!(err.kind(), StorageErrorKind::NotFound, "{location}: {err}");
         assert!(err.to_string().contains(&location), "{err}");
     }
+    // Azurite's endpoint names the account as its path.
+    let err = AzureStorage::emulator("http://127.0.0.1:10000").unwrap_err();
+    assert_eq!(err.kind(), StorageErrorKind::InvalidLocation, "{err}");
+    assert!(err.to_string().contains("devstoreaccount1"), "{err}");
     let err = storage.list("gs://no-such-bucket-here/x").unwrap_err();
     assert!(
         err.to_string().contains("gs://no-such-bucket-here/x"),
@@ -281,7 +330,7 @@ fn jobs_on_buckets_write_what_they_write_on_local_files() {
         ),
     ];
     for (format, name, bytes) in cases {
-        // The same input on the local disk, on GCS and on S3; output on another store.
+        // The same input on the local disk, on GCS, on S3 (and on Azure); output on another store.
         let gs_in = fresh("gs", servers, "job-in");
         let s3_in = fresh("s3", servers, "job-in");
         for dir in [format!("{root}/{format}"), gs_in.clone(), s3_in.clone()] {
@@ -299,6 +348,17 @@ fn jobs_on_buckets_write_what_they_write_on_local_files() {
             (format!("{gs_in}/*-{name}"), fresh("s3", servers, "job-out")),
             (format!("{s3_in}/*-{name}"), fresh("gs", servers, "job-out")),
         ];
+        let mut runs = runs.to_vec();
+        if servers.az.is_some() {
+            // On Azure and back: in from a container, out to another one.
+            let az_in = fresh("az", servers, "job-in");
+            for part in ["1", "2"] {
+                storage
+                    .put_bytes(&format!("{az_in}/{part}-{name}"), &bytes)
+                    .unwrap();
+            }
+            runs.push((format!("{az_in}/*-{name}"), fresh("az", servers, "job-out")));
+        }
         let mut seen = Vec::new();
         for (pattern, output) in runs {
             let mut job = job(std::slice::from_ref(&pattern), &output, format);
@@ -389,7 +449,7 @@ use crate::{required, start_servers};
 fn a_connection_dropped_mid_object_resumes_from_the_byte_it_reached() {
     let Some(servers) = servers() else { return };
     let data = pattern(3 << 20);
-    for (scheme, upstream) in [("gs", &servers.gcs), ("s3", &servers.s3)] {
+    for (scheme, upstream) in schemes(servers) {
         let location = format!("{}/cut.bin", fresh(scheme, servers, "cut"));
         let direct = backend_at(scheme, upstream);
         direct.put_bytes(&location, &data).unwrap();
@@ -418,7 +478,7 @@ fn a_connection_dropped_mid_object_resumes_from_the_byte_it_reached() {
 fn parts_refused_or_dropped_mid_upload_are_sent_again() {
     let Some(servers) = servers() else { return };
     let data = pattern(20 << 20); // three parts of 8 MiB
-    for (scheme, upstream) in [("gs", &servers.gcs), ("s3", &servers.s3)] {
+    for (scheme, upstream) in schemes(servers) {
         for mode in ["fail-parts:2", "drop-parts:1"] {
             let location = format!("{}/resent.bin", fresh(scheme, servers, "resent"));
             let proxy = Proxy::start(upstream, mode);
@@ -464,7 +524,7 @@ fn parts_refused_or_dropped_mid_upload_are_sent_again() {
 #[test]
 fn a_503_storm_is_retried_and_an_endless_one_fails_the_job_saying_why() {
     let Some(servers) = servers() else { return };
-    for (scheme, upstream) in [("gs", &servers.gcs), ("s3", &servers.s3)] {
+    for (scheme, upstream) in schemes(servers) {
         let base = fresh(scheme, servers, "storm");
         let direct = backend_at(scheme, upstream);
         direct
@@ -853,7 +913,7 @@ fn a_missing_bucket_fails_the_job_before_it_predicts() {
     storage
         .put_bytes(&format!("{input}/a.jsonl"), b"{\"x\": 1}\n")
         .unwrap();
-    for (inputs, output, named) in [
+    let mut cases = vec![
         (
             format!("{input}/*"),
             "gs://no-such-bucket-out/o".to_owned(),
@@ -869,7 +929,20 @@ fn a_missing_bucket_fails_the_job_before_it_predicts() {
             format!("{input}-out"),
             "s3://no-such-bucket-in/",
         ),
-    ] {
+    ];
+    if servers.az.is_some() {
+        cases.push((
+            "az://no-such-container-in/*".to_owned(),
+            format!("{input}-out"),
+            "az://no-such-container-in/",
+        ));
+        cases.push((
+            format!("{input}/*"),
+            "az://no-such-container-out/o".to_owned(),
+            "az://no-such-container-out/o",
+        ));
+    }
+    for (inputs, output, named) in cases {
         let mut job = job(std::slice::from_ref(&inputs), &output, "JSON");
         let summary = BatchExecutor::new(Arc::clone(&storage), Arc::new(EchoResolver))
             .run(&mut job, &CancelHandle::new())
@@ -890,7 +963,7 @@ fn a_missing_bucket_fails_the_job_before_it_predicts() {
 #[test]
 fn a_listing_that_hangs_is_given_up_as_soon_as_its_caller_stops() {
     let Some(servers) = servers() else { return };
-    for (scheme, upstream) in [("gs", &servers.gcs), ("s3", &servers.s3)] {
+    for (scheme, upstream) in schemes(servers) {
         let base = fresh(scheme, servers, "hang");
         backend_at(scheme, upstream)
             .put_bytes(&format!("{base}/in/a.jsonl"), b"{\"x\": 1}\n")

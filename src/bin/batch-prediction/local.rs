@@ -146,7 +146,7 @@ fn local_storage(args: &StorageArgs) -> LocalStorage {
     }
 }
 
-/// With the `cloud` feature, `gs://` and `s3://` are real buckets (unless
+/// With the `cloud` feature, `gs://`, `s3://` and `az://` are real buckets (unless
 /// `--gcs-root` maps `gs://` into a directory).
 fn storage(args: &StorageArgs, local: LocalStorage) -> Arc<dyn Storage> {
     #[cfg(feature = "cloud")]

@@ -7,7 +7,7 @@
 //! anything outside ROOT), and runs created jobs in the background:
 //! `jobs.get` shows them move QUEUED → RUNNING → SUCCEEDED with real counts,
 //! and `jobs.cancel` stops a running one. With `--buckets` (and the `cloud`
-//! feature), `gs://` and `s3://` are real buckets instead.
+//! feature), `gs://`, `s3://` and `az://` are real buckets instead.
 //!
 //! Callers: `Authorization: Bearer user:alice@example.com` acts as that
 //! principal; with `--enforce-iam` it needs a role on the project
@@ -75,7 +75,7 @@ pub struct ServeArgs {
     /// (408 past it).
     #[arg(long, value_name = "SECONDS", default_value = "30", value_parser = crate::local::seconds)]
     request_deadline: Duration,
-    /// `gs://` and `s3://` are real buckets, reached with the credentials
+    /// `gs://`, `s3://` and `az://` are real buckets, reached with the credentials
     /// and emulators the environment names (needs the `cloud` feature).
     #[arg(long)]
     buckets: bool,
@@ -131,7 +131,7 @@ fn no_model(
     )))
 }
 
-/// The folders under ROOT, and with `--buckets` real `gs://` and `s3://` buckets.
+/// The folders under ROOT, and with `--buckets` real `gs://`, `s3://` and `az://` buckets.
 fn storage(args: &ServeArgs, local: LocalStorage) -> Result<Arc<dyn Storage>, Exit> {
     if args.buckets {
         #[cfg(feature = "cloud")]

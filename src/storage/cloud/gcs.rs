@@ -19,7 +19,7 @@ use gcloud_storage::http::resumable_upload_client::{
 };
 
 use super::{
-    ChunkReader, Feeder, Part, Parts, RetryPolicy, Runtime, Upload, UploadTarget, next_part, pump,
+    ChunkReader, Part, Parts, RetryPolicy, Runtime, Upload, UploadTarget, next_part, pump,
     shared_runtime, split_location,
 };
 use crate::storage::{ObjectMeta, ObjectWriter, Storage, StorageError, StorageErrorKind};
@@ -374,7 +374,7 @@ impl Storage for GcsStorage {
         };
         let client = self.client.clone();
         let retry = self.retry;
-        let (reader, tx) = ChunkReader::new();
+        let (reader, feeder) = ChunkReader::new();
         let at_location = location.to_owned();
         let open = move |at: u64| {
             let (client, request, location) =
@@ -399,14 +399,8 @@ impl Storage for GcsStorage {
             }
         };
         let size = (!transcoded).then_some(size);
-        self.runtime.spawn(pump(
-            Feeder::new(tx),
-            location.to_owned(),
-            offset,
-            size,
-            retry,
-            open,
-        ));
+        self.runtime
+            .spawn(pump(feeder, location.to_owned(), offset, size, retry, open));
         Ok(Box::new(reader))
     }
 

@@ -1,6 +1,7 @@
 //! Real object stores (feature `cloud`): [`GcsStorage`] for Cloud Storage
 //! (`gs://BUCKET/PATH`), [`S3Storage`] for S3 and S3-compatible stores
-//! (`s3://BUCKET/PATH`), and [`CloudStorage`], which routes each location
+//! (`s3://BUCKET/PATH`), [`AzureStorage`] for Azure Blob Storage
+//! (`az://CONTAINER/PATH`), and [`CloudStorage`], which routes each location
 //! to one of them by its scheme and everything else to a [`LocalStorage`].
 //!
 //! Both clients are async; each backend owns a small Tokio runtime and waits
@@ -11,13 +12,16 @@
 //! Reads stream with read-ahead: a task on the runtime pulls the object's
 //! body into a bounded queue of chunks while the caller reads. A read that
 //! fails mid-object is resumed from the byte it reached, pinned to the
-//! object's generation (GCS) or etag (S3), so no byte is lost or read twice.
-//! Writes are uploads that become visible only when committed: one request
-//! for a small object, a resumable (GCS) or multipart (S3) upload for a large
-//! one; a writer dropped without commit cancels its upload.
+//! object's generation (GCS) or etag (S3, Azure), so no byte is lost or read
+//! twice. Writes are uploads that become visible only when committed: one
+//! request for a small object, a resumable (GCS), multipart (S3) or block
+//! list (Azure) upload for a large one; a writer dropped without commit
+//! cancels its upload.
 
+mod azure;
 mod gcs;
 mod s3;
+mod store;
 
 use std::future::Future;
 use std::io::{self, Read};
@@ -30,6 +34,7 @@ use bytes::Bytes;
 
 use crate::retry::RetryPolicy;
 
+pub use azure::AzureStorage;
 pub use gcs::GcsStorage;
 pub use s3::S3Storage;
 
@@ -200,22 +205,37 @@ pub(crate) fn split_location<'a>(
 }
 
 /// Chunks of an object's body, read ahead by a task on the runtime.
+///
+/// The chunks are buffers of [`GATHER_BYTES`] that go back and forth
+/// between the task and the reader: the task copies the body into a spare
+/// one, the reader hands each back once it has read it. Memory that is
+/// used again is not faulted in, zeroed and given back to the system for
+/// every chunk, which cost more than the network did.
 pub(crate) struct ChunkReader {
-    chunks: Receiver<io::Result<Bytes>>,
-    current: Bytes,
+    chunks: Receiver<io::Result<Vec<u8>>>,
+    spare: SyncSender<Vec<u8>>,
+    current: Vec<u8>,
+    at: usize,
 }
 
 impl ChunkReader {
-    /// A reader fed through the returned sender; at most
+    /// A reader, and the feeder its task fills it through; at most
     /// [`READ_AHEAD_CHUNKS`] chunks wait in between.
-    pub(crate) fn new() -> (ChunkReader, SyncSender<io::Result<Bytes>>) {
+    pub(crate) fn new() -> (ChunkReader, Feeder) {
         let (tx, rx) = sync_channel(READ_AHEAD_CHUNKS);
+        let (spare_tx, spare_rx) = sync_channel(READ_AHEAD_CHUNKS + 1);
         (
             ChunkReader {
                 chunks: rx,
-                current: Bytes::new(),
+                spare: spare_tx,
+                current: Vec::new(),
+                at: 0,
             },
-            tx,
+            Feeder {
+                tx,
+                spare: spare_rx,
+                gathered: Vec::new(),
+            },
         )
     }
 
@@ -228,43 +248,44 @@ impl ChunkReader {
 
 impl Read for ChunkReader {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        while self.current.is_empty() {
+        while self.at == self.current.len() {
+            let mut spent = std::mem::take(&mut self.current);
+            self.at = 0;
+            if spent.capacity() > 0 {
+                spent.clear();
+                // Dropped if the task has spares enough, or is gone.
+                let _ = self.spare.try_send(spent);
+            }
             match self.chunks.recv() {
                 Ok(Ok(chunk)) => self.current = chunk,
                 Ok(Err(e)) => return Err(e),
                 Err(_) => return Ok(0), // the feeder is done: end of object
             }
         }
-        let n = buf.len().min(self.current.len());
-        buf[..n].copy_from_slice(&self.current[..n]);
-        self.current = self.current.slice(n..);
+        let n = buf.len().min(self.current.len() - self.at);
+        buf[..n].copy_from_slice(&self.current[self.at..self.at + n]);
+        self.at += n;
         Ok(n)
     }
 }
 
-/// How many bytes of small body chunks a reader's feeder gathers before it
-/// hands them over: one hand-over per chunk of a few KiB costs more than the
-/// copy.
+/// The size of the chunks a reader's feeder hands over: one hand-over per
+/// body chunk of a few KiB costs more than the copy.
 const GATHER_BYTES: usize = 256 << 10;
 
-/// The task's end of a [`ChunkReader`]: gathers small body chunks, and waits
-/// (without holding up the runtime's other tasks) while the reader is
-/// [`READ_AHEAD_CHUNKS`] behind, so memory stays bounded.
+/// The task's end of a [`ChunkReader`]: copies the body into buffers the
+/// reader gave back, and waits (without holding up the runtime's other
+/// tasks) while the reader is [`READ_AHEAD_CHUNKS`] behind, so memory stays
+/// bounded. The client's own buffers are let go at once, so it can reuse them.
 pub(crate) struct Feeder {
-    tx: SyncSender<io::Result<Bytes>>,
+    tx: SyncSender<io::Result<Vec<u8>>>,
+    spare: Receiver<Vec<u8>>,
     gathered: Vec<u8>,
 }
 
 impl Feeder {
-    pub(crate) fn new(tx: SyncSender<io::Result<Bytes>>) -> Feeder {
-        Feeder {
-            tx,
-            gathered: Vec::new(),
-        }
-    }
-
     /// Hands `item` over; `false` once the reader is gone.
-    fn send(&self, item: io::Result<Bytes>) -> bool {
+    fn send(&self, item: io::Result<Vec<u8>>) -> bool {
         match self.tx.try_send(item) {
             Ok(()) => true,
             Err(std::sync::mpsc::TrySendError::Full(item)) => {
@@ -275,12 +296,22 @@ impl Feeder {
     }
 
     /// Takes the next bytes of the body; `false` once the reader is gone.
-    pub(crate) fn push(&mut self, chunk: Bytes) -> bool {
-        if self.gathered.is_empty() && chunk.len() >= GATHER_BYTES {
-            return self.send(Ok(chunk));
+    pub(crate) fn push(&mut self, mut bytes: &[u8]) -> bool {
+        while !bytes.is_empty() {
+            if self.gathered.capacity() == 0 {
+                self.gathered = self
+                    .spare
+                    .try_recv()
+                    .unwrap_or_else(|_| Vec::with_capacity(GATHER_BYTES));
+            }
+            let n = (GATHER_BYTES - self.gathered.len()).min(bytes.len());
+            self.gathered.extend_from_slice(&bytes[..n]);
+            bytes = &bytes[n..];
+            if self.gathered.len() >= GATHER_BYTES && !self.flush() {
+                return false;
+            }
         }
-        self.gathered.extend_from_slice(&chunk);
-        self.gathered.len() < GATHER_BYTES || self.flush()
+        true
     }
 
     /// Hands over what is gathered; `false` once the reader is gone.
@@ -288,8 +319,8 @@ impl Feeder {
         if self.gathered.is_empty() {
             return true;
         }
-        let gathered = std::mem::replace(&mut self.gathered, Vec::with_capacity(GATHER_BYTES));
-        self.send(Ok(Bytes::from(gathered)))
+        let gathered = std::mem::take(&mut self.gathered);
+        self.send(Ok(gathered))
     }
 
     /// Hands over what is gathered, then `error`.
@@ -500,7 +531,7 @@ pub(crate) async fn pump<F, Fut, S>(
                     skip -= dropped;
                     chunk = chunk.slice(dropped as usize..);
                     at += chunk.len() as u64;
-                    if !chunk.is_empty() && !feeder.push(chunk) {
+                    if !feeder.push(&chunk) {
                         return; // the reader is gone
                     }
                 }
@@ -531,15 +562,17 @@ pub(crate) async fn pump<F, Fut, S>(
 }
 
 /// [`LocalStorage`] for plain paths and `file://`, [`GcsStorage`] for
-/// `gs://`, [`S3Storage`] for `s3://`: a job may read from one store and
-/// write to another. The cloud backends are made on first use, from the
-/// environment ([`GcsStorage::from_env`], [`S3Storage::from_env`]), so a
-/// job that never names a bucket needs no credentials.
+/// `gs://`, [`S3Storage`] for `s3://`, [`AzureStorage`] for `az://`: a job
+/// may read from one store and write to another. The cloud backends are
+/// made on first use, from the environment ([`GcsStorage::from_env`],
+/// [`S3Storage::from_env`], [`AzureStorage::from_env`]), so a job that never
+/// names a bucket needs no credentials.
 #[derive(Debug, Default)]
 pub struct CloudStorage {
     local: LocalStorage,
     gcs: OnceLock<Result<GcsStorage, StorageError>>,
     s3: OnceLock<Result<S3Storage, StorageError>>,
+    azure: OnceLock<Result<AzureStorage, StorageError>>,
 }
 
 impl CloudStorage {
@@ -565,11 +598,20 @@ impl CloudStorage {
         self
     }
 
+    /// Uses `azure` for `az://` instead of one made from the environment.
+    #[must_use]
+    pub fn with_azure(self, azure: AzureStorage) -> Self {
+        let _ = self.azure.set(Ok(azure));
+        self
+    }
+
     fn route(&self, location: &str) -> Result<&dyn Storage, StorageError> {
         if location.starts_with("gs://") {
             made(self.gcs.get_or_init(GcsStorage::from_env), location)
         } else if location.starts_with("s3://") {
             made(self.s3.get_or_init(S3Storage::from_env), location)
+        } else if location.starts_with("az://") {
+            made(self.azure.get_or_init(AzureStorage::from_env), location)
         } else {
             Ok(&self.local)
         }
