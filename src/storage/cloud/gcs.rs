@@ -379,8 +379,9 @@ impl Storage for GcsStorage {
         let open = move |at: u64| {
             let (client, request, location) =
                 (client.clone(), request.clone(), at_location.clone());
-            // A transcoded object comes whole whatever the range: `pump` skips.
-            let range = if transcoded {
+            // A transcoded object comes whole whatever the range: `pump`
+            // skips. From the start, no Range: some servers copy a ranged body.
+            let range = if transcoded || at == 0 {
                 Range(None, None)
             } else {
                 Range(Some(at), None)

@@ -234,7 +234,8 @@ impl Storage for Stores {
         let open = move |at: u64| {
             let (store, path, location) = (Arc::clone(&store), path.clone(), at_location.clone());
             let options = GetOptions {
-                range: Some(GetRange::Offset(at)),
+                // From the start, no Range: some servers copy a ranged body.
+                range: (at > 0).then_some(GetRange::Offset(at)),
                 if_match: meta.e_tag.clone(),
                 ..GetOptions::default()
             };
