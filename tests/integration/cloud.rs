@@ -340,7 +340,7 @@ fn jobs_on_buckets_write_what_they_write_on_local_files() {
                     .unwrap();
             }
         }
-        let runs = [
+        let mut runs = vec![
             (
                 format!("{root}/{format}/*-{name}"),
                 format!("{root}/{format}-out"),
@@ -348,7 +348,6 @@ fn jobs_on_buckets_write_what_they_write_on_local_files() {
             (format!("{gs_in}/*-{name}"), fresh("s3", servers, "job-out")),
             (format!("{s3_in}/*-{name}"), fresh("gs", servers, "job-out")),
         ];
-        let mut runs = runs.to_vec();
         if servers.az.is_some() {
             // On Azure and back: in from a container, out to another one.
             let az_in = fresh("az", servers, "job-in");
@@ -439,6 +438,65 @@ fn the_command_line_reads_one_bucket_and_writes_another() {
             .read_bytes(&format!("{output}/prediction.results-00000-of-00001"))
             .unwrap(),
         b"{\"x\":1}\n{\"x\":2}\n"
+    );
+}
+
+/// The command line finds Azurite through the variables the README names,
+/// and without an account says so, naming the location.
+#[cfg(feature = "cli")]
+#[test]
+fn the_command_line_takes_azure_from_the_environment() {
+    let Some(servers) = servers() else { return };
+    let Some(az) = &servers.az else { return };
+    let exe = crate::cli_program();
+    let storage = cloud(servers);
+    let input = fresh("az", servers, "cli-in");
+    let output = fresh("az", servers, "cli-out");
+    storage
+        .put_bytes(&format!("{input}/a.jsonl"), b"{\"x\": 1}\n")
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let job_file = dir.path().join("job.json");
+    let body = json!({
+        "jobId": "cli_azure",
+        "predictionInput": {
+            "dataFormat": "JSON", "inputPaths": [format!("{input}/*.jsonl")],
+            "outputPath": output, "region": "local", "uri": "echo"
+        }
+    });
+    std::fs::write(&job_file, body.to_string()).unwrap();
+    let run = |env: &[(&str, &str)]| {
+        let mut command = std::process::Command::new(&exe);
+        for (key, _) in std::env::vars().filter(|(k, _)| k.starts_with("AZURE")) {
+            command.env_remove(key);
+        }
+        command
+            .envs(env.iter().copied())
+            .arg("run")
+            .arg(&job_file)
+            .args(["--predictor", "echo"])
+            .output()
+            .unwrap()
+    };
+    let out = run(&[
+        ("AZURE_STORAGE_USE_EMULATOR", "true"),
+        ("AZURITE_BLOB_STORAGE_URL", az),
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert_eq!(
+        storage
+            .read_bytes(&format!("{output}/prediction.results-00000-of-00001"))
+            .unwrap(),
+        b"{\"x\":1}\n"
+    );
+    // No account named, and not the emulator: a clear error, naming the input.
+    let out = run(&[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_ne!(out.status.code(), Some(0), "{stderr}");
+    assert!(
+        stderr.contains(&input) && stderr.contains("Azure") && stderr.contains("ccount"),
+        "{stderr}"
     );
 }
 
