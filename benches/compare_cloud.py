@@ -6,7 +6,7 @@ printed as ratios (issue #13, section 7).
 
 (or `bash benches/compare.sh --cloud ...`). It starts moto (S3) and
 fake-gcs-server (Cloud Storage) on loopback with tests/cloud/servers.sh,
-then, in R (default 5) rounds, each starting one case later, times on each server:
+then, in R (default 5) rounds, each in a shuffled order, times on each server:
 
 - reading an M MB (default 256) object with this crate (`cloud_helper get`)
   against `curl` downloading it; uploading it (`cloud_helper put`) against
@@ -33,6 +33,7 @@ G GB (default 2) object.
 import argparse
 import json
 import os
+import random
 import re
 import shutil
 import statistics
@@ -46,15 +47,17 @@ sys.path.insert(0, os.path.join(ROOT, "benches"))
 from compare import target_dir, timed, write_jsonl, peak_rss_kb  # noqa: E402
 
 
-def rotated(cases, rounds):
-    """Runs every case once per round, each round starting one case later,
-    so that every case comes after every other alike (the first request
-    after an upload can find the server still busy with it); the median
-    time of each."""
+def shuffled(cases, rounds):
+    """Runs every case once per round, in an order shuffled afresh each round
+    (seeded, so runs repeat it), so that no case always follows the same
+    one (the first request after an upload can find the server still busy
+    with it); the median time of each."""
     names = list(cases)
     times = {name: [] for name in names}
     for r in range(rounds):
-        for name in names[r % len(names):] + names[:r % len(names)]:
+        order = names[:]
+        random.Random(r).shuffle(order)
+        for name in order:
             times[name].append(cases[name]())
         print(f"round {r + 1}/{rounds} done", file=sys.stderr)
     return {name: statistics.median(times[name]) for name in names}
@@ -189,9 +192,9 @@ def main():
                 curl_get(s, "bench/in/instances.jsonl")
                 + curl_put_parts(s, "bench/curl-out-parts.jsonl", results_parts, os.path.getsize(results)))
         cases["local echo job, 2 workers"] = lambda: timed([helper, "job", jsonl, os.path.join(work, "out"), "2"])
-        med = rotated(cases, args.rounds)
+        med = shuffled(cases, args.rounds)
 
-        print(f"\n{args.mb} MB object, {args.records} JSON lines; medians of {args.rounds} rotated rounds "
+        print(f"\n{args.mb} MB object, {args.records} JSON lines; medians of {args.rounds} shuffled rounds "
               f"({time.strftime('%Y-%m-%d')}, {os.cpu_count()} CPUs)")
         for name, secs in med.items():
             print(f"  {name:<34} {secs * 1000:9.1f} ms")

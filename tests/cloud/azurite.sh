@@ -4,8 +4,8 @@
 # target/ on first use. Prints, on success:
 #
 #   AZURITE_BLOB_STORAGE_URL=http://127.0.0.1:PORT
-#   AZURE_ENDPOINT=http://127.0.0.1:PORT/devstoreaccount1   (the development account)
-#   BUCKET=bp-test                                          (a container, made)
+#   AZURITE_ACCOUNT_URL=http://127.0.0.1:PORT/devstoreaccount1   (the development account)
+#   BUCKET=bp-test                                               (a container, made)
 #
 # and returns while it runs. It stops when process WATCH (default: the
 # caller) exits. On failure, prints "SKIP: <reason>" and exits 3.
@@ -25,6 +25,9 @@ skip() { echo "SKIP: $1"; exit 3; }
 
 command -v node >/dev/null 2>&1 || skip "node is not installed (Azurite runs on Node.js)"
 command -v npm >/dev/null 2>&1 || skip "npm is not installed (Azurite comes from the npm registry)"
+for tool in curl flock python3; do
+  command -v "$tool" >/dev/null 2>&1 || skip "$tool is not installed"
+done
 bin="$dir/node_modules/.bin/azurite-blob"
 if [ ! -x "$bin" ]; then
   mkdir -p "$dir"
@@ -38,23 +41,37 @@ if [ ! -x "$bin" ]; then
   [ -x "$bin" ] || skip "could not install azurite@$version from npm: $(tail -1 "$log/npm.log" 2>/dev/null)"
 fi
 
-port=$(python3 -c "import socket; s=socket.socket(); s.bind(('127.0.0.1', 0)); print(s.getsockname()[1])") ||
-  skip "python3 cannot find a free port"
-(
-  "$bin" --blobHost 127.0.0.1 --blobPort "$port" --inMemoryPersistence \
-    --silent --disableTelemetry >"$log/azurite.log" 2>&1 &
+# Each try takes a free port; another server may take it first, so a try
+# counts only once this Azurite itself says it listens.
+started=
+for _ in 1 2 3; do
+  port=$(python3 -c "import socket; s=socket.socket(); s.bind(('127.0.0.1', 0)); print(s.getsockname()[1])") ||
+    skip "python3 cannot find a free port"
+  : >"$log/azurite.log"
+  "$bin" --blobHost 127.0.0.1 --blobPort "$port" --inMemoryPersistence --silent --disableTelemetry \
+    >"$log/azurite.log" 2>&1 &
   server=$!
+  for _ in $(seq 300); do
+    kill -0 "$server" 2>/dev/null || break
+    if grep -q "successfully listens" "$log/azurite.log"; then
+      started=1
+      break 2
+    fi
+    sleep 0.1
+  done
+  kill "$server" 2>/dev/null
+done
+[ -n "$started" ] || skip "Azurite did not start: $(tail -2 "$log/azurite.log" | tr '\n' ' ')"
+# It stops when WATCH exits.
+(
   while kill -0 "$watch" 2>/dev/null && kill -0 "$server" 2>/dev/null; do sleep 1; done
   kill "$server" 2>/dev/null
 ) >/dev/null 2>&1 &
 
 url="http://127.0.0.1:$port"
-for _ in $(seq 300); do
-  # Any answer (a 403 to an unsigned request) means it listens.
-  if [ "$(curl -s -o /dev/null -w '%{http_code}' "$url/$account?comp=list")" != 000 ]; then
-    # The tests' container, made with a request signed by the development
-    # account's published key (Shared Key authorization).
-    python3 - "$url" "$account" "$container" <<'PY' >"$log/container.log" 2>&1 || skip "cannot create the Azure container: $(tail -1 "$log/container.log")"
+# The tests' container, made with a request signed by the development
+# account's published key (Shared Key authorization).
+python3 - "$url" "$account" "$container" <<'PY' >"$log/container.log" 2>&1 || skip "cannot create the Azure container: $(tail -1 "$log/container.log")"
 import base64, hashlib, hmac, sys, urllib.request
 from email.utils import formatdate
 url, account, container = sys.argv[1:]
@@ -71,14 +88,10 @@ request = urllib.request.Request(f"{url}/{account}/{container}?restype=container
 try:
     urllib.request.urlopen(request).read()
 except urllib.error.HTTPError as e:
-    if e.code != 409:  # made already
-        sys.exit(f"{e.code} {e.read()[:300]!r}")
+    sys.exit(f"{e.code} {e.read()[:300]!r}")
 PY
-    echo "AZURITE_BLOB_STORAGE_URL=$url"
-    echo "AZURE_ENDPOINT=$url/$account"
-    echo "BUCKET=$container"
-    exit 0
-  fi
-  sleep 0.1
-done
-skip "Azurite did not answer within 30 s: $(tail -2 "$log/azurite.log" | tr '\n' ' ')"
+echo "AZURITE_BLOB_STORAGE_URL=$url"
+echo "AZURITE_ACCOUNT_URL=$url/$account"
+echo "BUCKET=$container"
+rm -rf "$log"
+exit 0

@@ -16,7 +16,8 @@
 //! twice. Writes are uploads that become visible only when committed: one
 //! request for a small object, a resumable (GCS), multipart (S3) or block
 //! list (Azure) upload for a large one; a writer dropped without commit
-//! cancels its upload.
+//! cancels its upload (on Azure, the blocks it sent stay uncommitted, and
+//! the service drops them).
 
 mod azure;
 mod gcs;
@@ -694,6 +695,117 @@ mod tests {
             assert_eq!(err.kind(), StorageErrorKind::InvalidLocation, "{location}");
             assert!(err.to_string().contains(why), "{location}: {err}");
         }
+    }
+
+    /// An object of `len` bytes that differ from offset to offset.
+    fn object(len: usize) -> Vec<u8> {
+        (0..len).map(|i| (i * 7 % 251) as u8).collect()
+    }
+
+    /// How a fake server's body goes for one request.
+    #[derive(Clone, Copy)]
+    enum Body {
+        /// The rest of the object, in the given chunk sizes (cycled).
+        Whole,
+        /// Ends without an error after this many bytes.
+        EndsAfter(usize),
+        /// Fails after this many bytes.
+        FailsAfter(usize),
+    }
+
+    /// Reads `data` through `pump` and a [`ChunkReader`], the server's
+    /// bodies going as `bodies` says, one per request; what the reader
+    /// read (or its error) and the offsets the requests asked for.
+    fn pumped(data: &[u8], bodies: &[Body], retries: u32) -> (Result<Vec<u8>, String>, Vec<u64>) {
+        let size = data.len() as u64;
+        let data = Bytes::from(data.to_vec());
+        let asked = Arc::new(Mutex::new(Vec::new()));
+        let requests = Arc::new(Mutex::new(std::collections::VecDeque::from(
+            bodies.to_vec(),
+        )));
+        let open = {
+            let asked = Arc::clone(&asked);
+            move |at: u64| {
+                asked.lock().unwrap().push(at);
+                let body = requests.lock().unwrap().pop_front().unwrap_or(Body::Whole);
+                let rest = data.slice(at as usize..);
+                async move {
+                    // Chunk sizes around the reader's 256 KiB buffers.
+                    let sizes = [100 << 10, 300 << 10, 1, 256 << 10, 7];
+                    let (limit, fails) = match body {
+                        Body::Whole => (rest.len(), false),
+                        Body::EndsAfter(n) => (n.min(rest.len()), false),
+                        Body::FailsAfter(n) => (n.min(rest.len()), true),
+                    };
+                    let mut items = Vec::new();
+                    let mut at = 0;
+                    for size in sizes.iter().cycle() {
+                        if at >= limit {
+                            break;
+                        }
+                        let end = (at + size).min(limit);
+                        items.push(Ok(rest.slice(at..end)));
+                        at = end;
+                    }
+                    if fails {
+                        items.push(Err(StorageError::other("gs://b/o", "cannot read", "reset")));
+                    }
+                    Ok::<_, StorageError>(futures_util::stream::iter(items))
+                }
+            }
+        };
+        let retry = RetryPolicy::default()
+            .with_max_retries(retries)
+            .with_backoff(Duration::from_millis(1), Duration::from_millis(1));
+        let (mut reader, feeder) = ChunkReader::new();
+        shared_runtime().unwrap().spawn(pump(
+            feeder,
+            "gs://b/o".to_owned(),
+            0,
+            Some(size),
+            retry,
+            open,
+        ));
+        let mut read = Vec::new();
+        let mut buf = vec![0u8; 64 << 10];
+        let outcome = loop {
+            match reader.read(&mut buf) {
+                Ok(0) => break Ok(read),
+                Ok(n) => read.extend_from_slice(&buf[..n]),
+                Err(e) => break Err(format!("{e} after {} bytes", read.len())),
+            }
+        };
+        let asked = asked.lock().unwrap().clone();
+        (outcome, asked)
+    }
+
+    #[test]
+    fn a_read_resumes_where_its_body_broke_off_and_loses_no_byte() {
+        let data = object(3 << 20);
+        // Whole: one request, from the start.
+        let (read, asked) = pumped(&data, &[Body::Whole], 0);
+        assert!(read.unwrap() == data);
+        assert_eq!(asked, [0]);
+        // A body that ends early, then one that fails: each next request
+        // asks from the byte reached, and every byte comes once.
+        let (cut, failed) = ((700 << 10) + 3, 1 << 20);
+        let bodies = [Body::EndsAfter(cut), Body::FailsAfter(failed), Body::Whole];
+        let (read, asked) = pumped(&data, &bodies, 3);
+        assert!(read.unwrap() == data);
+        assert_eq!(asked, [0, cut as u64, (cut + failed) as u64]);
+    }
+
+    #[test]
+    fn a_read_that_keeps_failing_hands_over_what_came_then_the_error() {
+        let data = object(1 << 20);
+        let bodies = [Body::FailsAfter(300 << 10), Body::FailsAfter(5)];
+        let (read, asked) = pumped(&data, &bodies, 1);
+        let err = read.unwrap_err();
+        assert!(
+            err.contains("reset") && err.ends_with(&format!("after {} bytes", (300 << 10) + 5)),
+            "{err}"
+        );
+        assert_eq!(asked, [0, 300 << 10]);
     }
 
     #[test]
