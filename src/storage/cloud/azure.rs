@@ -32,6 +32,22 @@ const EMULATOR_KEY: &str =
 /// a job read. Large objects go up as blocks, committed by one block list
 /// when the writer commits: until then nothing is visible, and blocks never
 /// committed are dropped by the service.
+///
+/// ```no_run
+/// use std::io::Read;
+///
+/// use batch_prediction::Storage;
+/// use batch_prediction::storage::AzureStorage;
+///
+/// // AZURE_STORAGE_ACCOUNT_NAME and a credential in the environment.
+/// let azure = AzureStorage::from_env()?;
+/// for object in azure.list("az://my-container/instances/")? {
+///     let mut text = String::new();
+///     azure.open(&object.location)?.read_to_string(&mut text)?;
+///     println!("{}: {} lines", object.location, text.lines().count());
+/// }
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Clone)]
 pub struct AzureStorage(Stores);
 
