@@ -5,8 +5,9 @@ printed as ratios (issue #13, section 7).
     python3 benches/compare_cloud.py [--mb M] [--records N] [--rounds R] [--big-gb G]
 
 (or `bash benches/compare.sh --cloud ...`). It starts moto (S3) and
-fake-gcs-server (Cloud Storage) on loopback with tests/cloud/servers.sh,
-then, in R (default 5) rounds, each in a shuffled order, times on each server:
+fake-gcs-server (Cloud Storage) on loopback with tests/cloud/servers.sh, and
+Azurite (Azure Blob Storage; curl's requests signed with its development
+key) with tests/cloud/azurite.sh, then, in R (default 5) rounds, each in a shuffled order, times on each server:
 
 - reading an M MB (default 256) object with this crate (`cloud_helper get`)
   against `curl` downloading it; uploading it (`cloud_helper put`) against
@@ -31,6 +32,9 @@ G GB (default 2) object.
 """
 
 import argparse
+import base64
+import hashlib
+import hmac
 import json
 import os
 import random
@@ -41,6 +45,8 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.parse
+from email.utils import formatdate
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "benches"))
@@ -63,13 +69,39 @@ def shuffled(cases, rounds):
     return {name: statistics.median(times[name]) for name in names}
 
 
-def servers():
-    out = subprocess.run(["bash", os.path.join(ROOT, "tests", "cloud", "servers.sh"), str(os.getpid())],
+# Cloud Storage (fake-gcs-server), S3 (moto), Azure Blob Storage (Azurite).
+SCHEMES = ("gs", "s3", "az")
+
+
+def servers(script="servers.sh"):
+    out = subprocess.run(["bash", os.path.join(ROOT, "tests", "cloud", script), str(os.getpid())],
                          capture_output=True, text=True)
     env = dict(line.split("=", 1) for line in out.stdout.split() if "=" in line)
     if "BUCKET" not in env:
         sys.exit(f"cannot start the servers: {out.stdout} {out.stderr}")
     return env
+
+
+# Azurite's development account and its published key.
+AZ_ACCOUNT = "devstoreaccount1"
+AZ_KEY = base64.b64decode(
+    "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==")
+
+
+def az_signed(method, path, query=None, length=0, content_type="", headers=None):
+    """curl's -H arguments for a request to Azurite signed with Shared Key:
+    `path` is /CONTAINER/NAME, `query` the request's parameters."""
+    query = query or {}
+    ms = {"x-ms-date": formatdate(usegmt=True), "x-ms-version": "2021-08-06", **(headers or {})}
+    # The verb, then eleven standard headers of which only Content-Length and Content-Type are sent.
+    fields = [method, "", "", str(length) if length else "", "", content_type, "", "", "", "", "", ""]
+    to_sign = ("\n".join(fields) + "\n" + "".join(f"{k}:{v}\n" for k, v in sorted(ms.items()))
+               + f"/{AZ_ACCOUNT}/{AZ_ACCOUNT}{path}" + "".join(f"\n{k}:{v}" for k, v in sorted(query.items())))
+    signature = base64.b64encode(hmac.new(AZ_KEY, to_sign.encode(), hashlib.sha256).digest()).decode()
+    sent = {**ms, "Authorization": f"SharedKey {AZ_ACCOUNT}:{signature}"}
+    if content_type:
+        sent["Content-Type"] = content_type
+    return [arg for k, v in sent.items() for arg in ("-H", f"{k}: {v}")]
 
 
 def curl_time(args):
@@ -91,15 +123,25 @@ def main():
     helper = os.path.join(target_dir(), "release", "examples", "cloud_helper")
     env = servers()
     gcs, s3, bucket = env["STORAGE_EMULATOR_HOST"], env["AWS_ENDPOINT_URL"], env["BUCKET"]
+    azurite = servers("azurite.sh")
+    az = f"{azurite['AZURITE_BLOB_STORAGE_URL']}/{AZ_ACCOUNT}"
+    if azurite["BUCKET"] != bucket:
+        sys.exit(f"Azurite's container is {azurite['BUCKET']}, not {bucket}")
     os.environ.update({
         "STORAGE_EMULATOR_HOST": gcs, "AWS_ENDPOINT_URL": s3, "AWS_ACCESS_KEY_ID": "test",
         "AWS_SECRET_ACCESS_KEY": "test", "AWS_REGION": "us-east-1",
+        "AZURE_STORAGE_USE_EMULATOR": "true", "AZURITE_BLOB_STORAGE_URL": azurite["AZURITE_BLOB_STORAGE_URL"],
     })
     sigv4 = ["--aws-sigv4", "aws:amz:us-east-1:s3", "--user", "test:test"]
 
     def curl_get(scheme, name):
         if scheme == "gs":
             return curl_time([f"{gcs}/storage/v1/b/{bucket}/o/{name.replace('/', '%2F')}?alt=media"])
+        if scheme == "az":
+            start = time.perf_counter()
+            subprocess.run(["curl", "-sSf", "-o", "/dev/null"] + az_signed("GET", f"/{bucket}/{name}")
+                           + [f"{az}/{bucket}/{name}"], check=True)
+            return time.perf_counter() - start
         return curl_time(sigv4 + [f"{s3}/{bucket}/{name}"])
 
     def curl_put(scheme, name, path):
@@ -107,6 +149,14 @@ def main():
             # -T streams the file (--data-binary would read it all into memory first).
             return curl_time(["-X", "POST", "-T", path, "-H", "Content-Type: application/octet-stream",
                               f"{gcs}/upload/storage/v1/b/{bucket}/o?uploadType=media&name={name}"])
+        if scheme == "az":
+            start = time.perf_counter()
+            subprocess.run(["curl", "-sSf", "-o", "/dev/null", "-T", path]
+                           + az_signed("PUT", f"/{bucket}/{name}", length=os.path.getsize(path),
+                                       content_type="application/octet-stream",
+                                       headers={"x-ms-blob-type": "BlockBlob"})
+                           + [f"{az}/{bucket}/{name}"], check=True)
+            return time.perf_counter() - start
         return curl_time(sigv4 + ["-T", path, f"{s3}/{bucket}/{name}"])
 
     def curl_out(args, data=None):
@@ -128,6 +178,20 @@ def main():
                 curl_out(["-X", "PUT", "-T", part, "-H", f"Content-Range: bytes {at}-{at + n - 1}/{total}",
                           "-o", "/dev/null", session])
                 at += n
+        elif scheme == "az":
+            ids = []
+            for i, part in enumerate(parts):
+                ids.append(base64.b64encode(f"{i:08d}".encode()).decode())
+                query = {"blockid": ids[-1], "comp": "block"}
+                curl_out(["-T", part, "-o", "/dev/null"]
+                         + az_signed("PUT", f"/{bucket}/{name}", query, os.path.getsize(part),
+                                     "application/octet-stream")
+                         + [f"{az}/{bucket}/{name}?{urllib.parse.urlencode(query)}"])
+            body = ('<?xml version="1.0" encoding="utf-8"?><BlockList>'
+                    + "".join(f"<Latest>{i}</Latest>" for i in ids) + "</BlockList>").encode()
+            curl_out(["-X", "PUT", "--data-binary", "@-", "-o", "/dev/null"]
+                     + az_signed("PUT", f"/{bucket}/{name}", {"comp": "blocklist"}, len(body), "application/xml")
+                     + [f"{az}/{bucket}/{name}?comp=blocklist"], body)
         else:
             url = f"{s3}/{bucket}/{name}"
             upload = re.search(r"<UploadId>([^<]+)</UploadId>", curl_out(sigv4 + ["-X", "POST", url + "?uploads"])).group(1)
@@ -166,7 +230,7 @@ def main():
         jsonl = os.path.join(work, "in", "instances.jsonl")
         os.makedirs(os.path.dirname(jsonl))
         write_jsonl(jsonl, args.records)
-        for scheme in ("gs", "s3"):
+        for scheme in SCHEMES:
             subprocess.run([helper, "put", blob, f"{scheme}://{bucket}/bench/blob.bin"], check=True, capture_output=True)
             subprocess.run([helper, "put", jsonl, f"{scheme}://{bucket}/bench/in/instances.jsonl"], check=True,
                            capture_output=True)
@@ -176,7 +240,7 @@ def main():
         results_parts = split(results, "results-part")
 
         cases = {}
-        for scheme in ("gs", "s3"):
+        for scheme in SCHEMES:
             obj = f"{scheme}://{bucket}/bench/blob.bin"
             cases[f"{scheme} read, this crate"] = lambda obj=obj: timed([helper, "get", obj])
             cases[f"{scheme} read, curl"] = lambda s=scheme: curl_get(s, "bench/blob.bin")
@@ -198,8 +262,8 @@ def main():
               f"({time.strftime('%Y-%m-%d')}, {os.cpu_count()} CPUs)")
         for name, secs in med.items():
             print(f"  {name:<34} {secs * 1000:9.1f} ms")
-        print("\ngoals (ratios of speed; higher is better)")
-        for scheme in ("gs", "s3"):
+        print("\ngoals (ratios of speed; higher is better; Azure's are #13's goals applied to Azurite)")
+        for scheme in SCHEMES:
             for what in ("read", "upload"):
                 ratio = med[f"{scheme} {what}, curl"] / med[f"{scheme} {what}, this crate"]
                 mbps = size / 1e6 / med[f"{scheme} {what}, this crate"]
