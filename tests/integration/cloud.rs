@@ -391,6 +391,27 @@ fn jobs_on_buckets_write_what_they_write_on_local_files() {
     }
 }
 
+/// A `jobs.create` request in `dir` for the echo job over `INPUT/*.jsonl`,
+/// as the command line reads it.
+#[cfg(feature = "cli")]
+fn cli_job_file(
+    dir: &std::path::Path,
+    job_id: &str,
+    input: &str,
+    output: &str,
+) -> std::path::PathBuf {
+    let job_file = dir.join("job.json");
+    let body = json!({
+        "jobId": job_id,
+        "predictionInput": {
+            "dataFormat": "JSON", "inputPaths": [format!("{input}/*.jsonl")],
+            "outputPath": output, "region": "local", "uri": "echo"
+        }
+    });
+    std::fs::write(&job_file, body.to_string()).unwrap();
+    job_file
+}
+
 #[cfg(feature = "cli")]
 #[test]
 fn the_command_line_reads_one_bucket_and_writes_another() {
@@ -406,15 +427,7 @@ fn the_command_line_reads_one_bucket_and_writes_another() {
         )
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let job_file = dir.path().join("job.json");
-    let body = json!({
-        "jobId": "cli_cloud",
-        "predictionInput": {
-            "dataFormat": "JSON", "inputPaths": [format!("{input}/*.jsonl")],
-            "outputPath": output, "region": "local", "uri": "echo"
-        }
-    });
-    std::fs::write(&job_file, body.to_string()).unwrap();
+    let job_file = cli_job_file(dir.path(), "cli_cloud", &input, &output);
     let out = std::process::Command::new(&exe)
         .envs(server_env(servers))
         .arg("run")
@@ -456,15 +469,7 @@ fn the_command_line_takes_azure_from_the_environment() {
         .put_bytes(&format!("{input}/a.jsonl"), b"{\"x\": 1}\n")
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let job_file = dir.path().join("job.json");
-    let body = json!({
-        "jobId": "cli_azure",
-        "predictionInput": {
-            "dataFormat": "JSON", "inputPaths": [format!("{input}/*.jsonl")],
-            "outputPath": output, "region": "local", "uri": "echo"
-        }
-    });
-    std::fs::write(&job_file, body.to_string()).unwrap();
+    let job_file = cli_job_file(dir.path(), "cli_azure", &input, &output);
     let run = |env: &[(&str, &str)]| {
         let mut command = std::process::Command::new(&exe);
         for (key, _) in std::env::vars().filter(|(k, _)| k.starts_with("AZURE")) {

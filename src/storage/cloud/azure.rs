@@ -1,14 +1,11 @@
 //! [`AzureStorage`]: Azure Blob Storage through Apache Arrow's `object_store`.
 
-use std::io::Read;
 use std::sync::Arc;
 
 use object_store::azure::MicrosoftAzureBuilder;
 
-use super::RetryPolicy;
-use super::s3::storage_through_stores;
-use super::store::Stores;
-use crate::storage::{ObjectMeta, ObjectWriter, Storage, StorageError, StorageErrorKind};
+use super::store::{Stores, backend_over_stores};
+use crate::storage::{StorageError, StorageErrorKind};
 
 /// The key of Azurite's development account, `devstoreaccount1`, which
 /// Microsoft publishes for the emulators.
@@ -50,14 +47,6 @@ const EMULATOR_KEY: &str =
 /// ```
 #[derive(Clone)]
 pub struct AzureStorage(Stores);
-
-impl std::fmt::Debug for AzureStorage {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AzureStorage")
-            .field("retry", &self.0.retry)
-            .finish_non_exhaustive()
-    }
-}
 
 impl AzureStorage {
     /// A store configured from the `AZURE_*` variables of the environment.
@@ -110,12 +99,6 @@ impl AzureStorage {
         };
         Stores::new("az", "Azure Blob Storage", Arc::new(build)).map(AzureStorage)
     }
-
-    /// Retries transient failures by `retry` (the default: [`RetryPolicy::default`]).
-    #[must_use]
-    pub fn with_retry(self, retry: RetryPolicy) -> Self {
-        AzureStorage(self.0.with_retry(retry))
-    }
 }
 
-storage_through_stores!(AzureStorage);
+backend_over_stores!(AzureStorage);

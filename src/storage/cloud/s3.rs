@@ -1,13 +1,11 @@
 //! [`S3Storage`]: S3 and S3-compatible stores through Apache Arrow's `object_store`.
 
-use std::io::Read;
 use std::sync::Arc;
 
 use object_store::aws::AmazonS3Builder;
 
-use super::RetryPolicy;
-use super::store::Stores;
-use crate::storage::{ObjectMeta, ObjectWriter, Storage, StorageError};
+use super::store::{Stores, backend_over_stores};
+use crate::storage::StorageError;
 
 /// S3 and S3-compatible stores (MinIO, R2, Ceph): `s3://BUCKET/NAME`.
 ///
@@ -21,14 +19,6 @@ use crate::storage::{ObjectMeta, ObjectWriter, Storage, StorageError};
 /// a job read.
 #[derive(Clone)]
 pub struct S3Storage(Stores);
-
-impl std::fmt::Debug for S3Storage {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("S3Storage")
-            .field("retry", &self.0.retry)
-            .finish_non_exhaustive()
-    }
-}
 
 impl S3Storage {
     /// A store configured from the environment, as the AWS SDKs are.
@@ -80,50 +70,6 @@ impl S3Storage {
         };
         Stores::new("s3", "S3", Arc::new(build)).map(S3Storage)
     }
-
-    /// Retries transient failures by `retry` (the default: [`RetryPolicy::default`]).
-    #[must_use]
-    pub fn with_retry(self, retry: RetryPolicy) -> Self {
-        S3Storage(self.0.with_retry(retry))
-    }
 }
 
-/// Implements [`Storage`] for a newtype around [`Stores`].
-macro_rules! storage_through_stores {
-    ($t:ty) => {
-        impl Storage for $t {
-            fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StorageError> {
-                self.0.list(prefix)
-            }
-            fn list_until(
-                &self,
-                prefix: &str,
-                stop: &(dyn Fn() -> bool + Sync),
-            ) -> Result<Vec<ObjectMeta>, StorageError> {
-                self.0.list_until(prefix, stop)
-            }
-            fn head(&self, location: &str) -> Result<ObjectMeta, StorageError> {
-                self.0.head(location)
-            }
-            fn open(&self, location: &str) -> Result<Box<dyn Read + Send>, StorageError> {
-                self.0.open(location)
-            }
-            fn open_at(
-                &self,
-                location: &str,
-                offset: u64,
-            ) -> Result<Box<dyn Read + Send>, StorageError> {
-                self.0.open_at(location, offset)
-            }
-            fn create(&self, location: &str) -> Result<Box<dyn ObjectWriter>, StorageError> {
-                self.0.create(location)
-            }
-            fn delete(&self, location: &str) -> Result<(), StorageError> {
-                self.0.delete(location)
-            }
-        }
-    };
-}
-pub(super) use storage_through_stores;
-
-storage_through_stores!(S3Storage);
+backend_over_stores!(S3Storage);

@@ -36,6 +36,75 @@ pub(super) struct Stores {
     pub(super) retry: RetryPolicy,
 }
 
+/// For a public newtype around [`Stores`]: its `Debug`, its `with_retry`,
+/// and its [`Storage`] through the `Stores`.
+macro_rules! backend_over_stores {
+    ($t:ident) => {
+        impl std::fmt::Debug for $t {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.debug_struct(stringify!($t))
+                    .field("retry", &self.0.retry)
+                    .finish_non_exhaustive()
+            }
+        }
+
+        impl $t {
+            /// Retries transient failures by `retry` (the default: [`RetryPolicy::default`]).
+            ///
+            /// [`RetryPolicy::default`]: crate::RetryPolicy::default
+            #[must_use]
+            pub fn with_retry(self, retry: crate::RetryPolicy) -> Self {
+                $t(self.0.with_retry(retry))
+            }
+        }
+
+        impl crate::storage::Storage for $t {
+            fn list(
+                &self,
+                prefix: &str,
+            ) -> Result<Vec<crate::storage::ObjectMeta>, crate::storage::StorageError> {
+                self.0.list(prefix)
+            }
+            fn list_until(
+                &self,
+                prefix: &str,
+                stop: &(dyn Fn() -> bool + Sync),
+            ) -> Result<Vec<crate::storage::ObjectMeta>, crate::storage::StorageError> {
+                self.0.list_until(prefix, stop)
+            }
+            fn head(
+                &self,
+                location: &str,
+            ) -> Result<crate::storage::ObjectMeta, crate::storage::StorageError> {
+                self.0.head(location)
+            }
+            fn open(
+                &self,
+                location: &str,
+            ) -> Result<Box<dyn std::io::Read + Send>, crate::storage::StorageError> {
+                self.0.open(location)
+            }
+            fn open_at(
+                &self,
+                location: &str,
+                offset: u64,
+            ) -> Result<Box<dyn std::io::Read + Send>, crate::storage::StorageError> {
+                self.0.open_at(location, offset)
+            }
+            fn create(
+                &self,
+                location: &str,
+            ) -> Result<Box<dyn crate::storage::ObjectWriter>, crate::storage::StorageError> {
+                self.0.create(location)
+            }
+            fn delete(&self, location: &str) -> Result<(), crate::storage::StorageError> {
+                self.0.delete(location)
+            }
+        }
+    };
+}
+pub(super) use backend_over_stores;
+
 impl std::fmt::Debug for Stores {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Stores")
