@@ -2,8 +2,12 @@
 //! fast path ([`Predictor::predict_json_lines`](crate::Predictor::predict_json_lines)).
 //!
 //! What [`echo`] writes is, byte for byte, what parsing the line into a
-//! [`serde_json::Value`] and writing that value gives: the same parser reads
-//! it, and each scalar is written by `serde_json` as a `Value` of it is.
+//! [`serde_json::Value`] and writing that value gives. A scan copies each
+//! token whose text is already what `serde_json` writes (a string without
+//! escapes, an integer, a float in its shortest form: what most lines hold)
+//! and gives `serde_json` the others one at a time; a line the scan is
+//! unsure of goes through `serde_json`'s own parser, each scalar written as
+//! a `Value` of it is.
 //! Where the two would differ it refuses the line instead: a repeated field
 //! name (a `Value` keeps the last one, in the first one's place), and a
 //! top-level `b64` field (a `{"b64": …}` line is a binary instance). An
@@ -20,9 +24,284 @@ pub(crate) const MAX_FIELDS: usize = 32;
 /// Appends the JSON text `serde_json` writes for `line` parsed as a
 /// `Value`; `false` (with part of it written) when `line` is not JSON or is
 /// one of the lines refused above.
+///
+/// Most lines take [`Scan`], which copies every token whose text is already
+/// what `serde_json` would write; a line it is unsure of goes through
+/// `serde_json` itself.
 pub(crate) fn echo(line: &[u8], buf: &mut Vec<u8>) -> bool {
+    let start = buf.len();
+    if Scan::new(line, buf).line() {
+        return true;
+    }
+    buf.truncate(start);
     let mut de = serde_json::Deserializer::from_slice(line);
     Echo { buf, top: true }.deserialize(&mut de).is_ok() && de.end().is_ok()
+}
+
+/// The most nested arrays and objects [`Scan`] takes (`serde_json` takes
+/// 128; deeper lines go to it, to be refused there).
+const SCAN_DEPTH: usize = 64;
+
+/// The fast path of [`echo`]: one pass over the text, which copies the
+/// tokens that `serde_json` would write unchanged and hands the others
+/// (numbers it would write otherwise, strings with escapes) to
+/// `serde_json` one token at a time. Its answer is `false` for anything
+/// else it is unsure of, valid or not: a name with an escape, a repeated or
+/// top-level `b64` name, too many fields, deep nesting, bad UTF-8, not JSON.
+struct Scan<'a> {
+    text: &'a [u8],
+    at: usize,
+    buf: &'a mut Vec<u8>,
+}
+
+impl<'a> Scan<'a> {
+    fn new(text: &'a [u8], buf: &'a mut Vec<u8>) -> Self {
+        Scan { text, at: 0, buf }
+    }
+
+    fn peek(&self) -> Option<u8> {
+        self.text.get(self.at).copied()
+    }
+
+    /// Skips what `serde_json` takes for white space.
+    fn space(&mut self) {
+        while let Some(b' ' | b'\n' | b'\t' | b'\r') = self.peek() {
+            self.at += 1;
+        }
+    }
+
+    /// Copies the next byte, which must be `byte`.
+    fn expect(&mut self, byte: u8) -> bool {
+        let ok = self.peek() == Some(byte);
+        if ok {
+            self.at += 1;
+            self.buf.push(byte);
+        }
+        ok
+    }
+
+    fn line(&mut self) -> bool {
+        self.space();
+        if !self.value(0, true) {
+            return false;
+        }
+        self.space();
+        self.at == self.text.len()
+    }
+
+    fn value(&mut self, depth: usize, top: bool) -> bool {
+        match self.peek() {
+            Some(b'{') => depth < SCAN_DEPTH && self.object(depth + 1, top),
+            Some(b'[') => depth < SCAN_DEPTH && self.array(depth + 1),
+            Some(b'"') => self.string(true).is_some(),
+            Some(b'-' | b'0'..=b'9') => self.number(),
+            Some(b't') => self.word(b"true"),
+            Some(b'f') => self.word(b"false"),
+            Some(b'n') => self.word(b"null"),
+            _ => false,
+        }
+    }
+
+    fn word(&mut self, word: &[u8]) -> bool {
+        let ok = self.text[self.at..].starts_with(word);
+        if ok {
+            self.at += word.len();
+            self.buf.extend_from_slice(word);
+        }
+        ok
+    }
+
+    fn array(&mut self, depth: usize) -> bool {
+        self.expect(b'[');
+        self.space();
+        if self.expect(b']') {
+            return true;
+        }
+        loop {
+            if !self.value(depth, false) {
+                return false;
+            }
+            self.space();
+            if self.expect(b']') {
+                return true;
+            }
+            if !self.expect(b',') {
+                return false;
+            }
+            self.space();
+        }
+    }
+
+    fn object(&mut self, depth: usize, top: bool) -> bool {
+        self.expect(b'{');
+        self.space();
+        if self.expect(b'}') {
+            return true;
+        }
+        // Each name's text: without escapes, equal texts are equal names.
+        let mut names = [(0, 0); MAX_FIELDS];
+        let mut count = 0;
+        loop {
+            let Some((start, end)) = self.string(false) else {
+                return false;
+            };
+            let name = &self.text[start..end];
+            if count == MAX_FIELDS
+                || (top && name == b"b64")
+                || names[..count]
+                    .iter()
+                    .any(|&(s, e)| &self.text[s..e] == name)
+            {
+                return false;
+            }
+            names[count] = (start, end);
+            count += 1;
+            self.space();
+            if !self.expect(b':') {
+                return false;
+            }
+            self.space();
+            if !self.value(depth, false) {
+                return false;
+            }
+            self.space();
+            if self.expect(b'}') {
+                return true;
+            }
+            if !self.expect(b',') {
+                return false;
+            }
+            self.space();
+        }
+    }
+
+    /// A string: copied when it has no escape (`serde_json` writes such a
+    /// string as it reads it), else, if `escapes` allows, decoded and
+    /// written by `serde_json`. Gives the content's place in the text when
+    /// copied.
+    fn string(&mut self, escapes: bool) -> Option<(usize, usize)> {
+        if self.peek() != Some(b'"') {
+            return None;
+        }
+        let start = self.at + 1;
+        let mut end = start;
+        let mut ascii = true;
+        loop {
+            match *self.text.get(end)? {
+                b'"' => break,
+                b'\\' if escapes => return self.escaped_string(),
+                b'\\' => return None,
+                // Not JSON: serde_json refuses it.
+                ..0x20 => return None,
+                b => ascii &= b.is_ascii(),
+            }
+            end += 1;
+        }
+        if !ascii && std::str::from_utf8(&self.text[start..end]).is_err() {
+            return None;
+        }
+        self.buf.extend_from_slice(&self.text[self.at..=end]);
+        self.at = end + 1;
+        Some((start, end))
+    }
+
+    /// A string with escapes, as `serde_json` reads and writes it.
+    #[cold]
+    fn escaped_string(&mut self) -> Option<(usize, usize)> {
+        let mut end = self.at + 1;
+        loop {
+            match *self.text.get(end)? {
+                b'"' => break,
+                b'\\' => end += 2,
+                _ => end += 1,
+            }
+        }
+        let token = self.text.get(self.at..=end)?;
+        let decoded: String = serde_json::from_slice(token).ok()?;
+        serde_json::to_writer(&mut *self.buf, &decoded).ok()?;
+        self.at = end + 1;
+        Some((0, 0))
+    }
+
+    /// A number: copied when `serde_json` would write it as it is written
+    /// (see [`as_written`]), else read and written by `serde_json`.
+    fn number(&mut self) -> bool {
+        let t = self.text;
+        let start = self.at;
+        let digits = |mut i: usize| {
+            while t.get(i).is_some_and(u8::is_ascii_digit) {
+                i += 1;
+            }
+            i
+        };
+        let negative = t[start] == b'-';
+        let int_start = start + usize::from(negative);
+        let int_end = match t.get(int_start) {
+            Some(b'0') => int_start + 1,
+            Some(b'1'..=b'9') => digits(int_start + 1),
+            _ => return false,
+        };
+        let mut end = int_end;
+        let mut fraction = None;
+        if t.get(end) == Some(&b'.') {
+            let fraction_end = digits(end + 1);
+            if fraction_end == end + 1 {
+                return false;
+            }
+            fraction = Some(&t[end + 1..fraction_end]);
+            end = fraction_end;
+        }
+        let mut exponent = false;
+        if let Some(b'e' | b'E') = t.get(end) {
+            let sign = usize::from(matches!(t.get(end + 1), Some(b'+' | b'-')));
+            let exponent_end = digits(end + 1 + sign);
+            if exponent_end == end + 1 + sign {
+                return false;
+            }
+            end = exponent_end;
+            exponent = true;
+        }
+        self.at = end;
+        let text = &t[start..end];
+        if !exponent && as_written(negative, &t[int_start..int_end], fraction) {
+            self.buf.extend_from_slice(text);
+            return true;
+        }
+        self.other_number(text)
+    }
+
+    #[cold]
+    fn other_number(&mut self, text: &[u8]) -> bool {
+        match serde_json::from_slice::<serde_json::Value>(text) {
+            Ok(number) => serde_json::to_writer(&mut *self.buf, &number).is_ok(),
+            Err(_) => false,
+        }
+    }
+}
+
+/// Whether `serde_json` writes the number whose integer digits are
+/// `integer` and fraction digits `fraction` (no exponent) exactly as it
+/// reads. An integer of up to 18 digits is kept as one (`-0` is not: it
+/// reads as the float -0.0). A fraction of at most 15 significant digits
+/// and no trailing zero is the shortest decimal that reads back as the
+/// same double (15 digits always survive a round trip, so no shorter
+/// string can name that double), and `serde_json`'s printer writes such a
+/// number in fixed notation, as here, when its first significant digit
+/// stands from 10^15 down to 10^-5; `X.0` likewise for an integral `X` of
+/// up to 15 digits.
+fn as_written(negative: bool, integer: &[u8], fraction: Option<&[u8]>) -> bool {
+    let Some(fraction) = fraction else {
+        return integer.len() <= 18 && !(negative && integer == b"0");
+    };
+    if integer != b"0" {
+        return if fraction == b"0" {
+            integer.len() <= 15
+        } else {
+            fraction.last() != Some(&b'0') && integer.len() + fraction.len() <= 15
+        };
+    }
+    let zeros = fraction.iter().take_while(|&&b| b == b'0').count();
+    fraction.last() != Some(&b'0') && zeros <= 4 && fraction.len() - zeros <= 15
 }
 
 /// Writes the value it reads to `buf`.
@@ -208,6 +487,94 @@ mod tests {
         ] {
             assert_eq!(fast(line), usual(line), "{line}");
             assert!(fast(line).is_some(), "{line}");
+        }
+    }
+
+    /// Whether [`Scan`] alone takes `line`, and what it writes.
+    fn scanned(line: &str) -> Option<String> {
+        let mut buf = Vec::new();
+        Scan::new(line.as_bytes(), &mut buf)
+            .line()
+            .then(|| String::from_utf8(buf).unwrap())
+    }
+
+    #[test]
+    fn the_scan_takes_usual_lines_and_writes_what_serde_json_writes() {
+        for line in [
+            r#"{"key": 7, "x": [0.1, -2.3, 1.25, 0.5]}"#,
+            "{\"a\": \"caf\u{e9} \u{1F600}\", \"b\": [true, false, null], \"c\": {\"d\": -12, \"e\": 100.0}}",
+            "[0.00001, 0.000123456789012345, 123456789012345.0, 12345678901234.5, 999999999999999999]",
+            "[1e2, 1E-7, 0.10, 1.50, -0, 0.0, -0.0, 1234567890123456789, 0.0000012, 1.2345678901234567]",
+            "[0.000001, 1000000000000000.0, 10000000000000000.0, 9007199254740993, 18446744073709551616]",
+            "[9007199254740993.0, 1234567890123456.0, 0.1000000000000001, 0.30000000000000004]",
+            r#"{"s": "a \"quoted\" \\ line\n\u00e9\/"}"#,
+        ] {
+            assert_eq!(scanned(line), usual(line), "{line}");
+        }
+        // Not for the scan: a name with an escape; not JSON.
+        for line in [
+            r#"{"\u0061": 1}"#,
+            "[1,]",
+            "01",
+            "1.",
+            "1e",
+            "[1 2]",
+            "tru",
+            "\"\u{1}\"",
+        ] {
+            assert_eq!(scanned(line), None, "{line}");
+        }
+    }
+
+    /// A number as JSON may write it: sign, integer digits (leading zeros
+    /// stripped), maybe a fraction, maybe an exponent.
+    fn number_text() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        (
+            any::<bool>(),
+            "[0-9]{1,21}",
+            proptest::option::of("[0-9]{1,20}"),
+            proptest::option::of(("[eE]", "[+-]?", "[0-9]{1,3}")),
+        )
+            .prop_map(|(negative, integer, fraction, exponent)| {
+                let integer = integer.trim_start_matches('0');
+                let integer = if integer.is_empty() { "0" } else { integer };
+                let mut text = format!("{}{integer}", if negative { "-" } else { "" });
+                if let Some(f) = fraction {
+                    text += &format!(".{f}");
+                }
+                if let Some((e, sign, digits)) = exponent {
+                    text += &format!("{e}{sign}{digits}");
+                }
+                text
+            })
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(4096))]
+
+        #[test]
+        fn numbers_are_written_as_serde_json_writes_them(
+            n in number_text(),
+            f in proptest::num::f64::NORMAL | proptest::num::f64::SUBNORMAL | proptest::num::f64::ZERO,
+            places in 0usize..18,
+        ) {
+            for text in [n.clone(), f.to_string(), format!("{f:e}"), format!("{:.places$}", f / 1e6)] {
+                let line = format!("{{\"n\": [{text}, {text}]}}");
+                proptest::prop_assert_eq!(fast(&line), usual(&line), "{}", line);
+            }
+        }
+
+        #[test]
+        fn lines_are_written_as_serde_json_writes_them(
+            line in "[\\[\\]{}\",:0-9.eE+\\- \\\\tnrufalsb64\u{e9}]{0,40}",
+        ) {
+            // Taken alike, written alike; refused only where told (a
+            // repeated or top-level b64 name, which a Value would hide).
+            let (fast, usual) = (fast(&line), usual(&line));
+            if fast.is_some() || !line.contains("b64") && !line.contains(':') {
+                proptest::prop_assert_eq!(fast, usual, "{}", line);
+            }
         }
     }
 
