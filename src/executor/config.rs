@@ -35,7 +35,9 @@ pub struct ExecutorConfig {
     pub max_batch_bytes: Option<usize>,
     /// Record reading settings (the record size limit).
     pub read_options: ReadOptions,
-    /// Fail the job once more instances than this have failed.
+    /// Fail the job once more instances than this have failed. It stops at
+    /// the instance whose failure passes the limit (in input order), and
+    /// its message counts the instances read up to it.
     pub max_error_count: Option<u64>,
     /// Fail the job when, at the end, more than this fraction of instances failed.
     pub max_error_ratio: Option<f64>,

@@ -86,6 +86,7 @@ use crate::storage::{Storage, StorageError};
 use crate::trace;
 
 use self::plan::settings;
+use self::read::ChunkCost;
 use self::run::{Pool, Run};
 use self::shards::Totals;
 
@@ -380,6 +381,7 @@ impl BatchExecutor {
             raw_buffers: Pool::default(),
             item_lists: Pool::default(),
             result_buffers: Pool::default(),
+            chunk_cost: ChunkCost::default(),
         };
         match run.execute(resumed, totals) {
             Some(stop) => Err(stop),

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use super::read::{RawBatch, RawItem};
+use super::read::{ChunkCost, RawBatch, RawItem};
 use super::shards::{ShardSummary, Totals};
 use super::work::BatchOutput;
 use super::write::Writer;
@@ -76,6 +76,8 @@ pub(super) struct Run<'a> {
     pub(super) item_lists: Pool<RawItem>,
     /// Buffers of result lines (workers → writer → back).
     pub(super) result_buffers: Pool<u8>,
+    /// The workers' time per instance, which sizes the chunks.
+    pub(super) chunk_cost: ChunkCost,
 }
 
 impl Run<'_> {

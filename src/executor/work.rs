@@ -26,12 +26,15 @@ use crate::trace;
 pub(super) struct BatchOutput {
     /// JSON output: the result lines, ready to write.
     pub(super) results: Vec<u8>,
-    /// CSV output: (prediction, raw record, source, position), formatted by the writer.
-    pub(super) csv: Vec<(Value, Vec<u8>, Arc<str>, Position)>,
+    /// CSV output, formatted by the writer.
+    pub(super) csv: Vec<CsvRow>,
     /// Error file lines, ready to write.
     pub(super) error_lines: Vec<u8>,
     /// The message of each failed instance, for errors_stats.
     pub(super) error_messages: Vec<String>,
+    /// Each failed instance's place among the chunk's records (from 0), in
+    /// order, so that `max_error_count` stops at the very record past it.
+    pub(super) error_places: Vec<u64>,
     pub(super) predictions: u64,
     pub(super) records: u64,
     pub(super) bytes: u64,
@@ -40,6 +43,17 @@ pub(super) struct BatchOutput {
     pub(super) retries: u64,
     /// Predictor calls past the batch deadline.
     pub(super) deadline_hits: u64,
+}
+
+/// A prediction for a CSV row, with what an error record about it needs.
+pub(super) struct CsvRow {
+    pub(super) prediction: Value,
+    /// The instance's record.
+    pub(super) raw: Vec<u8>,
+    pub(super) source: Arc<str>,
+    pub(super) position: Position,
+    /// The record's place among the chunk's records.
+    pub(super) place: u64,
 }
 
 impl Run<'_> {
@@ -79,6 +93,7 @@ impl Run<'_> {
             let Some(output) = self.process(batch, &ctx, &caller, &mut pending) else {
                 return; // stopping
             };
+            self.chunk_cost.record(output.busy, output.records);
             if done.send((seq, Event::Batch(output))).is_err() {
                 return;
             }
@@ -250,6 +265,8 @@ impl Run<'_> {
         if self.stopping() {
             return false;
         }
+        // The place in the chunk of this batch's first record.
+        let first = out.predictions + out.error_messages.len() as u64;
         let (began, n) = (
             Instant::now(),
             pending.instances.len() + pending.lines.len(),
@@ -307,7 +324,7 @@ impl Run<'_> {
         // The instance as JSON, for the error file: decoded again from its record.
         let instance_json = |i: usize| records.decode(i..i + 1).pop().map(Instance::into_json);
         let mut results = pending.results.drain(..);
-        for slot in pending.slots.drain(..) {
+        for (place, slot) in (first..).zip(pending.slots.drain(..)) {
             let (position, instance, raw, failure) = match slot {
                 Slot::Damaged(e) => {
                     let failure = Failure {
@@ -324,12 +341,13 @@ impl Run<'_> {
                 Slot::Instance(i) => match results.next().expect("one result per instance") {
                     Ok(prediction) if csv => {
                         let raw = batch.data[pending.ranges[i].clone()].to_vec();
-                        out.csv.push((
+                        out.csv.push(CsvRow {
                             prediction,
                             raw,
-                            Arc::clone(&batch.source),
-                            pending.positions[i],
-                        ));
+                            source: Arc::clone(&batch.source),
+                            position: pending.positions[i],
+                            place,
+                        });
                         out.predictions += 1;
                         continue;
                     }
@@ -346,6 +364,7 @@ impl Run<'_> {
             // Writing into memory cannot fail.
             let _ = errors.write(&batch.source, &position, instance, raw, &failure.full);
             out.error_messages.push(failure.stats);
+            out.error_places.push(place);
         }
         drop(results);
         pending.lines.clear();

@@ -14,7 +14,7 @@ use super::plan::shard_identity;
 use super::progress::{Progress, ShardProgress};
 use super::run::{Event, POLL, Run};
 use super::shards::{ShardSummary, Totals};
-use super::work::BatchOutput;
+use super::work::{BatchOutput, CsvRow};
 use crate::record::{
     CsvResultWriter, CsvRowError, CsvWriteError, ErrorRecordWriter, ErrorStats, Instance,
     csv_header_bytes, decode,
@@ -187,7 +187,15 @@ impl<'r, 'a> Writer<'r, 'a> {
             // errors are listed after the chunk's other errors.
             let mut errors = ErrorRecordWriter::new(Vec::new());
             let mut rows: Option<CsvResultWriter<Vec<u8>>> = None;
-            for (prediction, raw, source, position) in batch.csv.drain(..) {
+            let mut row_error_places = Vec::new();
+            for CsvRow {
+                prediction,
+                raw,
+                source,
+                position,
+                place,
+            } in batch.csv.drain(..)
+            {
                 if self.csv_header.is_none()
                     && let Value::Object(map) = &prediction
                     && !map.is_empty()
@@ -220,6 +228,7 @@ impl<'r, 'a> Writer<'r, 'a> {
                         let instance = decode(plan.data_format, &raw).ok().map(Instance::into_json);
                         let _ = errors.write(&source, &position, instance, None, &message);
                         batch.error_messages.push(message);
+                        row_error_places.push(place);
                         batch.predictions -= 1;
                     }
                     Err(CsvWriteError::Io(e)) => {
@@ -228,6 +237,10 @@ impl<'r, 'a> Writer<'r, 'a> {
                 }
             }
             batch.error_lines.extend(errors.into_inner());
+            if !row_error_places.is_empty() {
+                batch.error_places.extend(row_error_places);
+                batch.error_places.sort_unstable();
+            }
             batch.results =
                 rows.map_or_else(Vec::new, |w| w.into_inner().expect("CSV into memory"));
         }
@@ -241,6 +254,9 @@ impl<'r, 'a> Writer<'r, 'a> {
             .write_all(&batch.error_lines)
             .map_err(|e| write_failed("errors", &shard.errors_file, e))?;
         let failed = batch.error_messages.len() as u64;
+        // What came before this chunk, for the error limit.
+        let errors_before = self.totals.committed_errors + open.errors_count;
+        let read_before = self.totals.committed_predictions + open.predictions + errors_before;
         for message in &batch.error_messages {
             open.stats.add(message, 1);
         }
@@ -259,25 +275,24 @@ impl<'r, 'a> Writer<'r, 'a> {
         progress.errors += failed;
         progress.bytes += batch.bytes;
         self.report();
-        if let Some(limit) = self.run.executor.config.max_error_count {
-            let errors = self.totals.committed_errors + self.errors_in_open();
-            if errors > limit {
-                return Err(Stop::TooManyErrors {
-                    failed: errors,
-                    limit,
-                    read: self.totals.committed_predictions + self.predictions_in_open() + errors,
-                });
-            }
+        if let Some(limit) = self.run.executor.config.max_error_count
+            && errors_before + failed > limit
+        {
+            // Stopped at the record whose failure passed the limit, wherever
+            // the chunks happened to end.
+            let past = usize::try_from(limit.saturating_sub(errors_before)).unwrap_or(usize::MAX);
+            let place = batch
+                .error_places
+                .get(past)
+                .copied()
+                .unwrap_or(batch.records);
+            return Err(Stop::TooManyErrors {
+                failed: errors_before + past as u64 + 1,
+                limit,
+                read: read_before + place + 1,
+            });
         }
         Ok(())
-    }
-
-    pub(super) fn errors_in_open(&self) -> u64 {
-        self.open.as_ref().map_or(0, |o| o.errors_count)
-    }
-
-    pub(super) fn predictions_in_open(&self) -> u64 {
-        self.open.as_ref().map_or(0, |o| o.predictions)
     }
 
     pub(super) fn end(&mut self, index: usize) -> Result<(), Stop> {

@@ -1,11 +1,13 @@
 //! The batch executor: counts, isolation of failures, determinism, storage
 //! failures, cancellation, thresholds, resume, progress.
 
+use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
 
 use batch_prediction::executor::ResumeMode;
-use batch_prediction::predict::{CancelHandle, FaultyPredictor};
+use batch_prediction::predict::{CancelHandle, FaultyPredictor, PredictContext};
 use batch_prediction::testing::{Fault, FaultyStorage};
 use batch_prediction::{
     BatchExecutor, DataFormat, EchoPredictor, EchoResolver, ExecutorConfig, InMemoryStorage,
@@ -708,9 +710,31 @@ fn error_thresholds_fail_the_job_with_the_numbers() {
     );
     assert_eq!(
         job.error_message.as_deref(),
-        Some("too many errors: 10 instances failed, over the limit of 5 (100 instances read)")
+        Some("too many errors: 6 instances failed, over the limit of 5 (51 instances read)"),
+        "stopped at the 6th failure (id 50), wherever the chunks ended"
     );
     check_accounting(&storage, &job, &summary);
+
+    // CSV rows that cannot be written count in their places too: ids 0 and
+    // 10 fail in the predictor, 5 and 15 have other columns (the writer
+    // finds those after the worker's errors of the same chunk).
+    let storage = InMemoryStorage::new();
+    let lines: String = (0..100)
+        .map(|i| match i % 10 {
+            5 => format!("{{\"id\": {i}, \"z\": 1}}\n"),
+            _ => format!("{{\"id\": {i}, \"x\": 1}}\n"),
+        })
+        .collect();
+    storage.put("gs://b/in/a.jsonl", lines.into_bytes());
+    let mut job = queued_job(DataFormat::Json, &["gs://b/in/*"], 20, 1);
+    job.prediction_input.as_mut().unwrap().output_data_format = Some(DataFormat::Csv);
+    let config = ExecutorConfig::default().with_max_error_count(2);
+    let summary = run_with(Arc::new(storage.clone()), failing(), config, &mut job);
+    assert_eq!(summary.state, State::Failed);
+    assert_eq!(
+        job.error_message.as_deref(),
+        Some("too many errors: 3 instances failed, over the limit of 2 (11 instances read)")
+    );
 
     let storage = fixture_storage(&["a.jsonl"]);
     let mut job = queued_job(DataFormat::Json, &["gs://b/in/*"], 10, 1);
@@ -1233,6 +1257,49 @@ fn cancel_stops_within_a_chunk() {
     assert_eq!(summary.state, State::Cancelled);
     let calls = calls.load(Ordering::SeqCst);
     assert!(calls <= 12, "{calls} calls after a cancel at call 11");
+}
+
+/// A slow predictor's batches spread over the workers even in a small job:
+/// chunks hold about 2 ms of a worker's time as measured so far, and one
+/// batch before that. Every call waits until two workers have called (at
+/// most 30 s in all, then the test fails): with chunks of a fixed 1,024
+/// instances, the job's four batches would all sit in one worker's chunk.
+#[test]
+fn a_slow_predictors_batches_spread_over_the_workers() {
+    let storage = InMemoryStorage::new();
+    let lines: Vec<u8> = (0..256)
+        .flat_map(|i| format!("{{\"id\": {i}}}\n").into_bytes())
+        .collect();
+    storage.put("gs://b/in/a.jsonl", lines);
+    let seen = Arc::new((Mutex::new(BTreeSet::new()), Condvar::new()));
+    let predictor = {
+        let seen = Arc::clone(&seen);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        predictor_fn(move |batch: Vec<Instance>, ctx: &PredictContext<'_>| {
+            let (workers, changed) = &*seen;
+            let mut workers = workers.lock().unwrap();
+            workers.insert(ctx.worker());
+            changed.notify_all();
+            while workers.len() < 2 && Instant::now() < deadline {
+                workers = changed
+                    .wait_timeout(workers, Duration::from_millis(50))
+                    .unwrap()
+                    .0;
+            }
+            Ok(batch.into_iter().map(Instance::into_json).collect())
+        })
+    };
+    let mut job = queued_job(DataFormat::Json, &["gs://b/in/*"], 64, 2);
+    let summary = run_with(
+        Arc::new(storage),
+        Arc::new(predictor),
+        ExecutorConfig::default(),
+        &mut job,
+    );
+    assert_eq!(summary.state, State::Succeeded);
+    assert_eq!(summary.prediction_count, 256);
+    let workers = seen.0.lock().unwrap().len();
+    assert_eq!(workers, 2, "every batch went to one worker");
 }
 
 #[test]
