@@ -111,7 +111,11 @@ impl Run<'_> {
         };
         let options = self.executor.config.read_options;
         let batch_size = self.plan.batch_size;
-        let adaptive = self.executor.config.adaptive_batch;
+        // Fixed chunks where a chunk may end inside a batch by the batch
+        // byte limit, so that the batches stay the same from run to run; and
+        // with adaptive batches, whose ceiling a chunk is.
+        let fixed =
+            self.executor.config.adaptive_batch || self.executor.config.max_batch_bytes.is_some();
         // With a byte limit on batches, chunks hold no more either, so that
         // memory stays within workers × the limit.
         let max_chunk_bytes = self.executor.config.max_batch_bytes.unwrap_or(usize::MAX);
@@ -162,9 +166,8 @@ impl Run<'_> {
                 let mut consumed = 0;
                 loop {
                     // Whole batches per chunk, at least one: about
-                    // CHUNK_WORK of a worker's time, or with adaptive
-                    // batches the most a batch may grow to.
-                    let chunk_instances = if adaptive {
+                    // CHUNK_WORK of a worker's time, or CHUNK_INSTANCES.
+                    let chunk_instances = if fixed {
                         chunk_instances(batch_size)
                     } else {
                         self.chunk_cost.chunk_instances(batch_size)

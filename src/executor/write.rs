@@ -184,7 +184,7 @@ impl<'r, 'a> Writer<'r, 'a> {
         if !batch.csv.is_empty() {
             // CSV: the header is the keys of the job's first prediction, in
             // input order, that is an object with at least one key. Row
-            // errors are listed after the chunk's other errors.
+            // errors take their places among the chunk's other errors.
             let mut errors = ErrorRecordWriter::new(Vec::new());
             let mut rows: Option<CsvResultWriter<Vec<u8>>> = None;
             let mut row_error_places = Vec::new();
@@ -236,10 +236,8 @@ impl<'r, 'a> Writer<'r, 'a> {
                     }
                 }
             }
-            batch.error_lines.extend(errors.into_inner());
             if !row_error_places.is_empty() {
-                batch.error_places.extend(row_error_places);
-                batch.error_places.sort_unstable();
+                merge_errors(&mut batch, &row_error_places, &errors.into_inner());
             }
             batch.results =
                 rows.map_or_else(Vec::new, |w| w.into_inner().expect("CSV into memory"));
@@ -256,6 +254,7 @@ impl<'r, 'a> Writer<'r, 'a> {
         let failed = batch.error_messages.len() as u64;
         // What came before this chunk, for the error limit.
         let errors_before = self.totals.committed_errors + open.errors_count;
+        debug_assert_eq!(batch.error_places.len(), batch.error_messages.len());
         let read_before = self.totals.committed_predictions + open.predictions + errors_before;
         for message in &batch.error_messages {
             open.stats.add(message, 1);
@@ -279,17 +278,17 @@ impl<'r, 'a> Writer<'r, 'a> {
             && errors_before + failed > limit
         {
             // Stopped at the record whose failure passed the limit, wherever
-            // the chunks happened to end.
+            // the chunks happened to end; before this chunk when the
+            // resumed shards had passed it already.
             let past = usize::try_from(limit.saturating_sub(errors_before)).unwrap_or(usize::MAX);
-            let place = batch
-                .error_places
-                .get(past)
-                .copied()
-                .unwrap_or(batch.records);
+            let (failed, read) = match batch.error_places.get(past) {
+                Some(place) if errors_before <= limit => (limit + 1, read_before + place + 1),
+                _ => (errors_before, read_before),
+            };
             return Err(Stop::TooManyErrors {
-                failed: errors_before + past as u64 + 1,
+                failed,
                 limit,
-                read: read_before + place + 1,
+                read,
             });
         }
         Ok(())
@@ -378,5 +377,33 @@ impl<'r, 'a> Writer<'r, 'a> {
         if catch_unwind(AssertUnwindSafe(|| observer.on_progress(&progress))).is_err() {
             self.observer_failed.set(true);
         }
+    }
+}
+
+/// Puts a chunk's CSV row errors (each one's place among the chunk's
+/// records, and their error lines, in order) among the worker's errors, so
+/// that the errors file keeps the input order whatever the chunks.
+fn merge_errors(batch: &mut BatchOutput, row_places: &[u64], row_lines: &[u8]) {
+    let worker_places = std::mem::take(&mut batch.error_places);
+    let worker_lines = std::mem::take(&mut batch.error_lines);
+    let mut worker = worker_places
+        .into_iter()
+        .zip(worker_lines.split_inclusive(|&b| b == b'\n'))
+        .peekable();
+    let mut rows = row_places
+        .iter()
+        .copied()
+        .zip(row_lines.split_inclusive(|&b| b == b'\n'))
+        .peekable();
+    loop {
+        let next = match (worker.peek(), rows.peek()) {
+            (Some(w), Some(r)) if w.0 < r.0 => worker.next(),
+            (Some(_), None) => worker.next(),
+            (_, Some(_)) => rows.next(),
+            (None, None) => break,
+        };
+        let (place, line) = next.expect("looked at first");
+        batch.error_places.push(place);
+        batch.error_lines.extend_from_slice(line);
     }
 }

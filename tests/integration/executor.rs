@@ -756,6 +756,78 @@ fn error_thresholds_fail_the_job_with_the_numbers() {
     check_accounting(&storage, &job, &summary);
 }
 
+/// A limit passed already by the shards a run resumes stops it at its first
+/// chunk, counting what those shards hold.
+#[test]
+fn an_error_limit_passed_by_resumed_shards_says_so() {
+    let failing = || -> Arc<dyn Predictor> {
+        Arc::new(
+            FaultyPredictor::new(EchoPredictor)
+                .fail_when(|i| i.to_json()["id"].as_u64().is_some_and(|id| id % 10 == 0)),
+        )
+    };
+    let storage = fixture_storage(&["a.jsonl", "b.jsonl"]);
+    let config = ExecutorConfig::default().with_shard_target_bytes(1);
+    // The first shard alone, with no limit: 10 of its 100 instances fail.
+    let first = batch_prediction::executor::ShardSelection::new(0, 2).unwrap();
+    let mut job = queued_job(DataFormat::Json, &["gs://b/in/*"], 10, 1);
+    let summary = run_with(
+        Arc::new(storage.clone()),
+        failing(),
+        config.clone().with_shard_selection(first),
+        &mut job,
+    );
+    assert_eq!((summary.state, summary.error_count), (State::Succeeded, 10));
+    // Then the whole job, resumed, under a limit of 5.
+    let mut job = queued_job(DataFormat::Json, &["gs://b/in/*"], 10, 1);
+    let summary = run_with(
+        Arc::new(storage.clone()),
+        failing(),
+        config.with_max_error_count(5),
+        &mut job,
+    );
+    assert_eq!(summary.state, State::Failed);
+    assert_eq!(
+        job.error_message.as_deref(),
+        Some("too many errors: 10 instances failed, over the limit of 5 (100 instances read)")
+    );
+}
+
+/// CSV rows that cannot be written take their places among the other
+/// errors of their chunk: the errors file keeps the input order.
+#[test]
+fn csv_row_errors_keep_their_places_in_the_errors_file() {
+    let storage = InMemoryStorage::new();
+    storage.put(
+        "gs://b/in/a.jsonl",
+        b"{\"id\": 1, \"x\": 1}\n{\"id\": 2, \"y\": 1}\nbad\n7\n{\"id\": 5, \"x\": 5}\n[\n"
+            .to_vec(),
+    );
+    let mut job = queued_job(DataFormat::Json, &["gs://b/in/*"], 6, 1);
+    job.prediction_input.as_mut().unwrap().output_data_format = Some(DataFormat::Csv);
+    let summary = run_with(
+        Arc::new(storage.clone()),
+        Arc::new(EchoPredictor),
+        ExecutorConfig::default(),
+        &mut job,
+    );
+    assert_eq!(
+        (summary.prediction_count, summary.error_count),
+        (2, 4),
+        "{:?}",
+        job.error_message
+    );
+    let lines: Vec<u64> = lines_of(&storage, "prediction.errors-")
+        .iter()
+        .map(|l| {
+            serde_json::from_str::<Value>(l).unwrap()["line"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(lines, [2, 3, 4, 6], "in input order");
+}
+
 #[test]
 fn cancel_stops_at_a_batch_boundary_and_keeps_only_complete_shards() {
     let inner = InMemoryStorage::new();
