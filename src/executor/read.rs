@@ -33,7 +33,7 @@ fn whole_batches(instances: usize, batch_size: usize) -> usize {
 pub(super) const CHUNK_WORK: Duration = Duration::from_millis(2);
 
 /// … and at most this many instances.
-pub(super) const MAX_CHUNK_INSTANCES: usize = 8192;
+pub(super) const MAX_CHUNK_INSTANCES: usize = 4096;
 
 /// The workers' time per instance, as they measure it on each chunk (a
 /// moving average, in nanoseconds; 0 before the first chunk), from which
