@@ -797,19 +797,9 @@ fn an_error_limit_passed_by_resumed_shards_says_so() {
 /// errors of their chunk: the errors file keeps the input order.
 #[test]
 fn csv_row_errors_keep_their_places_in_the_errors_file() {
-    let storage = InMemoryStorage::new();
-    storage.put(
-        "gs://b/in/a.jsonl",
-        b"{\"id\": 1, \"x\": 1}\n{\"id\": 2, \"y\": 1}\nbad\n7\n{\"id\": 5, \"x\": 5}\n[\n"
-            .to_vec(),
-    );
-    let mut job = queued_job(DataFormat::Json, &["gs://b/in/*"], 6, 1);
-    job.prediction_input.as_mut().unwrap().output_data_format = Some(DataFormat::Csv);
-    let summary = run_with(
-        Arc::new(storage.clone()),
-        Arc::new(EchoPredictor),
-        ExecutorConfig::default(),
-        &mut job,
+    let (storage, job, summary) = echo_to_csv(
+        b"{\"id\": 1, \"x\": 1}\n{\"id\": 2, \"y\": 1}\nbad\n7\n{\"id\": 5, \"x\": 5}\n[\n",
+        6,
     );
     assert_eq!(
         (summary.prediction_count, summary.error_count),
@@ -972,21 +962,26 @@ fn resume_skips_finished_shards_and_redoes_changed_ones() {
     check_accounting(&inner, &job, &summary);
 }
 
-#[test]
-fn csv_output_has_a_header_file_and_rows() {
+/// The echo job over `lines` with CSV output, in batches of `batch_size`.
+fn echo_to_csv(lines: &[u8], batch_size: i64) -> (InMemoryStorage, Job, RunSummary) {
     let storage = InMemoryStorage::new();
-    storage.put(
-        "gs://b/in/a.jsonl",
-        b"{\"id\": 1, \"x\": [1, 2]}\n{\"id\": 2, \"x\": \"a,b\"}\n{\"id\": 3, \"y\": 1}\n7\n"
-            .to_vec(),
-    );
-    let mut job = queued_job(DataFormat::Json, &["gs://b/in/*"], 2, 1);
+    storage.put("gs://b/in/a.jsonl", lines.to_vec());
+    let mut job = queued_job(DataFormat::Json, &["gs://b/in/*"], batch_size, 1);
     job.prediction_input.as_mut().unwrap().output_data_format = Some(DataFormat::Csv);
     let summary = run_with(
         Arc::new(storage.clone()),
         Arc::new(EchoPredictor),
         ExecutorConfig::default(),
         &mut job,
+    );
+    (storage, job, summary)
+}
+
+#[test]
+fn csv_output_has_a_header_file_and_rows() {
+    let (storage, _, summary) = echo_to_csv(
+        b"{\"id\": 1, \"x\": [1, 2]}\n{\"id\": 2, \"x\": \"a,b\"}\n{\"id\": 3, \"y\": 1}\n7\n",
+        2,
     );
     assert_eq!(summary.state, State::Succeeded);
     assert_eq!(
