@@ -93,7 +93,7 @@ impl<'a> Scan<'a> {
         match self.peek() {
             Some(b'{') => depth < SCAN_DEPTH && self.object(depth + 1, top),
             Some(b'[') => depth < SCAN_DEPTH && self.array(depth + 1),
-            Some(b'"') => self.string(true).is_some(),
+            Some(b'"') => self.plain_string().is_some() || self.escaped_string(),
             Some(b'-' | b'0'..=b'9') => self.number(),
             Some(b't') => self.word(b"true"),
             Some(b'f') => self.word(b"false"),
@@ -142,7 +142,7 @@ impl<'a> Scan<'a> {
         let mut names = [(0, 0); MAX_FIELDS];
         let mut count = 0;
         loop {
-            let Some((start, end)) = self.string(false) else {
+            let Some((start, end)) = self.plain_string() else {
                 return false;
             };
             let name = &self.text[start..end];
@@ -175,11 +175,10 @@ impl<'a> Scan<'a> {
         }
     }
 
-    /// A string: copied when it has no escape (`serde_json` writes such a
-    /// string as it reads it), else, if `escapes` allows, decoded and
-    /// written by `serde_json`. Gives the content's place in the text when
-    /// copied.
-    fn string(&mut self, escapes: bool) -> Option<(usize, usize)> {
+    /// A string without escapes, copied (`serde_json` writes such a string
+    /// as it reads it): its content's place in the text. `None`, with
+    /// nothing taken, for any other string and for what is not one.
+    fn plain_string(&mut self) -> Option<(usize, usize)> {
         if self.peek() != Some(b'"') {
             return None;
         }
@@ -189,7 +188,6 @@ impl<'a> Scan<'a> {
         loop {
             match *self.text.get(end)? {
                 b'"' => break,
-                b'\\' if escapes => return self.escaped_string(),
                 b'\\' => return None,
                 // Not JSON: serde_json refuses it.
                 ..0x20 => return None,
@@ -205,22 +203,28 @@ impl<'a> Scan<'a> {
         Some((start, end))
     }
 
-    /// A string with escapes, as `serde_json` reads and writes it.
+    /// Any other string (escapes, or not JSON), as `serde_json` reads and
+    /// writes it.
     #[cold]
-    fn escaped_string(&mut self) -> Option<(usize, usize)> {
+    fn escaped_string(&mut self) -> bool {
         let mut end = self.at + 1;
         loop {
-            match *self.text.get(end)? {
-                b'"' => break,
-                b'\\' => end += 2,
-                _ => end += 1,
+            match self.text.get(end) {
+                Some(b'"') => break,
+                Some(b'\\') => end += 2,
+                Some(_) => end += 1,
+                None => return false,
             }
         }
-        let token = self.text.get(self.at..=end)?;
-        let decoded: String = serde_json::from_slice(token).ok()?;
-        serde_json::to_writer(&mut *self.buf, &decoded).ok()?;
+        let Some(token) = self.text.get(self.at..=end) else {
+            return false;
+        };
+        let Ok(decoded) = serde_json::from_slice::<String>(token) else {
+            return false;
+        };
+        let written = serde_json::to_writer(&mut *self.buf, &decoded).is_ok();
         self.at = end + 1;
-        Some((0, 0))
+        written
     }
 
     /// A number: copied when `serde_json` would write it as it is written
