@@ -355,3 +355,135 @@ fn submit_describe_list_and_cancel_on_the_emulator() {
     assert_eq!(no_project.status.code(), Some(2));
     assert!(text(&no_project.stderr).contains("give --project (or set CLOUDSDK_CORE_PROJECT)"));
 }
+
+/// A jobs.create request over `dir/in/*.jsonl` writing into `dir/OUT`.
+fn parted_job(dir: &std::path::Path, out: &str) -> String {
+    let path = dir.join(format!("{out}.json"));
+    let body = json!({
+        "jobId": "parted",
+        "predictionInput": {
+            "dataFormat": "JSON",
+            "inputPaths": [format!("{}/in/*.jsonl", dir.display())],
+            "outputPath": dir.join(out),
+            "region": "local",
+            "uri": "echo",
+            "batchSize": "4"
+        }
+    });
+    std::fs::write(&path, body.to_string()).unwrap();
+    path.to_str().unwrap().to_owned()
+}
+
+/// Every file of an output folder, by name, with its bytes (a summary, which
+/// holds its shard's busy time, by name only).
+fn output_files(dir: &std::path::Path) -> std::collections::BTreeMap<String, Vec<u8>> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            let name = e.file_name().into_string().unwrap();
+            let bytes = if name.starts_with("prediction.summary-") {
+                Vec::new()
+            } else {
+                std::fs::read(e.path()).unwrap()
+            };
+            (name, bytes)
+        })
+        .collect()
+}
+
+/// The scale-out flow the README and `examples/scale-out/` give, through the
+/// binary: the same create request run as `--shard I/N` parts (at once, in
+/// separate processes), then `--merge`, which once failed on the create
+/// request ("invalid state transition from STATE_UNSPECIFIED to PREPARING").
+#[test]
+fn parts_then_merge_of_a_create_request_write_what_one_run_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    std::fs::create_dir_all(root.join("in")).unwrap();
+    for f in 0..5 {
+        let mut text: String = (0..30)
+            .map(|i| format!("{{\"file\": {f}, \"i\": {i}}}\n"))
+            .collect();
+        if f % 2 == 1 {
+            text.push_str("{not json\n");
+        }
+        std::fs::write(root.join(format!("in/{f}.jsonl")), text).unwrap();
+    }
+    // Shards of at most 300 bytes: every file alone, and split into ranges.
+    let shape = ["--predictor", "echo", "--shard-bytes", "300"];
+    let single = parted_job(root, "single");
+    let one = cli(&[&["run", &single][..], &shape[..]].concat());
+    assert_eq!(one.status.code(), Some(0), "{}", text(&one.stderr));
+    let plan = cli(&["plan", &single, "--shard-bytes", "300"]);
+    let plan = text(&plan.stdout);
+    let shards: usize = plan
+        .split(", ")
+        .find_map(|part| part.strip_suffix(" shards"))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{plan}"));
+    assert!(shards >= 6, "{plan}");
+
+    let multi = parted_job(root, "multi");
+    let part = |i: usize| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_batch-prediction"))
+            .args(["run", &multi, "--shard", &format!("{i}/3")])
+            .args(shape)
+            .env_remove("RUST_LOG")
+            .output()
+            .unwrap()
+    };
+    let merge = |extra: &[&str]| cli(&[&["run", &multi, "--merge"][..], extra].concat());
+    // Parts 0 and 2 at once, in separate processes.
+    std::thread::scope(|scope| {
+        let parts: Vec<_> = [0, 2].map(|i| scope.spawn(move || part(i))).into();
+        for done in parts {
+            let out = done.join().unwrap();
+            assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+        }
+    });
+    // Merged too early: FAILED, naming the shards of part 1.
+    let early = merge(&shape[2..]);
+    assert_eq!(early.status.code(), Some(1), "{}", text(&early.stderr));
+    let failed: Value = serde_json::from_slice(&early.stdout).unwrap();
+    assert_eq!(failed["state"], "FAILED", "{failed}");
+    let message = failed["errorMessage"].as_str().unwrap();
+    assert!(message.contains("1, 4"), "{message}");
+    // Part 1, then the merge: the finished job.
+    let out = part(1);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let merged = merge(&shape[2..]);
+    assert_eq!(merged.status.code(), Some(0), "{}", text(&merged.stderr));
+    let done: Value = serde_json::from_slice(&merged.stdout).unwrap();
+    let whole: Value = serde_json::from_slice(&one.stdout).unwrap();
+    assert_eq!(done["state"], "SUCCEEDED", "{done}");
+    assert_eq!(done["jobId"], "parted");
+    assert_eq!(
+        (
+            &done["predictionOutput"]["predictionCount"],
+            &done["predictionOutput"]["errorCount"]
+        ),
+        (&json!("150"), &json!("2"))
+    );
+    assert_eq!(
+        done["predictionOutput"]["predictionCount"],
+        whole["predictionOutput"]["predictionCount"]
+    );
+    assert_eq!(
+        output_files(&root.join("multi")),
+        output_files(&root.join("single"))
+    );
+    // A merge that plans other shards than the parts ran finds none of its own.
+    let other = merge(&[]);
+    assert_eq!(other.status.code(), Some(1), "{}", text(&other.stderr));
+    let failed: Value = serde_json::from_slice(&other.stdout).unwrap();
+    assert_eq!(failed["state"], "FAILED", "{failed}");
+    // A size that is not one is refused, naming the flag.
+    let bad = cli(&["run", &multi, "--shard-bytes", "0"]);
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(
+        text(&bad.stderr).contains("--shard-bytes"),
+        "{}",
+        text(&bad.stderr)
+    );
+}

@@ -454,6 +454,64 @@ fn the_command_line_reads_one_bucket_and_writes_another() {
     );
 }
 
+/// The scale-out flow through the binary on buckets: `--shard I/N` parts of
+/// one create request, then `--merge`, write what one run writes.
+#[cfg(feature = "cli")]
+#[test]
+fn command_line_parts_on_a_bucket_merge_into_what_one_run_writes() {
+    let Some(servers) = servers() else { return };
+    let exe = crate::cli_program();
+    let storage = cloud(servers);
+    let input = fresh("gs", servers, "cli-parts-in");
+    for i in 0..4 {
+        let lines: String = (0..25)
+            .map(|j| format!("{{\"x\": {}}}\n", i * 100 + j))
+            .collect();
+        storage
+            .put_bytes(&format!("{input}/{i}.jsonl"), lines.as_bytes())
+            .unwrap();
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let run = |job: &std::path::Path, extra: &[&str]| {
+        let out = std::process::Command::new(&exe)
+            .envs(server_env(servers))
+            .arg("run")
+            .arg(job)
+            .args(["--predictor", "echo", "--shard-bytes", "200"])
+            .args(extra)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert_eq!(out.status.code(), Some(0), "{extra:?}: {stderr}");
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+    };
+    let whole = fresh("gs", servers, "cli-parts-whole");
+    std::fs::create_dir(dir.path().join("whole")).unwrap();
+    let one = run(
+        &cli_job_file(&dir.path().join("whole"), "cli_parts", &input, &whole),
+        &[],
+    );
+    let parted = fresh("gs", servers, "cli-parts-merged");
+    let job = cli_job_file(dir.path(), "cli_parts", &input, &parted);
+    for i in [2, 0, 1] {
+        run(&job, &["--shard", &format!("{i}/3")]);
+    }
+    let done = run(&job, &["--merge"]);
+    assert_eq!(done["state"], "SUCCEEDED", "{done}");
+    assert_eq!(done["predictionOutput"]["predictionCount"], json!("100"));
+    assert_eq!(
+        done["predictionOutput"]["predictionCount"],
+        one["predictionOutput"]["predictionCount"]
+    );
+    let written = outputs(&storage, &parted);
+    let results = written
+        .iter()
+        .filter(|(name, _)| name.starts_with("prediction.results-"))
+        .count();
+    assert_eq!(results, 8, "{written:?}");
+    assert!(written == outputs(&storage, &whole));
+}
+
 /// The command line finds Azurite through the variables the README names,
 /// and without an account says so, naming the location.
 #[cfg(feature = "cli")]

@@ -15,12 +15,46 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::{Exit, Format, count};
 
-/// Where a job's files are.
+/// Where a job's files are, and how they are cut into shards.
 #[derive(Debug, Clone, Args)]
-pub struct StorageArgs {
+pub struct FilesArgs {
     /// Read and write `gs://BUCKET/PATH` at DIR/BUCKET/PATH, not on Cloud Storage.
     #[arg(long, value_name = "DIR")]
     pub gcs_root: Option<String>,
+    /// Plan shards of about this size (default 64MiB): input files are
+    /// grouped, and larger JSON and TEXT files split, up to it. The output
+    /// file names depend on it, so every `--shard` part and the `--merge`
+    /// of a job must give the same value. Bytes, or with a K, M or G suffix
+    /// (KiB, MiB and GiB).
+    #[arg(long, value_name = "BYTES", value_parser = byte_size)]
+    pub shard_bytes: Option<u64>,
+}
+
+/// A positive size: bytes, or with a K, M or G suffix (`KiB`, `MiB`,
+/// `GiB` and `KB`, `MB`, `GB` read the same, as powers of 1024).
+pub fn byte_size(text: &str) -> Result<u64, String> {
+    let trimmed = text.trim();
+    let split = trimmed
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(trimmed.len());
+    let (digits, unit) = trimmed.split_at(split);
+    let scale: u64 = match unit.trim().to_ascii_uppercase().as_str() {
+        "" | "B" => 1,
+        "K" | "KB" | "KIB" => 1 << 10,
+        "M" | "MB" | "MIB" => 1 << 20,
+        "G" | "GB" | "GIB" => 1 << 30,
+        _ => 0,
+    };
+    match digits
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(scale))
+    {
+        Some(bytes) if bytes > 0 => Ok(bytes),
+        _ => Err(format!(
+            "{text:?}: expected a positive size in bytes, such as 1048576, 512K, 64M or 1G"
+        )),
+    }
 }
 
 /// How a job runs here.
@@ -82,7 +116,7 @@ pub struct RunOptions {
     #[arg(long)]
     adaptive_batch: bool,
     #[command(flatten)]
-    storage: StorageArgs,
+    files: FilesArgs,
 }
 
 /// A positive number of seconds, at most a day.
@@ -139,7 +173,7 @@ fn read_job(path: &str) -> Result<Job, Exit> {
     Job::from_json(&text).map_err(|e| Exit::Usage(format!("{path}: {e}")))
 }
 
-fn local_storage(args: &StorageArgs) -> LocalStorage {
+fn local_storage(args: &FilesArgs) -> LocalStorage {
     match &args.gcs_root {
         Some(root) => LocalStorage::with_gcs_root(root),
         None => LocalStorage::new(),
@@ -148,7 +182,7 @@ fn local_storage(args: &StorageArgs) -> LocalStorage {
 
 /// With the `cloud` feature, `gs://`, `s3://` and `az://` are real buckets (unless
 /// `--gcs-root` maps `gs://` into a directory).
-fn storage(args: &StorageArgs, local: LocalStorage) -> Arc<dyn Storage> {
+fn storage(args: &FilesArgs, local: LocalStorage) -> Arc<dyn Storage> {
     #[cfg(feature = "cloud")]
     if args.gcs_root.is_none() {
         return Arc::new(batch_prediction::CloudStorage::new(local));
@@ -231,10 +265,10 @@ fn without(feature: &str) -> String {
 }
 
 fn executor(options: &RunOptions, shard: Option<ShardSelection>) -> Result<BatchExecutor, Exit> {
-    let local = local_storage(&options.storage);
-    let storage = storage(&options.storage, local.clone());
+    let local = local_storage(&options.files);
+    let storage = storage(&options.files, local.clone());
     let resolver = resolver(options, local, &storage).map_err(Exit::Usage)?;
-    let mut config = ExecutorConfig::default();
+    let mut config = shaped(ExecutorConfig::default(), &options.files);
     if let Some(n) = options.threads {
         config = config.with_max_threads(n);
     }
@@ -309,7 +343,11 @@ pub fn run(args: &RunArgs) -> Exit {
             Ok(e) => e,
             Err(exit) => return exit,
         };
-        let mut job = job;
+        // The job file every part ran: a create request, queued as `run` queues it.
+        let mut job = match queued(job) {
+            Ok(job) => job,
+            Err(exit) => return exit,
+        };
         return finish(executor.merge(&mut job), job, args.format);
     }
     match executor(&options, args.shard) {
@@ -326,14 +364,33 @@ pub fn run_job(job: Job, options: &RunOptions, format: Format) -> Exit {
     }
 }
 
-fn execute(executor: &BatchExecutor, mut job: Job, format: Format) -> Exit {
-    // A create request: queue it as the service would.
+/// `job` ready to run: a create request (no state) is queued as the service
+/// queues it, its output-only fields cleared; a job a service wrote is
+/// taken as it is.
+fn queued(mut job: Job) -> Result<Job, Exit> {
     if job.state.is_none() {
         job.clear_output_only();
-        if let Err(e) = job.apply(Transition::Queue, &SystemClock) {
-            return Exit::Usage(e.to_string());
-        }
+        job.apply(Transition::Queue, &SystemClock)
+            .map_err(|e| Exit::Usage(e.to_string()))?;
     }
+    Ok(job)
+}
+
+/// `config` with the plan's shard size from `files`, when given.
+fn shaped(config: ExecutorConfig, files: &FilesArgs) -> ExecutorConfig {
+    match files.shard_bytes {
+        Some(bytes) => config
+            .with_shard_target_bytes(bytes)
+            .with_split_bytes(bytes),
+        None => config,
+    }
+}
+
+fn execute(executor: &BatchExecutor, job: Job, format: Format) -> Exit {
+    let mut job = match queued(job) {
+        Ok(job) => job,
+        Err(exit) => return exit,
+    };
     let result = executor.run(&mut job, &CancelHandle::new());
     finish(result, job, format)
 }
@@ -397,14 +454,15 @@ pub fn validate(path: &str) -> Exit {
     }
 }
 
-pub fn plan(path: &str, storage_args: &StorageArgs) -> Exit {
+pub fn plan(path: &str, files: &FilesArgs) -> Exit {
     let job = match read_job(path) {
         Ok(job) => job,
         Err(exit) => return exit,
     };
-    let local = local_storage(storage_args);
-    let storage = storage(storage_args, local);
-    let executor = BatchExecutor::new(storage, Arc::new(EchoResolver));
+    let local = local_storage(files);
+    let storage = storage(files, local);
+    let executor = BatchExecutor::new(storage, Arc::new(EchoResolver))
+        .with_config(shaped(ExecutorConfig::default(), files));
     match executor.plan(&job) {
         Ok(plan) => {
             println!(

@@ -54,7 +54,7 @@ enum Command {
         /// A jobs.create request body.
         job: String,
         #[command(flatten)]
-        storage: local::StorageArgs,
+        files: local::FilesArgs,
     },
     /// Submits a job, as `gcloud ai-platform jobs submit`.
     #[command(subcommand)]
@@ -251,7 +251,7 @@ fn main() -> ExitCode {
     let exit = match cli.command {
         Command::Run(args) => local::run(&args),
         Command::Validate { job } => local::validate(&job),
-        Command::Plan { job, storage } => local::plan(&job, &storage),
+        Command::Plan { job, files } => local::plan(&job, &files),
         Command::Submit(Submit::Prediction(submit)) => submit_prediction(&submit),
         Command::Describe { job_id, service } => endpoint::describe(&service, &job_id),
         Command::List {
