@@ -32,6 +32,7 @@
 //! | `onnx` | `OnnxPredictor` and `OnnxResolver`: ONNX models run by the pure-Rust `tract-onnx` |
 //! | `ort` | `OrtPredictor` and `OrtResolver`: ONNX models run by onnxruntime (every operator, the whole `ai.onnx.ml` domain: scikit-learn, XGBoost, LightGBM, Keras models), loaded at run time from `ORT_DYLIB_PATH`; needs Rust 1.92 |
 //! | `rest` | `RestApi`: the `projects.jobs` REST API over a [`JobService`] |
+//! | `tensorflow` | `TensorflowPredictor` and `TensorflowResolver`: TensorFlow SavedModels (the format AI Platform ran), by the job's `signatureName`, on TensorFlow's C library loaded at run time from `TENSORFLOW_DYLIB_PATH` (`libtensorflow_cc.so.2` from the `tensorflow-cpu` wheel) |
 //! | `testing` | the conformance suites for [`Storage`] and [`JobStore`], fault injection |
 //! | `tracing` | spans and events through `tracing` (a job, its shards, batch retries and failures, commits, the job store's writes), with fields a log pipeline can index; nothing is printed by the library |
 //!
@@ -107,11 +108,12 @@
 //! | `rest` | (feature `rest`) `RestApi`: the REST API over a [`JobService`] |
 //! | `remote` | (feature `remote`) `RemotePredictor`: models behind a model server |
 //! | `onnx` | (features `onnx`, `ort`) the ONNX predictors |
+//! | `tensorflow` | (feature `tensorflow`) SavedModels: the library, signatures, the predictor |
 //! | `testing` | (feature `testing`) conformance suites and fault injection |
 
 #![deny(missing_docs, rustdoc::broken_intra_doc_links)]
 #![warn(missing_debug_implementations)]
-#![deny(unsafe_code)] // allowed in one place only: src/record/crc.rs
+#![deny(unsafe_code)] // allowed in two places only: src/record/crc.rs, and TensorFlow's C API in src/tensorflow/
 
 pub mod clock;
 pub mod error;
@@ -132,6 +134,8 @@ pub mod service;
 pub mod state;
 pub mod status;
 pub mod storage;
+#[cfg(feature = "tensorflow")]
+pub mod tensorflow;
 #[cfg(feature = "testing")]
 pub mod testing;
 mod trace;
@@ -163,6 +167,8 @@ pub use status::{Code, Status};
 #[cfg(feature = "cloud")]
 pub use storage::CloudStorage;
 pub use storage::{InMemoryStorage, LocalStorage, Storage, StorageExt};
+#[cfg(feature = "tensorflow")]
+pub use tensorflow::{TensorflowPredictor, TensorflowResolver};
 
 /// The README's examples, compiled and run as doc tests.
 #[cfg(doctest)]

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::model::{Job, ModelVersion};
+use crate::model::{DataFormat, Job, ModelVersion};
 use crate::name::{ModelName, VersionName};
 use crate::record::Instance;
 
@@ -272,6 +272,22 @@ pub trait Predictor: Send + Sync {
         false
     }
 
+    /// Whether the records of a job of input `format` reach
+    /// [`predict`](Self::predict) as they are (`true`: a JSON or TEXT line
+    /// as a JSON string of its text, a TFRecord record as
+    /// [`Instance::Bytes`]) or decoded as JSON instances (`false`: each line
+    /// or record parsed as a JSON line is, `{"b64": …}` as bytes, a record
+    /// that is not JSON being that record's error).
+    ///
+    /// This is how AI Platform read its inputs: a model whose signature
+    /// takes one string per instance got each line or record unchanged (a
+    /// serialized `tf.train.Example`), any other model a JSON instance;
+    /// `gcloud` submits JSON lines as `TEXT`. By default: TFRecord records
+    /// as they are, JSON and TEXT lines as JSON. Asked once per job.
+    fn takes_raw_records(&self, format: DataFormat) -> bool {
+        matches!(format, DataFormat::TfRecord | DataFormat::TfRecordGzip)
+    }
+
     /// Whether this predictor returns by the [deadline](PredictContext::deadline)
     /// of the call on its own (a remote call with it as its time-out), so
     /// that the executor calls it directly. Otherwise (the default), when
@@ -438,6 +454,10 @@ impl<P: Predictor + ?Sized> Predictor for Arc<P> {
     fn calls_mostly_wait(&self) -> bool {
         (**self).calls_mostly_wait()
     }
+
+    fn takes_raw_records(&self, format: DataFormat) -> bool {
+        (**self).takes_raw_records(format)
+    }
 }
 
 impl<P: Predictor + ?Sized> Predictor for Box<P> {
@@ -463,6 +483,10 @@ impl<P: Predictor + ?Sized> Predictor for Box<P> {
 
     fn calls_mostly_wait(&self) -> bool {
         (**self).calls_mostly_wait()
+    }
+
+    fn takes_raw_records(&self, format: DataFormat) -> bool {
+        (**self).takes_raw_records(format)
     }
 }
 
@@ -639,6 +663,10 @@ impl<P: Predictor> Predictor for FaultyPredictor<P> {
 
     fn calls_mostly_wait(&self) -> bool {
         self.inner.calls_mostly_wait()
+    }
+
+    fn takes_raw_records(&self, format: DataFormat) -> bool {
+        self.inner.takes_raw_records(format)
     }
 }
 

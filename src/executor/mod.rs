@@ -368,10 +368,17 @@ impl BatchExecutor {
             .as_ref()
             .map(|i| i.effective_signature_name().to_owned())
             .unwrap_or_default();
+        // Lines and records as they are (a JSON line as its text), or JSON instances.
+        let decoding = match plan.data_format {
+            format if !predictor.takes_raw_records(format) => DataFormat::Json,
+            DataFormat::Json => DataFormat::Text,
+            format => format,
+        };
         let run = Run {
             executor: self,
             plan,
             settings,
+            decoding,
             predictor,
             signature,
             cancel,

@@ -138,7 +138,7 @@ impl Run<'_> {
                         // The last range reads to the file's end as it is
                         // now, as an unsplit file is read.
                         Some(range) => RawReader::new_range(
-                            self.plan.data_format,
+                            self.framing(),
                             location,
                             r,
                             options,
@@ -148,7 +148,7 @@ impl Run<'_> {
                                 range.end
                             },
                         ),
-                        None => RawReader::new(self.plan.data_format, location, r, options),
+                        None => RawReader::new(self.framing(), location, r, options),
                     }
                     .map_err(|e| e.to_string())
                 });

@@ -15,6 +15,7 @@ use super::shards::{ShardSummary, Totals};
 use super::work::BatchOutput;
 use super::write::Writer;
 use super::{BatchExecutor, Plan, Stop, panic_message};
+use crate::model::DataFormat;
 use crate::predict::{CancelHandle, Predictor};
 use crate::trace;
 
@@ -63,6 +64,10 @@ pub(super) struct Run<'a> {
     pub(super) plan: &'a Plan,
     pub(super) settings: Value,
     pub(super) predictor: Arc<dyn Predictor>,
+    /// How records are decoded into instances
+    /// ([`Predictor::takes_raw_records`]): as JSON instances (`JSON`), or
+    /// as they are: lines as strings (`TEXT`), records as bytes (TFRecord).
+    pub(super) decoding: DataFormat,
     pub(super) signature: String,
     pub(super) cancel: &'a CancelHandle,
     /// Set when the run must stop early (cancel, failure).
@@ -81,6 +86,16 @@ pub(super) struct Run<'a> {
 }
 
 impl Run<'_> {
+    /// How the input files are framed into records: as the plan's format
+    /// says, but TEXT lines read as JSON instances are framed as JSON lines
+    /// are (blank lines skipped, not records).
+    pub(super) fn framing(&self) -> DataFormat {
+        match (self.plan.data_format, self.decoding) {
+            (DataFormat::Text, DataFormat::Json) => DataFormat::Json,
+            (format, _) => format,
+        }
+    }
+
     pub(super) fn stopping(&self) -> bool {
         self.stop.load(Ordering::Relaxed) || self.cancel.is_cancelled()
     }

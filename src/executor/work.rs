@@ -124,7 +124,7 @@ impl Run<'_> {
         // JSON lines into JSON lines: the predictor may take the batch's text
         // as it is (Predictor::predict_json_lines), so lines are decoded
         // only if it does not.
-        let lines = self.plan.data_format == DataFormat::Json
+        let lines = self.decoding == DataFormat::Json
             && self.plan.output_format != DataFormat::Csv
             && caller.fast_path();
         // A TFRecord's data checksum, checked here rather than on the
@@ -189,7 +189,7 @@ impl Run<'_> {
         let damaged = crc.and_then(|(stored, computed)| {
             (stored != computed).then_some(RecordErrorKind::DataChecksum { stored, computed })
         });
-        match damaged.map_or_else(|| decode(self.plan.data_format, raw), Err) {
+        match damaged.map_or_else(|| decode(self.decoding, raw), Err) {
             Ok(instance) => {
                 pending.slots.push(Slot::Instance(pending.instances.len()));
                 if pending.instances.capacity() == 0 {
@@ -288,7 +288,7 @@ impl Run<'_> {
         }
         let csv = self.plan.output_format == DataFormat::Csv;
         let records = Records {
-            format: self.plan.data_format,
+            format: self.decoding,
             data: &batch.data,
             ranges: &pending.ranges,
         };

@@ -225,7 +225,9 @@ impl<'r, 'a> Writer<'r, 'a> {
                     Ok(()) => {}
                     Err(CsvWriteError::Row(e)) => {
                         let message = e.to_string();
-                        let instance = decode(plan.data_format, &raw).ok().map(Instance::into_json);
+                        let instance = decode(self.run.decoding, &raw)
+                            .ok()
+                            .map(Instance::into_json);
                         let _ = errors.write(&source, &position, instance, None, &message);
                         batch.error_messages.push(message);
                         row_error_places.push(place);

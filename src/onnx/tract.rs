@@ -16,7 +16,7 @@ use super::{
     finite, gather, json_instances, model_path, passthrough_of, predict_lines, predictions_of,
     shown_as,
 };
-use crate::model::{Job, ModelVersion};
+use crate::model::{DataFormat, Job, ModelVersion};
 use crate::predict::{JsonPredictions, ModelResolver, PredictContext, PredictError, Predictor};
 use crate::record::Instance;
 use crate::storage::{LocalStorage, Storage};
@@ -340,6 +340,13 @@ impl OnnxPredictor {
 }
 
 impl Predictor for OnnxPredictor {
+    /// `false`: an ONNX model takes tensors, so TEXT lines and TFRecord
+    /// records are JSON instances, as AI Platform read them for any model
+    /// but a string-input TensorFlow signature.
+    fn takes_raw_records(&self, _: DataFormat) -> bool {
+        false
+    }
+
     fn predict(
         &self,
         batch: Vec<Instance>,

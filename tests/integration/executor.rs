@@ -1890,7 +1890,7 @@ impl Predictor for Lines {
 /// The fast path for JSON lines (`Predictor::predict_json_lines`) changes
 /// nothing a job writes, whatever it does: it takes clean batches, and a
 /// refusal, a wrong count or a panic sends the batch down the usual path,
-/// bad lines and all. CSV output and TEXT input never offer it.
+/// bad lines and all. CSV output never offers it.
 #[test]
 fn the_fast_path_for_json_lines_writes_what_the_usual_path_writes() {
     let mut input = fixture("examples.jsonl");
@@ -1942,15 +1942,17 @@ fn the_fast_path_for_json_lines_writes_what_the_usual_path_writes() {
             }
         }
     }
-    for (format, output) in [
-        (DataFormat::Json, DataFormat::Csv),
-        (DataFormat::Text, DataFormat::Json),
-    ] {
-        let (usual, _, _) = run(FastPath::None, format, output, 4);
-        let (got, _, taken) = run(FastPath::Honest, format, output, 4);
-        assert_eq!(got, usual, "{format:?} into {output:?}");
-        assert_eq!(taken, 0, "{format:?} into {output:?} offers no fast path");
-    }
+    // CSV output never offers it; TEXT lines, JSON instances for a predictor
+    // that does not take them as they are, do.
+    let (usual, _, _) = run(FastPath::None, DataFormat::Json, DataFormat::Csv, 4);
+    let (got, _, taken) = run(FastPath::Honest, DataFormat::Json, DataFormat::Csv, 4);
+    assert_eq!(got, usual, "JSON into CSV");
+    assert_eq!(taken, 0, "JSON into CSV offers no fast path");
+    let (usual, counts, _) = run(FastPath::None, DataFormat::Text, DataFormat::Json, 4);
+    assert_eq!(counts, (202, 5), "TEXT lines are JSON instances");
+    let (got, _, taken) = run(FastPath::Honest, DataFormat::Text, DataFormat::Json, 4);
+    assert_eq!(got, usual, "TEXT into JSON");
+    assert!(taken > 0, "TEXT into JSON offers the fast path");
 }
 
 /// `n` JSON-lines instances `{"k": i}`, with `{"k": i, "hang": true}` at
@@ -2255,4 +2257,92 @@ fn predictors_that_mostly_wait_get_max_worker_count_workers() {
     check_accounting(&storage, &job, &summary);
     assert_eq!(summary.prediction_count, 6 * 1024);
     assert_eq!(waits.most.load(Ordering::SeqCst), 6);
+}
+
+/// A predictor that says whether it takes records as they are, and echoes.
+struct RawOrNot(bool);
+
+impl Predictor for RawOrNot {
+    fn predict(
+        &self,
+        batch: Vec<Instance>,
+        ctx: &PredictContext<'_>,
+    ) -> Result<Vec<Value>, PredictError> {
+        EchoPredictor.predict(batch, ctx)
+    }
+
+    fn takes_raw_records(&self, _: DataFormat) -> bool {
+        self.0
+    }
+}
+
+/// TEXT lines and TFRecord records as AI Platform read them: JSON
+/// instances (a line that is not JSON is its error), unless the predictor
+/// takes them as they are (`Predictor::takes_raw_records`).
+#[test]
+fn text_lines_and_records_are_json_instances_unless_the_predictor_takes_them_raw() {
+    let text = b"{\"x\": 1}\n{not json\n\n\"s\"\n".to_vec();
+    let mut frames = batch_prediction::record::TfRecordWriter::new(Vec::new());
+    for record in [&b"{\"x\": 1}"[..], b"{not json", b"\"s\""] {
+        frames.write(record).unwrap();
+    }
+    let records = frames.into_inner();
+    let run = |format: DataFormat, bytes: &[u8], predictor: Arc<dyn Predictor>| {
+        let storage = InMemoryStorage::new();
+        storage.put("gs://b/in/a", bytes.to_vec());
+        let mut job = queued_job(format, &["gs://b/in/*"], 2, 1);
+        let summary = run_with(
+            Arc::new(storage.clone()),
+            predictor,
+            ExecutorConfig::default(),
+            &mut job,
+        );
+        assert_eq!(summary.state, State::Succeeded, "{:?}", job.error_message);
+        check_accounting(&storage, &job, &summary);
+        let errors: Vec<Value> = lines_of(&storage, "prediction.errors-")
+            .iter()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        (lines_of(&storage, "prediction.results-"), errors)
+    };
+    // The echo predictor: TEXT lines as JSON (the blank line skipped, as a
+    // JSON line's), TFRecord records as bytes.
+    let (results, errors) = run(DataFormat::Text, &text, Arc::new(EchoPredictor));
+    assert_eq!(results, ["{\"x\":1}", "\"s\""]);
+    assert_eq!(errors.len(), 1);
+    assert_eq!(
+        (&errors[0]["line"], &errors[0]["raw"]),
+        (&json!(2), &json!("{not json"))
+    );
+    assert!(
+        errors[0]["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("invalid JSON")
+    );
+    let (results, errors) = run(DataFormat::TfRecord, &records, Arc::new(EchoPredictor));
+    assert_eq!(results.len(), 3);
+    assert!(errors.is_empty());
+    assert_eq!(results[0], "{\"b64\":\"eyJ4IjogMX0=\"}");
+    // A model that takes JSON instances: TFRecord records parsed too.
+    let (results, errors) = run(DataFormat::TfRecord, &records, Arc::new(RawOrNot(false)));
+    assert_eq!(results, ["{\"x\":1}", "\"s\""]);
+    assert_eq!(errors[0]["record"], json!(1));
+    // One that takes them as they are: every line as its text, blank too.
+    let (results, errors) = run(DataFormat::Text, &text, Arc::new(RawOrNot(true)));
+    assert_eq!(
+        results,
+        [
+            "\"{\\\"x\\\": 1}\"",
+            "\"{not json\"",
+            "\"\"",
+            "\"\\\"s\\\"\""
+        ]
+    );
+    assert!(errors.is_empty());
+    let (results, _) = run(DataFormat::Json, &text, Arc::new(RawOrNot(true)));
+    assert_eq!(
+        results,
+        ["\"{\\\"x\\\": 1}\"", "\"{not json\"", "\"\\\"s\\\"\""]
+    );
 }

@@ -24,6 +24,8 @@ mod scale_out;
 mod service;
 mod state;
 mod storage;
+#[cfg(feature = "tensorflow")]
+mod tensorflow;
 #[cfg(feature = "tracing")]
 mod tracing;
 mod validation;

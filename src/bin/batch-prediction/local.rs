@@ -60,13 +60,17 @@ pub fn byte_size(text: &str) -> Result<u64, String> {
 /// How a job runs here.
 #[derive(Debug, Clone, Args)]
 pub struct RunOptions {
-    /// The model runtime: `onnx` (tract, the default with the `onnx`
-    /// feature), `ort` (onnxruntime from ORT_DYLIB_PATH, with the `ort`
-    /// feature), `remote` (a model server, with the `remote` feature) or
-    /// `echo` (each instance predicted as itself).
-    #[arg(long, default_value = if cfg!(feature = "onnx") { "onnx" } else { "echo" })]
+    /// The model runtime: `auto` (by what the model's folder holds:
+    /// `saved_model.pb` runs on `tensorflow`, `model.onnx` on `ort` when
+    /// built with it, else `onnx`), `tensorflow` (a SavedModel, on
+    /// TensorFlow's library from TENSORFLOW_DYLIB_PATH, with the
+    /// `tensorflow` feature), `onnx` (tract, with the `onnx` feature), `ort`
+    /// (onnxruntime from ORT_DYLIB_PATH, with the `ort` feature), `remote`
+    /// (a model server, with the `remote` feature) or `echo` (each instance
+    /// predicted as itself).
+    #[arg(long, default_value = "auto")]
     predictor: String,
-    /// With `ort`: threads per worker's session.
+    /// With `ort` and `tensorflow`: threads per worker's session.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
     intra_threads: u32,
     /// At most this many worker threads (default: all cores).
@@ -216,16 +220,16 @@ fn resolver(
         "remote" => Err(without("remote")),
         name => runtime(name, local, storage, options.intra_threads).unwrap_or_else(|| {
             Err(format!(
-                "--predictor {name:?}: expected onnx, ort, remote or echo"
+                "--predictor {name:?}: expected auto, tensorflow, onnx, ort, remote or echo"
             ))
         }),
     }
 }
 
-/// The model runtimes that run in this process, by name: `echo`, `onnx`
-/// and `ort` (with `intra_threads` per session), reading models through
-/// `local` and, on buckets, `storage`. `None` for another name; an error
-/// for one this build lacks.
+/// The model runtimes that run in this process, by name: `auto`, `echo`,
+/// `tensorflow`, `onnx` and `ort` (with `intra_threads` per session),
+/// reading models through `local` and, on buckets, `storage`. `None` for
+/// another name; an error for one this build lacks.
 pub fn runtime(
     name: &str,
     local: LocalStorage,
@@ -234,7 +238,23 @@ pub fn runtime(
 ) -> Option<Result<Arc<dyn ModelResolver>, String>> {
     let _ = (&local, storage, intra_threads);
     Some(match name {
+        "auto" => Ok(Arc::new(AutoResolver {
+            local,
+            storage: Arc::clone(storage),
+            intra_threads,
+        })),
         "echo" => Ok(Arc::new(EchoResolver)),
+        #[cfg(feature = "tensorflow")]
+        "tensorflow" => Ok(Arc::new(
+            batch_prediction::TensorflowResolver::new(local)
+                .with_buckets(Arc::clone(storage))
+                .with_options(
+                    batch_prediction::tensorflow::TensorflowOptions::new()
+                        .with_intra_threads(intra_threads),
+                ),
+        )),
+        #[cfg(not(feature = "tensorflow"))]
+        "tensorflow" => Err(without("tensorflow")),
         #[cfg(feature = "onnx")]
         "onnx" => Ok(Arc::new(
             batch_prediction::OnnxResolver::new(local).with_buckets(Arc::clone(storage)),
@@ -256,8 +276,96 @@ pub fn runtime(
     })
 }
 
+/// What a model's folder holds, for `--predictor auto`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ModelKind {
+    /// `saved_model.pb`.
+    SavedModel,
+    /// `model.onnx`, or the uri is an `.onnx` file.
+    Onnx,
+}
+
+/// What the model at `uri` is: read from the local folder (`gs://` mapped
+/// by a root) or, on a bucket, from its objects.
+fn model_kind(
+    uri: &str,
+    local: &LocalStorage,
+    storage: &Arc<dyn Storage>,
+) -> Result<ModelKind, String> {
+    let trimmed = uri.trim_end_matches('/');
+    if let Ok(path) = local.resolve(trimmed) {
+        if path.join("saved_model.pb").is_file() || path.join("saved_model.pbtxt").is_file() {
+            return Ok(ModelKind::SavedModel);
+        }
+        if path.join("model.onnx").is_file() || (path.is_file() && trimmed.ends_with(".onnx")) {
+            return Ok(ModelKind::Onnx);
+        }
+    }
+    let at = |name: &str| storage.head(&format!("{trimmed}/{name}")).is_ok();
+    if ["gs://", "s3://", "az://"]
+        .iter()
+        .any(|s| uri.starts_with(s))
+    {
+        if at("saved_model.pb") {
+            return Ok(ModelKind::SavedModel);
+        }
+        if at("model.onnx") || (trimmed.ends_with(".onnx") && storage.head(trimmed).is_ok()) {
+            return Ok(ModelKind::Onnx);
+        }
+    }
+    Err(format!(
+        "--predictor auto: the model at {uri} holds neither saved_model.pb (a TensorFlow SavedModel) nor model.onnx; name the runtime with --predictor"
+    ))
+}
+
+/// `--predictor auto`: each job's model runs on the runtime its folder asks
+/// for, or fails saying what it found and which feature runs it.
+struct AutoResolver {
+    local: LocalStorage,
+    storage: Arc<dyn Storage>,
+    intra_threads: u32,
+}
+
+impl ModelResolver for AutoResolver {
+    fn resolve(
+        &self,
+        model: &batch_prediction::ModelVersion,
+        job: &Job,
+    ) -> Result<Arc<dyn batch_prediction::Predictor>, batch_prediction::PredictError> {
+        use batch_prediction::PredictError;
+        let batch_prediction::ModelVersion::Uri(uri) = model else {
+            return Err(PredictError::new(format!(
+                "--predictor auto loads models from predictionInput.uri, not {model}"
+            )));
+        };
+        let kind = model_kind(uri, &self.local, &self.storage).map_err(PredictError::new)?;
+        let (name, found) = match kind {
+            ModelKind::SavedModel => ("tensorflow", "a TensorFlow SavedModel (saved_model.pb)"),
+            ModelKind::Onnx if cfg!(feature = "ort") || !cfg!(feature = "onnx") => {
+                ("ort", "an ONNX model")
+            }
+            ModelKind::Onnx => ("onnx", "an ONNX model"),
+        };
+        let resolver = runtime(name, self.local.clone(), &self.storage, self.intra_threads)
+            .expect("a runtime of this program")
+            .map_err(|_| {
+                let features = if kind == ModelKind::Onnx { "onnx (or ort)" } else { name };
+                let cli = if kind == ModelKind::Onnx { "onnx" } else { name };
+                PredictError::new(format!(
+                    "the model at {uri} is {found}, and this program was built without the `{features}` feature that runs it (cargo install batch-prediction --features cli,{cli})"
+                ))
+            })?;
+        resolver.resolve(model, job)
+    }
+}
+
 /// Why a predictor this build lacks cannot run.
-#[cfg(any(not(feature = "onnx"), not(feature = "ort"), not(feature = "remote")))]
+#[cfg(any(
+    not(feature = "onnx"),
+    not(feature = "ort"),
+    not(feature = "remote"),
+    not(feature = "tensorflow")
+))]
 fn without(feature: &str) -> String {
     format!(
         "--predictor {feature}: this program was built without the `{feature}` feature (cargo install batch-prediction --features cli,{feature})"

@@ -2,7 +2,7 @@
 //! with the subcommands and flags of `gcloud ai-platform jobs`.
 //!
 //! ```text
-//! batch-prediction run JOB.json [--predictor onnx|ort|echo] …   run a jobs.create body here
+//! batch-prediction run JOB.json [--predictor auto|tensorflow|onnx|ort|remote|echo] …   run a jobs.create body here
 //! batch-prediction validate JOB.json                              check it as jobs.create does
 //! batch-prediction plan JOB.json                                  its files, shards and outputs
 //! batch-prediction submit prediction JOB_ID --model-dir … --input-paths … --output-path …
@@ -10,7 +10,7 @@
 //! batch-prediction describe JOB_ID --endpoint URL
 //! batch-prediction list [--filter EXPR] --endpoint URL
 //! batch-prediction cancel JOB_ID --endpoint URL
-//! batch-prediction serve --root DIR [--port 8080] [--predictor echo|onnx|ort] …   the jobs API here
+//! batch-prediction serve --root DIR [--port 8080] [--predictor auto|tensorflow|onnx|ort|echo] …   the jobs API here
 //! ```
 //!
 //! Exit codes: 0 when the job SUCCEEDED (or the request did), 1 when it
@@ -243,6 +243,13 @@ enum Exit {
 }
 
 fn main() -> ExitCode {
+    // TensorFlow logs each model load on stderr at INFO: quiet to errors,
+    // unless the user chose a level (`TF_CPP_MIN_LOG_LEVEL=0` shows them).
+    #[cfg(feature = "tensorflow")]
+    if std::env::var_os("TF_CPP_MIN_LOG_LEVEL").is_none() {
+        // SAFETY: nothing else runs yet: no thread reads the environment.
+        unsafe { std::env::set_var("TF_CPP_MIN_LOG_LEVEL", "2") };
+    }
     let cli = Cli::parse();
     if let Err(message) = log_to_stderr(cli.verbose) {
         eprintln!("batch-prediction: {message}");

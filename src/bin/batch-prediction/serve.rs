@@ -47,12 +47,15 @@ pub struct ServeArgs {
     /// The address to listen on: 0.0.0.0 serves other machines too.
     #[arg(long, default_value = "127.0.0.1")]
     host: IpAddr,
-    /// The model runtime for every job: `onnx` (tract, the job's uri is
-    /// an ONNX model; the default with the `onnx` feature), `ort`
+    /// The model runtime for every job: `auto` (the default: by what the
+    /// model's folder holds, `saved_model.pb` on `tensorflow`, `model.onnx`
+    /// on `ort` when built with it, else `onnx`), `tensorflow` (with the
+    /// `tensorflow` feature), `onnx` (tract, with the `onnx` feature), `ort`
     /// (onnxruntime, with the `ort` feature) or `echo` (each instance
-    /// predicted as itself). Without one, jobs fail, saying so.
-    #[arg(long, value_parser = ["echo", "onnx", "ort"])]
-    predictor: Option<String>,
+    /// predicted as itself). A job whose model this build cannot run fails,
+    /// saying which feature runs it.
+    #[arg(long, default_value = "auto", value_parser = ["auto", "echo", "tensorflow", "onnx", "ort"])]
+    predictor: String,
     /// Check every call against IAM policies: the project's (`--policy`)
     /// and the job's (setIamPolicy).
     #[arg(long)]
@@ -121,16 +124,6 @@ fn caller_of(
     Ok(if admin { None } else { caller })
 }
 
-/// Refuses every model, saying how to get one.
-fn no_model(
-    model: &batch_prediction::ModelVersion,
-    _: &batch_prediction::Job,
-) -> Result<Arc<dyn batch_prediction::Predictor>, batch_prediction::PredictError> {
-    Err(batch_prediction::PredictError::new(format!(
-        "the emulator cannot load model {model}: start it with --predictor echo, or build it with --features onnx (or ort)"
-    )))
-}
-
 /// The folders under ROOT, and with `--buckets` real `gs://`, `s3://` and `az://` buckets.
 fn storage(args: &ServeArgs, local: LocalStorage) -> Result<Arc<dyn Storage>, Exit> {
     if args.buckets {
@@ -150,18 +143,10 @@ fn resolver(
     confined: LocalStorage,
     storage: &Arc<dyn Storage>,
 ) -> Result<Arc<dyn ModelResolver>, Exit> {
-    let default = if cfg!(feature = "onnx") {
-        "onnx"
-    } else {
-        "none"
-    };
-    match args.predictor.as_deref().unwrap_or(default) {
-        "none" => Ok(Arc::new(no_model)),
-        // One intra-op thread per onnxruntime session, as `run`'s default.
-        name => crate::local::runtime(name, confined, storage, 1)
-            .expect("clap allows only echo, onnx and ort")
-            .map_err(Exit::Usage),
-    }
+    // One intra-op thread per session, as `run`'s default.
+    crate::local::runtime(&args.predictor, confined, storage, 1)
+        .expect("clap allows only the runtimes of `runtime`")
+        .map_err(Exit::Usage)
 }
 
 /// Runs the emulator until Ctrl-C or SIGTERM.
