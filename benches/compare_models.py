@@ -15,10 +15,19 @@ it times, in R (default 3) rounds that alternate the cases:
 - a 500-tree gradient-boosting regressor (scikit-learn, converted by
   skl2onnx; trained here once, into target/compare-models/): the onnxruntime
   job with 1 and 2 workers and the bare `ort` loop. tract cannot load it
-  (TreeEnsembleRegressor).
+  (TreeEnsembleRegressor);
+- a Keras MLP SavedModel (tests/data/tensorflow/models/mlp, instances
+  {"key": i, "x": [4 numbers]}): the TensorFlow job (TensorflowPredictor,
+  batches of 64) with 1 and 2 workers, the same C API calls in one
+  hand-written Rust loop (compare_helper tf-bare: typed parse, one session,
+  write), and TensorFlow's own serving signature called from Python on the
+  same batches (json.loads, numpy, the signature, json.dumps), one intra-
+  and one inter-op thread everywhere.
 
-onnxruntime comes from tests/ort/library.sh (PyPI's wheel, under target/);
-scikit-learn and skl2onnx, pinned, go into target/compare-models-venv.
+onnxruntime comes from tests/ort/library.sh (PyPI's wheel, under target/),
+TensorFlow from tests/tensorflow/library.sh (tensorflow-cpu 2.21.0 in
+target/tf-venv); scikit-learn and skl2onnx, pinned, go into
+target/compare-models-venv. --no-tensorflow leaves the SavedModel out.
 """
 
 import argparse
@@ -82,13 +91,58 @@ def gradient_boosting_model():
     return path
 
 
-def write_instances(path, n, seed=11):
+def write_instances(path, n, seed=11, field="features"):
     rng = random.Random(seed)
     with open(path, "w") as f:
         for i in range(n):
             features = [round(rng.gauss(0, 1), rng.choice([2, 3, 4])) for _ in range(4)]
-            f.write(json.dumps({"key": i, "features": features}))
+            f.write(json.dumps({"key": i, field: features}))
             f.write("\n")
+
+
+# TensorFlow's serving signature called from Python per batch of 64, as a
+# user without this crate would run the SavedModel: prints "SECONDS COUNT".
+TF_PYTHON = r"""
+import json, os, sys, time
+import numpy as np
+import tensorflow as tf
+tf.config.threading.set_intra_op_parallelism_threads(1)
+tf.config.threading.set_inter_op_parallelism_threads(1)
+model_dir, data, out_path = sys.argv[1:4]
+signature = tf.saved_model.load(model_dir).signatures["serving_default"]
+start = time.time()
+n = 0
+with open(data) as f, open(out_path, "w") as out:
+    keys, rows = [], []
+    def flush():
+        if not rows:
+            return
+        result = signature(x=tf.constant(np.array(rows, dtype=np.float32)))["output_0"].numpy()
+        for key, row in zip(keys, result):
+            out.write(json.dumps({"key": key, "output_0": row.tolist()}) + "\n")
+        keys.clear()
+        rows.clear()
+    for line in f:
+        instance = json.loads(line)
+        keys.append(instance["key"])
+        rows.append(instance["x"])
+        n += 1
+        if len(rows) == 64:
+            flush()
+    flush()
+    out.flush()
+    os.fsync(out.fileno())
+print(f"{time.time() - start:.6f} {n}")
+"""
+
+
+def tensorflow_library():
+    out = subprocess.run(["bash", os.path.join(ROOT, "tests", "tensorflow", "library.sh")],
+                         capture_output=True, text=True)
+    line = out.stdout.strip()
+    if out.returncode != 0 or line.startswith("SKIP"):
+        sys.exit(f"no TensorFlow library (--no-tensorflow leaves it out): {line or out.stderr}")
+    return line
 
 
 def main():
@@ -96,10 +150,20 @@ def main():
     parser.add_argument("--records", type=int, default=1_000_000)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--plot", metavar="DIR", help="write the goals' ratios as DIR/models.svg")
+    parser.add_argument("--no-tensorflow", action="store_true", help="leave the SavedModel out")
     args = parser.parse_args()
 
     os.environ["ORT_DYLIB_PATH"] = ort_library()
-    sh(["cargo", "build", "--quiet", "--release", "--features", "onnx,ort", "--example", "compare_helper"], cwd=ROOT)
+    features = "onnx,ort"
+    tf = not args.no_tensorflow
+    if tf:
+        library = tensorflow_library()
+        os.environ["TENSORFLOW_DYLIB_PATH"] = library
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        # The venv's python: .../target/tf-venv/lib/python3.X/site-packages/tensorflow/lib…
+        tf_python = os.path.join(library.split("/lib/python")[0], "bin", "python")
+        features += ",tensorflow"
+    sh(["cargo", "build", "--quiet", "--release", "--features", features, "--example", "compare_helper"], cwd=ROOT)
     helper = os.path.join(target_dir(), "release", "examples", "compare_helper")
     mlp = os.path.join(ROOT, "tests", "data", "models", "keras_mlp.onnx")
     gb = gradient_boosting_model()
@@ -126,6 +190,25 @@ def main():
             "GB-500: ort job, 1 worker": job("ort:" + gb, 1),
             "GB-500: ort job, 2 workers": job("ort:" + gb, 2),
         }
+        if tf:
+            saved = os.path.join(ROOT, "tests", "data", "tensorflow", "models", "mlp")
+            tf_data = os.path.join(work, "instances_x.jsonl")
+            write_instances(tf_data, n, field="x")
+            script = os.path.join(work, "tf_python.py")
+            with open(script, "w") as f:
+                f.write(TF_PYTHON)
+
+            def tf_job(workers):
+                return lambda: timed([helper, "job", "tensorflow:" + saved, "json", tf_data, out, str(workers)])
+
+            cases.update({
+                "SavedModel: bare C API loop": lambda: timed(
+                    [helper, "tf-bare", saved, tf_data, os.path.join(work, "tf-bare.jsonl")]),
+                "SavedModel: job, 1 worker": tf_job(1),
+                "SavedModel: job, 2 workers": tf_job(2),
+                "SavedModel: Python signature": lambda: timed(
+                    [tf_python, script, saved, tf_data, os.path.join(work, "tf-python.jsonl")]),
+            })
         med = alternate(cases, args.rounds)
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -141,10 +224,16 @@ def main():
         ("MLP: ort job vs tract job", speed("MLP: ort job, 1 worker") / speed("MLP: tract job, 1 worker"), 1.5),
         ("GB-500: ort job 2w vs 1w", speed("GB-500: ort job, 2 workers") / speed("GB-500: ort job, 1 worker"), 1.7),
     ]
-    print("\ngoals of #14 (ratios of speed; higher is better)")
+    if tf:
+        goals += [
+            ("SavedModel: job vs Python signature", speed("SavedModel: job, 1 worker") / speed("SavedModel: Python signature"), 10),
+            ("SavedModel: job vs bare C API loop", speed("SavedModel: job, 1 worker") / speed("SavedModel: bare C API loop"), 0.8),
+            ("SavedModel: job 2w vs 1w", speed("SavedModel: job, 2 workers") / speed("SavedModel: job, 1 worker"), 1.7),
+        ]
+    print("\ngoals of #14 and #29 (ratios of speed; higher is better)")
     for label, value, target in goals:
         verdict = "PASS" if value >= target else "MISS"
-        print(f"  {label:<36} {value:7.2f}  (goal >= {target})  {verdict}")
+        print(f"  {label:<40} {value:7.2f}  (goal >= {target})  {verdict}")
     print("  GB-500 on tract: not run (tract has no TreeEnsembleRegressor)")
     if args.plot:
         plot(os.path.join(args.plot, "models.svg"),

@@ -13,6 +13,8 @@
 //! compare_helper job ort:MODEL json IN OUTDIR N    # (feature ort) the job on onnxruntime
 //! compare_helper model-bare onnx:MODEL|ort:MODEL IN OUT  # the predictor over batches of 64, one loop
 //! compare_helper ort-bare MODEL IN OUT             # (feature ort) `ort` alone over batches of 64
+//! compare_helper job tensorflow:DIR json IN OUTDIR N  # (feature tensorflow) the job with that SavedModel
+//! compare_helper tf-bare DIR IN OUT                # (feature tensorflow) TensorFlow's C API alone over batches of 64
 //! ```
 //!
 //! `cpu` is a CPU-bound predictor: about 1,000 floating-point steps per
@@ -38,6 +40,9 @@ use serde_json::Value;
 #[path = "shared/cpu_bound.rs"]
 mod cpu_bound;
 use cpu_bound::cpu_bound;
+#[cfg(feature = "tensorflow")]
+#[path = "shared/tf_bare.rs"]
+mod tf_bare;
 
 fn format_of(name: &str) -> DataFormat {
     match name {
@@ -306,8 +311,17 @@ fn model_predictor(spec: &str) -> Arc<dyn Predictor> {
             batch_prediction::OrtPredictor::load(path, &batch_prediction::onnx::OrtOptions::new())
                 .expect("model"),
         ),
+        #[cfg(feature = "tensorflow")]
+        Some(("tensorflow", path)) => Arc::new(
+            batch_prediction::TensorflowPredictor::load(
+                path,
+                "serving_default",
+                batch_prediction::tensorflow::TensorflowOptions::new(),
+            )
+            .expect("model"),
+        ),
         _ => panic!(
-            "unknown predictor {spec:?}: echo, cpu, onnx:MODEL (feature onnx) or ort:MODEL (feature ort)"
+            "unknown predictor {spec:?}: echo, cpu, onnx:MODEL (feature onnx), ort:MODEL (feature ort) or tensorflow:DIR (feature tensorflow)"
         ),
     }
 }
@@ -481,6 +495,8 @@ fn main() {
         ["model-bare", spec, input, output] => model_bare(spec, input, output),
         #[cfg(feature = "ort")]
         ["ort-bare", model, input, output] => ort_bare(model, input, output),
+        #[cfg(feature = "tensorflow")]
+        ["tf-bare", model, input, output] => tf_bare::tf_bare(model, input, output),
         ["job", predictor, format, input, outdir, workers] => job(
             predictor,
             format_of(format),

@@ -134,6 +134,8 @@ pub mod service;
 pub mod state;
 pub mod status;
 pub mod storage;
+#[cfg(any(feature = "onnx", feature = "ort", feature = "tensorflow"))]
+mod tensor;
 #[cfg(feature = "tensorflow")]
 pub mod tensorflow;
 #[cfg(feature = "testing")]

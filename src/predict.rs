@@ -126,6 +126,7 @@ pub struct PredictError {
     retryable: bool,
     retry_after: Option<Duration>,
     too_large: bool,
+    fatal: bool,
 }
 
 impl PredictError {
@@ -137,6 +138,7 @@ impl PredictError {
             retryable: false,
             retry_after: None,
             too_large: false,
+            fatal: false,
         }
     }
 
@@ -177,6 +179,22 @@ impl PredictError {
     pub fn too_large(mut self) -> Self {
         self.too_large = true;
         self
+    }
+
+    /// The same error, saying that the job cannot go on (a model server
+    /// that stopped answering altogether): the executor stops the job at
+    /// once, FAILED with this error's message, instead of trying the
+    /// batch's parts. The shards it committed are kept, so running the job
+    /// again resumes from them.
+    #[must_use]
+    pub fn fatal(mut self) -> Self {
+        self.fatal = true;
+        self
+    }
+
+    /// Whether the job cannot go on ([`fatal`](Self::fatal)).
+    pub fn is_fatal(&self) -> bool {
+        self.fatal
     }
 
     /// The message, without the cause.

@@ -114,6 +114,44 @@ pub struct RemoteResolver {
     model: Option<String>,
     timeout: Duration,
     retry: RetryPolicy,
+    unreachable: Unreachable,
+}
+
+/// When a model server counts as down: this many connection failures in a
+/// row (refused, not found, no connection) spanning at least `span`,
+/// without one answer between them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Unreachable {
+    failures: u64,
+    span: Duration,
+}
+
+/// A predictor's streak of connection failures, shared by its workers.
+#[derive(Debug, Default)]
+struct Streak {
+    failures: std::sync::atomic::AtomicU64,
+    /// When the streak's first failure came.
+    since: std::sync::Mutex<Option<Instant>>,
+}
+
+impl Streak {
+    /// An answer came: the server is up.
+    fn answered(&self) {
+        if self.failures.swap(0, std::sync::atomic::Ordering::Relaxed) > 0 {
+            *self.since.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        }
+    }
+
+    /// A connection failed: the streak's length and age.
+    fn failed(&self) -> (u64, Duration) {
+        let n = self
+            .failures
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            + 1;
+        let mut since = self.since.lock().unwrap_or_else(|e| e.into_inner());
+        let first = *since.get_or_insert_with(Instant::now);
+        (n, first.elapsed())
+    }
 }
 
 impl RemoteResolver {
@@ -129,7 +167,28 @@ impl RemoteResolver {
                 .with_max_retries(5)
                 .with_backoff(Duration::from_millis(100), Duration::from_secs(10))
                 .with_max_elapsed(Duration::from_secs(60)),
+            unreachable: Unreachable {
+                failures: 8,
+                span: Duration::from_secs(10),
+            },
         }
+    }
+
+    /// When the server counts as down during a job: after `failures`
+    /// connection failures in a row (refused, not found, no connection;
+    /// an HTTP answer of any status ends the streak) spanning at least
+    /// `span`, the job stops FAILED, naming the server and the last error
+    /// ([`PredictError::fatal`]), instead of spending every batch's retries
+    /// and splits on a server that is gone. Its committed shards are kept:
+    /// run it again once the server is back. By default 8 failures over at
+    /// least 10 s; a restart shorter than that costs only retries.
+    #[must_use]
+    pub fn with_unreachable_after(mut self, failures: u64, span: Duration) -> Self {
+        self.unreachable = Unreachable {
+            failures: failures.max(1),
+            span,
+        };
+        self
     }
 
     /// How [`connect`](Self::connect) retries a transient failure of its
@@ -216,6 +275,8 @@ impl RemoteResolver {
             inputs: Vec::new(),
             passthrough: true,
             timeout: self.timeout,
+            unreachable: self.unreachable,
+            streak: Streak::default(),
         };
         let (started, mut tries) = (Instant::now(), 0);
         let metadata = loop {
@@ -314,6 +375,9 @@ pub struct RemotePredictor {
     passthrough: bool,
     /// The longest a request may take.
     timeout: Duration,
+    /// When the server counts as down, and the current streak.
+    unreachable: Unreachable,
+    streak: Streak,
 }
 
 impl fmt::Debug for RemotePredictor {
@@ -400,22 +464,37 @@ impl RemotePredictor {
         };
         let failed = |e: ureq::Error, what: String| {
             let past_deadline = deadline.is_some_and(|d| Instant::now() >= d);
-            let transient = match &e {
-                ureq::Error::Timeout(_) => !past_deadline,
+            let unreachable = match &e {
                 ureq::Error::ConnectionFailed | ureq::Error::HostNotFound => true,
-                ureq::Error::Io(io) => {
-                    closed_connection(io)
-                        || matches!(
-                            io.kind(),
-                            std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::TimedOut
-                        )
-                }
+                ureq::Error::Io(io) => io.kind() == std::io::ErrorKind::ConnectionRefused,
                 _ => false,
             };
+            let transient = unreachable
+                || match &e {
+                    ureq::Error::Timeout(_) => !past_deadline,
+                    ureq::Error::Io(io) => {
+                        closed_connection(io) || io.kind() == std::io::ErrorKind::TimedOut
+                    }
+                    _ => false,
+                };
+            if unreachable {
+                let (n, span) = self.streak.failed();
+                if n >= self.unreachable.failures && span >= self.unreachable.span {
+                    return PredictError::with_source(
+                        format!(
+                            "the model server at {url} is unreachable: {n} connection failures in a row over {} s, the last: {what}; the job stops here, its finished shards kept (run it again once the server is up)",
+                            span.as_secs()
+                        ),
+                        e,
+                    )
+                    .fatal();
+                }
+            }
             let error = PredictError::with_source(what, e);
             if transient { error.retryable() } else { error }
         };
         let mut response = response.map_err(|e| failed(e, format!("{method} {url} failed")))?;
+        self.streak.answered();
         let status = response.status();
         let retry_after = response
             .headers()
@@ -529,12 +608,28 @@ impl RemotePredictor {
                 )),
             })
             .collect::<Result<Vec<Value>, _>>()?;
+        // No declared inputs: one input, the instance itself, or the one
+        // field of an object instance besides its `key`, named after it.
         let undeclared = [TensorInput {
-            name: UNDECLARED.into(),
+            name: values
+                .first()
+                .and_then(only_field)
+                .unwrap_or(UNDECLARED)
+                .to_owned(),
             datatype: None,
             shape: None,
         }];
         let inputs = if self.inputs.is_empty() {
+            // Every object instance names the same one field.
+            let name = &undeclared[0].name;
+            if values
+                .iter()
+                .any(|v| v.is_object() && only_field(v) != Some(name.as_str()))
+            {
+                return Err(PredictError::new(
+                    "the model server declares no inputs for this model, so an instance must be the input itself (a number or an array), or an object of one field besides \"key\" (sent as the input of that name)",
+                ));
+            }
             &undeclared[..]
         } else {
             &self.inputs
@@ -674,6 +769,17 @@ fn v2_inputs(metadata: &Value) -> Result<Vec<TensorInput>, String> {
         .collect()
 }
 
+/// The one field of an object instance besides `key`, the passthrough key
+/// of AI Platform's instances: the input of a model that declares none.
+fn only_field(instance: &Value) -> Option<&str> {
+    let map = instance.as_object()?;
+    let mut names = map.keys().filter(|k| k.as_str() != "key");
+    match (names.next(), names.next()) {
+        (Some(name), None) if !(map.len() == 1 && name == "b64") => Some(name),
+        _ => None,
+    }
+}
+
 /// The value of `input` in an instance: its field of that name, or the
 /// whole instance for a model of one input that is not an object.
 fn field<'v>(
@@ -684,7 +790,7 @@ fn field<'v>(
     match instance {
         Value::Object(map) => map.get(&input.name).ok_or_else(|| {
             PredictError::new(if input.name == UNDECLARED {
-                "the model server declares no inputs for this model, so an instance must be the input itself (a number or an array), not an object".to_owned()
+                "the model server declares no inputs for this model, so an instance must be the input itself (a number or an array), or an object of one field besides \"key\" (sent as the input of that name)".to_owned()
             } else {
                 format!("the instance has no field {:?} for the model's input of that name", input.name)
             })

@@ -26,6 +26,8 @@ pub(super) struct Failure {
     pub(super) retry: Option<Option<Duration>>,
     /// The batch was too large for the model (or past the deadline).
     pub(super) too_large: bool,
+    /// The job cannot go on ([`PredictError::fatal`](crate::PredictError::fatal)).
+    pub(super) fatal: bool,
 }
 
 impl Failure {
@@ -35,6 +37,7 @@ impl Failure {
             full: message,
             retry: None,
             too_large: false,
+            fatal: false,
         }
     }
 }
@@ -59,6 +62,7 @@ pub(super) fn call(
             full: e.to_string(),
             retry: e.is_retryable().then(|| e.retry_after()),
             too_large: e.is_too_large(),
+            fatal: e.is_fatal(),
         }),
     }));
     match outcome {

@@ -302,6 +302,7 @@ impl Run<'_> {
                 records: &records,
                 ctx,
                 stopping: &stopping,
+                fail: &|message| self.fail(message),
                 spare_room: 2 * self.plan.batch_size.min(4096),
                 retries: &self.executor.config.predict_retries,
                 tally: &tally,
@@ -332,6 +333,7 @@ impl Run<'_> {
                         full: e.message(),
                         retry: None,
                         too_large: false,
+                        fatal: false,
                     };
                     let raw = e.raw.is_some().then(|| e.raw_json());
                     (e.position, None, raw, failure)
@@ -477,6 +479,8 @@ pub(super) struct Isolation<'r> {
     pub(super) records: &'r Records<'r>,
     pub(super) ctx: &'r PredictContext<'r>,
     pub(super) stopping: &'r dyn Fn() -> bool,
+    /// Stops the run, FAILED with this message (a fatal predictor error).
+    pub(super) fail: &'r dyn Fn(String),
     /// The most room a spare vector keeps (a predictor may return vectors
     /// with far more room than predictions).
     pub(super) spare_room: usize,
@@ -529,6 +533,12 @@ pub(super) fn isolate(
                 return;
             }
             Err(failure) => match failure.retry {
+                _ if failure.fatal => {
+                    // The job cannot go on: no retry, no split.
+                    trace::event!(error, error = %failure.full, "predictor failed fatally");
+                    (iso.fail)(failure.full);
+                    return;
+                }
                 // The retries are the whole batch's, shared by its parts.
                 Some(asked)
                     if iso.tally.retries.get() < u64::from(iso.retries.max_retries)

@@ -14,8 +14,8 @@ use serde_json::{Map, Value};
 
 use super::{
     Column, InputSpec, Kind, ModelFile, ModelFiles, OutColumn, OutValues, batch_first, f32_json,
-    f64_json, finite, gather, json_instances, model_path, passthrough_of, predict_lines,
-    predictions_of, shown_as,
+    f64_json, finite, gather, json_instances, model_path, onnx_inner, passthrough_of,
+    predict_lines, predictions_of, shown_as,
 };
 use crate::model::{DataFormat, Job, ModelVersion};
 use crate::predict::{JsonPredictions, ModelResolver, PredictContext, PredictError, Predictor};
@@ -443,7 +443,7 @@ impl OrtPredictor {
                             )));
                         }
                     };
-                    let inner = batch_first(&shape, n, name)?.to_vec();
+                    let inner = onnx_inner(batch_first(&shape, n, name)?);
                     columns.push(OutColumn {
                         name,
                         values: tensor_values(value, name)?,

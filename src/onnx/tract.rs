@@ -13,8 +13,8 @@ use tract_onnx::tract_hir::internal::DimLike;
 
 use super::{
     Column, InputSpec, Kind, ModelFile, ModelFiles, OutColumn, OutValues, batch_first, f64_json,
-    finite, gather, json_instances, model_path, passthrough_of, predict_lines, predictions_of,
-    shown_as,
+    finite, gather, json_instances, model_path, onnx_inner, passthrough_of, predict_lines,
+    predictions_of, shown_as,
 };
 use crate::model::{DataFormat, Job, ModelVersion};
 use crate::predict::{JsonPredictions, ModelResolver, PredictContext, PredictError, Predictor};
@@ -396,7 +396,7 @@ impl OnnxPredictor {
             .map_err(|e| PredictError::new(format!("the ONNX model failed: {e}")))?;
         let mut columns = Vec::with_capacity(self.outputs.len());
         for (name, output) in self.outputs.iter().zip(outputs.iter()) {
-            let inner = batch_first(output.shape(), n, name)?.to_vec();
+            let inner = onnx_inner(batch_first(output.shape(), n, name)?);
             let values = match output.datum_type() {
                 DatumType::F32 => OutValues::F32(plain::<f32>(output, name)?),
                 DatumType::F64 => {

@@ -11,9 +11,11 @@ use super::library::{Api, api};
 use super::session::{Bound, Session, Tensor};
 use super::signature::{DType, Signature, TensorSpec};
 use crate::model::{DataFormat, Job, ModelVersion};
-use crate::predict::{PASSTHROUGH_LABEL, PredictContext, PredictError, Predictor};
+use crate::predict::JsonPredictions;
+use crate::predict::{PredictContext, PredictError, Predictor};
 use crate::record::Instance;
 use crate::storage::{LocalStorage, Storage, StorageExt, join_location};
+use crate::tensor::{self, Column, InputSpec, Kind, OutColumn, OutValues, f32_json};
 
 /// How SavedModels run: sessions, their threads, the tags to load.
 ///
@@ -42,7 +44,7 @@ impl Default for TensorflowOptions {
     fn default() -> Self {
         TensorflowOptions {
             intra_threads: 1,
-            inter_threads: 1,
+            inter_threads: 0,
             shared_session: false,
             tags: vec!["serve".to_owned()],
             library: None,
@@ -134,6 +136,8 @@ pub struct TensorflowPredictor {
     options: TensorflowOptions,
     signature: Signature,
     sessions: Vec<OnceLock<Result<Arc<Bound>, String>>>,
+    /// The signature's inputs for the JSON-lines fast path, when it has one.
+    fast_inputs: Option<Vec<InputSpec>>,
     passthrough: bool,
     /// A bucket's model copied to this folder, removed when dropped.
     copied: Option<PathBuf>,
@@ -207,6 +211,7 @@ impl TensorflowPredictor {
             api,
             dir: dir.to_path_buf(),
             options,
+            fast_inputs: fast_inputs(&signature),
             signature,
             sessions,
             passthrough: true,
@@ -545,20 +550,6 @@ fn push_scalar(value: &Value, dtype: DType, out: &mut Vec<u8>) -> bool {
     true
 }
 
-/// The shortest decimal that reads back as this f32, as a JSON number;
-/// `None` for NaN and infinities, which JSON cannot hold.
-fn f32_json(v: f32) -> Option<Value> {
-    if !v.is_finite() {
-        return None;
-    }
-    zmij::Buffer::new()
-        .format_finite(v)
-        .parse::<f64>()
-        .ok()
-        .and_then(Number::from_f64)
-        .map(Value::Number)
-}
-
 /// An output tensor's values, row-major, as JSON.
 fn output_values(
     tensor: &Tensor,
@@ -629,14 +620,6 @@ fn output_values(
     }
 }
 
-/// The next values of a row-major output, nested as `shape`.
-fn nest(values: &mut impl Iterator<Item = Value>, shape: &[i64]) -> Value {
-    match shape.split_first() {
-        None => values.next().unwrap_or(Value::Null),
-        Some((&n, rest)) => Value::Array((0..n).map(|_| nest(values, rest)).collect()),
-    }
-}
-
 impl Predictor for TensorflowPredictor {
     fn predict(
         &self,
@@ -675,10 +658,9 @@ impl Predictor for TensorflowPredictor {
                 )));
             }
             let count = dims.iter().product::<i64>().max(0) as usize;
-            let mut values = output_values(tensor, spec, count)?.into_iter();
-            for prediction in &mut predictions {
-                prediction.insert(spec.alias.clone(), nest(&mut values, &dims[1..]));
-            }
+            let inner: Vec<usize> = dims[1..].iter().map(|&d| d.max(0) as usize).collect();
+            let values = output_values(tensor, spec, count)?;
+            tensor::place(&mut predictions, &spec.alias, values, &inner);
         }
         Ok(predictions.into_iter().map(Value::Object).collect())
     }
@@ -686,6 +668,117 @@ impl Predictor for TensorflowPredictor {
     fn takes_raw_records(&self, _format: DataFormat) -> bool {
         self.signature.takes_raw_records()
     }
+
+    /// For a signature of fixed-shape numeric and boolean inputs: reads the
+    /// lines' numbers straight into the input tensors and writes the
+    /// predictions without building [`Value`]s, exactly as `predict` would.
+    fn predict_json_lines(
+        &self,
+        lines: &[&[u8]],
+        ctx: &PredictContext<'_>,
+        out: &mut JsonPredictions<'_>,
+    ) -> bool {
+        let Some(inputs) = &self.fast_inputs else {
+            return false;
+        };
+        tensor::predict_lines(lines, inputs, self.passthrough, out, |n, columns| {
+            let tensors = columns
+                .into_iter()
+                .zip(inputs)
+                .map(|(column, spec)| self.fed(column, spec, n))
+                .collect::<Option<Vec<_>>>()
+                .ok_or_else(|| PredictError::new("a column of another type"))?;
+            let outputs = self
+                .session(ctx.worker())?
+                .run(tensors)
+                .map_err(PredictError::new)?;
+            outputs
+                .iter()
+                .zip(&self.signature.outputs)
+                .map(|(t, spec)| out_column(t, spec, n))
+                .collect()
+        })
+    }
+}
+
+impl TensorflowPredictor {
+    /// The input tensor of a column the fast path read.
+    fn fed(&self, column: Column, spec: &InputSpec, n: usize) -> Option<Tensor> {
+        let mut dims = vec![n as i64];
+        dims.extend(spec.shape.iter().map(|&d| d as i64));
+        Some(match column {
+            Column::F32(v) => Tensor::from_values(self.api, DType::F32, &dims, &v),
+            Column::F64(v) => Tensor::from_values(self.api, DType::F64, &dims, &v),
+            Column::I32(v) => Tensor::from_values(self.api, DType::I32, &dims, &v),
+            Column::I64(v) => Tensor::from_values(self.api, DType::I64, &dims, &v),
+            Column::Bool(v) => Tensor::from_values(self.api, DType::Bool, &dims, &v),
+            Column::Str(_) => return None,
+        })
+    }
+}
+
+/// The fast path's inputs: the signature's, when each is float32, float64,
+/// int32, int64 or bool of a fixed shape after the batch dimension.
+fn fast_inputs(signature: &Signature) -> Option<Vec<InputSpec>> {
+    signature
+        .inputs
+        .iter()
+        .map(|input| {
+            let kind = match input.dtype {
+                DType::F32 => Kind::F32,
+                DType::F64 => Kind::F64,
+                DType::I32 => Kind::I32,
+                DType::I64 => Kind::I64,
+                DType::Bool => Kind::Bool,
+                _ => return None,
+            };
+            let shape = input
+                .shape
+                .as_ref()?
+                .iter()
+                .map(|&d| usize::try_from(d).ok())
+                .collect::<Option<Vec<usize>>>()?;
+            Some(InputSpec {
+                name: input.alias.clone(),
+                kind,
+                shape,
+            })
+        })
+        .collect()
+}
+
+/// An output of a batch of `n` for the fast path: float32 values as they
+/// are, any other as JSON.
+fn out_column<'s>(
+    tensor: &Tensor,
+    spec: &'s TensorSpec,
+    n: usize,
+) -> Result<OutColumn<'s>, PredictError> {
+    let dims = tensor.dims();
+    if dims.first() != Some(&(n as i64)) {
+        return Err(PredictError::new(format!(
+            "output {:?} has shape {}, not one row per instance of a batch of {n}",
+            spec.alias,
+            shown_shape(&dims)
+        )));
+    }
+    let inner: Vec<usize> = dims[1..].iter().map(|&d| d.max(0) as usize).collect();
+    let count = n * inner.iter().product::<usize>();
+    let values = match tensor.dtype().0 {
+        Some(DType::F32) if tensor.bytes().len() == count * 4 => OutValues::F32(
+            tensor
+                .bytes()
+                .chunks_exact(4)
+                .map(|c| f32::from_ne_bytes(c.try_into().expect("4 bytes")))
+                .collect(),
+        ),
+        _ => OutValues::Json(output_values(tensor, spec, count)?),
+    };
+    Ok(OutColumn {
+        name: &spec.alias,
+        values,
+        inner,
+    })
 }
 
 /// Loads the SavedModel a job names by `uri` with [`TensorflowPredictor`]:
@@ -838,8 +931,9 @@ impl crate::predict::ModelResolver for TensorflowResolver {
         if copied {
             predictor.copied = Some(dir.clone());
         }
-        let passthrough = job.labels.get(PASSTHROUGH_LABEL).map(String::as_str) != Some("off");
-        Ok(Arc::new(predictor.with_passthrough(passthrough)))
+        Ok(Arc::new(
+            predictor.with_passthrough(tensor::passthrough_of(job)),
+        ))
     }
 }
 
@@ -907,7 +1001,7 @@ mod tests {
     fn shapes_nest_and_print() {
         let flat = (0..6).map(Value::from);
         assert_eq!(
-            nest(&mut flat.into_iter(), &[2, 3]),
+            crate::tensor::nest(&mut flat.into_iter(), &[2, 3]),
             serde_json::json!([[0, 1, 2], [3, 4, 5]])
         );
         assert_eq!(shown_shape(&[-1, 3]), "[?, 3]");

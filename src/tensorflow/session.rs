@@ -39,7 +39,7 @@ impl Drop for Buffer {
 /// `intra_op_parallelism_threads` (field 2), `inter_op_parallelism_threads`
 /// (5), `use_per_session_threads` (9), as protobuf's wire format writes
 /// them (varints after their tags).
-fn config_proto(intra: u32, inter: u32, per_session: bool) -> Vec<u8> {
+fn config_proto(intra: u32, inter: i32, per_session: bool) -> Vec<u8> {
     fn varint(out: &mut Vec<u8>, mut v: u64) {
         while v >= 0x80 {
             out.push((v as u8) | 0x80);
@@ -50,7 +50,8 @@ fn config_proto(intra: u32, inter: u32, per_session: bool) -> Vec<u8> {
     let mut out = Vec::new();
     for (tag, value) in [
         (2u64, intra as u64),
-        (5, inter as u64),
+        // A negative int32 is sign-extended to ten bytes, as protobuf does.
+        (5, i64::from(inter) as u64),
         (9, per_session as u64),
     ] {
         if value != 0 {
@@ -83,7 +84,13 @@ impl Session {
             .collect::<Result<_, _>>()?;
         let tag_ptrs: Vec<*const std::ffi::c_char> = tags_c.iter().map(|t| t.as_ptr()).collect();
         let status = Status::new(api);
-        let config = config_proto(intra_threads, inter_threads, true);
+        // 0: each run's ops in the calling thread (TensorFlow's negative
+        // inter_op_parallelism_threads), no hand-off to a pool.
+        let inter = match inter_threads {
+            0 => -1,
+            n => i32::try_from(n).unwrap_or(i32::MAX),
+        };
+        let config = config_proto(intra_threads, inter, true);
         // SAFETY: every pointer passed is live for the calls; the graph,
         // options and buffer are deleted below or owned by the session.
         unsafe {
@@ -248,6 +255,14 @@ impl Bound {
     }
 }
 
+/// Element types whose bytes are TensorFlow's for their dtype.
+pub(super) trait Plain: Copy {}
+impl Plain for f32 {}
+impl Plain for f64 {}
+impl Plain for i32 {}
+impl Plain for i64 {}
+impl Plain for bool {}
+
 /// A tensor: one we made to feed, or one TensorFlow returned.
 pub(super) struct Tensor {
     api: &'static Api,
@@ -287,6 +302,22 @@ impl Tensor {
                 strings_ours: false,
             }
         }
+    }
+
+    /// A tensor of `dtype` and `dims` holding `values` (elements whose bytes
+    /// are the dtype's: `f32`, `f64`, `i32`, `i64`, `bool`).
+    pub fn from_values<T: Plain>(
+        api: &'static Api,
+        dtype: DType,
+        dims: &[i64],
+        values: &[T],
+    ) -> Tensor {
+        debug_assert_eq!(std::mem::size_of::<T>(), dtype.size());
+        // SAFETY: `Plain` types have no padding and every byte initialized.
+        let bytes = unsafe {
+            std::slice::from_raw_parts(values.as_ptr().cast::<u8>(), std::mem::size_of_val(values))
+        };
+        Tensor::from_bytes(api, dtype, dims, bytes)
     }
 
     /// A string tensor of `dims` holding `strings` in row-major order.
@@ -394,5 +425,11 @@ mod tests {
         // intra 1, inter 1, per-session pools: tags 0x10, 0x28, 0x48.
         assert_eq!(config_proto(1, 1, true), [0x10, 1, 0x28, 1, 0x48, 1]);
         assert_eq!(config_proto(300, 0, false), [0x10, 0xac, 0x02]);
+        let caller = config_proto(1, -1, false);
+        assert_eq!(caller[..3], [0x10, 1, 0x28]);
+        assert_eq!(
+            caller[3..],
+            [0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01]
+        );
     }
 }

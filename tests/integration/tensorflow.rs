@@ -679,3 +679,70 @@ fn the_command_line_runs_savedmodels_and_names_a_missing_library() {
         "{stderr}"
     );
 }
+
+/// The JSON-lines fast path (`predict_json_lines`, for signatures of
+/// fixed-shape numeric inputs) writes exactly what `predict` returns, and
+/// leaves every batch it cannot read so to `predict`.
+#[test]
+fn the_fast_path_writes_what_predict_returns() {
+    if library().is_none() {
+        return;
+    }
+    let mlp = TensorflowPredictor::load(model("mlp"), "serving_default", options()).unwrap();
+    let cancel = CancelHandle::new();
+    let ctx = PredictContext::new("serving_default", &cancel, 0);
+    let mut lines: Vec<String> = std::fs::read_to_string(data_path("tensorflow/examples.jsonl"))
+        .unwrap()
+        .lines()
+        .take(20)
+        .map(str::to_owned)
+        .collect();
+    // Integers, null (NaN in), a bare instance, extra fields, spaces,
+    // exponents.
+    lines.extend(
+        [
+            r#"{"x": [1, 2, 3, 4], "key": "k"}"#,
+            r#"{"x": [null, 2, 3, 4]}"#,
+            r#"[0.5, -1e-3, 2E2, 0]"#,
+            r#" { "tag": [1, {"a": null}], "x" : [1.5, 2.5, 3.5, 4.5] } "#,
+        ]
+        .map(str::to_owned),
+    );
+    let mut buf = Vec::new();
+    let mut out = batch_prediction::predict::JsonPredictions::new(&mut buf);
+    let refs: Vec<&[u8]> = lines.iter().map(|l| l.as_bytes()).collect();
+    assert!(mlp.predict_json_lines(&refs, &ctx, &mut out));
+    out.finish();
+    let batch: Vec<Instance> = lines
+        .iter()
+        .map(|l| Instance::from_json(serde_json::from_str(l).unwrap()).unwrap())
+        .collect();
+    let slow: String = mlp
+        .predict(batch, &ctx)
+        .unwrap()
+        .iter()
+        .map(|v| format!("{}\n", serde_json::to_string(v).unwrap()))
+        .collect();
+    assert_eq!(String::from_utf8(buf).unwrap(), slow);
+    // What the fast path leaves to the usual one: a wrong shape, a string,
+    // a b64 instance, invalid JSON.
+    for line in [
+        r#"{"x": [1, 2, 3]}"#,
+        r#"{"x": ["1", 2, 3, 4]}"#,
+        r#"{"b64": "aGk="}"#,
+        "{not json",
+    ] {
+        let mut buf = Vec::new();
+        let mut out = batch_prediction::predict::JsonPredictions::new(&mut buf);
+        assert!(
+            !mlp.predict_json_lines(&[line.as_bytes()], &ctx, &mut out),
+            "{line}"
+        );
+    }
+    // Signatures with a string input have no fast path.
+    let strings =
+        TensorflowPredictor::load(model("strings"), "serving_default", options()).unwrap();
+    let mut buf = Vec::new();
+    let mut out = batch_prediction::predict::JsonPredictions::new(&mut buf);
+    assert!(!strings.predict_json_lines(&[b"\"a\""], &ctx, &mut out));
+}

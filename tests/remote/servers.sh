@@ -7,7 +7,7 @@
 # Trains the model first (tests/remote/train.py). Prints, on success:
 #
 #   KSERVE=http://127.0.0.1:PORT      (model "iris": v1 and v2)
-#   MLSERVER=http://127.0.0.1:PORT    (model "iris", version "v1": v2)
+#   MLSERVER=http://127.0.0.1:PORT    (model "iris", version "v1": v2; "iris_bare" declaring no inputs)
 #   DATA=DIR                          (instances.jsonl, expected.jsonl)
 #
 # and returns while the servers run. They stop when process WATCH (default:
@@ -56,6 +56,13 @@ cat >"$work/mlserver/iris/model-settings.json" <<JSON
  "inputs": [{"name": "x", "datatype": "FP64", "shape": [-1, 4]}],
  "parameters": {"uri": "./model.joblib", "version": "v1"}}
 JSON
+# The same model declaring no inputs, as many model settings do.
+mkdir -p "$work/mlserver/iris_bare"
+cp "$work/model.joblib" "$work/mlserver/iris_bare/model.joblib"
+cat >"$work/mlserver/iris_bare/model-settings.json" <<JSON
+{"name": "iris_bare", "implementation": "mlserver_sklearn.SKLearnModel",
+ "parameters": {"uri": "./model.joblib"}}
+JSON
 
 # Each server runs beside a watchdog that stops it when WATCH exits.
 start() {
@@ -72,7 +79,8 @@ start mlserver "$mlserver_venv/bin/mlserver" start "$work/mlserver"
 
 for _ in $(seq 600); do
   if curl -sf "http://127.0.0.1:$kserve_port/v2/models/iris/ready" >/dev/null 2>&1 &&
-     curl -sf "http://127.0.0.1:$mlserver_port/v2/models/iris/versions/v1/ready" >/dev/null 2>&1; then
+     curl -sf "http://127.0.0.1:$mlserver_port/v2/models/iris/versions/v1/ready" >/dev/null 2>&1 &&
+     curl -sf "http://127.0.0.1:$mlserver_port/v2/models/iris_bare/ready" >/dev/null 2>&1; then
     echo "KSERVE=http://127.0.0.1:$kserve_port"
     echo "MLSERVER=http://127.0.0.1:$mlserver_port"
     echo "DATA=$work"
