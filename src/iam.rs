@@ -1,6 +1,7 @@
-//! IAM for jobs: the policy messages of `getIamPolicy` / `setIamPolicy`,
-//! the predefined roles and their `ml.jobs.*` permissions, and the callers
-//! a service checks them for.
+//! IAM for jobs, models and versions: the policy messages of
+//! `getIamPolicy` / `setIamPolicy`, the predefined roles and their
+//! `ml.jobs.*`, `ml.models.*`, `ml.versions.*` and `ml.operations.*`
+//! permissions, and the callers a service checks them for.
 
 use std::fmt;
 
@@ -35,6 +36,86 @@ pub const JOB_PERMISSIONS: &[&str] = &[
     SET_IAM_POLICY,
     UPDATE,
 ];
+
+/// `ml.models.create`: needed by `models.create`, on the project.
+pub const MODELS_CREATE: &str = "ml.models.create";
+/// `ml.models.delete`: needed by `models.delete`.
+pub const MODELS_DELETE: &str = "ml.models.delete";
+/// `ml.models.get`: needed by `models.get`.
+pub const MODELS_GET: &str = "ml.models.get";
+/// `ml.models.list`: needed by `models.list`, on the project.
+pub const MODELS_LIST: &str = "ml.models.list";
+/// `ml.models.update`: needed by `versions.setDefault`.
+pub const MODELS_UPDATE: &str = "ml.models.update";
+/// `ml.versions.create`: needed by `versions.create`.
+pub const VERSIONS_CREATE: &str = "ml.versions.create";
+/// `ml.versions.delete`: needed by `versions.delete`.
+pub const VERSIONS_DELETE: &str = "ml.versions.delete";
+/// `ml.versions.get`: needed by `versions.get`.
+pub const VERSIONS_GET: &str = "ml.versions.get";
+/// `ml.versions.list`: needed by `versions.list`.
+pub const VERSIONS_LIST: &str = "ml.versions.list";
+/// `ml.operations.get`: needed by `operations.get`.
+pub const OPERATIONS_GET: &str = "ml.operations.get";
+
+/// The `ml.models.*`, `ml.versions.*` and `ml.operations.*` permissions a
+/// predefined role grants, from Google's role reference
+/// (<https://cloud.google.com/iam/docs/roles-permissions/ml>), as far as
+/// this crate serves those methods. Other roles grant none.
+///
+/// # Example
+/// ```
+/// use batch_prediction::iam::model_role_permissions;
+///
+/// assert!(model_role_permissions("roles/ml.viewer").contains(&"ml.models.get"));
+/// assert!(!model_role_permissions("roles/ml.viewer").contains(&"ml.models.create"));
+/// assert!(model_role_permissions("roles/ml.jobOwner").is_empty());
+/// ```
+pub fn model_role_permissions(role: &str) -> &'static [&'static str] {
+    const ALL: &[&str] = &[
+        MODELS_CREATE,
+        MODELS_DELETE,
+        MODELS_GET,
+        MODELS_LIST,
+        MODELS_UPDATE,
+        OPERATIONS_GET,
+        VERSIONS_CREATE,
+        VERSIONS_DELETE,
+        VERSIONS_GET,
+        VERSIONS_LIST,
+    ];
+    const READ: &[&str] = &[
+        MODELS_GET,
+        MODELS_LIST,
+        OPERATIONS_GET,
+        VERSIONS_GET,
+        VERSIONS_LIST,
+    ];
+    match role {
+        "roles/owner" | "roles/editor" | "roles/ml.admin" | "roles/ml.editor" => ALL,
+        "roles/ml.modelOwner" => &[
+            MODELS_DELETE,
+            MODELS_GET,
+            MODELS_UPDATE,
+            VERSIONS_CREATE,
+            VERSIONS_DELETE,
+            VERSIONS_GET,
+            VERSIONS_LIST,
+        ],
+        "roles/ml.developer" => &[
+            MODELS_CREATE,
+            MODELS_GET,
+            MODELS_LIST,
+            OPERATIONS_GET,
+            VERSIONS_GET,
+            VERSIONS_LIST,
+        ],
+        "roles/ml.modelUser" => &[MODELS_GET, VERSIONS_GET, VERSIONS_LIST],
+        "roles/viewer" | "roles/ml.viewer" => READ,
+        "roles/ml.operationOwner" => &[OPERATIONS_GET],
+        _ => &[],
+    }
+}
 
 /// The `ml.jobs.*` permissions a predefined role grants, from Google's
 /// role reference (<https://cloud.google.com/iam/docs/roles-permissions/ml>,
@@ -381,7 +462,8 @@ impl Policy {
     pub(crate) fn grants(&self, caller: &Caller, permission: &str) -> bool {
         self.bindings.iter().any(|b| {
             b.condition.is_none()
-                && role_permissions(&b.role).contains(&permission)
+                && (role_permissions(&b.role).contains(&permission)
+                    || model_role_permissions(&b.role).contains(&permission))
                 && b.members.iter().any(|m| caller.is_member(m))
         })
     }

@@ -10,8 +10,8 @@ use serde_json::{Map, Value, json};
 
 use crate::error::Error;
 use crate::iam::{Caller, Policy};
-use crate::model::Job;
-use crate::name::{JobName, ProjectName};
+use crate::model::{Job, Model, Version};
+use crate::name::{JobName, ModelName, ProjectName, VersionName};
 use crate::service::{JobService, ListJobsRequest};
 use crate::status::{Code, Status};
 
@@ -161,7 +161,7 @@ impl RestResponse {
 /// itself (no permission is checked).
 type Authenticator = dyn Fn(&RestRequest) -> Result<Option<Caller>, Error> + Send + Sync;
 
-/// The `projects.jobs` REST API over a [`JobService`], without an HTTP
+/// The `projects.jobs` REST API (and the model methods jobs need) over a [`JobService`], without an HTTP
 /// server: a server of any kind hands each request to [`RestApi::handle`]
 /// as a [`RestRequest`] and sends back the [`RestResponse`]. Routes follow the
 /// API's discovery document:
@@ -176,6 +176,17 @@ type Authenticator = dyn Fn(&RestRequest) -> Result<Option<Caller>, Error> + Sen
 /// | getIamPolicy | `GET` | `/v1/{resource}:getIamPolicy?options.requestedPolicyVersion=…` |
 /// | setIamPolicy | `POST` | `/v1/{resource}:setIamPolicy` |
 /// | testIamPermissions | `POST` | `/v1/{resource}:testIamPermissions` |
+/// | models.create, models.list | `POST`, `GET` | `/v1/{parent}/models` |
+/// | models.get, models.delete | `GET`, `DELETE` | `/v1/{parent}/models/{model}` |
+/// | versions.create, versions.list | `POST`, `GET` | `/v1/{model}/versions` |
+/// | versions.get, versions.delete | `GET`, `DELETE` | `/v1/{model}/versions/{version}` |
+/// | versions.setDefault | `POST` | `/v1/{version}:setDefault` |
+/// | operations.get | `GET` | `/v1/{parent}/operations/{operation}` |
+///
+/// (the methods of `projects.models`, `projects.models.versions` and
+/// `projects.operations` that jobs need, on [`JobService::create_model`]
+/// and the rest: the models and versions lists take `pageSize` and
+/// `pageToken`, no `filter`).
 ///
 /// Path segments are percent-decoded (a `:` that starts the custom verb
 /// must not be encoded). Request bodies are read as proto3 JSON: a field
@@ -255,7 +266,7 @@ const STANDARD_PARAMS: &[&str] = &[
     "upload_protocol",
 ];
 
-/// One of the eight methods, with what its route carries.
+/// One of the methods, with what its route carries.
 enum Route {
     Create(ProjectName),
     List(ProjectName),
@@ -265,13 +276,25 @@ enum Route {
     GetIamPolicy(JobName),
     SetIamPolicy(JobName),
     TestIamPermissions(JobName),
+    ModelCreate(ProjectName),
+    ModelList(ProjectName),
+    ModelGet(ModelName),
+    ModelDelete(ModelName),
+    VersionCreate(ModelName),
+    VersionList(ModelName),
+    VersionGet(VersionName),
+    VersionDelete(VersionName),
+    VersionSetDefault(VersionName),
+    OperationGet(String),
 }
 
 impl Route {
     /// The method's own query parameters.
     fn params(&self) -> &'static [&'static str] {
         match self {
-            Route::List(_) => &["filter", "pageSize", "pageToken"],
+            Route::List(_) | Route::ModelList(_) | Route::VersionList(_) => {
+                &["filter", "pageSize", "pageToken"]
+            }
             Route::Patch(_) => &["updateMask"],
             Route::GetIamPolicy(_) => &["options.requestedPolicyVersion"],
             _ => &[],
@@ -484,8 +507,49 @@ impl RestApi {
                     json!({ "permissions": held })
                 }
             }
+            Route::ModelCreate(parent) => {
+                let model = Model::from_json(parse_body(body, &MODEL)?)?;
+                call!(create_model(parent, model))?.to_json()
+            }
+            Route::ModelList(parent) => {
+                let (size, token) = listing(query)?;
+                call!(list_models(parent, size, &token))?.to_json()
+            }
+            Route::ModelGet(name) => call!(get_model(name))?.to_json(),
+            Route::ModelDelete(name) => call!(delete_model(name))?,
+            Route::VersionCreate(parent) => {
+                let version = Version::from_json(parse_body(body, &VERSION)?)?;
+                call!(create_version(parent, version))?
+            }
+            Route::VersionList(parent) => {
+                let (size, token) = listing(query)?;
+                call!(list_versions(parent, size, &token))?.to_json()
+            }
+            Route::VersionGet(name) => call!(get_version(name))?.to_json(),
+            Route::VersionDelete(name) => call!(delete_version(name))?,
+            Route::VersionSetDefault(name) => {
+                parse_body(body, &SET_DEFAULT_VERSION_REQUEST)?;
+                call!(set_default_version(name))?.to_json()
+            }
+            Route::OperationGet(name) => call!(get_operation(name))?,
         })
     }
+}
+
+/// A list method's `pageSize` and `pageToken`; a `filter` is refused (the
+/// models and versions lists take none here).
+fn listing(query: &BTreeMap<String, String>) -> Result<(i32, String), Error> {
+    if query.get("filter").is_some_and(|f| !f.trim().is_empty()) {
+        return Err(Error::invalid_argument(
+            "filter",
+            "this service does not filter models or versions: list them all",
+        ));
+    }
+    let size = match query.get("pageSize") {
+        None => 0,
+        Some(s) => int32("pageSize", s)?,
+    };
+    Ok((size, query.get("pageToken").cloned().unwrap_or_default()))
 }
 
 impl RestApi {
@@ -576,6 +640,63 @@ fn route(method: &str, path: &str) -> Result<Route, RouteError> {
                 "GET" => Ok(Route::List(parent)),
                 _ => Err(RouteError::Method { allow: "GET, POST" }),
             }
+        }
+        [projects, project, models]
+            if projects == "projects" && models == "models" && verb.is_none() =>
+        {
+            let parent = ProjectName::new(project).map_err(invalid)?;
+            match method {
+                "POST" => Ok(Route::ModelCreate(parent)),
+                "GET" => Ok(Route::ModelList(parent)),
+                _ => Err(RouteError::Method { allow: "GET, POST" }),
+            }
+        }
+        [projects, project, models, model]
+            if projects == "projects" && models == "models" && verb.is_none() =>
+        {
+            let name = ModelName::new(project, model).map_err(invalid)?;
+            match method {
+                "GET" => Ok(Route::ModelGet(name)),
+                "DELETE" => Ok(Route::ModelDelete(name)),
+                _ => Err(RouteError::Method {
+                    allow: "DELETE, GET",
+                }),
+            }
+        }
+        [projects, project, models, model, versions]
+            if projects == "projects"
+                && models == "models"
+                && versions == "versions"
+                && verb.is_none() =>
+        {
+            let parent = ModelName::new(project, model).map_err(invalid)?;
+            match method {
+                "POST" => Ok(Route::VersionCreate(parent)),
+                "GET" => Ok(Route::VersionList(parent)),
+                _ => Err(RouteError::Method { allow: "GET, POST" }),
+            }
+        }
+        [projects, project, models, model, versions, version]
+            if projects == "projects" && models == "models" && versions == "versions" =>
+        {
+            let name = VersionName::new(project, model, version).map_err(invalid)?;
+            match verb.as_deref() {
+                None => match method {
+                    "GET" => Ok(Route::VersionGet(name)),
+                    "DELETE" => Ok(Route::VersionDelete(name)),
+                    _ => Err(RouteError::Method {
+                        allow: "DELETE, GET",
+                    }),
+                },
+                Some("setDefault") => allow("POST").map(|()| Route::VersionSetDefault(name)),
+                Some(_) => Err(not_found(path)),
+            }
+        }
+        [projects, project, operations, operation]
+            if projects == "projects" && operations == "operations" && verb.is_none() =>
+        {
+            let parent = ProjectName::new(project).map_err(invalid)?;
+            allow("GET").map(|()| Route::OperationGet(format!("{parent}/operations/{operation}")))
         }
         [projects, project, jobs, job] if projects == "projects" && jobs == "jobs" => {
             let name = JobName::new(project, job).map_err(invalid)?;
@@ -801,6 +922,57 @@ static SET_IAM_POLICY_REQUEST: Message = Message {
 static TEST_IAM_PERMISSIONS_REQUEST: Message = Message {
     name: "google.iam.v1.TestIamPermissionsRequest",
     fields: &[("permissions", Field::Leaf)],
+};
+
+static VERSION: Message = Message {
+    name: "google.cloud.ml.v1.Version",
+    fields: &[
+        ("acceleratorConfig", Field::Opaque),
+        ("autoScaling", Field::Opaque),
+        ("container", Field::Opaque),
+        ("createTime", Field::Leaf),
+        ("deploymentUri", Field::Leaf),
+        ("description", Field::Leaf),
+        ("errorMessage", Field::Leaf),
+        ("etag", Field::Leaf),
+        ("explanationConfig", Field::Opaque),
+        ("framework", Field::Leaf),
+        ("isDefault", Field::Leaf),
+        ("labels", Field::Map),
+        ("lastMigrationModelId", Field::Leaf),
+        ("lastMigrationTime", Field::Leaf),
+        ("lastUseTime", Field::Leaf),
+        ("machineType", Field::Leaf),
+        ("manualScaling", Field::Opaque),
+        ("name", Field::Leaf),
+        ("packageUris", Field::Leaf),
+        ("predictionClass", Field::Leaf),
+        ("pythonVersion", Field::Leaf),
+        ("requestLoggingConfig", Field::Opaque),
+        ("routes", Field::Opaque),
+        ("runtimeVersion", Field::Leaf),
+        ("serviceAccount", Field::Leaf),
+        ("state", Field::Leaf),
+    ],
+};
+
+static MODEL: Message = Message {
+    name: "google.cloud.ml.v1.Model",
+    fields: &[
+        ("defaultVersion", Field::Message(&VERSION)),
+        ("description", Field::Leaf),
+        ("etag", Field::Leaf),
+        ("labels", Field::Map),
+        ("name", Field::Leaf),
+        ("onlinePredictionConsoleLogging", Field::Leaf),
+        ("onlinePredictionLogging", Field::Leaf),
+        ("regions", Field::Leaf),
+    ],
+};
+
+static SET_DEFAULT_VERSION_REQUEST: Message = Message {
+    name: "google.cloud.ml.v1.SetDefaultVersionRequest",
+    fields: &[],
 };
 
 static CANCEL_JOB_REQUEST: Message = Message {

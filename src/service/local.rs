@@ -1,6 +1,6 @@
 //! [`LocalJobStore`]: a durable job store in a directory.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::ops::ControlFlow;
@@ -13,17 +13,22 @@ use serde_json::{Value, json};
 use crate::error::Error;
 use crate::iam::Policy;
 use crate::model::Job;
-use crate::name::{JobName, ProjectName};
-use crate::service::store::{self, Index, JobRecord, JobStore, ScanOrder, read};
+use crate::name::{JobName, ModelName, ProjectName};
+use crate::service::store::{
+    self, Index, JobRecord, JobStore, ModelRecord, ScanOrder, models_of, put_model_in, read,
+    remove_model_in,
+};
 use crate::status::Code;
 
 /// A durable job store: one JSON file per job under a directory, each
 /// write made atomic and durable before it is acknowledged.
 ///
-/// Layout: `DIR/LOCK`, and `DIR/jobs/PROJECT/JOB.json`, where `JOB` is the
-/// job ID in lowercase followed, if it has capitals, by `^` and a hex mask
-/// of where they are (so IDs that differ only in case stay apart on
-/// case-insensitive file systems), and a `:` in `PROJECT` is written `^3a`.
+/// Layout: `DIR/LOCK`, `DIR/jobs/PROJECT/JOB.json`, and
+/// `DIR/models/PROJECT/MODEL.json` (a model with its versions), where `JOB`
+/// and `MODEL` are the ID in lowercase followed, if it has capitals, by `^`
+/// and a hex mask of where they are (so IDs that differ only in case stay
+/// apart on case-insensitive file systems), and a `:` in `PROJECT` is
+/// written `^3a`.
 ///
 /// Every insert and update writes a temporary file in the job's directory,
 /// fsyncs it, renames it over the job's file and fsyncs the directory: a
@@ -58,6 +63,7 @@ use crate::status::Code;
 pub struct LocalJobStore {
     dir: PathBuf,
     index: RwLock<Index>,
+    models: RwLock<BTreeMap<String, ModelRecord>>,
     temp_counter: AtomicU64,
     /// Project directories whose entry in `DIR/jobs` is known to be durable.
     durable_dirs: Mutex<HashSet<PathBuf>>,
@@ -149,9 +155,11 @@ impl LocalJobStore {
                 index.put(record);
             }
         }
+        let models = load_models(&dir, &mut durable_dirs)?;
         Ok(LocalJobStore {
             dir,
             index: RwLock::new(index),
+            models: RwLock::new(models),
             temp_counter: AtomicU64::new(0),
             durable_dirs: Mutex::new(durable_dirs),
             broken: AtomicBool::new(false),
@@ -167,15 +175,25 @@ impl LocalJobStore {
     /// Writes `record` durably. On failure, says whether the record's file
     /// may already hold the new record (the rename happened).
     fn persist(&self, record: &JobRecord) -> Result<(), (Error, bool)> {
-        let path = record_path(&self.dir, &record.name);
+        let mut bytes = serde_json::to_vec(&to_json(record)).expect("JSON values serialize");
+        bytes.push(b'\n');
+        self.replace_file(&record_path(&self.dir, &record.name), &bytes)
+    }
+
+    /// Replaces the file at `path` (`DIR/KIND/PROJECT/FILE`) with `bytes`,
+    /// durably: a temporary file, synced, renamed over it, its directory
+    /// synced. On failure, says whether the rename happened.
+    fn replace_file(&self, path: &Path, bytes: &[u8]) -> Result<(), (Error, bool)> {
         let parent = path.parent().expect("a record path has a parent");
-        let jobs = parent.parent().expect("DIR/jobs");
+        let jobs = parent.parent().expect("DIR/KIND");
         {
             let mut durable = self.durable_dirs.lock().unwrap_or_else(|e| e.into_inner());
             if !durable.contains(parent) {
+                // DIR/KIND itself, the first time (DIR/models is made on first use).
                 fs::create_dir_all(parent)
                     .and_then(|()| sync_dir(parent))
                     .and_then(|()| sync_dir(jobs))
+                    .and_then(|()| sync_dir(&self.dir))
                     .map_err(|e| (io_error("creating", parent, e), false))?;
                 durable.insert(parent.to_path_buf());
             }
@@ -186,19 +204,29 @@ impl LocalJobStore {
             path.file_name().and_then(|n| n.to_str()).unwrap_or("job"),
             std::process::id()
         ));
-        let mut bytes = serde_json::to_vec(&to_json(record)).expect("JSON values serialize");
-        bytes.push(b'\n');
         let written = (|| {
             let mut file = File::create(&temp)?;
-            file.write_all(&bytes)?;
+            file.write_all(bytes)?;
             file.sync_all()?;
-            fs::rename(&temp, &path)
+            fs::rename(&temp, path)
         })();
         if let Err(e) = written {
             let _ = fs::remove_file(&temp);
-            return Err((io_error("writing", &path, e), false));
+            return Err((io_error("writing", path, e), false));
         }
         sync_dir(parent).map_err(|e| (io_error("syncing", parent, e), true))
+    }
+
+    /// The error of a write to a store that took no more writes.
+    fn refuse_if_broken(&self) -> Result<(), Error> {
+        if self.broken.load(Ordering::Relaxed) {
+            return Err(Error::external(
+                Code::Internal,
+                format!("job store {}", self.dir.display()),
+                "an earlier write failed after its file was replaced; reopen the store",
+            ));
+        }
+        Ok(())
     }
 
     fn write(
@@ -207,13 +235,7 @@ impl LocalJobStore {
         prepare: fn(&Index, JobRecord) -> Result<JobRecord, Error>,
     ) -> Result<JobRecord, Error> {
         let mut index = store::write(&self.index);
-        if self.broken.load(Ordering::Relaxed) {
-            return Err(Error::external(
-                Code::Internal,
-                format!("job store {}", self.dir.display()),
-                "an earlier write failed after its file was replaced; reopen the store",
-            ));
-        }
+        self.refuse_if_broken()?;
         let record = prepare(&index, record)?;
         match self.persist(&record) {
             Ok(()) => {
@@ -256,6 +278,119 @@ impl JobStore for LocalJobStore {
         read(&self.index).scan(project, order, after, visit);
         Ok(())
     }
+
+    fn get_model(&self, name: &ModelName) -> Result<Option<ModelRecord>, Error> {
+        Ok(read(&self.models).get(&name.to_string()).cloned())
+    }
+
+    fn put_model(&self, record: ModelRecord) -> Result<ModelRecord, Error> {
+        let mut models = store::write(&self.models);
+        self.refuse_if_broken()?;
+        // The compare-and-swap on a copy of the one entry; memory follows the disk.
+        let key = record.name.to_string();
+        let mut trial: BTreeMap<String, ModelRecord> = models
+            .get(&key)
+            .map(|r| (key.clone(), r.clone()))
+            .into_iter()
+            .collect();
+        let stored = put_model_in(&mut trial, record)?;
+        let mut bytes = serde_json::to_vec(&json!({"format": FORMAT, "model": stored.to_json()}))
+            .expect("JSON values serialize");
+        bytes.push(b'\n');
+        match self.replace_file(&model_path(&self.dir, &stored.name), &bytes) {
+            Ok(()) => {
+                models.insert(key, stored.clone());
+                Ok(stored)
+            }
+            Err((e, renamed)) => {
+                if renamed {
+                    models.insert(key, stored);
+                    self.broken.store(true, Ordering::Relaxed);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    fn delete_model(&self, name: &ModelName, revision: u64) -> Result<(), Error> {
+        let mut models = store::write(&self.models);
+        self.refuse_if_broken()?;
+        let key = name.to_string();
+        let mut trial: BTreeMap<String, ModelRecord> = models
+            .get(&key)
+            .map(|r| (key.clone(), r.clone()))
+            .into_iter()
+            .collect();
+        remove_model_in(&mut trial, name, revision)?;
+        let path = model_path(&self.dir, name);
+        let parent = path.parent().expect("a model path has a parent");
+        fs::remove_file(&path).map_err(|e| io_error("removing", &path, e))?;
+        models.remove(&key);
+        sync_dir(parent).map_err(|e| {
+            self.broken.store(true, Ordering::Relaxed);
+            io_error("syncing", parent, e)
+        })
+    }
+
+    fn list_models(&self, project: &ProjectName) -> Result<Vec<ModelRecord>, Error> {
+        Ok(models_of(&read(&self.models), project))
+    }
+}
+
+fn model_path(dir: &Path, name: &ModelName) -> PathBuf {
+    dir.join("models")
+        .join(escape(name.project()))
+        .join(format!("{}.json", job_file_stem(name.model())))
+}
+
+/// The models under `DIR/models`, removing the temporary files a crash
+/// left (their writes were never acknowledged).
+fn load_models(
+    dir: &Path,
+    durable_dirs: &mut HashSet<PathBuf>,
+) -> Result<BTreeMap<String, ModelRecord>, Error> {
+    let mut models = BTreeMap::new();
+    let root = dir.join("models");
+    if !root.is_dir() {
+        return Ok(models);
+    }
+    for project in read_dir(&root)? {
+        if !project.is_dir() {
+            continue;
+        }
+        sync_dir(&project).map_err(|e| io_error("syncing", &project, e))?;
+        durable_dirs.insert(project.clone());
+        for path in read_dir(&project)? {
+            let file_name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            if file_name.contains(TEMP_MARK) {
+                fs::remove_file(&path).map_err(|e| io_error("removing", &path, e))?;
+                continue;
+            }
+            if !file_name.ends_with(".json") {
+                continue;
+            }
+            regular_file(&path)?;
+            let bytes = fs::read(&path).map_err(|e| io_error("reading", &path, e))?;
+            let value: Value =
+                serde_json::from_slice(&bytes).map_err(|e| corrupt(&path, e.to_string()))?;
+            if value.get("format").and_then(Value::as_u64) != Some(FORMAT) {
+                return Err(corrupt(
+                    &path,
+                    format!("unknown format {}; expected {FORMAT}", value["format"]),
+                ));
+            }
+            let record = ModelRecord::from_json(value["model"].clone())
+                .map_err(|e| corrupt(&path, e.to_string()))?;
+            if path != model_path(dir, &record.name) {
+                return Err(corrupt(
+                    &path,
+                    format!("it holds model {:?}", record.name.to_string()),
+                ));
+            }
+            models.insert(record.name.to_string(), record);
+        }
+    }
+    Ok(models)
 }
 
 fn record_path(dir: &Path, name: &JobName) -> PathBuf {

@@ -4,6 +4,7 @@
 mod caller;
 mod filter;
 mod local;
+mod models;
 mod runner;
 mod store;
 
@@ -29,7 +30,8 @@ use crate::iam::{self, Caller, JOB_PERMISSIONS, Policy};
 use crate::trace;
 pub use caller::CallerView;
 pub use local::LocalJobStore;
-pub use store::{InMemoryJobStore, JobRecord, JobStore, ScanOrder};
+pub use models::{ListModelsResponse, ListVersionsResponse, ModelsResolver};
+pub use store::{InMemoryJobStore, JobRecord, JobStore, ModelRecord, ScanOrder};
 
 use filter::Filter;
 use store::read;
@@ -141,6 +143,7 @@ pub struct JobServiceBuilder {
     clock: Arc<dyn Clock>,
     enforce_iam: bool,
     progress_interval: Duration,
+    require_models: bool,
 }
 
 impl fmt::Debug for JobServiceBuilder {
@@ -173,6 +176,15 @@ impl JobServiceBuilder {
         self
     }
 
+    /// Refuses at `jobs.create`, with `NOT_FOUND`, a job whose `modelName`
+    /// or `versionName` names a model or version the store does not hold,
+    /// as AI Platform did (default: off, for services whose resolver knows
+    /// its models another way, or that predict every model alike).
+    pub fn with_models_required(mut self, on: bool) -> Self {
+        self.require_models = on;
+        self
+    }
+
     /// Opens the service: every job the store holds as `PREPARING` or
     /// `RUNNING` (a run that the last process did not finish) becomes
     /// `FAILED` with [`INTERRUPTED_MESSAGE`], and every `CANCELLING` one
@@ -194,6 +206,8 @@ impl JobServiceBuilder {
             running: Mutex::default(),
             next_run_id: AtomicU64::new(0),
             created: (Mutex::new(0), Condvar::new()),
+            require_models: self.require_models,
+            operations: Mutex::default(),
         };
         service.recover()?;
         Ok(service)
@@ -273,6 +287,11 @@ pub struct JobService {
     next_run_id: AtomicU64,
     /// Counts creates, so a runner can sleep until there is work.
     created: (Mutex<u64>, Condvar),
+    /// Whether `jobs.create` checks that a named model exists.
+    require_models: bool,
+    /// The long-running operations of model and version writes, newest
+    /// last (done when answered; kept for `operations.get`).
+    operations: Mutex<std::collections::VecDeque<(String, Value)>>,
 }
 
 impl fmt::Debug for JobService {
@@ -300,6 +319,7 @@ impl JobService {
             clock: Arc::new(SystemClock),
             enforce_iam: false,
             progress_interval: Duration::from_secs(1),
+            require_models: false,
         }
     }
 
@@ -459,6 +479,9 @@ impl JobService {
     ) -> Result<Job, Error> {
         self.check(caller, parent, None, iam::CREATE, &project_resource(parent))?;
         job.validate()?;
+        if self.require_models {
+            self.check_model_exists(&job)?;
+        }
         let name = parent.job(job.job_id.as_deref().expect("validated"))?;
         job.clear_output_only();
         job.etag = None;
@@ -750,7 +773,7 @@ impl JobService {
             || job_policy.is_some_and(|p| p.grants(caller, permission))
     }
 
-    fn check(
+    pub(crate) fn check(
         &self,
         caller: Option<&Caller>,
         project: &ProjectName,
@@ -879,15 +902,15 @@ fn modify(
     Err(store::conflict(name))
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-fn job_resource(name: &JobName) -> String {
+pub(crate) fn job_resource(name: &JobName) -> String {
     format!("job {:?}", name.to_string())
 }
 
-fn project_resource(project: &ProjectName) -> String {
+pub(crate) fn project_resource(project: &ProjectName) -> String {
     format!("project {:?}", project.to_string())
 }
 

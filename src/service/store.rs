@@ -7,8 +7,8 @@ use std::sync::{Arc, RwLock};
 
 use crate::error::{Error, ErrorKind};
 use crate::iam::Policy;
-use crate::model::Job;
-use crate::name::{JobName, ProjectName};
+use crate::model::{Job, Model, Version};
+use crate::name::{JobName, ModelName, ProjectName};
 
 /// One job as a store holds it: the job, its IAM policy, and the numbers a
 /// store assigns.
@@ -47,6 +47,154 @@ impl JobRecord {
             policy_revision: 0,
         }
     }
+}
+
+/// One model as a store holds it, with its versions: written and read
+/// whole, so a new default version and the version it replaces change in
+/// one write.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct ModelRecord {
+    /// The model's resource name.
+    pub name: ModelName,
+    /// The model, as created (its `name` the full resource name; no
+    /// `defaultVersion`, which the service fills in from `versions`).
+    pub model: Model,
+    /// Its versions, oldest first (each `name` the full resource name).
+    pub versions: Vec<Version>,
+    /// The ID of the default version, if it has versions.
+    pub default_version: Option<String>,
+    /// The compare-and-swap key: 0 for a record not stored yet; set to 1
+    /// by the first [`JobStore::put_model`], increased by 1 by every other.
+    pub revision: u64,
+}
+
+impl ModelRecord {
+    /// A record of a new model, to store.
+    pub fn new(name: ModelName, model: Model) -> Self {
+        ModelRecord {
+            name,
+            model,
+            versions: Vec::new(),
+            default_version: None,
+            revision: 0,
+        }
+    }
+
+    /// The version with ID `id`.
+    pub fn version(&self, id: &str) -> Option<&Version> {
+        self.versions
+            .iter()
+            .find(|v| v.name().and_then(|n| n.rsplit('/').next()) == Some(id))
+    }
+
+    /// The record as JSON (how a durable store keeps it).
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "name": self.name.to_string(),
+            "model": self.model.to_json(),
+            "versions": self.versions.iter().map(Version::to_json).collect::<Vec<_>>(),
+            "defaultVersion": self.default_version,
+            "revision": self.revision,
+        })
+    }
+
+    /// A record from [`to_json`](Self::to_json)'s JSON.
+    ///
+    /// # Errors
+    /// `INVALID_ARGUMENT` naming what is missing or malformed.
+    pub fn from_json(value: serde_json::Value) -> Result<ModelRecord, Error> {
+        let bad = |why: &str| Error::invalid_argument("model record", why.to_owned());
+        let name = value["name"]
+            .as_str()
+            .ok_or_else(|| bad("no name"))?
+            .parse::<ModelName>()
+            .map_err(|e| bad(&e.to_string()))?;
+        let versions = match &value["versions"] {
+            serde_json::Value::Array(items) => items
+                .iter()
+                .map(|v| Version::from_json(v.clone()))
+                .collect::<Result<Vec<_>, _>>()?,
+            _ => return Err(bad("no versions list")),
+        };
+        Ok(ModelRecord {
+            name,
+            model: Model::from_json(value["model"].clone())?,
+            versions,
+            default_version: value["defaultVersion"].as_str().map(str::to_owned),
+            revision: value["revision"]
+                .as_u64()
+                .ok_or_else(|| bad("no revision"))?,
+        })
+    }
+}
+
+/// The error of a model method on a store that keeps no models.
+fn no_models() -> Error {
+    Error::external(
+        crate::Code::Unimplemented,
+        "job store",
+        "this job store keeps no models (the crate's InMemoryJobStore and LocalJobStore do)",
+    )
+}
+
+/// Keeps `record` in `models` if its revision is the stored one (0 for a
+/// new model), returning what was stored.
+pub(crate) fn put_model_in(
+    models: &mut BTreeMap<String, ModelRecord>,
+    mut record: ModelRecord,
+) -> Result<ModelRecord, Error> {
+    let key = record.name.to_string();
+    match (models.get(&key), record.revision) {
+        (None, 0) => {}
+        (Some(_), 0) => {
+            return Err(Error::already_exists(format!("model {key:?}")));
+        }
+        (None, _) => return Err(Error::not_found(format!("model {key:?}"))),
+        (Some(stored), n) if stored.revision != n => {
+            return Err(ErrorKind::Conflict {
+                resource: format!("model {key:?}"),
+            }
+            .into());
+        }
+        (Some(_), _) => {}
+    }
+    record.revision = record.revision.checked_add(1).ok_or_else(exhausted)?;
+    models.insert(key, record.clone());
+    Ok(record)
+}
+
+/// Removes the model `name` from `models` if its revision is `revision`.
+pub(crate) fn remove_model_in(
+    models: &mut BTreeMap<String, ModelRecord>,
+    name: &ModelName,
+    revision: u64,
+) -> Result<(), Error> {
+    let key = name.to_string();
+    match models.get(&key) {
+        None => Err(Error::not_found(format!("model {key:?}"))),
+        Some(stored) if stored.revision != revision => Err(ErrorKind::Conflict {
+            resource: format!("model {key:?}"),
+        }
+        .into()),
+        Some(_) => {
+            models.remove(&key);
+            Ok(())
+        }
+    }
+}
+
+/// The models of `project` in `models`, by name.
+pub(crate) fn models_of(
+    models: &BTreeMap<String, ModelRecord>,
+    project: &ProjectName,
+) -> Vec<ModelRecord> {
+    let prefix = format!("{project}/models/");
+    models
+        .range(prefix.clone()..)
+        .take_while(|(k, _)| k.starts_with(&prefix))
+        .map(|(_, r)| r.clone())
+        .collect()
 }
 
 /// Which way [`JobStore::scan`] walks the records.
@@ -109,6 +257,49 @@ pub trait JobStore: Send + Sync + fmt::Debug + 'static {
         after: Option<u64>,
         visit: &mut dyn FnMut(&JobRecord) -> ControlFlow<()>,
     ) -> Result<(), Error>;
+
+    /// The model `name`, with its versions, if there is one.
+    ///
+    /// The model methods have default bodies that answer `UNIMPLEMENTED`,
+    /// so a store written for jobs alone keeps working; the crate's stores
+    /// keep models.
+    ///
+    /// # Errors
+    /// `UNIMPLEMENTED` for a store that keeps no models, or its own failures.
+    fn get_model(&self, name: &ModelName) -> Result<Option<ModelRecord>, Error> {
+        let _ = name;
+        Err(no_models())
+    }
+
+    /// Stores `record` if its `revision` is the stored one (0: a new model),
+    /// returning it with `revision + 1`; durable, as job writes are.
+    ///
+    /// # Errors
+    /// `ALREADY_EXISTS` (revision 0, the name taken), `NOT_FOUND`,
+    /// [`ErrorKind::Conflict`], `UNIMPLEMENTED`, or the store's own failures.
+    fn put_model(&self, record: ModelRecord) -> Result<ModelRecord, Error> {
+        let _ = record;
+        Err(no_models())
+    }
+
+    /// Removes the model `name` if its stored revision is `revision`.
+    ///
+    /// # Errors
+    /// `NOT_FOUND`, [`ErrorKind::Conflict`], `UNIMPLEMENTED`, or the
+    /// store's own failures.
+    fn delete_model(&self, name: &ModelName, revision: u64) -> Result<(), Error> {
+        let _ = (name, revision);
+        Err(no_models())
+    }
+
+    /// The models of `project`, by name.
+    ///
+    /// # Errors
+    /// `UNIMPLEMENTED`, or the store's own failures.
+    fn list_models(&self, project: &ProjectName) -> Result<Vec<ModelRecord>, Error> {
+        let _ = project;
+        Err(no_models())
+    }
 }
 
 fn exhausted() -> Error {
@@ -147,6 +338,18 @@ macro_rules! forward_job_store {
                 visit: &mut dyn FnMut(&JobRecord) -> ControlFlow<()>,
             ) -> Result<(), Error> {
                 (**self).scan(project, order, after, visit)
+            }
+            fn get_model(&self, name: &ModelName) -> Result<Option<ModelRecord>, Error> {
+                (**self).get_model(name)
+            }
+            fn put_model(&self, record: ModelRecord) -> Result<ModelRecord, Error> {
+                (**self).put_model(record)
+            }
+            fn delete_model(&self, name: &ModelName, revision: u64) -> Result<(), Error> {
+                (**self).delete_model(name, revision)
+            }
+            fn list_models(&self, project: &ProjectName) -> Result<Vec<ModelRecord>, Error> {
+                (**self).list_models(project)
             }
         }
     )*};
@@ -264,6 +467,7 @@ impl Index {
 #[derive(Debug, Default)]
 pub struct InMemoryJobStore {
     index: RwLock<Index>,
+    models: RwLock<BTreeMap<String, ModelRecord>>,
 }
 
 impl InMemoryJobStore {
@@ -309,6 +513,22 @@ impl JobStore for InMemoryJobStore {
     ) -> Result<(), Error> {
         read(&self.index).scan(project, order, after, visit);
         Ok(())
+    }
+
+    fn get_model(&self, name: &ModelName) -> Result<Option<ModelRecord>, Error> {
+        Ok(read(&self.models).get(&name.to_string()).cloned())
+    }
+
+    fn put_model(&self, record: ModelRecord) -> Result<ModelRecord, Error> {
+        put_model_in(&mut write(&self.models), record)
+    }
+
+    fn delete_model(&self, name: &ModelName, revision: u64) -> Result<(), Error> {
+        remove_model_in(&mut write(&self.models), name, revision)
+    }
+
+    fn list_models(&self, project: &ProjectName) -> Result<Vec<ModelRecord>, Error> {
+        Ok(models_of(&read(&self.models), project))
     }
 }
 

@@ -487,3 +487,183 @@ fn parts_then_merge_of_a_create_request_write_what_one_run_writes() {
         text(&bad.stderr)
     );
 }
+
+/// A request to a service, its status and JSON (with ureq, the command line's client).
+#[cfg(feature = "onnx")]
+fn http(method: &str, url: &str, body: Option<Value>) -> (u16, Value) {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let mut response = match (method, body) {
+        ("GET", _) => agent.get(url).call(),
+        ("DELETE", _) => agent.delete(url).call(),
+        (_, body) => agent.post(url).send_json(body.unwrap_or_else(|| json!({}))),
+    }
+    .unwrap();
+    let status = response.status().as_u16();
+    (status, response.body_mut().read_json().unwrap())
+}
+
+/// Jobs written for AI Platform name their model by `modelName` or
+/// `versionName`: `serve` takes the models and versions `gcloud` creates and
+/// runs a job on its version's `deploymentUri` (refusing one naming a model
+/// it lacks), and `run` finds the model through that service's models API
+/// (`--models URL`) or through a local registry folder (`--models DIR`).
+#[cfg(feature = "onnx")]
+#[test]
+fn jobs_naming_models_run_on_serve_and_with_run_models() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let emu_root = tempfile::tempdir().unwrap();
+    // The model in the emulator's bucket, the instances beside it.
+    let copy = |to: &std::path::Path| {
+        std::fs::create_dir_all(to).unwrap();
+        std::fs::copy(
+            format!("{root}/examples/iris/model/model.onnx"),
+            to.join("model.onnx"),
+        )
+        .unwrap();
+    };
+    copy(&emu_root.path().join("bucket/models/iris/v1"));
+    std::fs::create_dir_all(emu_root.path().join("bucket/in")).unwrap();
+    std::fs::copy(
+        format!("{root}/examples/iris/instances.jsonl"),
+        emu_root.path().join("bucket/in/instances.jsonl"),
+    )
+    .unwrap();
+    let emulator = crate::Emulator::start(emu_root, &["--predictor", "onnx"], &[]);
+    let base = format!("http://127.0.0.1:{}", emulator.port);
+    let v1 = format!("{base}/v1/projects/my-proj");
+    let job = |id: &str, model: Value| {
+        let mut body = json!({"jobId": id, "predictionInput": {
+            "dataFormat": "TEXT", "inputPaths": ["gs://bucket/in/*.jsonl"],
+            "outputPath": format!("gs://bucket/out/{id}"), "region": "us-central1"}});
+        for (k, v) in model.as_object().unwrap() {
+            body["predictionInput"][k] = v.clone();
+        }
+        body
+    };
+    let (status, error) = http(
+        "POST",
+        &format!("{v1}/jobs"),
+        Some(job(
+            "missing",
+            json!({"modelName": "projects/my-proj/models/iris"}),
+        )),
+    );
+    assert_eq!(status, 404, "{error}");
+    assert!(
+        error["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("projects/my-proj/models/iris"),
+        "{error}"
+    );
+    let (status, _) = http(
+        "POST",
+        &format!("{v1}/models"),
+        Some(json!({"name": "iris"})),
+    );
+    assert_eq!(status, 200);
+    let (status, op) = http(
+        "POST",
+        &format!("{v1}/models/iris/versions"),
+        Some(
+            json!({"name": "v1", "deploymentUri": "gs://bucket/models/iris/v1",
+                    "framework": "ONNX", "runtimeVersion": "2.11"}),
+        ),
+    );
+    assert_eq!((status, &op["done"]), (200, &json!(true)), "{op}");
+    let (status, _) = http(
+        "POST",
+        &format!("{v1}/jobs"),
+        Some(job(
+            "by_model",
+            json!({"modelName": "projects/my-proj/models/iris"}),
+        )),
+    );
+    assert_eq!(status, 200);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    let done = loop {
+        let (_, got) = http("GET", &format!("{v1}/jobs/by_model"), None);
+        if ["SUCCEEDED", "FAILED", "CANCELLED"].contains(&got["state"].as_str().unwrap_or("")) {
+            break got;
+        }
+        assert!(std::time::Instant::now() < deadline, "{got}");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    // TEXT lines are JSON instances for an ONNX model: 30 predicted, the
+    // malformed one an error.
+    assert_eq!(done["state"], "SUCCEEDED", "{done}");
+    assert_eq!(done["predictionOutput"]["predictionCount"], "30", "{done}");
+    assert_eq!(done["predictionOutput"]["errorCount"], "1", "{done}");
+
+    // `run` with the service's models API: a job file naming the version.
+    let dir = tempfile::tempdir().unwrap();
+    let job_file = dir.path().join("job.json");
+    let write_job = |model: Value, out: &str| {
+        let mut body = job("local", model);
+        body["predictionInput"]["inputPaths"] =
+            json!([format!("{root}/examples/iris/instances.jsonl")]);
+        body["predictionInput"]["outputPath"] = json!(dir.path().join(out));
+        std::fs::write(&job_file, body.to_string()).unwrap();
+    };
+    write_job(
+        json!({"versionName": "projects/my-proj/models/iris/versions/v1"}),
+        "out-service",
+    );
+    let out = cli(&[
+        "run",
+        job_file.to_str().unwrap(),
+        "--predictor",
+        "onnx",
+        "--models",
+        &base,
+        "--gcs-root",
+        emulator.root.path().to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let finished: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(finished["predictionOutput"]["predictionCount"], "30");
+
+    // `run` with a local registry: PROJECT/MODEL/VERSION/, DEFAULT naming the default.
+    let registry = dir.path().join("registry");
+    copy(&registry.join("my-proj/iris/v1"));
+    copy(&registry.join("my-proj/iris/v2"));
+    write_job(
+        json!({"modelName": "projects/my-proj/models/iris"}),
+        "out-registry",
+    );
+    let registry_arg = registry.to_str().unwrap();
+    let onnx = ["--predictor", "onnx"];
+    let ambiguous = cli(&[
+        &["run", job_file.to_str().unwrap(), "--models", registry_arg][..],
+        &onnx,
+    ]
+    .concat());
+    assert_eq!(ambiguous.status.code(), Some(1));
+    assert!(
+        text(&ambiguous.stderr).contains("no ") && text(&ambiguous.stderr).contains("DEFAULT"),
+        "{}",
+        text(&ambiguous.stderr)
+    );
+    std::fs::write(registry.join("my-proj/iris/DEFAULT"), "v2\n").unwrap();
+    let out = cli(&[
+        "run",
+        job_file.to_str().unwrap(),
+        "--models",
+        registry_arg,
+        "--fresh",
+        "--predictor",
+        "onnx",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    // Without a registry, the name is refused, saying how to give one.
+    let out = cli(&[&["run", job_file.to_str().unwrap(), "--fresh"][..], &onnx].concat());
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("--models"),
+        "{}",
+        text(&out.stderr)
+    );
+}

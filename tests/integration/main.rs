@@ -9,6 +9,7 @@ mod discovery;
 mod emulator_http;
 mod executor;
 mod job_store;
+mod model_resources;
 #[cfg(any(feature = "onnx", feature = "ort"))]
 mod models;
 #[cfg(any(feature = "onnx", feature = "ort"))]

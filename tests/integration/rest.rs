@@ -252,7 +252,7 @@ fn bad_requests_get_their_proper_errors() {
     let table: [(&str, &str, Vec<u8>, u16, &str); 9] = [
         (
             "GET",
-            "/v1/projects/my-proj/models",
+            "/v1/projects/my-proj/locations",
             vec![],
             404,
             "NOT_FOUND",

@@ -70,6 +70,13 @@ pub struct RunOptions {
     /// predicted as itself).
     #[arg(long, default_value = "auto")]
     predictor: String,
+    /// Where a job's `modelName` or `versionName` is found: a folder of
+    /// `PROJECT/MODEL/VERSION/` model directories (the default version named
+    /// in `PROJECT/MODEL/DEFAULT`, or the only one), or the URL of a service's
+    /// models API (`batch-prediction serve`), whose version's deploymentUri
+    /// is the model directory.
+    #[arg(long, value_name = "DIR|URL", env = "BATCH_PREDICTION_MODELS")]
+    models: Option<String>,
     /// With `ort` and `tensorflow`: threads per worker's session.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
     intra_threads: u32,
@@ -218,11 +225,24 @@ fn resolver(
         }
         #[cfg(not(feature = "remote"))]
         "remote" => Err(without("remote")),
-        name => runtime(name, local, storage, options.intra_threads).unwrap_or_else(|| {
-            Err(format!(
-                "--predictor {name:?}: expected auto, tensorflow, onnx, ort, remote or echo"
-            ))
-        }),
+        "echo" => Ok(Arc::new(EchoResolver)),
+        name => {
+            let inner =
+                runtime(name, local, storage, options.intra_threads).unwrap_or_else(|| {
+                    Err(format!(
+                        "--predictor {name:?}: expected auto, tensorflow, onnx, ort, remote or echo"
+                    ))
+                })?;
+            Ok(Arc::new(crate::registry::NamedModels {
+                registry: options.models.as_deref().map(|models| {
+                    crate::registry::Registry::parse(
+                        models,
+                        std::env::var("CLOUDSDK_AUTH_ACCESS_TOKEN").ok(),
+                    )
+                }),
+                inner,
+            }))
+        }
     }
 }
 

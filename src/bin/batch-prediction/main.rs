@@ -19,6 +19,7 @@
 mod endpoint;
 mod http;
 mod local;
+mod registry;
 mod serve;
 
 use std::process::ExitCode;

@@ -161,9 +161,15 @@ fn start(args: &ServeArgs) -> Result<Exit, Box<dyn std::error::Error>> {
     std::fs::create_dir_all(&args.root)
         .map_err(|e| format!("cannot create {}: {e}", args.root.display()))?;
     let root = args.root.canonicalize()?;
+    // The echo predictor answers for every model name, so the emulator stays
+    // usable for clients that never create models; any other runtime needs
+    // the model a job names to exist (NOT_FOUND at jobs.create, as AI
+    // Platform answered).
+    let echo = args.predictor == "echo";
     let service = Arc::new(
         JobService::builder(LocalJobStore::open(root.join(".jobs"))?)
             .with_iam_enforcement(args.enforce_iam)
+            .with_models_required(!echo)
             .build()?,
     );
     for (project, policy) in &args.policies {
@@ -181,6 +187,15 @@ fn start(args: &ServeArgs) -> Result<Exit, Box<dyn std::error::Error>> {
     let resolver = match resolver(args, LocalStorage::confined(&root), &storage) {
         Ok(resolver) => resolver,
         Err(exit) => return Ok(exit),
+    };
+    // A job's modelName or versionName runs that version's deploymentUri.
+    let resolver: Arc<dyn ModelResolver> = if echo {
+        resolver
+    } else {
+        Arc::new(batch_prediction::service::ModelsResolver::new(
+            Arc::clone(&service),
+            resolver,
+        ))
     };
     let executor = BatchExecutor::new(storage, resolver);
 
