@@ -86,9 +86,8 @@ use crate::storage::{Storage, StorageError};
 use crate::trace;
 
 use self::plan::settings;
-use self::read::ChunkCost;
-use self::run::{Pool, Run};
 use self::shards::Totals;
+use self::shared::{ChunkCost, Pool, Run};
 
 mod call;
 mod config;
@@ -99,6 +98,7 @@ mod progress;
 mod read;
 mod run;
 mod shards;
+mod shared;
 mod work;
 mod write;
 

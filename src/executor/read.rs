@@ -1,98 +1,11 @@
 //! The framing thread: reads the shards' files into chunks of whole batches.
 
-use std::ops::Range;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender};
-use std::time::Duration;
 
-use super::run::{Event, POLL, Run};
-use crate::record::{Position, RawReader, RecordError, RecordErrorKind};
+use super::shared::{CHUNK_BYTES, Event, POLL, RawBatch, RawItem, Run, chunk_instances};
+use crate::record::{RawReader, RecordErrorKind};
 use crate::storage::Storage;
-
-/// With adaptive batches, the framing thread hands workers chunks of whole
-/// batches holding about this many instances, the most a batch may grow to.
-pub(super) const CHUNK_INSTANCES: usize = 1024;
-
-/// The instances of a chunk for batches of `batch_size`: about
-/// [`CHUNK_INSTANCES`], whole batches, at least one.
-pub(super) fn chunk_instances(batch_size: usize) -> usize {
-    whole_batches(CHUNK_INSTANCES, batch_size)
-}
-
-/// `instances` rounded down to whole batches of `batch_size`, at least one.
-fn whole_batches(instances: usize, batch_size: usize) -> usize {
-    batch_size.saturating_mul((instances / batch_size.max(1)).max(1))
-}
-
-/// Otherwise a chunk holds about this much of a worker's time, as measured
-/// on the chunks before ([`ChunkCost`]): long enough that the threads'
-/// meeting once per chunk (a few tens of microseconds) costs a few percent
-/// at most, short enough that a slow predictor's batches spread over every
-/// worker, and that workers finish together.
-pub(super) const CHUNK_WORK: Duration = Duration::from_millis(2);
-
-/// … and at most this many instances.
-pub(super) const MAX_CHUNK_INSTANCES: usize = 4096;
-
-/// The workers' time per instance, as they measure it on each chunk (a
-/// moving average, in nanoseconds; 0 before the first chunk), from which
-/// the framing thread sizes the next chunks.
-#[derive(Debug, Default)]
-pub(super) struct ChunkCost(AtomicU64);
-
-impl ChunkCost {
-    /// A worker spent `busy` on a chunk of `records` records.
-    pub(super) fn record(&self, busy: Duration, records: u64) {
-        if records == 0 {
-            return;
-        }
-        let nanos = u64::try_from(busy.as_nanos() / u128::from(records)).unwrap_or(u64::MAX);
-        let before = self.0.load(Ordering::Relaxed);
-        // Workers may race here; a lost update only slows the average.
-        let after = if before == 0 {
-            nanos
-        } else {
-            before - before / 4 + nanos / 4
-        };
-        self.0.store(after.max(1), Ordering::Relaxed);
-    }
-
-    /// The instances of the next chunk for batches of `batch_size`: whole
-    /// batches holding about [`CHUNK_WORK`], at most
-    /// [`MAX_CHUNK_INSTANCES`], one batch before any chunk was measured.
-    pub(super) fn chunk_instances(&self, batch_size: usize) -> usize {
-        let nanos = self.0.load(Ordering::Relaxed);
-        if nanos == 0 {
-            return whole_batches(batch_size, batch_size);
-        }
-        let fit = usize::try_from(CHUNK_WORK.as_nanos() as u64 / nanos).unwrap_or(usize::MAX);
-        whole_batches(fit.min(MAX_CHUNK_INSTANCES), batch_size)
-    }
-}
-
-/// … and a chunk ends at the first batch boundary past this many bytes.
-pub(super) const CHUNK_BYTES: usize = 1 << 20;
-
-/// Whole batches of raw records from one file, framed but not decoded.
-pub(super) struct RawBatch {
-    pub(super) seq: u64,
-    pub(super) source: Arc<str>,
-    pub(super) data: Vec<u8>,
-    pub(super) items: Vec<RawItem>,
-    pub(super) instances: usize,
-    pub(super) bytes: u64,
-}
-
-pub(super) enum RawItem {
-    Record {
-        position: Position,
-        range: Range<usize>,
-        /// The stored data checksum, for the worker to check (TFRecords).
-        crc: Option<u32>,
-    },
-    Damaged(Box<RecordError>),
-}
 
 impl Run<'_> {
     /// The framing thread: reads the shards' files into batches.
@@ -283,47 +196,5 @@ impl Run<'_> {
                 return;
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn chunks_hold_about_chunk_work_in_whole_batches() {
-        let cost = ChunkCost::default();
-        assert_eq!(
-            cost.chunk_instances(64),
-            64,
-            "one batch before any is measured"
-        );
-        assert_eq!(
-            cost.chunk_instances(100_000),
-            100_000,
-            "a batch is never cut"
-        );
-        // 1 µs an instance: 2,000 instances, in whole batches.
-        cost.record(Duration::from_micros(1024), 1024);
-        assert_eq!(cost.chunk_instances(64), 1984);
-        assert_eq!(cost.chunk_instances(3000), 3000);
-        // A fast predictor: at most MAX_CHUNK_INSTANCES.
-        let fast = ChunkCost::default();
-        fast.record(Duration::from_micros(100), 1000);
-        assert_eq!(fast.chunk_instances(64), MAX_CHUNK_INSTANCES);
-        // A slow one: a batch each.
-        let slow = ChunkCost::default();
-        slow.record(Duration::from_millis(640), 64);
-        assert_eq!(slow.chunk_instances(64), 64);
-        assert_eq!(slow.chunk_instances(1), 1);
-        // The average follows the chunks, a quarter at a time.
-        cost.record(Duration::from_micros(5 * 1024), 1024);
-        assert_eq!(cost.0.load(Ordering::Relaxed), 2000);
-        cost.record(Duration::ZERO, 0);
-        assert_eq!(
-            cost.0.load(Ordering::Relaxed),
-            2000,
-            "an empty chunk says nothing"
-        );
     }
 }

@@ -1,119 +1,19 @@
-//! One run's threads: the framing thread, the workers and the writer,
-//! and the state they share.
+//! One run's threads: starts the framing thread, the workers and the
+//! writer over the state they share (`shared.rs`), and joins them.
 
 use std::collections::BTreeMap;
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::mpsc::sync_channel;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
 
-use serde_json::Value;
-
-use super::read::{ChunkCost, RawBatch, RawItem};
 use super::shards::{ShardSummary, Totals};
-use super::work::BatchOutput;
+use super::shared::{Event, RawBatch, Run};
 use super::write::Writer;
-use super::{BatchExecutor, Plan, Stop, panic_message};
-use crate::model::DataFormat;
-use crate::predict::{CancelHandle, Predictor};
+use super::{Stop, panic_message};
 use crate::trace;
 
-/// How long a blocked thread waits before it checks for a stop.
-pub(super) const POLL: Duration = Duration::from_millis(20);
-
-/// A pool of buffers handed between threads, so that big buffers are
-/// reused instead of being allocated in one thread and freed in another.
-pub(super) struct Pool<T>(Mutex<Vec<Vec<T>>>);
-
-impl<T> Default for Pool<T> {
-    fn default() -> Self {
-        Pool(Mutex::new(Vec::new()))
-    }
-}
-
-impl<T> Pool<T> {
-    pub(super) fn take(&self) -> Vec<T> {
-        self.0
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .pop()
-            .unwrap_or_default()
-    }
-
-    pub(super) fn give(&self, mut buf: Vec<T>) {
-        buf.clear();
-        let mut pool = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        if pool.len() < 64 {
-            pool.push(buf);
-        }
-    }
-}
-
-/// What reaches the writing thread, in input order by `seq`.
-pub(super) enum Event {
-    ShardStart { shard: usize },
-    Batch(BatchOutput),
-    ShardEnd { shard: usize },
-    Fatal(String),
-}
-
-/// One run's shared state.
-pub(super) struct Run<'a> {
-    pub(super) executor: &'a BatchExecutor,
-    pub(super) plan: &'a Plan,
-    pub(super) settings: Value,
-    pub(super) predictor: Arc<dyn Predictor>,
-    /// How records are decoded into instances
-    /// ([`Predictor::takes_raw_records`]): as JSON instances (`JSON`), or
-    /// as they are: lines as strings (`TEXT`), records as bytes (TFRecord).
-    pub(super) decoding: DataFormat,
-    pub(super) signature: String,
-    pub(super) cancel: &'a CancelHandle,
-    /// Set when the run must stop early (cancel, failure).
-    pub(super) stop: AtomicBool,
-    /// Why a thread gave up, when it could not say so in order (a panic).
-    pub(super) failure: Mutex<Option<String>>,
-    pub(super) started: Instant,
-    /// Buffers of raw records (framing thread → workers → back).
-    pub(super) raw_buffers: Pool<u8>,
-    /// The lists of a chunk's records, likewise.
-    pub(super) item_lists: Pool<RawItem>,
-    /// Buffers of result lines (workers → writer → back).
-    pub(super) result_buffers: Pool<u8>,
-    /// The workers' time per instance, which sizes the chunks.
-    pub(super) chunk_cost: ChunkCost,
-}
-
 impl Run<'_> {
-    /// How the input files are framed into records: as the plan's format
-    /// says, but TEXT lines read as JSON instances are framed as JSON lines
-    /// are (blank lines skipped, not records).
-    pub(super) fn framing(&self) -> DataFormat {
-        match (self.plan.data_format, self.decoding) {
-            (DataFormat::Text, DataFormat::Json) => DataFormat::Json,
-            (format, _) => format,
-        }
-    }
-
-    pub(super) fn stopping(&self) -> bool {
-        self.stop.load(Ordering::Relaxed) || self.cancel.is_cancelled()
-    }
-
-    /// Records why the run must fail and stops it (the first reason wins).
-    pub(super) fn fail(&self, message: String) {
-        let mut failure = self.failure.lock().unwrap_or_else(|e| e.into_inner());
-        failure.get_or_insert(message);
-        self.stop.store(true, Ordering::Relaxed);
-    }
-
-    pub(super) fn failure(&self) -> Option<String> {
-        self.failure
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-    }
-
     /// The reading thread's work; a panic fails the run.
     fn read_guarded(
         &self,

@@ -10,8 +10,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use super::call::{Adaptive, Caller, Failure, Tally};
-use super::read::{RawBatch, RawItem, chunk_instances};
-use super::run::{Event, POLL, Run};
+use super::shared::{BatchOutput, CsvRow, Event, POLL, RawBatch, RawItem, Run, chunk_instances};
 use crate::model::DataFormat;
 use crate::predict::{JsonPredictions, PredictContext};
 use crate::record::{
@@ -20,41 +19,6 @@ use crate::record::{
 };
 use crate::retry::RetryPolicy;
 use crate::trace;
-
-/// What a worker made of a batch.
-#[derive(Default)]
-pub(super) struct BatchOutput {
-    /// JSON output: the result lines, ready to write.
-    pub(super) results: Vec<u8>,
-    /// CSV output, formatted by the writer.
-    pub(super) csv: Vec<CsvRow>,
-    /// Error file lines, ready to write.
-    pub(super) error_lines: Vec<u8>,
-    /// The message of each failed instance, for errors_stats.
-    pub(super) error_messages: Vec<String>,
-    /// Each failed instance's place among the chunk's records (from 0), in
-    /// order, so that `max_error_count` stops at the very record past it.
-    pub(super) error_places: Vec<u64>,
-    pub(super) predictions: u64,
-    pub(super) records: u64,
-    pub(super) bytes: u64,
-    pub(super) busy: Duration,
-    /// Predictor calls tried again after a transient failure.
-    pub(super) retries: u64,
-    /// Predictor calls past the batch deadline.
-    pub(super) deadline_hits: u64,
-}
-
-/// A prediction for a CSV row, with what an error record about it needs.
-pub(super) struct CsvRow {
-    pub(super) prediction: Value,
-    /// The instance's record.
-    pub(super) raw: Vec<u8>,
-    pub(super) source: Arc<str>,
-    pub(super) position: Position,
-    /// The record's place among the chunk's records.
-    pub(super) place: u64,
-}
 
 impl Run<'_> {
     /// A worker thread: decodes, predicts and formats batches.

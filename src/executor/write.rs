@@ -12,9 +12,8 @@ use super::Stop;
 use super::names::OutputFile;
 use super::plan::shard_identity;
 use super::progress::{Progress, ShardProgress};
-use super::run::{Event, POLL, Run};
 use super::shards::{ShardSummary, Totals};
-use super::work::{BatchOutput, CsvRow};
+use super::shared::{BatchOutput, CsvRow, Event, POLL, Run};
 use crate::record::{
     CsvResultWriter, CsvRowError, CsvWriteError, ErrorRecordWriter, ErrorStats, Instance,
     csv_header_bytes, decode,
