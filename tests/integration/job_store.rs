@@ -289,11 +289,11 @@ fn concurrent_read_modify_write_loses_nothing_on_disk() {
 const CRASH_DIR: &str = "BATCH_PREDICTION_CRASH_DIR";
 const CRASH_PREFIX: &str = "BATCH_PREDICTION_CRASH_PREFIX";
 
-/// The child of `kill_9_loses_no_acknowledged_job`: creates jobs and bumps
+/// The child of `kill_9_loses_no_acknowledged_job_or_version`: creates jobs and bumps
 /// a counter as fast as it can, printing an acknowledgement after each
 /// write returns, until it is killed. Does nothing unless run by that test.
 #[test]
-#[ignore = "run as a child process by kill_9_loses_no_acknowledged_job"]
+#[ignore = "run as a child process by kill_9_loses_no_acknowledged_job_or_version"]
 fn crash_child() {
     let (Ok(dir), Ok(prefix)) = (std::env::var(CRASH_DIR), std::env::var(CRASH_PREFIX)) else {
         return;
@@ -305,6 +305,16 @@ fn crash_child() {
             .create(&project(), job("counter").set_label("n", "0"))
             .unwrap();
     }
+    let model = project().model("crash").unwrap();
+    if service.get_model(&model).is_err() {
+        service
+            .create_model(
+                &project(),
+                batch_prediction::model::Model::from_json(serde_json::json!({"name": "crash"}))
+                    .unwrap(),
+            )
+            .unwrap();
+    }
     for i in 0.. {
         service
             .create(
@@ -313,6 +323,13 @@ fn crash_child() {
             )
             .unwrap();
         println!("created {i}");
+        // A version: its model's file rewritten whole, durably.
+        let version = batch_prediction::model::Version::from_json(serde_json::json!({
+            "name": format!("{prefix}_{i}"), "deploymentUri": format!("gs://b/{prefix}/{i}")
+        }))
+        .unwrap();
+        service.create_version(&model, version).unwrap();
+        println!("versioned {i}");
         let current = service.get(&counter).unwrap();
         let n: u64 = current.labels["n"].parse().unwrap();
         service
@@ -327,7 +344,7 @@ fn crash_child() {
 }
 
 #[test]
-fn kill_9_loses_no_acknowledged_job() {
+fn kill_9_loses_no_acknowledged_job_or_version() {
     let dir = tempfile::tempdir().unwrap();
     let mut last_count = 0u64;
     for round in 0..6u64 {
@@ -350,11 +367,14 @@ fn kill_9_loses_no_acknowledged_job() {
         // then a little later, so the kill lands anywhere in a write.
         let kill_after = 3 + round * 7;
         let mut created: Option<u64> = None;
+        let mut versioned: Option<u64> = None;
         let mut counted = last_count;
         let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
         while let Some(Ok(line)) = lines.next() {
             if let Some(i) = line.strip_prefix("created ") {
                 created = Some(i.parse().unwrap());
+            } else if let Some(i) = line.strip_prefix("versioned ") {
+                versioned = Some(i.parse().unwrap());
             } else if let Some(n) = line.strip_prefix("counted ") {
                 counted = n.parse().unwrap();
             }
@@ -387,6 +407,31 @@ fn kill_9_loses_no_acknowledged_job() {
             .unwrap();
         let n: u64 = counter.job.labels["n"].parse().unwrap();
         assert!(n >= counted, "acknowledged count {counted} lost: {n}");
+        let model = store
+            .get_model(&project().model("crash").unwrap())
+            .unwrap()
+            .expect("the model survives");
+        for i in 0..=versioned.unwrap_or(0) {
+            if versioned.is_some() {
+                let v = model
+                    .version(&format!("{prefix}_{i}"))
+                    .unwrap_or_else(|| panic!("acknowledged version {prefix}_{i} lost"));
+                assert_eq!(
+                    v.deployment_uri(),
+                    Some(format!("gs://b/{prefix}/{i}").as_str())
+                );
+            }
+        }
+        let model_leftovers: Vec<_> = std::fs::read_dir(dir.path().join("models/my-proj"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| !n.ends_with(".json"))
+            .collect();
+        assert_eq!(
+            model_leftovers,
+            Vec::<String>::new(),
+            "temporary files removed"
+        );
         last_count = n;
         let leftovers: Vec<_> = std::fs::read_dir(dir.path().join("jobs/my-proj"))
             .unwrap()
