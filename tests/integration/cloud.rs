@@ -1139,3 +1139,144 @@ fn a_listing_that_hangs_is_given_up_as_soon_as_its_caller_stops() {
         );
     }
 }
+
+/// `examples/scale-out/k8s-indexed-job.yaml`, as far as it can be checked
+/// without a Kubernetes API server (none installs from the registries
+/// here): its job file, every index's container command run here with
+/// `JOB_COMPLETION_INDEX` set, `completions` equal to the N of
+/// `--shard I/N`, then the merge Job's command, over a fake-gcs-server
+/// bucket standing for `gs://my-bucket`: the merged job's files are byte for
+/// byte one process's.
+#[cfg(all(feature = "cli", feature = "ort"))]
+#[test]
+fn the_kubernetes_indexed_job_runs_as_written_and_merges_into_one_runs_files() {
+    let Some(servers) = servers() else { return };
+    let Some(ort) = crate::onnx::ort_library() else {
+        return;
+    };
+    let root = env!("CARGO_MANIFEST_DIR");
+    let yaml =
+        std::fs::read_to_string(format!("{root}/examples/scale-out/k8s-indexed-job.yaml")).unwrap();
+    let documents: Vec<&str> = yaml.split("\n---\n").collect();
+    assert_eq!(
+        documents.len(),
+        3,
+        "a ConfigMap, the parts Job, the merge Job"
+    );
+    // The ConfigMap's job.json: the block under `job.json: |`.
+    let job_json: String = documents[0]
+        .lines()
+        .skip_while(|l| l.trim() != "job.json: |")
+        .skip(1)
+        .take_while(|l| l.starts_with("    ") || l.trim().is_empty())
+        .map(|l| format!("{}\n", l.trim_start()))
+        .collect();
+    let job: serde_json::Value = serde_json::from_str(&job_json).unwrap();
+    assert_eq!(job["predictionInput"]["uri"], "gs://my-bucket/iris/model");
+    // The parts: completions, and the one container's shell command.
+    let parts = documents[1];
+    let completions: usize = parts
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("completions:"))
+        .and_then(|v| v.split('#').next())
+        .and_then(|v| v.trim().parse().ok())
+        .expect("completions: N");
+    let command = parts
+        .lines()
+        .skip_while(|l| l.trim() != "args:")
+        .nth(1)
+        .and_then(|l| l.trim().strip_prefix("- "))
+        .expect("args: - COMMAND")
+        .to_owned();
+    assert!(parts.contains(r#"command: ["sh", "-c"]"#), "{parts}");
+    assert!(
+        command.contains(&format!(
+            "--shard \"${{JOB_COMPLETION_INDEX}}/{completions}\""
+        )),
+        "completions ({completions}) must be the N of --shard I/N: {command}"
+    );
+    let merge_line = documents[2]
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("command: "))
+        .expect("the merge Job's command");
+    let merge: Vec<String> = serde_json::from_str(merge_line).unwrap();
+
+    // gs://my-bucket is a fresh prefix of the emulator's bucket; the model
+    // and the instances are put where the job file says.
+    let storage = cloud(servers);
+    let bucket = fresh("gs", servers, "k8s");
+    let rewrite = |text: &str| text.replace("gs://my-bucket", &bucket);
+    for i in 0..3 {
+        let lines =
+            std::fs::read_to_string(format!("{root}/examples/iris/instances.jsonl")).unwrap();
+        storage
+            .put_bytes(
+                &format!("{bucket}/iris/instances/{i}.jsonl"),
+                lines.as_bytes(),
+            )
+            .unwrap();
+    }
+    storage
+        .put_bytes(
+            &format!("{bucket}/iris/model/model.onnx"),
+            &std::fs::read(format!("{root}/examples/iris/model/model.onnx")).unwrap(),
+        )
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config");
+    std::fs::create_dir(&config).unwrap();
+    std::fs::write(config.join("job.json"), rewrite(&job_json)).unwrap();
+    // `batch-prediction` on the PATH, as in the image.
+    let bin = dir.path().join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    std::os::unix::fs::symlink(crate::cli_program(), bin.join("batch-prediction")).unwrap();
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let config_path = config.join("job.json").display().to_string();
+    let container = |mut command: std::process::Command| {
+        let out = command
+            .envs(server_env(servers))
+            .env("PATH", &path)
+            .env("ORT_DYLIB_PATH", ort)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert_eq!(out.status.code(), Some(0), "{command:?}: {stderr}");
+        out
+    };
+    for index in 0..completions {
+        let mut sh = std::process::Command::new("sh");
+        sh.args(["-c", &command.replace("/config/job.json", &config_path)])
+            .env("JOB_COMPLETION_INDEX", index.to_string());
+        container(sh);
+    }
+    let mut merge_command = std::process::Command::new(&merge[0]);
+    merge_command.args(
+        merge[1..]
+            .iter()
+            .map(|a| a.replace("/config/job.json", &config_path)),
+    );
+    let merged: serde_json::Value =
+        serde_json::from_slice(&container(merge_command).stdout).unwrap();
+    assert_eq!(merged["state"], "SUCCEEDED", "{merged}");
+    assert_eq!(
+        merged["predictionOutput"]["predictionCount"], "90",
+        "{merged}"
+    );
+
+    // One process, the same job into another folder: the same files.
+    let mut whole: serde_json::Value = serde_json::from_str(&rewrite(&job_json)).unwrap();
+    let one = format!("{bucket}/iris/one-process");
+    whole["predictionInput"]["outputPath"] = json!(one);
+    let whole_path = dir.path().join("whole.json");
+    std::fs::write(&whole_path, whole.to_string()).unwrap();
+    let mut single = std::process::Command::new("batch-prediction");
+    single.arg("run").arg(&whole_path);
+    container(single);
+    let parted = outputs(&storage, &format!("{bucket}/iris/predictions"));
+    assert!(!parted.is_empty());
+    assert!(parted == outputs(&storage, &one));
+}
