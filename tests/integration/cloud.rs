@@ -1280,3 +1280,59 @@ fn the_kubernetes_indexed_job_runs_as_written_and_merges_into_one_runs_files() {
     assert!(!parted.is_empty());
     assert!(parted == outputs(&storage, &one));
 }
+
+/// The Slurm example over a Cloud Storage bucket (fake-gcs-server): the
+/// parts share nothing but the bucket, and the merged files are one
+/// process's.
+#[cfg(feature = "cli")]
+#[test]
+fn the_slurm_array_over_a_bucket_merges_into_one_processs_files() {
+    let Some(servers) = servers() else { return };
+    let Some(cluster) = crate::slurm::cluster() else {
+        return;
+    };
+    let storage = cloud(servers);
+    let input = fresh("gs", servers, "slurm-in");
+    for f in 0..6 {
+        let lines: String = (0..40)
+            .map(|i| format!("{{\"file\": {f}, \"i\": {i}}}\n"))
+            .collect();
+        storage
+            .put_bytes(&format!("{input}/{f}.jsonl"), lines.as_bytes())
+            .unwrap();
+    }
+    let env: Vec<(&str, String)> = server_env(servers)
+        .iter()
+        .map(|(k, v)| (*k, v.to_string_lossy().into_owned()))
+        .collect();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let dir = tempfile::tempdir().unwrap();
+    let logs = dir.path().join("logs");
+    std::fs::create_dir(&logs).unwrap();
+    // One process.
+    let whole = fresh("gs", servers, "slurm-whole");
+    std::fs::create_dir(dir.path().join("w")).unwrap();
+    let whole_job = cli_job_file(&dir.path().join("w"), "slurm_bucket", &input, &whole);
+    let out = std::process::Command::new(crate::cli_program())
+        .envs(server_env(servers))
+        .arg("run")
+        .arg(&whole_job)
+        .args(crate::slurm::SHAPE.split(' '))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Three parts on the cluster, then the merge.
+    let parted = fresh("gs", servers, "slurm-parted");
+    let job = cli_job_file(dir.path(), "slurm_bucket", &input, &parted);
+    let array = crate::slurm::submit_parts(cluster, &job, "0-2", 3, &logs, &env);
+    let done = crate::slurm::merge(cluster, &job, &array, &logs, &env);
+    assert_eq!(done["state"], "SUCCEEDED", "{done}");
+    assert_eq!(done["predictionOutput"]["predictionCount"], "240", "{done}");
+    let written = outputs(&storage, &parted);
+    assert!(written.len() >= 3, "{written:?}");
+    assert!(written == outputs(&storage, &whole));
+}

@@ -23,6 +23,8 @@ mod remote;
 mod rest;
 mod scale_out;
 mod service;
+#[cfg(feature = "cli")]
+mod slurm;
 mod state;
 mod storage;
 #[cfg(feature = "tensorflow")]
