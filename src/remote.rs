@@ -804,20 +804,6 @@ fn field<'v>(
     }
 }
 
-/// The shape of a JSON value: the lengths of its nested arrays, along the
-/// first element at each level.
-fn shape_of(value: &Value) -> Vec<i64> {
-    let mut shape = Vec::new();
-    let mut v = value;
-    while let Value::Array(items) = v {
-        shape.push(items.len() as i64);
-        match items.first() {
-            Some(first) => v = first,
-            None => break,
-        }
-    }
-    shape
-}
 
 /// Appends the scalars of `value`, which must have `shape`, to `data`.
 fn flatten(value: &Value, shape: &[i64], data: &mut Vec<Value>) -> bool {
@@ -850,7 +836,10 @@ fn tensor(
         .collect::<Result<Vec<_>, _>>()?;
     // The shape after the batch dimension: declared, with `-1` sizes (and
     // an undeclared shape) taken from the first instance.
-    let first = fields.first().map(|f| shape_of(f)).unwrap_or_default();
+    let first = fields
+        .first()
+        .map(|f| crate::model::wire::json_shape(f))
+        .unwrap_or_default();
     let mut shape = match &input.shape {
         Some(declared) => declared
             .iter()

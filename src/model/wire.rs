@@ -36,6 +36,22 @@ pub(crate) fn error<E: de::Error>(path: Path<'_>, message: impl fmt::Display) ->
     E::custom(format_args!("{path}: {message}"))
 }
 
+/// The shape of a JSON value as a tensor: its nested arrays' lengths,
+/// following the first element at each level (`[]` for a scalar).
+#[cfg_attr(not(any(feature = "remote", feature = "tensorflow")), allow(dead_code))]
+pub(crate) fn json_shape(value: &Value) -> Vec<i64> {
+    let mut shape = Vec::new();
+    let mut v = value;
+    while let Value::Array(items) = v {
+        shape.push(items.len() as i64);
+        match items.first() {
+            Some(first) => v = first,
+            None => break,
+        }
+    }
+    shape
+}
+
 /// A short rendering of a JSON value for messages (long values are cut).
 pub(crate) fn show(value: &Value) -> String {
     const MAX: usize = 60;

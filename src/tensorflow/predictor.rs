@@ -344,21 +344,12 @@ fn shown_shape(shape: &[i64]) -> String {
     format!("[{}]", dims.join(", "))
 }
 
-/// The shape of a JSON value: nested arrays' lengths, following the first
-/// element at each level.
+/// The shape of an input's value (bytes are a scalar).
 fn shape_of(value: &Given<'_>) -> Vec<i64> {
-    let mut shape = Vec::new();
-    if let Given::Json(v) = value {
-        let mut v: &Value = v;
-        while let Value::Array(items) = v {
-            shape.push(items.len() as i64);
-            match items.first() {
-                Some(first) => v = first,
-                None => break,
-            }
-        }
+    match value {
+        Given::Json(v) => crate::model::wire::json_shape(v),
+        Given::Bytes(_) => Vec::new(),
     }
-    shape
 }
 
 /// The input tensor of `values` (one per instance): their common shape

@@ -374,24 +374,6 @@ fn parted_job(dir: &std::path::Path, out: &str) -> String {
     path.to_str().unwrap().to_owned()
 }
 
-/// Every file of an output folder, by name, with its bytes (a summary, which
-/// holds its shard's busy time, by name only).
-fn output_files(dir: &std::path::Path) -> std::collections::BTreeMap<String, Vec<u8>> {
-    std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| {
-            let e = e.unwrap();
-            let name = e.file_name().into_string().unwrap();
-            let bytes = if name.starts_with("prediction.summary-") {
-                Vec::new()
-            } else {
-                std::fs::read(e.path()).unwrap()
-            };
-            (name, bytes)
-        })
-        .collect()
-}
-
 /// The scale-out flow the README and `examples/scale-out/` give, through the
 /// binary: the same create request run as `--shard I/N` parts (at once, in
 /// separate processes), then `--merge`, which once failed on the create
@@ -470,8 +452,8 @@ fn parts_then_merge_of_a_create_request_write_what_one_run_writes() {
         whole["predictionOutput"]["predictionCount"]
     );
     assert_eq!(
-        output_files(&root.join("multi")),
-        output_files(&root.join("single"))
+        crate::output_files(&root.join("multi")),
+        crate::output_files(&root.join("single"))
     );
     // A merge that plans other shards than the parts ran finds none of its own.
     let other = merge(&[]);

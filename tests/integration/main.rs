@@ -43,6 +43,66 @@ pub fn data_path(name: &str) -> PathBuf {
         .join(name)
 }
 
+/// A shared library some tests need: the path in `variable` when it is
+/// set, else the one `script` prints once it has installed the library
+/// under target/ (from PyPI); `Err` with the script's `SKIP: …` reason.
+#[cfg(any(feature = "ort", feature = "tensorflow"))]
+pub fn find_library(variable: &str, script: &str) -> Result<PathBuf, String> {
+    if let Some(path) = std::env::var_os(variable).filter(|p| !p.is_empty()) {
+        return Ok(PathBuf::from(path));
+    }
+    let out = std::process::Command::new("bash")
+        .arg(script)
+        .output()
+        .map_err(|e| format!("cannot run {script}: {e}"))?;
+    let text = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    match text.strip_prefix("SKIP: ") {
+        Some(why) => Err(why.to_owned()),
+        None if out.status.success() => Ok(PathBuf::from(text)),
+        None => Err(format!(
+            "{script} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )),
+    }
+}
+
+/// A library [`find_library`] found, or, when it found none, SKIP saying
+/// why (`None`), and under CI (`CI=true`) a failure.
+#[cfg(any(feature = "ort", feature = "tensorflow"))]
+pub fn library_or_skip(
+    found: &'static Result<PathBuf, String>,
+    what: &str,
+) -> Option<&'static std::path::Path> {
+    match found {
+        Ok(path) => Some(path),
+        Err(why) if std::env::var("CI").is_ok_and(|v| v == "true") => {
+            panic!("{what} is required under CI: {why}")
+        }
+        Err(why) => {
+            eprintln!("SKIP: no {what}: {why}");
+            None
+        }
+    }
+}
+
+/// Every file of a local output folder, by name, with its bytes (a
+/// summary, which holds its shard's busy time, by name only).
+pub fn output_files(dir: &std::path::Path) -> std::collections::BTreeMap<String, Vec<u8>> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            let name = e.file_name().into_string().unwrap();
+            let bytes = if name.starts_with("prediction.summary-") {
+                Vec::new()
+            } else {
+                std::fs::read(e.path()).unwrap()
+            };
+            (name, bytes)
+        })
+        .collect()
+}
+
 /// The results files under `out` of an in-memory storage, concatenated in
 /// shard order, and each error file entry by its byte, without `line` and
 /// `record` (which a byte range of a split file does not know).

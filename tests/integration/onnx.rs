@@ -45,37 +45,13 @@ pub fn backends() -> Vec<Backend> {
 /// under CI is a failure.
 #[cfg(feature = "ort")]
 pub fn ort_library() -> Option<&'static Path> {
-    use std::path::PathBuf;
-    static LIBRARY: std::sync::OnceLock<Result<PathBuf, String>> = std::sync::OnceLock::new();
-    let found = LIBRARY.get_or_init(|| {
-        if let Some(path) = std::env::var_os("ORT_DYLIB_PATH").filter(|p| !p.is_empty()) {
-            return Ok(PathBuf::from(path));
-        }
-        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/ort/library.sh");
-        let out = std::process::Command::new("bash")
-            .arg(script)
-            .output()
-            .map_err(|e| format!("cannot run {script}: {e}"))?;
-        let text = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-        match text.strip_prefix("SKIP: ") {
-            Some(why) => Err(why.to_owned()),
-            None if out.status.success() => Ok(PathBuf::from(text)),
-            None => Err(format!(
-                "{script} failed: {}",
-                String::from_utf8_lossy(&out.stderr)
-            )),
-        }
-    });
-    match found {
-        Ok(path) => Some(path),
-        Err(why) if std::env::var("CI").is_ok_and(|v| v == "true") => {
-            panic!("the onnxruntime library is required under CI: {why}")
-        }
-        Err(why) => {
-            eprintln!("SKIP: the ort backend: no onnxruntime library: {why}");
-            None
-        }
-    }
+    static LIBRARY: std::sync::OnceLock<Result<std::path::PathBuf, String>> =
+        std::sync::OnceLock::new();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/ort/library.sh");
+    crate::library_or_skip(
+        LIBRARY.get_or_init(|| crate::find_library("ORT_DYLIB_PATH", script)),
+        "onnxruntime library (the ort backend)",
+    )
 }
 
 #[cfg(feature = "ort")]

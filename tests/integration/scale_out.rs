@@ -3,7 +3,6 @@
 //! write byte for byte the files one process writes; a finished part run
 //! again changes nothing; a failed part can be run again alone.
 
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
@@ -80,24 +79,6 @@ fn spawn_part(root: &Path, part: &str) -> std::process::Child {
         .stdout(std::process::Stdio::null())
         .spawn()
         .unwrap()
-}
-
-/// Every file of an output directory, by name, with its bytes (summaries,
-/// which hold each shard's busy time, by name only).
-fn files(dir: &Path) -> BTreeMap<String, Vec<u8>> {
-    std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| {
-            let e = e.unwrap();
-            let name = e.file_name().into_string().unwrap();
-            let bytes = if name.starts_with("prediction.summary-") {
-                Vec::new()
-            } else {
-                std::fs::read(e.path()).unwrap()
-            };
-            (name, bytes)
-        })
-        .collect()
 }
 
 fn merge(root: &Path) -> (Job, RunSummary) {
@@ -177,8 +158,8 @@ fn parts_in_separate_processes_write_what_one_process_writes() {
         .map(|e| e.unwrap().metadata().unwrap().len())
         .sum();
     assert_eq!(read, inputs);
-    let one = files(&root.join("single"));
-    assert_eq!(files(&root.join("multi")), one, "byte for byte");
+    let one = crate::output_files(&root.join("single"));
+    assert_eq!(crate::output_files(&root.join("multi")), one, "byte for byte");
     assert_eq!(
         one.len(),
         9 * 4,
@@ -197,7 +178,7 @@ fn parts_in_separate_processes_write_what_one_process_writes() {
     let before = summaries("multi");
     assert!(spawn_part(root, "2/4").wait().unwrap().success()); // shards 2 and 6, a byte range
     assert_eq!(summaries("multi"), before);
-    assert_eq!(files(&root.join("multi")), one);
+    assert_eq!(crate::output_files(&root.join("multi")), one);
 
     // A lost part: the merge names it; running that part alone repairs it.
     std::fs::remove_file(root.join("multi/prediction.results-00007-of-00009")).unwrap();
@@ -211,7 +192,7 @@ fn parts_in_separate_processes_write_what_one_process_writes() {
     );
     assert!(spawn_part(root, "3/4").wait().unwrap().success());
     assert_eq!(merge(root).1.state, State::Succeeded);
-    assert_eq!(files(&root.join("multi")), one);
+    assert_eq!(crate::output_files(&root.join("multi")), one);
 }
 
 #[test]

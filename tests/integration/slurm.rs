@@ -12,6 +12,21 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
+/// Runs `job` in this process, for comparison.
+fn run_here(job: &Path) {
+    let out = Command::new(crate::cli_program())
+        .arg("run")
+        .arg(job)
+        .args(SHAPE.split(' '))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// The cluster: its `SLURM_CONF` and the folder of its state.
 pub(crate) struct Cluster {
     conf: String,
@@ -148,26 +163,6 @@ fn write_inputs(dir: &Path) {
     }
 }
 
-/// Every output file of a local job, by name, with its bytes (summaries,
-/// which hold times, by name only).
-fn output_files(dir: &Path) -> Vec<(String, Vec<u8>)> {
-    let mut files: Vec<(String, Vec<u8>)> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| {
-            let e = e.unwrap();
-            let name = e.file_name().into_string().unwrap();
-            let bytes = if name.starts_with("prediction.summary-") {
-                Vec::new()
-            } else {
-                std::fs::read(e.path()).unwrap()
-            };
-            (name, bytes)
-        })
-        .collect();
-    files.sort();
-    files
-}
-
 pub(crate) const SHAPE: &str = "--predictor echo --shard-bytes 300";
 
 /// Submits `tasks` of the example's array for `job` in `n` parts; the job
@@ -278,17 +273,7 @@ fn an_array_of_parts_on_both_nodes_merges_into_one_processs_files() {
         &input_s,
         &dir.path().join("whole").display().to_string(),
     );
-    let out = Command::new(crate::cli_program())
-        .arg("run")
-        .arg(&whole)
-        .args(SHAPE.split(' '))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    run_here(&whole);
 
     let parted_dir = dir.path().join("parted");
     let job = job_file(dir.path(), &input_s, &parted_dir.display().to_string());
@@ -297,8 +282,8 @@ fn an_array_of_parts_on_both_nodes_merges_into_one_processs_files() {
     assert_eq!(done["state"], "SUCCEEDED", "{done}");
     assert_eq!(done["predictionOutput"]["predictionCount"], "240", "{done}");
     assert_eq!(
-        output_files(&parted_dir),
-        output_files(&dir.path().join("whole"))
+        crate::output_files(&parted_dir),
+        crate::output_files(&dir.path().join("whole"))
     );
     let used = nodes(cluster, &array);
     assert_eq!(
@@ -360,17 +345,7 @@ fn a_node_killed_mid_run_costs_only_time() {
         &input.display().to_string(),
         &dir.path().join("whole").display().to_string(),
     );
-    let out = Command::new(crate::cli_program())
-        .arg("run")
-        .arg(&whole)
-        .args(SHAPE.split(' '))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    run_here(&whole);
     // Parts that take a while, so the kill lands while one runs on n2.
     let slow = dir.path().join("slow.sh");
     std::fs::write(
@@ -422,8 +397,8 @@ fn a_node_killed_mid_run_costs_only_time() {
     let done = merge(cluster, &job, &array, &logs, &[]);
     assert_eq!(done["state"], "SUCCEEDED", "{done}");
     assert_eq!(
-        output_files(&output),
-        output_files(&dir.path().join("whole"))
+        crate::output_files(&output),
+        crate::output_files(&dir.path().join("whole"))
     );
     let restarts = slurm(cluster, "scontrol", &["-o", "show", "job", &array], &[]);
     assert!(restarts.contains("Restarts=1"), "{restarts}");
