@@ -42,9 +42,12 @@ root=$(mktemp -d)
 work=$(mktemp -d)
 # The bucket the jobs read and write, mapped into the root: the ONNX iris
 # model, the Keras MLP SavedModel, and their instances as JSON lines.
-mkdir -p "$root/bucket/models/iris" "$root/bucket/models/mlp" "$root/bucket/in/iris" "$root/bucket/in/mlp" "$root/bucket/in/big"
+mkdir -p "$root/bucket/models/iris" "$root/bucket/models/mlp" "$root/bucket/models/parse_example" \
+  "$root/bucket/in/iris" "$root/bucket/in/mlp" "$root/bucket/in/big" "$root/bucket/in/records"
 cp examples/iris/model/model.onnx "$root/bucket/models/iris/"
 cp -r tests/data/tensorflow/models/mlp/. "$root/bucket/models/mlp/"
+cp -r tests/data/tensorflow/models/parse_example/. "$root/bucket/models/parse_example/"
+cp tests/data/tensorflow/examples.tfrecord tests/data/tensorflow/examples.tfrecord.gz "$root/bucket/in/records/"
 cp examples/iris/instances.jsonl "$root/bucket/in/iris/"
 cp tests/data/tensorflow/examples.jsonl "$root/bucket/in/mlp/"
 python3 -c "
@@ -174,6 +177,24 @@ for i, p in enumerate(got):
     assert all(abs(a - b) <= 1e-6 for a, b in zip(p["output_0"], want[i])), (p, want[i])
 PY
 ok "jobs by model, by version, by model directory, and on a SavedModel"
+
+# TFRecord inputs, plain and gzip: serialized tf.train.Examples go to a
+# signature that parses them, as they are.
+g ai-platform jobs submit prediction records --model-dir gs://bucket/models/parse_example \
+  --input-paths gs://bucket/in/records/examples.tfrecord --output-path gs://bucket/out/records \
+  --region us-central1 --data-format tf-record
+g ai-platform jobs submit prediction records_gz --model-dir gs://bucket/models/parse_example \
+  --input-paths gs://bucket/in/records/examples.tfrecord.gz --output-path gs://bucket/out/records_gz \
+  --region us-central1 --data-format tf-record-gzip
+for job in records records_gz; do
+  finished "$job"
+  check "j['state'] == 'SUCCEEDED' and j['predictionOutput']['predictionCount'] == '100'" "$job: $out"
+done
+finished records_gz
+check "j['predictionInput']['dataFormat'] == 'TF_RECORD_GZIP'" "records_gz's format"
+cmp -s "$root"/bucket/out/records/prediction.results-00000-of-00001 "$root"/bucket/out/records_gz/prediction.results-00000-of-00001 ||
+  fail "gzip TFRecords predicted otherwise than plain ones"
+ok "jobs over TFRecord and gzip TFRecord files"
 
 # describe, list with a filter, paging and a limit.
 g ai-platform jobs list --filter 'labels.team=ml' --format json
