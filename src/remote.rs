@@ -804,7 +804,6 @@ fn field<'v>(
     }
 }
 
-
 /// Appends the scalars of `value`, which must have `shape`, to `data`.
 fn flatten(value: &Value, shape: &[i64], data: &mut Vec<Value>) -> bool {
     match shape.split_first() {

@@ -159,7 +159,11 @@ fn parts_in_separate_processes_write_what_one_process_writes() {
         .sum();
     assert_eq!(read, inputs);
     let one = crate::output_files(&root.join("single"));
-    assert_eq!(crate::output_files(&root.join("multi")), one, "byte for byte");
+    assert_eq!(
+        crate::output_files(&root.join("multi")),
+        one,
+        "byte for byte"
+    );
     assert_eq!(
         one.len(),
         9 * 4,
