@@ -94,6 +94,7 @@ mod config;
 mod names;
 pub(crate) mod overlap;
 mod plan;
+mod prefetch;
 mod progress;
 mod read;
 mod run;

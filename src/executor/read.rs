@@ -3,6 +3,7 @@
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender};
 
+use super::prefetch::{self, Prefetch};
 use super::shared::{CHUNK_BYTES, Event, POLL, RawBatch, RawItem, Run, chunk_instances};
 use crate::record::{RawReader, RecordErrorKind};
 use crate::storage::Storage;
@@ -32,6 +33,15 @@ impl Run<'_> {
         // With a byte limit on batches, chunks hold no more either, so that
         // memory stays within workers × the limit.
         let max_chunk_bytes = self.executor.config.max_batch_bytes.unwrap_or(usize::MAX);
+        // Small whole objects are fetched ahead, in the order read below.
+        let small: Vec<String> = shards
+            .iter()
+            .filter(|&&shard| self.plan.shards[shard].byte_range.is_none())
+            .flat_map(|&shard| &self.plan.inputs[self.plan.shards[shard].inputs.clone()])
+            .filter(|meta| meta.size <= prefetch::MAX_BYTES)
+            .map(|meta| meta.location.clone())
+            .collect();
+        let mut ahead = Prefetch::start(Arc::clone(&self.executor.storage), small);
         for &shard in shards {
             if self.stopping() || !send_event(&mut seq, Event::ShardStart { shard }) {
                 return;
@@ -44,7 +54,10 @@ impl Run<'_> {
                     // A range's reader starts one byte early, to find where
                     // the first line that starts in the range begins.
                     Some(range) => storage.open_at(location, range.start.saturating_sub(1)),
-                    None => storage.open(location),
+                    None => ahead
+                        .as_mut()
+                        .and_then(|a| a.take(location, &|| self.stopping()))
+                        .unwrap_or_else(|| storage.open(location)),
                 };
                 let framed = opened.map_err(|e| e.to_string()).and_then(|r| {
                     match &byte_range {

@@ -23,7 +23,9 @@ Modes:
   drop-parts:N  the same, but the connection closes unanswered;
   hang-list  every listing (S3 `?list-type=`, Azure `?comp=list`, Cloud
              Storage `GET /storage/v1/b/BUCKET/o`) hangs for 60 s, then the connection
-             closes unanswered; everything else passes.
+             closes unanswered; everything else passes;
+  delay:MS   every request waits MS milliseconds before it is passed on (a
+             remote store's round trip).
 
 Prints the port it listens on (127.0.0.1) as its first line. GET
 /__proxy_stats answers {"cuts": .., "failed": .., "ranges": [..]}: how many
@@ -70,6 +72,8 @@ def make_handler(upstream, mode):
                 "list-type=" in self.path or "comp=list" in self.path
                 or re.match(r"^/storage/v1/b/[^/?]+/o(\?|$)", self.path)
             )
+            if mode.startswith("delay:"):
+                time.sleep(int(mode[6:]) / 1000)
             if mode == "hang-list" and listing:
                 with lock:
                     stats["hung"] = stats.get("hung", 0) + 1

@@ -2346,3 +2346,111 @@ fn text_lines_and_records_are_json_instances_unless_the_predictor_takes_them_raw
         ["\"{\\\"x\\\": 1}\"", "\"{not json\"", "\"\\\"s\\\"\""]
     );
 }
+
+/// A storage whose `open` takes a while, as a request for a remote
+/// object's first byte does, counting the opens under way at once.
+struct SlowOpens {
+    inner: InMemoryStorage,
+    now: AtomicU64,
+    most: AtomicU64,
+}
+
+impl std::fmt::Debug for SlowOpens {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SlowOpens")
+    }
+}
+
+impl Storage for SlowOpens {
+    fn list(
+        &self,
+        prefix: &str,
+    ) -> Result<Vec<batch_prediction::storage::ObjectMeta>, batch_prediction::storage::StorageError>
+    {
+        self.inner.list(prefix)
+    }
+
+    fn head(
+        &self,
+        location: &str,
+    ) -> Result<batch_prediction::storage::ObjectMeta, batch_prediction::storage::StorageError>
+    {
+        self.inner.head(location)
+    }
+
+    fn open(
+        &self,
+        location: &str,
+    ) -> Result<Box<dyn std::io::Read + Send>, batch_prediction::storage::StorageError> {
+        let now = self.now.fetch_add(1, Ordering::SeqCst) + 1;
+        self.most.fetch_max(now, Ordering::SeqCst);
+        std::thread::sleep(Duration::from_millis(5));
+        self.now.fetch_sub(1, Ordering::SeqCst);
+        self.inner.open(location)
+    }
+
+    fn create(
+        &self,
+        location: &str,
+    ) -> Result<
+        Box<dyn batch_prediction::storage::ObjectWriter>,
+        batch_prediction::storage::StorageError,
+    > {
+        self.inner.create(location)
+    }
+
+    fn delete(&self, location: &str) -> Result<(), batch_prediction::storage::StorageError> {
+        self.inner.delete(location)
+    }
+}
+
+/// Many small objects are fetched ahead of the reader, several at once
+/// (a bounded number), and the job writes what it writes when each is
+/// opened in turn.
+#[test]
+fn small_objects_are_fetched_ahead_and_change_nothing() {
+    let inner = InMemoryStorage::new();
+    for f in 0..60 {
+        let mut lines: String = (0..5)
+            .map(|i| format!("{{\"f\": {f}, \"i\": {i}}}\n"))
+            .collect();
+        if f % 7 == 0 {
+            lines.push_str("not json\n");
+        }
+        inner.put(&format!("gs://b/in/{f:03}.jsonl"), lines.into_bytes());
+    }
+    let plain = inner.clone();
+    let mut job = queued_job(DataFormat::Json, &["gs://b/in/*"], 4, 2);
+    let one_by_one = run_with(
+        Arc::new(plain.clone()),
+        Arc::new(EchoPredictor),
+        ExecutorConfig::default(),
+        &mut job,
+    );
+    let expected = outputs_but_summaries(&plain);
+    for location in plain.locations() {
+        if location.starts_with("gs://b/out/") {
+            plain.delete(&location).unwrap();
+        }
+    }
+    let slow = Arc::new(SlowOpens {
+        inner: inner.clone(),
+        now: AtomicU64::new(0),
+        most: AtomicU64::new(0),
+    });
+    let mut job = queued_job(DataFormat::Json, &["gs://b/in/*"], 4, 2);
+    let ahead = run_with(
+        Arc::clone(&slow) as Arc<dyn Storage>,
+        Arc::new(EchoPredictor),
+        ExecutorConfig::default(),
+        &mut job,
+    );
+    assert_eq!(ahead.state, State::Succeeded);
+    assert_eq!(
+        (ahead.prediction_count, ahead.error_count),
+        (one_by_one.prediction_count, one_by_one.error_count)
+    );
+    assert_eq!(outputs_but_summaries(&inner), expected);
+    let most = slow.most.load(Ordering::SeqCst);
+    assert!((2..=9).contains(&most), "{most} opens at once");
+}
