@@ -610,7 +610,8 @@ fn jobs_naming_models_run_on_serve_and_with_run_models() {
 
     // `run` with a local registry: PROJECT/MODEL/VERSION/, DEFAULT naming the default.
     let registry = dir.path().join("registry");
-    copy(&registry.join("my-proj/iris/v1"));
+    // v1 holds no model: a run that picked it instead of the default fails.
+    std::fs::create_dir_all(registry.join("my-proj/iris/v1")).unwrap();
     copy(&registry.join("my-proj/iris/v2"));
     write_job(
         json!({"modelName": "projects/my-proj/models/iris"}),
