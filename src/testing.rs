@@ -98,6 +98,7 @@ pub fn job_store_conformance(store: &dyn JobStore, project: &ProjectName) {
     changed.policy.bindings = vec![Binding::new("roles/ml.viewer", ["user:x@example.com"])];
     changed.job_revision = 2;
     changed.policy_revision = 2;
+    changed.runner = Some(serde_json::json!({"runner": "slurm", "array": "7"}));
     let a2 = store.update(changed.clone()).expect("update a");
     assert_eq!(
         (a2.revision, a2.sequence),
@@ -107,6 +108,7 @@ pub fn job_store_conformance(store: &dyn JobStore, project: &ProjectName) {
     assert_eq!(store.get(&name("a")).expect("get"), Some(a2.clone()));
     assert_eq!(a2.job, changed.job);
     assert_eq!(a2.policy, changed.policy);
+    assert_eq!(a2.runner, changed.runner, "update keeps the runner's state");
     assert_eq!((a2.job_revision, a2.policy_revision), (2, 2));
     let stale = store
         .update(changed)

@@ -432,7 +432,7 @@ fn escape(segment: &str) -> String {
 
 fn to_json(record: &JobRecord) -> Value {
     let int = |v: u64| Value::String(v.to_string());
-    json!({
+    let mut value = json!({
         "format": FORMAT,
         "name": record.name.to_string(),
         "sequence": int(record.sequence),
@@ -441,7 +441,11 @@ fn to_json(record: &JobRecord) -> Value {
         "policyRevision": int(record.policy_revision),
         "job": record.job.to_json(),
         "policy": record.policy.to_json(),
-    })
+    });
+    if let Some(runner) = &record.runner {
+        value["runner"] = runner.clone();
+    }
+    value
 }
 
 fn load(path: &Path) -> Result<JobRecord, Error> {
@@ -492,7 +496,13 @@ fn load(path: &Path) -> Result<JobRecord, Error> {
     let job = Job::from_value(value["job"].take()).map_err(|e| corrupt(path, e.to_string()))?;
     let policy =
         Policy::from_value(value["policy"].take()).map_err(|e| corrupt(path, e.to_string()))?;
+    let runner = match value.get_mut("runner").map(Value::take) {
+        None | Some(Value::Null) => None,
+        Some(state @ Value::Object(_)) => Some(state),
+        Some(_) => return Err(bad("runner")),
+    };
     Ok(JobRecord {
+        runner,
         name,
         job,
         policy,

@@ -31,6 +31,7 @@ use crate::trace;
 pub use caller::CallerView;
 pub use local::LocalJobStore;
 pub use models::{ListModelsResponse, ListVersionsResponse, ModelsResolver};
+pub use runner::{LocalRunner, Runner, SlurmOptions, SlurmRunner};
 pub use store::{InMemoryJobStore, JobRecord, JobStore, ModelRecord, ScanOrder};
 
 use filter::Filter;
@@ -144,6 +145,7 @@ pub struct JobServiceBuilder {
     enforce_iam: bool,
     progress_interval: Duration,
     require_models: bool,
+    external_runner: Option<String>,
 }
 
 impl fmt::Debug for JobServiceBuilder {
@@ -185,10 +187,21 @@ impl JobServiceBuilder {
         self
     }
 
+    /// Leaves to the [`Runner`] named `name` (its [`Runner::external`]) the
+    /// unfinished jobs whose [`JobRecord::runner`] names it: they run
+    /// outside this process (a Slurm cluster's), so opening the service
+    /// does not fail them as interrupted, and that runner goes on following
+    /// them (default: none; every unfinished job is interrupted).
+    pub fn with_external_runner(mut self, name: impl Into<String>) -> Self {
+        self.external_runner = Some(name.into());
+        self
+    }
+
     /// Opens the service: every job the store holds as `PREPARING` or
     /// `RUNNING` (a run that the last process did not finish) becomes
     /// `FAILED` with [`INTERRUPTED_MESSAGE`], and every `CANCELLING` one
-    /// `CANCELLED` with [`INTERRUPTED_CANCEL_MESSAGE`].
+    /// `CANCELLED` with [`INTERRUPTED_CANCEL_MESSAGE`], except the jobs of
+    /// the [external runner](Self::with_external_runner).
     ///
     /// So a store is served by one service at a time: a second service
     /// built over a store that another one is running jobs from would fail
@@ -208,6 +221,7 @@ impl JobServiceBuilder {
             created: (Mutex::new(0), Condvar::new()),
             require_models: self.require_models,
             operations: Mutex::default(),
+            external_runner: self.external_runner,
         };
         service.recover()?;
         Ok(service)
@@ -285,8 +299,10 @@ pub struct JobService {
     /// The runs of this service: the job, a run ID and its cancel handle.
     running: Mutex<HashMap<JobName, (u64, CancelHandle)>>,
     next_run_id: AtomicU64,
-    /// Counts creates, so a runner can sleep until there is work.
+    /// Counts creates and cancels, so a runner can sleep until there is work.
     created: (Mutex<u64>, Condvar),
+    /// The runner whose jobs run outside this process, if any.
+    external_runner: Option<String>,
     /// Whether `jobs.create` checks that a named model exists.
     require_models: bool,
     /// The long-running operations of model and version writes, newest
@@ -320,6 +336,7 @@ impl JobService {
             enforce_iam: false,
             progress_interval: Duration::from_secs(1),
             require_models: false,
+            external_runner: None,
         }
     }
 
@@ -489,8 +506,7 @@ impl JobService {
         let record = self.store.insert(JobRecord::new(name, job))?;
         trace::event!(debug, job = %record.name, op = "insert", revision = record.revision, "job store write");
         trace::event!(info, job = %record.name, state = %record.job.state(), "job created");
-        *lock(&self.created.0) += 1;
-        self.created.1.notify_all();
+        self.notify_runners();
         Ok(present(&record))
     }
 
@@ -631,9 +647,16 @@ impl JobService {
         let running = lock(&self.running);
         let handle = running.get(name).map(|(_, handle)| handle.clone());
         let record = self.modify(name, |record| {
+            let outside = self.runs_outside(record);
             let job = &mut record.job;
             match (job.state(), &handle) {
                 (State::Queued, _) => job.apply(Transition::cancel(), clock)?,
+                // A runner outside this process holds the job: it stops
+                // the run there and records the end.
+                (State::Preparing | State::Running, None) if outside => {
+                    job.apply(Transition::RequestCancel, clock)?
+                }
+                (State::Cancelling, None) if outside => {}
                 (State::Preparing | State::Running, Some(_)) => {
                     job.apply(Transition::RequestCancel, clock)?
                 }
@@ -659,7 +682,21 @@ impl JobService {
         {
             handle.cancel();
         }
+        drop(running);
+        self.notify_runners();
         Ok(())
+    }
+
+    /// Whether `record`'s job is run by this service's external runner.
+    fn runs_outside(&self, record: &JobRecord) -> bool {
+        let name = record.runner.as_ref().and_then(|r| r["runner"].as_str());
+        name.is_some() && name == self.external_runner.as_deref()
+    }
+
+    /// Wakes runners waiting in [`JobService::wait_for_change`].
+    fn notify_runners(&self) {
+        *lock(&self.created.0) += 1;
+        self.created.1.notify_all();
     }
 
     fn get_iam_policy_as(
@@ -837,7 +874,8 @@ impl JobService {
                 if matches!(
                     record.job.state(),
                     State::Preparing | State::Running | State::Cancelling
-                ) {
+                ) && !self.runs_outside(record)
+                {
                     interrupted.push(record.name.clone());
                 }
                 ControlFlow::Continue(())
@@ -877,7 +915,7 @@ fn modify(
         change(&mut next)?;
         let job_changed = next.job != current.job;
         let policy_changed = next.policy != current.policy;
-        if !job_changed && !policy_changed {
+        if !job_changed && !policy_changed && next.runner == current.runner {
             return Ok(current);
         }
         if job_changed {

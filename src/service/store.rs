@@ -32,6 +32,12 @@ pub struct JobRecord {
     pub job_revision: u64,
     /// The `revision` at which the policy last changed; 0 if never set.
     pub policy_revision: u64,
+    /// What a runner that runs the job outside this process keeps with it,
+    /// to follow it across restarts (a [`SlurmRunner`](super::SlurmRunner)'s
+    /// Slurm job IDs); `None` for jobs that run in the process. Its
+    /// `"runner"` field names the runner. Not part of the job: a change
+    /// of it alone gives the job no new etag.
+    pub runner: Option<serde_json::Value>,
 }
 
 impl JobRecord {
@@ -45,6 +51,7 @@ impl JobRecord {
             revision: 0,
             job_revision: 1,
             policy_revision: 0,
+            runner: None,
         }
     }
 }

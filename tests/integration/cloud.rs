@@ -1288,7 +1288,7 @@ fn the_kubernetes_indexed_job_runs_as_written_and_merges_into_one_runs_files() {
 #[test]
 fn the_slurm_array_over_a_bucket_merges_into_one_processs_files() {
     let Some(servers) = servers() else { return };
-    let Some(cluster) = crate::slurm::cluster() else {
+    let Some((cluster, _turn)) = crate::slurm::cluster() else {
         return;
     };
     let storage = cloud(servers);

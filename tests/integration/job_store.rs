@@ -503,3 +503,130 @@ fn a_fifo_in_the_store_is_refused_not_waited_on() {
     let err = open_within(dir.path(), Duration::from_secs(30)).unwrap_err();
     assert!(err.to_string().contains("it is a symlink"), "{err}");
 }
+
+/// A runner outside the process (a Slurm cluster's) keeps its state with
+/// the job: the durable store keeps it, a change of it alone leaves the
+/// job's etag, and a service reopened for that runner leaves its
+/// unfinished jobs to it (a cancel waits for it), while one opened
+/// without it fails them as interrupted.
+#[test]
+fn an_external_runners_jobs_survive_a_restart_and_wait_for_it_to_cancel() {
+    let dir = tempfile::tempdir().unwrap();
+    let open = |external: bool| {
+        let builder = JobService::builder(LocalJobStore::open(dir.path()).unwrap());
+        if external {
+            builder.with_external_runner("slurm").build().unwrap()
+        } else {
+            builder.build().unwrap()
+        }
+    };
+    let service = open(true);
+    for id in ["outside", "cancelled", "inside"] {
+        service.create(&project(), job(id)).unwrap();
+    }
+    let state = json!({"runner": "slurm", "array": "11"});
+    let claimed: Vec<JobName> = (0..2)
+        .map(|_| service.claim_next(state.clone()).unwrap().unwrap().name)
+        .collect();
+    assert_eq!(
+        claimed,
+        [
+            project().job("outside").unwrap(),
+            project().job("cancelled").unwrap()
+        ]
+    );
+    let name = &claimed[0];
+    let before = service.get(name).unwrap();
+    assert_eq!(before.state(), State::Preparing);
+    let written = service
+        .update_record(name, |record| {
+            record.runner = Some(json!({"runner": "slurm", "array": "12"}));
+            Ok(())
+        })
+        .unwrap();
+    assert_eq!(written.runner.as_ref().unwrap()["array"], "12");
+    assert_eq!(
+        service.get(name).unwrap().etag,
+        before.etag,
+        "not the job's change"
+    );
+    let followed: Vec<JobName> = service
+        .followed_jobs("slurm")
+        .unwrap()
+        .into_iter()
+        .map(|r| r.name)
+        .collect();
+    assert_eq!(followed, claimed);
+    assert!(service.followed_jobs("other").unwrap().is_empty());
+    // A job of the local runner, mid-run when the process stops.
+    let inside = project().job("inside").unwrap();
+    service
+        .update_record(&inside, |record| {
+            record.job.apply(
+                batch_prediction::state::Transition::Prepare,
+                &batch_prediction::SystemClock,
+            )?;
+            Ok(())
+        })
+        .unwrap();
+    drop(service);
+
+    let service = open(true);
+    assert_eq!(
+        service.get(name).unwrap().state(),
+        State::Preparing,
+        "left to the runner"
+    );
+    assert_eq!(
+        service.store().get(name).unwrap().unwrap().runner,
+        Some(json!({"runner": "slurm", "array": "12"})),
+        "kept on disk"
+    );
+    assert_eq!(service.get(&inside).unwrap().state(), State::Failed);
+    let seen = service.changes();
+    service.cancel(&claimed[1]).unwrap();
+    assert!(service.changes() > seen, "a cancel wakes the runner");
+    assert_eq!(
+        service.get(&claimed[1]).unwrap().state(),
+        State::Cancelling,
+        "the runner stops it on the cluster, then ends it"
+    );
+    let mut done = service.get(&claimed[1]).unwrap();
+    done.apply(
+        batch_prediction::state::Transition::cancel(),
+        &batch_prediction::SystemClock,
+    )
+    .unwrap();
+    assert_eq!(
+        service.record_end(&claimed[1], &done).unwrap().state(),
+        State::Cancelled
+    );
+    drop(service);
+
+    let service = open(false);
+    let interrupted = service.get(name).unwrap();
+    assert_eq!(interrupted.state(), State::Failed);
+    assert_eq!(
+        interrupted.error_message.as_deref(),
+        Some(INTERRUPTED_MESSAGE)
+    );
+    assert_eq!(service.get(&claimed[1]).unwrap().state(), State::Cancelled);
+}
+
+/// A store file whose runner state is not an object is refused, naming it.
+#[test]
+fn a_record_with_a_malformed_runner_state_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let service = JobService::new(LocalJobStore::open(dir.path()).unwrap()).unwrap();
+    service.create(&project(), job("j")).unwrap();
+    drop(service);
+    let path = dir.path().join("jobs/my-proj/j.json");
+    let mut record: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    record["runner"] = json!("slurm");
+    std::fs::write(&path, record.to_string()).unwrap();
+    let error = LocalJobStore::open(dir.path())
+        .and_then(|store| store.get(&project().job("j").unwrap()))
+        .unwrap_err();
+    assert!(error.to_string().contains("\"runner\""), "{error}");
+}

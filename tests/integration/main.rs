@@ -25,6 +25,8 @@ mod scale_out;
 mod service;
 #[cfg(feature = "cli")]
 mod slurm;
+#[cfg(feature = "cli")]
+mod slurm_engine;
 mod state;
 mod storage;
 #[cfg(feature = "tensorflow")]
@@ -158,6 +160,23 @@ impl Emulator {
         args: &[&str],
         env: &[(&str, &std::ffi::OsStr)],
     ) -> Emulator {
+        let (child, port) = Self::spawn(root.path(), args, env);
+        Emulator { child, port, root }
+    }
+
+    /// Kills it (as a crash would) and starts it again over the same root
+    /// with `args` and `env`, on a new port.
+    pub fn restart(&mut self, args: &[&str], env: &[(&str, &std::ffi::OsStr)]) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        (self.child, self.port) = Self::spawn(self.root.path(), args, env);
+    }
+
+    fn spawn(
+        root: &std::path::Path,
+        args: &[&str],
+        env: &[(&str, &std::ffi::OsStr)],
+    ) -> (std::process::Child, u16) {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -165,7 +184,7 @@ impl Emulator {
             .port();
         let mut child = std::process::Command::new(cli_program())
             .args(["serve", "--port", &port.to_string(), "--root"])
-            .arg(root.path())
+            .arg(root)
             .args(args)
             .envs(env.iter().copied())
             .stderr(std::process::Stdio::null())
@@ -182,7 +201,7 @@ impl Emulator {
             );
             std::thread::sleep(std::time::Duration::from_millis(50));
         }
-        Emulator { child, port, root }
+        (child, port)
     }
 }
 

@@ -29,8 +29,8 @@ fn run_here(job: &Path) {
 
 /// The cluster: its `SLURM_CONF` and the folder of its state.
 pub(crate) struct Cluster {
-    conf: String,
-    dir: PathBuf,
+    pub(crate) conf: String,
+    pub(crate) dir: PathBuf,
 }
 
 /// Brings a cluster up in `dir`; a watchdog brings it down when this
@@ -92,12 +92,16 @@ fn required(started: &'static Result<Cluster, String>) -> Option<&'static Cluste
     }
 }
 
-/// The cluster the tests share, brought up once for this test binary.
-pub(crate) fn cluster() -> Option<&'static Cluster> {
+/// The cluster the tests share, brought up once for this test binary, and
+/// the turn to use it: the tests that share it run one at a time, so that
+/// where a job's tasks run depends on that job alone.
+pub(crate) fn cluster() -> Option<(&'static Cluster, std::sync::MutexGuard<'static, ()>)> {
     static CLUSTER: OnceLock<Result<Cluster, String>> = OnceLock::new();
-    required(CLUSTER.get_or_init(|| {
+    static TURN: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let cluster = required(CLUSTER.get_or_init(|| {
         start_cluster(&std::env::temp_dir().join(format!("bp-slurm-{}", std::process::id())))
-    }))
+    }))?;
+    Some((cluster, TURN.lock().unwrap_or_else(|e| e.into_inner())))
 }
 
 /// A Slurm command against the cluster, with `env`; its stdout.
@@ -260,7 +264,9 @@ pub(crate) fn nodes(cluster: &Cluster, id: &str) -> BTreeSet<String> {
 /// both nodes, the merge after them, the files of one process.
 #[test]
 fn an_array_of_parts_on_both_nodes_merges_into_one_processs_files() {
-    let Some(cluster) = cluster() else { return };
+    let Some((cluster, _turn)) = cluster() else {
+        return;
+    };
     let dir = tempfile::tempdir_in(&cluster.dir).unwrap();
     let input = dir.path().join("in");
     write_inputs(&input);
@@ -298,7 +304,9 @@ fn an_array_of_parts_on_both_nodes_merges_into_one_processs_files() {
 /// (Slurm sets SLURM_ARRAY_TASK_COUNT to 1 for it), completes the job.
 #[test]
 fn a_missing_part_rerun_alone_completes_the_job() {
-    let Some(cluster) = cluster() else { return };
+    let Some((cluster, _turn)) = cluster() else {
+        return;
+    };
     let dir = tempfile::tempdir_in(&cluster.dir).unwrap();
     let input = dir.path().join("in");
     write_inputs(&input);

@@ -16,6 +16,11 @@
 //! Without `--enforce-iam`, everyone may do everything.
 //!
 //! Ctrl-C (or SIGTERM) stops it: running jobs end CANCELLED, not cut off.
+//!
+//! With `--engine slurm`, jobs run on a Slurm cluster instead: each is an
+//! array of parts plus a merge, submitted with `sbatch` and followed with
+//! `scontrol` (see `SlurmRunner`). Stopping `serve` leaves them running
+//! there; started again over the same ROOT, it goes on following them.
 
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -25,9 +30,10 @@ use std::time::Duration;
 
 use batch_prediction::iam::{Caller, Policy};
 use batch_prediction::rest::RestRequest;
+use batch_prediction::service::{LocalRunner, Runner, SlurmOptions, SlurmRunner};
 use batch_prediction::{
-    BatchExecutor, JobService, LocalJobStore, LocalStorage, ModelResolver, ProjectName, RestApi,
-    Storage,
+    BatchExecutor, ExecutorConfig, JobService, LocalJobStore, LocalStorage, ModelResolver,
+    ProjectName, RestApi, Storage,
 };
 use clap::Args;
 
@@ -82,6 +88,53 @@ pub struct ServeArgs {
     /// and emulators the environment names (needs the `cloud` feature).
     #[arg(long)]
     buckets: bool,
+    /// Plan shards of about this size (default 64MiB), as `run
+    /// --shard-bytes` does: with `--engine slurm` a job has min(maxWorkerCount,
+    /// shards) parts.
+    #[arg(long, value_name = "BYTES", value_parser = crate::local::byte_size)]
+    shard_bytes: Option<u64>,
+    /// Where jobs run: `local` (the default: in this process) or `slurm`
+    /// (on the Slurm cluster that `sbatch` reaches, as an array of parts
+    /// plus a merge, running this program on the nodes).
+    #[arg(long, default_value = "local", value_parser = ["local", "slurm"])]
+    engine: String,
+    #[command(flatten)]
+    slurm: SlurmArgs,
+}
+
+/// `serve --engine slurm`'s options.
+#[derive(Debug, Args)]
+#[command(next_help_heading = "With --engine slurm")]
+struct SlurmArgs {
+    /// The `batch-prediction` the nodes run (default: this program).
+    #[arg(long, value_name = "PATH")]
+    slurm_program: Option<PathBuf>,
+    /// Where each job's files and logs go, on a file system the nodes share
+    /// (default: ROOT/.jobs/slurm).
+    #[arg(long, value_name = "DIR")]
+    slurm_dir: Option<PathBuf>,
+    /// The partition of every part and merge (sbatch --partition).
+    #[arg(long, value_name = "NAME")]
+    slurm_partition: Option<String>,
+    /// The account charged (sbatch --account).
+    #[arg(long, value_name = "NAME")]
+    slurm_account: Option<String>,
+    /// The time limit of each part and merge (sbatch --time, e.g. 2:00:00).
+    #[arg(long, value_name = "LIMIT")]
+    slurm_time: Option<String>,
+    /// The CPUs of each part (sbatch --cpus-per-task), and its threads.
+    #[arg(long, value_name = "N", default_value_t = 2,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    slurm_cpus: u32,
+    /// The memory of each part (sbatch --mem, e.g. 4G; default: none asked).
+    #[arg(long, value_name = "SIZE")]
+    slurm_mem: Option<String>,
+    /// One more `#SBATCH` line for the scripts, e.g. `--qos=low` (repeatable).
+    #[arg(long = "slurm-option", value_name = "OPTION")]
+    slurm_options: Vec<String>,
+    /// How many times a part or merge that did not complete is submitted again.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    slurm_retries: u32,
 }
 
 /// `PROJECT=FILE`: the project and the policy in FILE, as `setIamPolicy`
@@ -166,12 +219,18 @@ fn start(args: &ServeArgs) -> Result<Exit, Box<dyn std::error::Error>> {
     // the model a job names to exist (NOT_FOUND at jobs.create, as AI
     // Platform answered).
     let echo = args.predictor == "echo";
-    let service = Arc::new(
-        JobService::builder(LocalJobStore::open(root.join(".jobs"))?)
-            .with_iam_enforcement(args.enforce_iam)
-            .with_models_required(!echo)
-            .build()?,
-    );
+    if args.engine != "slurm" && args.slurm.given() {
+        return Ok(Exit::Usage(
+            "the --slurm-* options are for --engine slurm".into(),
+        ));
+    }
+    let mut builder = JobService::builder(LocalJobStore::open(root.join(".jobs"))?)
+        .with_iam_enforcement(args.enforce_iam)
+        .with_models_required(!echo);
+    if args.engine == "slurm" {
+        builder = builder.with_external_runner(SlurmRunner::NAME);
+    }
+    let service = Arc::new(builder.build()?);
     for (project, policy) in &args.policies {
         service.set_project_policy(project, policy.clone())?;
     }
@@ -197,7 +256,17 @@ fn start(args: &ServeArgs) -> Result<Exit, Box<dyn std::error::Error>> {
             resolver,
         ))
     };
-    let executor = BatchExecutor::new(storage, resolver);
+    let mut config = ExecutorConfig::default();
+    if let Some(bytes) = args.shard_bytes {
+        config = config
+            .with_shard_target_bytes(bytes)
+            .with_split_bytes(bytes);
+    }
+    let executor = BatchExecutor::new(storage, resolver).with_config(config);
+    let runner: Box<dyn Runner> = match args.engine.as_str() {
+        "slurm" => Box::new(SlurmRunner::new(executor, slurm_options(args, &root)?)),
+        _ => Box::new(LocalRunner::new(executor)),
+    };
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -209,9 +278,14 @@ fn start(args: &ServeArgs) -> Result<Exit, Box<dyn std::error::Error>> {
         .map_err(|e| format!("cannot listen on {}:{}: {e}", args.host, args.port))?;
     let address = listener.local_addr()?;
     eprintln!(
-        "serving the ml v1 jobs API on http://{address} (root {}, jobs in {}); Ctrl-C stops",
+        "serving the ml v1 jobs API on http://{address} (root {}, jobs in {}, run {}); Ctrl-C stops",
         root.display(),
-        root.join(".jobs").display()
+        root.join(".jobs").display(),
+        if args.engine == "slurm" {
+            "on Slurm"
+        } else {
+            "here"
+        }
     );
     let limits = Limits {
         max_connections: args.max_connections as usize,
@@ -225,7 +299,7 @@ fn start(args: &ServeArgs) -> Result<Exit, Box<dyn std::error::Error>> {
     std::thread::scope(|s| {
         let runner = s.spawn(|| {
             while !stopping.load(Ordering::SeqCst) {
-                if let Err(e) = service.run_next_or_wait(&executor, Duration::from_millis(200)) {
+                if let Err(e) = runner.run_once(&service, Duration::from_millis(200)) {
                     eprintln!("runner: {e}");
                     std::thread::sleep(Duration::from_millis(200));
                 }
@@ -248,6 +322,69 @@ fn start(args: &ServeArgs) -> Result<Exit, Box<dyn std::error::Error>> {
     runtime.shutdown_timeout(Duration::from_secs(1));
     eprintln!("stopped");
     Ok(Exit::Ok)
+}
+
+impl SlurmArgs {
+    /// Whether any option differs from its default.
+    fn given(&self) -> bool {
+        self.slurm_program.is_some()
+            || self.slurm_dir.is_some()
+            || self.slurm_partition.is_some()
+            || self.slurm_account.is_some()
+            || self.slurm_time.is_some()
+            || self.slurm_mem.is_some()
+            || !self.slurm_options.is_empty()
+            || self.slurm_cpus != 2
+            || self.slurm_retries != 1
+    }
+}
+
+/// The Slurm runner's options from `--slurm-*`: parts run this program
+/// (or `--slurm-program`) with the same storage and runtime as `serve`.
+fn slurm_options(
+    args: &ServeArgs,
+    root: &std::path::Path,
+) -> Result<SlurmOptions, Box<dyn std::error::Error>> {
+    let a = &args.slurm;
+    let program = match &a.slurm_program {
+        Some(program) => program.clone(),
+        None => std::env::current_exe().map_err(|e| {
+            format!("cannot tell where this program is (give --slurm-program): {e}")
+        })?,
+    };
+    let work_dir = a
+        .slurm_dir
+        .clone()
+        .unwrap_or_else(|| root.join(".jobs").join("slurm"));
+    let mut part_args = vec!["--predictor".to_owned(), args.predictor.clone()];
+    if let Some(bytes) = args.shard_bytes {
+        part_args.push("--shard-bytes".into());
+        part_args.push(bytes.to_string());
+    }
+    if !args.buckets {
+        part_args.push("--gcs-root".into());
+        part_args.push(root.to_string_lossy().into_owned());
+    }
+    let mut options = SlurmOptions::new(program, work_dir)
+        .with_args(part_args)
+        .with_cpus_per_part(a.slurm_cpus)
+        .with_retries(a.slurm_retries);
+    if let Some(p) = &a.slurm_partition {
+        options = options.with_partition(p);
+    }
+    if let Some(account) = &a.slurm_account {
+        options = options.with_account(account);
+    }
+    if let Some(t) = &a.slurm_time {
+        options = options.with_time_limit(t);
+    }
+    if let Some(m) = &a.slurm_mem {
+        options = options.with_mem_per_part(m);
+    }
+    for line in &a.slurm_options {
+        options = options.with_sbatch_line(line);
+    }
+    Ok(options)
 }
 
 /// Completes on Ctrl-C, or on SIGTERM (as Kubernetes and systemd stop a service).

@@ -1,6 +1,6 @@
-//! The runner: takes queued jobs through a [`BatchExecutor`], records
-//! each state change and the counts while they run, and reaches a running
-//! job with `cancel`.
+//! The local runner: takes queued jobs through a [`BatchExecutor`] in this
+//! process, records each state change and the counts while they run, and
+//! reaches a running job with `cancel`.
 
 use std::ops::ControlFlow;
 use std::sync::atomic::Ordering;
@@ -15,12 +15,12 @@ use crate::name::JobName;
 use crate::predict::CancelHandle;
 use crate::state::Transition;
 
-use super::{JobRecord, JobService, JobStore, ScanOrder, lock, modify, present};
+use crate::service::{JobRecord, JobService, JobStore, ScanOrder, lock, modify, present};
 
 impl JobService {
     /// Runs the oldest `QUEUED` job (of any project) to its end with
     /// `executor`, recording every state change, the counts while it runs
-    /// (every [progress interval](super::JobServiceBuilder::with_progress_interval)),
+    /// (every [progress interval](crate::service::JobServiceBuilder::with_progress_interval)),
     /// and the final `predictionOutput` in the store. A
     /// [`cancel`](JobService::cancel) from another thread reaches the run.
     /// Returns the finished job, or `None` when no job is queued.
@@ -32,20 +32,10 @@ impl JobService {
     pub fn run_next(&self, executor: &BatchExecutor) -> Result<Option<Job>, Error> {
         let clock = &*self.clock;
         loop {
-            let Some(name) = self.oldest_queued()? else {
+            let Some(record) = self.claim(None)? else {
                 return Ok(None);
             };
-            let mut claimed = false;
-            let record = self.modify(&name, |record| {
-                claimed = record.job.state() == State::Queued;
-                if claimed {
-                    record.job.apply(Transition::Prepare, clock)?;
-                }
-                Ok(())
-            })?;
-            if !claimed {
-                continue; // another runner, or a cancel, was first
-            }
+            let name = record.name.clone();
             let handle = CancelHandle::new();
             let run_id = self.next_run_id.fetch_add(1, Ordering::Relaxed);
             lock(&self.running).insert(name.clone(), (run_id, handle.clone()));
@@ -135,7 +125,7 @@ impl JobService {
         Ok(ran)
     }
 
-    fn oldest_queued(&self) -> Result<Option<JobName>, Error> {
+    pub(super) fn oldest_queued(&self) -> Result<Option<JobName>, Error> {
         let mut found = None;
         self.store
             .scan(None, ScanOrder::OldestFirst, None, &mut |record| {
@@ -151,7 +141,7 @@ impl JobService {
     /// Records the end of a run: the executor's final state, moved through
     /// the stored job's state machine (a cancel asked for during the run
     /// wins over success), and its `predictionOutput`.
-    fn finish_run(&self, name: &JobName, done: &Job) -> Result<JobRecord, Error> {
+    pub(super) fn finish_run(&self, name: &JobName, done: &Job) -> Result<JobRecord, Error> {
         let clock = &*self.clock;
         self.modify(name, |record| {
             let job = &mut record.job;
