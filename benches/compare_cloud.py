@@ -3,6 +3,7 @@
 printed as ratios (issue #13, section 7).
 
     python3 benches/compare_cloud.py [--mb M] [--records N] [--rounds R] [--big-gb G]
+    python3 benches/compare_cloud.py --many-small N [--delay-ms D] [--rounds R]
 
 (or `bash benches/compare.sh --cloud ...`). It starts moto (S3) and
 fake-gcs-server (Cloud Storage) on loopback with tests/cloud/servers.sh, and
@@ -24,6 +25,11 @@ of that protocol costs more than one whole single-request upload
 (fake-gcs-server hashes the whole object again at every chunk; moto joins
 the parts in Python, on the same two cores as the job), so the ratios
 against curl's same protocol show what is this crate's own.
+
+With --many-small N it times only the echo job over N (2,500) one-line
+objects on each server, with D (20) ms added to every request by
+tests/cloud/fault_proxy.py (a remote store's round trip), against #31's
+goal of 10 s.
 
 It prints the medians and each goal as a ratio with PASS or MISS, then the
 peak RSS of reading (from both servers) and of uploading (to S3: the GCS
@@ -116,6 +122,8 @@ def main():
     parser.add_argument("--records", type=int, default=1_000_000)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--big-gb", type=float, default=2.0)
+    parser.add_argument("--many-small", type=int, default=0, metavar="N")
+    parser.add_argument("--delay-ms", type=int, default=20)
     args = parser.parse_args()
 
     subprocess.run(["cargo", "build", "--quiet", "--release", "--features", "cloud", "--example", "cloud_helper"],
@@ -133,6 +141,9 @@ def main():
         "AZURE_STORAGE_USE_EMULATOR": "true", "AZURITE_BLOB_STORAGE_URL": azurite["AZURITE_BLOB_STORAGE_URL"],
     })
     sigv4 = ["--aws-sigv4", "aws:amz:us-east-1:s3", "--user", "test:test"]
+    if args.many_small:
+        return many_small(args, helper, {"gs": gcs, "s3": s3, "az": azurite["AZURITE_BLOB_STORAGE_URL"]},
+                          bucket, sigv4)
 
     def curl_get(scheme, name):
         if scheme == "gs":
@@ -301,6 +312,69 @@ def main():
                   f"{args.big_gb:g} GB: +{grow:.1f} MB  (goal <= +64 MB)  {verdict}")
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def many_small(args, helper, urls, bucket, sigv4):
+    """The echo job over `args.many_small` one-line objects on each server,
+    every request delayed by the fault proxy; #31's goal: at most 10 s."""
+    from concurrent.futures import ThreadPoolExecutor
+    names = [f"small/part-{i:05}.jsonl" for i in range(args.many_small)]
+
+    def put(scheme, name):
+        line = f'{{"i": {name[11:16]}}}\n'.encode()
+        if scheme == "gs":
+            cmd = ["-X", "POST", "--data-binary", "@-", "-H", "Content-Type: application/octet-stream",
+                   f"{urls['gs']}/upload/storage/v1/b/{bucket}/o?uploadType=media&name={name}"]
+        elif scheme == "s3":
+            cmd = sigv4 + ["-X", "PUT", "--data-binary", "@-", f"{urls['s3']}/{bucket}/{name}"]
+        else:
+            cmd = (["-X", "PUT", "--data-binary", "@-"]
+                   + az_signed("PUT", f"/{bucket}/{name}", length=len(line),
+                               content_type="application/octet-stream", headers={"x-ms-blob-type": "BlockBlob"})
+                   + [f"{urls['az']}/{AZ_ACCOUNT}/{bucket}/{name}"])
+        subprocess.run(["curl", "-sSf", "-o", "/dev/null"] + cmd, input=line, check=True)
+
+    with ThreadPoolExecutor(16) as pool:
+        for scheme in SCHEMES:
+            list(pool.map(lambda n, s=scheme: put(s, n), names))
+    print(f"{len(names)} one-line objects on each server", file=sys.stderr)
+    proxies, env = [], {}
+    try:
+        for scheme in SCHEMES:
+            proxy = subprocess.Popen([sys.executable, os.path.join(ROOT, "tests", "cloud", "fault_proxy.py"),
+                                      "--upstream", urls[scheme], "--mode", f"delay:{args.delay_ms}"],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+            proxies.append(proxy)
+            env[scheme] = f"http://127.0.0.1:{proxy.stdout.readline().strip()}"
+        variables = {"gs": "STORAGE_EMULATOR_HOST", "s3": "AWS_ENDPOINT_URL", "az": "AZURITE_BLOB_STORAGE_URL"}
+        cases = {}
+        for scheme in SCHEMES:
+            def job(scheme=scheme):
+                proxied = {**os.environ, variables[scheme]: env[scheme]}
+                start = time.perf_counter()
+                out = subprocess.run([helper, "job", f"{scheme}://{bucket}/small/*.jsonl",
+                                      f"{scheme}://{bucket}/small-out", "2"],
+                                     check=True, capture_output=True, text=True, env=proxied).stdout.split()
+                if out[1] != str(len(names)):
+                    sys.exit(f"{scheme}: {out[1]} predictions, not {len(names)}")
+                return time.perf_counter() - start
+            cases[f"{scheme} echo job over {len(names)} objects"] = job
+        times = {name: [] for name in cases}
+        for r in range(args.rounds):
+            for name, run in cases.items():
+                times[name].append(run())
+            print(f"round {r + 1}/{args.rounds} done", file=sys.stderr)
+    finally:
+        for proxy in proxies:
+            proxy.stdin.close()
+            proxy.wait()
+    print(f"\n{len(names)} one-line objects, {args.delay_ms} ms added to every request; "
+          f"{args.rounds} rounds ({time.strftime('%Y-%m-%d')}, {os.cpu_count()} CPUs)")
+    for name, secs in times.items():
+        median = statistics.median(secs)
+        verdict = "PASS" if median <= 10 else "MISS"
+        print(f"  {name:<40} median {median:6.1f} s  (all: {', '.join(f'{t:.1f}' for t in secs)})"
+              f"  (goal <= 10 s)  {verdict}")
 
 
 if __name__ == "__main__":

@@ -883,10 +883,27 @@ impl JobService {
         let clock = &*self.clock;
         for name in interrupted {
             self.modify(&name, |record| {
+                // A job another runner ran outside the process may still
+                // run there: say so, rather than that it stopped.
+                let elsewhere = record
+                    .runner
+                    .as_ref()
+                    .and_then(|r| r["runner"].as_str())
+                    .map(|runner| {
+                        format!(
+                            "the service was opened without the runner {runner:?} that ran this job outside it, so it no longer follows the job; what it started there may still run (for Slurm, scancel the job's Slurm jobs, whose IDs the job store keeps)"
+                        )
+                    });
                 let job = &mut record.job;
-                let transition = match job.state() {
-                    State::Preparing | State::Running => Transition::fail(INTERRUPTED_MESSAGE),
-                    State::Cancelling => Transition::Cancel(INTERRUPTED_CANCEL_MESSAGE.into()),
+                let transition = match (job.state(), elsewhere) {
+                    (State::Preparing | State::Running, Some(message)) => Transition::Fail(message),
+                    (State::Cancelling, Some(message)) => Transition::Cancel(message),
+                    (State::Preparing | State::Running, None) => {
+                        Transition::fail(INTERRUPTED_MESSAGE)
+                    }
+                    (State::Cancelling, None) => {
+                        Transition::Cancel(INTERRUPTED_CANCEL_MESSAGE.into())
+                    }
                     _ => return Ok(()),
                 };
                 job.apply(transition, clock)?;
@@ -901,7 +918,8 @@ impl JobService {
 
 /// Reads, changes and writes back a record, again if another writer got
 /// there first. Gives the job a new revision if it changed, the policy
-/// one if it changed, and writes nothing if neither did.
+/// one if it changed, and writes nothing if neither did, nor the runner's
+/// state (which changes no etag).
 fn modify(
     store: &dyn JobStore,
     name: &JobName,

@@ -36,7 +36,8 @@ pub struct JobRecord {
     /// to follow it across restarts (a [`SlurmRunner`](super::SlurmRunner)'s
     /// Slurm job IDs); `None` for jobs that run in the process. Its
     /// `"runner"` field names the runner. Not part of the job: a change
-    /// of it alone gives the job no new etag.
+    /// of it alone gives the job no new etag. A service opened without
+    /// that runner fails the job, saying what may still run.
     pub runner: Option<serde_json::Value>,
 }
 

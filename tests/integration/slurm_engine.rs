@@ -219,12 +219,6 @@ fn a_cancelled_job_leaves_nothing_on_the_cluster() {
         !left.lines().any(|l| l.starts_with(&format!("{array}_"))),
         "{left}"
     );
-    assert!(
-        !emulator.root.path().join("b/out").exists()
-            || crate::output_files(&emulator.root.path().join("b/out"))
-                .keys()
-                .all(|k| !k.contains("results"))
-    );
 }
 
 /// A `serve` killed while its job runs on the cluster, started again over
@@ -248,12 +242,17 @@ fn a_restarted_serve_follows_its_job_to_the_end() {
         j["state"] == "RUNNING" || ended(j)
     });
     assert_eq!(running["state"], "RUNNING", "{running}");
+    let submitted = kept(&emulator, "restarted");
     let env = [("SLURM_CONF", std::ffi::OsStr::new(&cluster.conf))];
     emulator.restart(&args(&flags), &env);
     let done = wait_until(&emulator, "restarted", ended);
     assert_eq!(done["state"], "SUCCEEDED", "{done}");
     assert_eq!(done["predictionOutput"]["predictionCount"], "240", "{done}");
     assert_eq!(done["createTime"], running["createTime"]);
+    // Followed, not submitted again.
+    let after = kept(&emulator, "restarted");
+    assert_eq!(after["array"], submitted["array"], "{after}");
+    assert!(after.get("reruns").is_none(), "{after}");
 }
 
 /// `sbatch` refusing the parts (a partition the cluster lacks) ends the
@@ -333,4 +332,70 @@ fn a_failing_part_is_retried_then_fails_the_job_naming_it() {
     assert_eq!(done["predictionOutput"]["predictionCount"], "240", "{done}");
     assert!(marker.exists());
     assert_eq!(kept(&emulator, "flaky")["reruns"]["0"]["attempts"], 2);
+}
+
+/// `sbatch` that cannot reach the controller is tried again in the next
+/// round (the job waits, PREPARING), not taken for a refusal; and Slurm
+/// is asked about a job once per second, however often the runner runs.
+#[test]
+fn an_unreachable_controller_is_waited_for_and_slurm_is_polled_once_a_second() {
+    let Some((cluster, _turn)) = cluster() else {
+        return;
+    };
+    let scratch = tempfile::tempdir_in(&cluster.dir).unwrap();
+    let real = |name: &str| {
+        let out = Command::new("sh")
+            .args(["-c", &format!("command -v {name}")])
+            .output()
+            .unwrap();
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    };
+    let (sbatch, scontrol) = (real("sbatch"), real("scontrol"));
+    let bin = scratch.path().join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    let (failed, calls) = (scratch.path().join("failed"), scratch.path().join("calls"));
+    let script = |name: &str, body: String| {
+        let path = bin.join(name);
+        std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
+        let mut permissions = std::fs::metadata(&path).unwrap().permissions();
+        std::os::unix::fs::PermissionsExt::set_mode(&mut permissions, 0o755);
+        std::fs::set_permissions(&path, permissions).unwrap();
+    };
+    // The first submission meets a controller that does not answer.
+    script(
+        "sbatch",
+        format!(
+            "if [ \"$1\" != --version ] && [ ! -e '{0}' ]; then touch '{0}'; echo 'sbatch: error: Batch job submission failed: Unable to contact slurm controller (connect failure)' >&2; exit 1; fi\nexec '{sbatch}' \"$@\"",
+            failed.display()
+        ),
+    );
+    script(
+        "scontrol",
+        format!("echo >> '{}'\nexec '{scontrol}' \"$@\"", calls.display()),
+    );
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
+    let root = tempfile::tempdir_in(&cluster.dir).unwrap();
+    write_inputs(&root.path().join("b/in"));
+    let env = [
+        ("SLURM_CONF", std::ffi::OsStr::new(&cluster.conf)),
+        ("PATH", std::ffi::OsStr::new(&path)),
+    ];
+    let emulator = Emulator::start(root, &args(&[]), &env);
+    let started = Instant::now();
+    call(
+        &emulator,
+        "POST",
+        "jobs",
+        Some(&create_request("waited", "gs://b/out", 2)),
+    );
+    let done = wait_until(&emulator, "waited", ended);
+    let seconds = started.elapsed().as_secs_f64();
+    assert_eq!(done["state"], "SUCCEEDED", "{done}");
+    assert!(failed.exists(), "the first sbatch failed");
+    // Each round asks about the array and, once submitted, the merge.
+    let asked = std::fs::read_to_string(&calls).unwrap().lines().count();
+    assert!(
+        (asked as f64) <= 2.0 * seconds + 3.0,
+        "scontrol ran {asked} times in {seconds:.1} s"
+    );
 }

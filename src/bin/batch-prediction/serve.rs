@@ -346,8 +346,11 @@ fn slurm_options(
     root: &std::path::Path,
 ) -> Result<SlurmOptions, Box<dyn std::error::Error>> {
     let a = &args.slurm;
+    // The nodes run the scripts from the job's folder: absolute paths only.
     let program = match &a.slurm_program {
-        Some(program) => program.clone(),
+        Some(program) => program
+            .canonicalize()
+            .map_err(|e| format!("--slurm-program {}: {e}", program.display()))?,
         None => std::env::current_exe().map_err(|e| {
             format!("cannot tell where this program is (give --slurm-program): {e}")
         })?,
@@ -356,6 +359,29 @@ fn slurm_options(
         .slurm_dir
         .clone()
         .unwrap_or_else(|| root.join(".jobs").join("slurm"));
+    let work_dir = std::fs::create_dir_all(&work_dir)
+        .and_then(|()| work_dir.canonicalize())
+        .map_err(|e| format!("--slurm-dir {}: {e}", work_dir.display()))?;
+    // Slurm's commands must be here, or every job would wait for them.
+    match std::process::Command::new("sbatch")
+        .arg("--version")
+        .output()
+    {
+        Ok(out) if out.status.success() => {}
+        Ok(out) => {
+            return Err(format!(
+                "--engine slurm: `sbatch --version` failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            )
+            .into());
+        }
+        Err(e) => {
+            return Err(format!(
+                "--engine slurm: cannot run sbatch ({e}): install Slurm's client commands (Debian: slurm-client) and put them on PATH"
+            )
+            .into());
+        }
+    }
     let mut part_args = vec!["--predictor".to_owned(), args.predictor.clone()];
     if let Some(bytes) = args.shard_bytes {
         part_args.push("--shard-bytes".into());

@@ -182,10 +182,15 @@ impl SlurmOptions {
 /// outputs where the service sees them (a shared file system, or the
 /// same buckets) and [`SlurmOptions::work_dir`].
 ///
-/// Should the service die between `sbatch` and the write that records the
-/// array's ID, the job is submitted again when it opens its store: the
-/// lost submission's parts then run beside the new ones, writing the same
-/// files.
+/// A refused `sbatch` (a partition or account the cluster lacks, a limit
+/// broken) ends the job `FAILED` with Slurm's answer; one that could not
+/// reach the controller, or took longer than
+/// [`SlurmOptions::command_timeout`], is tried again in the next round,
+/// and [`Runner::run_once`] returns `UNAVAILABLE` saying why meanwhile.
+/// Should the service die between an `sbatch` and the write that records
+/// its ID (or that `sbatch` time out after Slurm took the job), the
+/// submission is made again: the lost one's parts then run beside the new
+/// ones, writing the same files, unfollowed.
 ///
 /// A job that names its model by `modelName` or `versionName` is given to
 /// the parts with the version's `deploymentUri` as its `uri`, when the
@@ -217,6 +222,8 @@ impl SlurmOptions {
 pub struct SlurmRunner {
     planner: BatchExecutor,
     options: SlurmOptions,
+    /// When the followed jobs were last asked about.
+    last_poll: std::sync::Mutex<Option<Instant>>,
 }
 
 impl fmt::Debug for SlurmRunner {
@@ -234,7 +241,11 @@ impl SlurmRunner {
     /// A runner that plans each job with `planner` (which must see the
     /// inputs as the parts will) and submits it as `options` say.
     pub fn new(planner: BatchExecutor, options: SlurmOptions) -> Self {
-        SlurmRunner { planner, options }
+        SlurmRunner {
+            planner,
+            options,
+            last_poll: std::sync::Mutex::new(None),
+        }
     }
 
     /// Its options.
@@ -250,10 +261,25 @@ impl Runner for SlurmRunner {
         while let Some(record) = service.claim_next(Followed::claimed())? {
             unreachable = unreachable.or(self.advance(service, record)?);
         }
-        for record in service.followed_jobs(Self::NAME)? {
-            unreachable = unreachable.or(self.advance(service, record)?);
+        // Slurm is asked about the jobs it runs once per poll interval,
+        // however often this is called.
+        let poll = self.options.poll_interval;
+        let due = {
+            let mut last = crate::service::lock(&self.last_poll);
+            let due = last.is_none_or(|at| at.elapsed() >= poll);
+            if due {
+                *last = Some(Instant::now());
+            }
+            due
+        };
+        if due {
+            for record in service.followed_jobs(Self::NAME)? {
+                unreachable = unreachable.or(self.advance(service, record)?);
+            }
         }
-        service.wait_for_change(seen, wait.min(self.options.poll_interval));
+        let next = crate::service::lock(&self.last_poll)
+            .map_or(Duration::ZERO, |at| poll.saturating_sub(at.elapsed()));
+        service.wait_for_change(seen, wait.min(next));
         match unreachable {
             Some(why) => Err(Error::external(
                 crate::Code::Unavailable,
@@ -306,15 +332,21 @@ impl Followed {
         serde_json::json!({ "runner": SlurmRunner::NAME })
     }
 
-    fn of(record: &JobRecord) -> Followed {
-        record
-            .runner
-            .clone()
-            .and_then(|v| serde_json::from_value(v).ok())
-            .unwrap_or_else(|| Followed {
+    /// The state kept with `record`; an error when it cannot be read
+    /// (written by another version), rather than a guess that would
+    /// submit the job again.
+    fn of(record: &JobRecord) -> Result<Followed, String> {
+        match &record.runner {
+            None => Ok(Followed {
                 runner: SlurmRunner::NAME.into(),
                 ..Followed::default()
-            })
+            }),
+            Some(state) => serde_json::from_value(state.clone()).map_err(|e| {
+                format!(
+                    "the Slurm runner cannot read the state it keeps with the job ({e}): {state}"
+                )
+            }),
+        }
     }
 
     /// Every Slurm job ID it submitted that may still run.
@@ -352,12 +384,27 @@ enum Standing {
 }
 
 /// Reasons of a pending job that will not run unless someone steps in.
-const STUCK_REASONS: [&str; 5] = [
+const STUCK_REASONS: [&str; 9] = [
     "launch_failed_requeued_held",
     "DependencyNeverSatisfied",
     "BadConstraints",
     "InvalidAccount",
     "InvalidQOS",
+    "AccountNotAllowed",
+    "QOSNotAllowed",
+    "PartitionTimeLimit",
+    "QOSMaxWallDurationPerJobLimit",
+];
+
+/// Slurm's answers that say it could not be reached now, not that it
+/// refused: the submission is tried again in the next round.
+const UNREACHABLE: [&str; 6] = [
+    "Unable to contact slurm controller",
+    "Socket timed out",
+    "temporarily unable",
+    "Zero Bytes were transmitted",
+    "Connection refused",
+    "Resource temporarily unavailable",
 ];
 
 impl Task {
@@ -374,6 +421,28 @@ impl Task {
             }
             _ => Standing::Failed(self.clone()),
         }
+    }
+
+    /// Whether Slurm still holds it pending or running, even when it
+    /// will never run (held): what a cancel must `scancel`.
+    fn active(&self) -> bool {
+        matches!(
+            self.state.as_str(),
+            "PENDING"
+                | "REQUEUED"
+                | "REQUEUE_FED"
+                | "REQUEUE_HOLD"
+                | "RESV_DEL_HOLD"
+                | "SPECIAL_EXIT"
+                | "SUSPENDED"
+                | "STOPPED"
+                | "RUNNING"
+                | "CONFIGURING"
+                | "COMPLETING"
+                | "RESIZING"
+                | "SIGNALING"
+                | "STAGE_OUT"
+        )
     }
 
     /// Whether it is array task `index`.
@@ -510,26 +579,39 @@ impl SlurmRunner {
         Err(format!("scontrol show job {id}: {}", ran.stderr))
     }
 
-    /// `sbatch --parsable ARGS SCRIPT`: the new job's ID, or why Slurm refused it.
-    fn sbatch(&self, args: &[String]) -> Result<String, String> {
+    /// `sbatch --parsable ARGS SCRIPT`: the new job's ID; `Ok(Err)` with
+    /// why Slurm refused it; `Err` when Slurm could not be reached (or
+    /// `sbatch` not run, or it took too long), to try again.
+    fn sbatch(&self, args: &[String]) -> Result<Result<String, String>, Trouble> {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let ran = self.command("sbatch", &args)?;
+        let ran = self.command("sbatch", &args).map_err(Trouble::Slurm)?;
         let id = ran.stdout.split(';').next().unwrap_or_default().trim();
         if ran.ok && !id.is_empty() && id.bytes().all(|b| b.is_ascii_digit()) {
-            return Ok(id.to_owned());
+            return Ok(Ok(id.to_owned()));
         }
-        Err(if ran.stderr.is_empty() {
+        if UNREACHABLE.iter().any(|m| ran.stderr.contains(m)) {
+            return Err(Trouble::Slurm(format!("sbatch: {}", ran.stderr)));
+        }
+        Ok(Err(if ran.stderr.is_empty() {
             format!("sbatch answered {:?}", ran.stdout)
         } else {
             ran.stderr
-        })
+        }))
     }
 
     /// Starts, follows, or stops one job; why Slurm could not be asked,
     /// if it could not (the job then waits for the next round).
     fn advance(&self, service: &JobService, record: JobRecord) -> Result<Option<String>, Error> {
-        let followed = Followed::of(&record);
         let name = record.name.clone();
+        let followed = match Followed::of(&record) {
+            Ok(followed) => followed,
+            Err(why) => {
+                return match fail(service, &name, why) {
+                    Err(Trouble::Store(e)) => Err(e),
+                    _ => Ok(None),
+                };
+            }
+        };
         let outcome = match record.job.state() {
             State::Cancelling => self.stop(service, &name, &followed),
             State::Preparing | State::Running if followed.array.is_none() => {
@@ -575,7 +657,7 @@ impl SlurmRunner {
                 format!("cannot write the job's files in {}: {e}", dir.display()),
             );
         }
-        let id = match self.sbatch(&self.part_args(name, &dir, &format!("0-{}", parts - 1))) {
+        let id = match self.sbatch(&self.part_args(name, &dir, &format!("0-{}", parts - 1)))? {
             Ok(id) => id,
             Err(why) => {
                 return fail(
@@ -698,10 +780,15 @@ impl SlurmRunner {
                     .map_err(Trouble::Slurm)?
                     .first()
                     .map_or(Standing::Unknown, Task::standing),
-                None => tasks
-                    .iter()
-                    .find(|t| t.is_task(index))
-                    .map_or(Standing::Unknown, Task::standing),
+                None => match tasks.iter().find(|t| t.is_task(index)) {
+                    Some(task) => task.standing(),
+                    // Not listed while tasks are pending (a long list of
+                    // them is shown shortened): wait for them.
+                    None if tasks.iter().any(|t| t.standing() == Standing::Pending) => {
+                        Standing::Pending
+                    }
+                    None => Standing::Unknown,
+                },
             };
             standings.push(standing);
         }
@@ -724,7 +811,18 @@ impl SlurmRunner {
                 return fail(service, name, self.cancel_rest(&followed, message));
             }
             let dir = PathBuf::from(followed.dir.clone().unwrap_or_default());
-            match self.sbatch(&self.part_args(name, &dir, &index.to_string())) {
+            // A held task would stay queued beside its rerun: cancel it.
+            if task.active() {
+                let id = match followed.reruns.get(&index) {
+                    Some(rerun) => rerun.id.clone(),
+                    None => format!("{array}_{index}"),
+                };
+                let ran = self.command("scancel", &[&id]).map_err(Trouble::Slurm)?;
+                if !ran.ok {
+                    return Err(Trouble::Slurm(format!("scancel {id}: {}", ran.stderr)));
+                }
+            }
+            match self.sbatch(&self.part_args(name, &dir, &index.to_string()))? {
                 Ok(id) => {
                     trace::event!(info, job = %name, part = index, slurm_job = %id, "part submitted again");
                     followed.reruns.insert(
@@ -811,7 +909,7 @@ impl SlurmRunner {
         let mut args = self.common_args(name, &dir, "merge.%j");
         args.push("--cpus-per-task=1".to_owned());
         args.push(path_text(&dir.join("merge.sh")));
-        match self.sbatch(&args) {
+        match self.sbatch(&args)? {
             Ok(id) => {
                 trace::event!(info, job = %name, slurm_job = %id, "merge submitted");
                 followed.merge = Some(id);
@@ -833,9 +931,7 @@ impl SlurmRunner {
         let mut left = false;
         for id in followed.ids() {
             let tasks = self.query(id).map_err(Trouble::Slurm)?;
-            left |= tasks
-                .iter()
-                .any(|t| matches!(t.standing(), Standing::Pending | Standing::Running));
+            left |= tasks.iter().any(Task::active);
         }
         if left {
             return self.cancel_all(followed).map_err(Trouble::Slurm);
