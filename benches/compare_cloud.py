@@ -321,14 +321,14 @@ def many_small(args, helper, urls, bucket, sigv4):
     names = [f"small/part-{i:05}.jsonl" for i in range(args.many_small)]
 
     def put(scheme, name):
-        line = f'{{"i": {name[11:16]}}}\n'.encode()
+        line = f'{{"i": {int(name[11:16])}}}\n'.encode()
         if scheme == "gs":
             cmd = ["-X", "POST", "--data-binary", "@-", "-H", "Content-Type: application/octet-stream",
                    f"{urls['gs']}/upload/storage/v1/b/{bucket}/o?uploadType=media&name={name}"]
         elif scheme == "s3":
-            cmd = sigv4 + ["-X", "PUT", "--data-binary", "@-", f"{urls['s3']}/{bucket}/{name}"]
+            cmd = sigv4 + ["-T", "-", f"{urls['s3']}/{bucket}/{name}"]
         else:
-            cmd = (["-X", "PUT", "--data-binary", "@-"]
+            cmd = (["-T", "-"]
                    + az_signed("PUT", f"/{bucket}/{name}", length=len(line),
                                content_type="application/octet-stream", headers={"x-ms-blob-type": "BlockBlob"})
                    + [f"{urls['az']}/{AZ_ACCOUNT}/{bucket}/{name}"])
