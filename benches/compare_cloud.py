@@ -320,23 +320,31 @@ def many_small(args, helper, urls, bucket, sigv4):
     from concurrent.futures import ThreadPoolExecutor
     names = [f"small/part-{i:05}.jsonl" for i in range(args.many_small)]
 
+    lines = tempfile.mkdtemp(prefix="bp-many-small-")
+
     def put(scheme, name):
         line = f'{{"i": {int(name[11:16])}}}\n'.encode()
+        # A file, so that curl sends its length (Azure signs it).
+        path = os.path.join(lines, f"{scheme}-{name[6:]}")
+        with open(path, "wb") as f:
+            f.write(line)
         if scheme == "gs":
-            cmd = ["-X", "POST", "--data-binary", "@-", "-H", "Content-Type: application/octet-stream",
+            cmd = ["-X", "POST", "--data-binary", f"@{path}", "-H", "Content-Type: application/octet-stream",
                    f"{urls['gs']}/upload/storage/v1/b/{bucket}/o?uploadType=media&name={name}"]
         elif scheme == "s3":
-            cmd = sigv4 + ["-T", "-", f"{urls['s3']}/{bucket}/{name}"]
+            cmd = sigv4 + ["-T", path, f"{urls['s3']}/{bucket}/{name}"]
         else:
-            cmd = (["-T", "-"]
+            cmd = (["-T", path]
                    + az_signed("PUT", f"/{bucket}/{name}", length=len(line),
                                content_type="application/octet-stream", headers={"x-ms-blob-type": "BlockBlob"})
                    + [f"{urls['az']}/{AZ_ACCOUNT}/{bucket}/{name}"])
-        subprocess.run(["curl", "-sSf", "-o", "/dev/null"] + cmd, input=line, check=True)
+        subprocess.run(["curl", "-sSf", "-o", "/dev/null"] + cmd, check=True)
+        os.remove(path)
 
     with ThreadPoolExecutor(16) as pool:
         for scheme in SCHEMES:
             list(pool.map(lambda n, s=scheme: put(s, n), names))
+    shutil.rmtree(lines, ignore_errors=True)
     print(f"{len(names)} one-line objects on each server", file=sys.stderr)
     proxies, env = [], {}
     try:
