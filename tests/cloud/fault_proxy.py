@@ -28,8 +28,9 @@ Modes:
              remote store's round trip).
 
 Prints the port it listens on (127.0.0.1) as its first line. GET
-/__proxy_stats answers {"cuts": .., "failed": .., "ranges": [..]}: how many
-bodies it cut, how many requests it failed, and the Range headers it saw.
+/__proxy_stats answers {"cuts": .., "failed": .., "ranges": [..], "requests":
+[..]}: how many bodies it cut, how many requests it failed, the Range
+headers it saw, and every request's method and path.
 Stops when its standard input closes.
 """
 
@@ -46,7 +47,7 @@ from urllib.parse import urlparse
 
 CUT_AFTER = 1 << 20
 lock = threading.Lock()
-stats = {"cuts": 0, "failed": 0, "ranges": []}
+stats = {"cuts": 0, "failed": 0, "ranges": [], "requests": []}
 cut_paths = set()
 
 
@@ -95,6 +96,8 @@ def make_handler(upstream, mode):
                 self.end_headers()
                 self.wfile.write(body)
                 return
+            with lock:
+                stats["requests"].append(f"{self.command} {self.path}")
             length = int(self.headers.get("Content-Length") or 0)
             body = self.rfile.read(length) if length else None
             listing = self.command == "GET" and (

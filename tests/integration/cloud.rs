@@ -1336,3 +1336,60 @@ fn the_slurm_array_over_a_bucket_merges_into_one_processs_files() {
     assert!(written.len() >= 3, "{written:?}");
     assert!(written == outputs(&storage, &whole));
 }
+
+/// Objects just listed are read with one request each (the listing told
+/// their version and size), on every backend; one this storage rewrote
+/// after the listing, or deleted and wrote again, is read as it is now.
+#[test]
+fn listed_objects_are_read_with_one_request_and_rewritten_ones_afresh() {
+    let Some(servers) = servers() else { return };
+    for (scheme, upstream) in schemes(servers) {
+        let prefix = fresh(scheme, servers, "listed");
+        let direct = backend_at(scheme, upstream);
+        for i in 0..5 {
+            direct
+                .put_bytes(
+                    &format!("{prefix}/{i}.jsonl"),
+                    format!("{{\"i\": {i}}}\n").as_bytes(),
+                )
+                .unwrap();
+        }
+        let proxy = Proxy::start(upstream, "pass");
+        let through = backend_at(scheme, &proxy.url);
+        let listed = through.list(&format!("{prefix}/")).unwrap();
+        assert_eq!(listed.len(), 5, "{prefix}");
+        let rewritten = format!("{prefix}/3.jsonl");
+        through
+            .put_bytes(&rewritten, b"{\"i\": \"again\"}\n")
+            .unwrap();
+        through.delete(&format!("{prefix}/4.jsonl")).unwrap();
+        through
+            .put_bytes(&format!("{prefix}/4.jsonl"), b"{\"i\": \"anew\"}\n")
+            .unwrap();
+        let before = proxy.stats()["requests"].as_array().unwrap().len();
+        let mut read = Vec::new();
+        for meta in &listed {
+            read.push(String::from_utf8(through.read_bytes(&meta.location).unwrap()).unwrap());
+        }
+        assert_eq!(
+            read,
+            [
+                "{\"i\": 0}\n",
+                "{\"i\": 1}\n",
+                "{\"i\": 2}\n",
+                "{\"i\": \"again\"}\n",
+                "{\"i\": \"anew\"}\n"
+            ],
+            "{prefix}"
+        );
+        let stats = proxy.stats();
+        let requests = &stats["requests"].as_array().unwrap()[before..];
+        // One request for each object still as listed; the two written
+        // since are asked about first.
+        assert_eq!(requests.len(), 3 + 2 * 2, "{prefix}: {requests:?}");
+        // A second read of a listed object asks again.
+        through.read_bytes(&listed[0].location).unwrap();
+        let again = proxy.stats()["requests"].as_array().unwrap().len();
+        assert_eq!(again - before - requests.len(), 2, "{prefix}");
+    }
+}

@@ -47,6 +47,30 @@ pub struct GcsStorage {
     /// the upload on that query, and appends whatever chunk it is sent, so
     /// there the chunk is sent again whole.
     query_status: bool,
+    /// What the last listings said of each object.
+    listed: super::Listed<Known>,
+}
+
+/// What a read needs to know of an object: its generation, size, and
+/// whether it is served decompressed (`Content-Encoding: gzip`).
+#[derive(Debug, Clone, Copy)]
+struct Known {
+    generation: i64,
+    size: u64,
+    transcoded: bool,
+}
+
+impl Known {
+    fn of(object: &Object) -> Known {
+        Known {
+            generation: object.generation,
+            size: u64::try_from(object.size).unwrap_or(0),
+            transcoded: object
+                .content_encoding
+                .as_deref()
+                .is_some_and(|e| e.eq_ignore_ascii_case("gzip")),
+        }
+    }
 }
 
 impl std::fmt::Debug for GcsStorage {
@@ -112,6 +136,7 @@ impl GcsStorage {
             retry: RetryPolicy::default(),
             endpoint,
             query_status,
+            listed: super::Listed::default(),
         }
     }
 
@@ -323,7 +348,14 @@ impl Storage for GcsStorage {
                 e => e,
             })?
             .ok_or_else(|| StorageError::cancelled(prefix))?;
-        let mut found: Vec<ObjectMeta> = objects.iter().map(|o| meta(bucket, o)).collect();
+        let mut found: Vec<ObjectMeta> = objects
+            .iter()
+            .map(|o| {
+                let found = meta(bucket, o);
+                self.listed.remember(found.location.clone(), Known::of(o));
+                found
+            })
+            .collect();
         found.sort_by(|a, b| a.location.cmp(&b.location));
         found.dedup_by(|a, b| a.location == b.location);
         Ok(found)
@@ -348,12 +380,12 @@ impl Storage for GcsStorage {
     /// refused (their size is the compressed one, so offsets into the
     /// decompressed content cannot be planned).
     fn open_at(&self, location: &str, offset: u64) -> Result<Box<dyn Read + Send>, StorageError> {
-        let object = self.head_object(location)?;
-        let size = u64::try_from(object.size).unwrap_or(0);
-        let transcoded = object
-            .content_encoding
-            .as_deref()
-            .is_some_and(|e| e.eq_ignore_ascii_case("gzip"));
+        // Listed just now (a job's inputs are), or asked for.
+        let known = match self.listed.take(location) {
+            Some(known) => known,
+            None => Known::of(&self.head_object(location)?),
+        };
+        let (size, transcoded) = (known.size, known.transcoded);
         if transcoded && offset > 0 {
             return Err(StorageError::other(
                 location,
@@ -365,11 +397,11 @@ impl Storage for GcsStorage {
             return Ok(Box::new(ChunkReader::empty()));
         }
         let (bucket, name) = split_location(location, "gs", false)?;
-        // Pinned to the generation just seen: a resumed read reads the same bytes.
+        // Pinned to the generation seen: a resumed read reads the same bytes.
         let request = GetObjectRequest {
             bucket: bucket.to_owned(),
             object: name.to_owned(),
-            generation: Some(object.generation),
+            generation: Some(known.generation),
             ..GetObjectRequest::default()
         };
         let client = self.client.clone();
@@ -416,6 +448,7 @@ impl Storage for GcsStorage {
     }
 
     fn delete(&self, location: &str) -> Result<(), StorageError> {
+        self.listed.take(location);
         let (bucket, name) = split_location(location, "gs", false)?;
         let request = DeleteObjectRequest {
             bucket: bucket.to_owned(),
@@ -444,6 +477,10 @@ struct GcsTarget {
 impl UploadTarget for GcsTarget {
     fn location(&self) -> &str {
         &self.location
+    }
+
+    fn forget_listed(&self) {
+        self.storage.listed.take(&self.location);
     }
 
     /// A resumable session: parts sent in order, finalized with the last.

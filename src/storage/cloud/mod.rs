@@ -48,6 +48,57 @@ const READ_AHEAD_CHUNKS: usize = 16;
 /// 256 KiB (GCS's resumable chunk unit) and at least 5 MiB (S3's smallest part).
 pub(crate) const UPLOAD_PART_BYTES: usize = 8 << 20;
 
+/// What the last listings told about each object, so that reading an
+/// object just listed (as a job reads its inputs) takes one request, not
+/// a metadata request and then the read: on a store tens of milliseconds
+/// away, that halves the wait before each small object's first byte.
+/// An entry is used once (a later open asks again), and the whole map is
+/// dropped when it reaches [`Listed::MAX`] entries, so it stays small.
+/// Reads from an entry are pinned to the listed version, as those from a
+/// metadata request are to the version it saw.
+#[derive(Debug)]
+pub(crate) struct Listed<T> {
+    entries: Arc<Mutex<std::collections::HashMap<String, T>>>,
+}
+
+impl<T> Clone for Listed<T> {
+    fn clone(&self) -> Self {
+        Listed {
+            entries: Arc::clone(&self.entries),
+        }
+    }
+}
+
+impl<T> Default for Listed<T> {
+    fn default() -> Self {
+        Listed {
+            entries: Arc::default(),
+        }
+    }
+}
+
+impl<T> Listed<T> {
+    /// The most entries kept.
+    pub(crate) const MAX: usize = 100_000;
+
+    /// Remembers what a listing said of `location`.
+    pub(crate) fn remember(&self, location: String, value: T) {
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        if entries.len() >= Self::MAX {
+            entries.clear();
+        }
+        entries.insert(location, value);
+    }
+
+    /// What a listing said of `location`, once.
+    pub(crate) fn take(&self, location: &str) -> Option<T> {
+        self.entries
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(location)
+    }
+}
+
 impl RetryPolicy {
     /// Runs `attempt` until it succeeds, fails for good, or the policy is
     /// spent; `transient` tells the errors worth another try.
@@ -413,6 +464,9 @@ pub(crate) trait UploadTarget: Send {
     fn start(&self) -> Parts;
     /// Uploads a small object in one request.
     fn put(&self, data: Vec<u8>) -> Result<ObjectMeta, StorageError>;
+    /// Forgets what listings said of the location (a new version is
+    /// there now, or about to be).
+    fn forget_listed(&self);
 }
 
 /// A cloud [`ObjectWriter`]: one request when the object fits in one part,
@@ -448,13 +502,16 @@ impl<T: UploadTarget> io::Write for Upload<T> {
 impl<T: UploadTarget> ObjectWriter for Upload<T> {
     fn commit(mut self: Box<Self>) -> Result<ObjectMeta, StorageError> {
         let written = self.buffer.written();
-        match self.buffer.finish() {
-            (data, Some(parts)) => {
-                parts.finish(data)?;
-                Ok(ObjectMeta::new(self.target.location(), written))
-            }
+        // Whatever the outcome, the listed version may be gone.
+        self.target.forget_listed();
+        let committed = match self.buffer.finish() {
+            (data, Some(parts)) => parts
+                .finish(data)
+                .map(|()| ObjectMeta::new(self.target.location(), written)),
             (data, None) => self.target.put(data),
-        }
+        };
+        self.target.forget_listed();
+        committed
     }
 }
 

@@ -34,6 +34,8 @@ pub(super) struct Stores {
     stores: Arc<Mutex<HashMap<String, Arc<dyn ObjectStore>>>>,
     runtime: Arc<Runtime>,
     pub(super) retry: RetryPolicy,
+    /// What the last listings said of each object: its size and ETag.
+    listed: super::Listed<(u64, Option<String>)>,
 }
 
 /// For a public newtype around [`Stores`]: its `Debug`, its `with_retry`,
@@ -127,6 +129,7 @@ impl Stores {
             stores: Arc::default(),
             runtime: shared_runtime()?,
             retry: RetryPolicy::default(),
+            listed: super::Listed::default(),
         })
     }
 
@@ -266,11 +269,16 @@ impl Storage for Stores {
             .ok_or_else(|| StorageError::cancelled(prefix))?;
         let mut found: Vec<ObjectMeta> = objects
             .into_iter()
-            .map(|o| ObjectMeta {
-                location: format!("{}://{bucket}/{}", self.scheme, o.location),
-                size: o.size,
-                last_modified: Some(o.last_modified),
-                etag: o.e_tag,
+            .map(|o| {
+                let location = format!("{}://{bucket}/{}", self.scheme, o.location);
+                self.listed
+                    .remember(location.clone(), (o.size, o.e_tag.clone()));
+                ObjectMeta {
+                    location,
+                    size: o.size,
+                    last_modified: Some(o.last_modified),
+                    etag: o.e_tag,
+                }
             })
             .collect();
         found.sort_by(|a, b| a.location.cmp(&b.location));
@@ -292,8 +300,15 @@ impl Storage for Stores {
     }
 
     fn open_at(&self, location: &str, offset: u64) -> Result<Box<dyn Read + Send>, StorageError> {
-        let meta = self.head_object(location)?;
-        if offset >= meta.size {
+        // Listed just now (a job's inputs are), or asked for.
+        let (size, e_tag) = match self.listed.take(location) {
+            Some(known) => known,
+            None => {
+                let meta = self.head_object(location)?;
+                (meta.size, meta.e_tag)
+            }
+        };
+        if offset >= size {
             return Ok(Box::new(ChunkReader::empty()));
         }
         let (store, path) = self.object(location)?;
@@ -305,7 +320,7 @@ impl Storage for Stores {
             let options = GetOptions {
                 // From the start, no Range: some servers copy a ranged body.
                 range: (at > 0).then_some(GetRange::Offset(at)),
-                if_match: meta.e_tag.clone(),
+                if_match: e_tag.clone(),
                 ..GetOptions::default()
             };
             async move {
@@ -320,7 +335,7 @@ impl Storage for Stores {
             feeder,
             location.to_owned(),
             offset,
-            Some(meta.size),
+            Some(size),
             self.retry,
             open,
         ));
@@ -338,6 +353,7 @@ impl Storage for Stores {
     }
 
     fn delete(&self, location: &str) -> Result<(), StorageError> {
+        self.listed.take(location);
         // S3 answers a delete of a missing object with success: look first.
         self.head_object(location)?;
         let (store, path) = self.object(location)?;
@@ -361,6 +377,10 @@ const PARTS_IN_FLIGHT: usize = 4;
 impl UploadTarget for StoreTarget {
     fn location(&self) -> &str {
         &self.location
+    }
+
+    fn forget_listed(&self) {
+        self.storage.listed.take(&self.location);
     }
 
     /// A multipart upload (S3) or blocks and a block list (Azure): up to
