@@ -1393,3 +1393,31 @@ fn listed_objects_are_read_with_one_request_and_rewritten_ones_afresh() {
         assert_eq!(again - before - requests.len(), 2, "{prefix}");
     }
 }
+
+/// An object another writer replaced after this storage listed it is not
+/// read silently as either version: the read fails, naming it.
+#[test]
+fn an_object_replaced_by_another_writer_after_the_listing_fails_its_read() {
+    let Some(servers) = servers() else { return };
+    for (scheme, upstream) in schemes(servers) {
+        let prefix = fresh(scheme, servers, "replaced");
+        let location = format!("{prefix}/a.jsonl");
+        let (reader, writer) = (backend_at(scheme, upstream), backend_at(scheme, upstream));
+        writer.put_bytes(&location, b"{\"v\": 1}\n").unwrap();
+        assert_eq!(reader.list(&format!("{prefix}/")).unwrap().len(), 1);
+        writer
+            .put_bytes(&location, b"{\"v\": 2, \"longer\": true}\n")
+            .unwrap();
+        let error = reader.read_bytes(&location).unwrap_err().to_string();
+        assert!(
+            error.contains(&location) && error.contains("another writer replaced or deleted"),
+            "{error}"
+        );
+        // Listed again, it reads as it is now.
+        reader.list(&format!("{prefix}/")).unwrap();
+        assert_eq!(
+            reader.read_bytes(&location).unwrap(),
+            b"{\"v\": 2, \"longer\": true}\n"
+        );
+    }
+}

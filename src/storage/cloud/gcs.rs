@@ -381,7 +381,9 @@ impl Storage for GcsStorage {
     /// decompressed content cannot be planned).
     fn open_at(&self, location: &str, offset: u64) -> Result<Box<dyn Read + Send>, StorageError> {
         // Listed just now (a job's inputs are), or asked for.
-        let known = match self.listed.take(location) {
+        let listed = self.listed.take(location);
+        let from_listing = listed.is_some();
+        let known = match listed {
             Some(known) => known,
             None => Known::of(&self.head_object(location)?),
         };
@@ -424,7 +426,13 @@ impl Storage for GcsStorage {
                         client.download_streamed_object(&request, &range)
                     })
                     .await;
-                let failed = move |e| error(&location, "read", e);
+                let failed = move |e| match error(&location, "read", e) {
+                    // The version listed is gone: say so, not "not found".
+                    e if from_listing && e.kind() == StorageErrorKind::NotFound => {
+                        super::replaced(&location, e)
+                    }
+                    e => e,
+                };
                 match body {
                     Ok(body) => Ok(Box::pin(body.map_err(failed))),
                     Err(e) => Err(failed(e)),

@@ -99,6 +99,17 @@ impl<T> Listed<T> {
     }
 }
 
+/// The error of reading an object whose listed version is gone: another
+/// writer replaced or deleted it after the listing.
+pub(crate) fn replaced(location: &str, cause: StorageError) -> StorageError {
+    StorageError::new(
+        StorageErrorKind::Other,
+        location,
+        "cannot read the version listed moments before: another writer replaced or deleted the object since (a job reads its inputs as it listed them)",
+    )
+    .with_source(cause)
+}
+
 impl RetryPolicy {
     /// Runs `attempt` until it succeeds, fails for good, or the policy is
     /// spent; `transient` tells the errors worth another try.

@@ -301,7 +301,9 @@ impl Storage for Stores {
 
     fn open_at(&self, location: &str, offset: u64) -> Result<Box<dyn Read + Send>, StorageError> {
         // Listed just now (a job's inputs are), or asked for.
-        let (size, e_tag) = match self.listed.take(location) {
+        let listed = self.listed.take(location);
+        let from_listing = listed.is_some();
+        let (size, e_tag) = match listed {
             Some(known) => known,
             None => {
                 let meta = self.head_object(location)?;
@@ -324,7 +326,13 @@ impl Storage for Stores {
                 ..GetOptions::default()
             };
             async move {
-                let failed = move |e| error(&location, "read", e);
+                let failed = move |e| match e {
+                    // The version listed is gone: say so.
+                    e @ object_store::Error::Precondition { .. } if from_listing => {
+                        super::replaced(&location, error(&location, "read", e))
+                    }
+                    e => error(&location, "read", e),
+                };
                 match store.get_opts(&path, options).await {
                     Ok(body) => Ok(body.into_stream().map_err(failed)),
                     Err(e) => Err(failed(e)),
