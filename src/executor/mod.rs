@@ -352,9 +352,12 @@ impl BatchExecutor {
             }
         }
         let settings = settings(job, plan, &self.config);
-        let resumed = self
+        let (resumed, stale) = self
             .prepare_output(plan, &settings)
             .map_err(Stop::Invalid)?;
+        // Deleted while the first batches run; the writer waits for it
+        // before it commits anything.
+        let stale = Mutex::new(self.delete_stale(stale));
         trace::event!(
             info,
             files = plan.inputs.len(),
@@ -390,6 +393,7 @@ impl BatchExecutor {
             item_lists: Pool::default(),
             result_buffers: Pool::default(),
             chunk_cost: ChunkCost::default(),
+            stale,
         };
         match run.execute(resumed, totals) {
             Some(stop) => Err(stop),

@@ -2,6 +2,7 @@
 //! stale output deleted, shard summaries, and [`BatchExecutor::merge`].
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Instant;
 
 use serde_json::{Value, json};
@@ -20,12 +21,14 @@ use crate::trace;
 
 impl BatchExecutor {
     /// Reads the summaries an earlier run left, decides which shards are
-    /// done, and deletes output files that do not belong to this plan.
+    /// done, and names the output files to delete (those not kept: of
+    /// another plan, or of shards this run writes again), after checking
+    /// that none of them is an input.
     pub(super) fn prepare_output(
         &self,
         plan: &Plan,
         settings: &Value,
-    ) -> Result<BTreeMap<usize, ShardSummary>, Error> {
+    ) -> Result<(BTreeMap<usize, ShardSummary>, Vec<String>), Error> {
         let prefix = join_location(&plan.output_path, OUTPUT_FILE_PREFIX);
         let existing = self.storage.list(&prefix).map_err(storage_error)?;
         let ours: Vec<&ObjectMeta> = existing
@@ -69,6 +72,7 @@ impl BatchExecutor {
             .iter()
             .map(|m| self.storage.object_key(&m.location))
             .collect();
+        let mut stale = Vec::new();
         for meta in ours {
             if inputs.contains(&self.storage.object_key(&meta.location)) {
                 return Err(StorageError::new(
@@ -79,14 +83,31 @@ impl BatchExecutor {
                 .into());
             }
             if !keep.contains(&meta.location.as_str()) {
-                match self.storage.delete(&meta.location) {
-                    // Another part of the job deleted it first.
-                    Err(e) if e.kind() == StorageErrorKind::NotFound => {}
-                    other => other.map_err(storage_error)?,
-                }
+                stale.push(meta.location.clone());
             }
         }
-        Ok(resumed)
+        Ok((resumed, stale))
+    }
+
+    /// Deletes the output files `prepare_output` named, on a thread of its
+    /// own, so that the run's first batches need not wait for it (a large
+    /// file takes a while to unlink, a bucket a request per object). The
+    /// run's writer waits for it before it commits anything, so no
+    /// deletion can reach a file this run wrote.
+    pub(super) fn delete_stale(&self, stale: Vec<String>) -> StaleDeletion {
+        if stale.is_empty() {
+            return StaleDeletion::Done(Ok(()));
+        }
+        let (storage, stale) = (Arc::clone(&self.storage), Arc::new(stale));
+        let spawned = std::thread::Builder::new().name("bp-stale".into()).spawn({
+            let (storage, stale) = (Arc::clone(&storage), Arc::clone(&stale));
+            move || delete_all(&*storage, &stale)
+        });
+        match spawned {
+            Ok(thread) => StaleDeletion::Running(thread),
+            // No thread: here and now.
+            Err(_) => StaleDeletion::Done(delete_all(&*storage, &stale)),
+        }
     }
 }
 
@@ -207,6 +228,45 @@ impl BatchExecutor {
                 read: totals.committed_predictions + totals.committed_errors,
             }),
             _ => Ok(()),
+        }
+    }
+}
+
+/// Deletes `stale`, one after another; a file already gone is no error.
+fn delete_all(storage: &dyn Storage, stale: &[String]) -> Result<(), StorageError> {
+    for location in stale {
+        match storage.delete(location) {
+            // Another part of the job deleted it first.
+            Err(e) if e.kind() == StorageErrorKind::NotFound => {}
+            other => other?,
+        }
+    }
+    Ok(())
+}
+
+/// The deletion of a run's stale output files: running, or done.
+pub(super) enum StaleDeletion {
+    /// On its thread.
+    Running(std::thread::JoinHandle<Result<(), StorageError>>),
+    /// Done, with its outcome (or nothing to do).
+    Done(Result<(), StorageError>),
+}
+
+impl StaleDeletion {
+    /// Waits for it to end; its outcome (taken once: `Ok` after that).
+    pub(super) fn wait(&mut self) -> Result<(), StorageError> {
+        match std::mem::replace(self, StaleDeletion::Done(Ok(()))) {
+            StaleDeletion::Running(thread) => thread.join().unwrap_or_else(|payload| {
+                Err(StorageError::new(
+                    StorageErrorKind::Other,
+                    "",
+                    format!(
+                        "deleting the earlier run's output files panicked: {}",
+                        super::panic_message(&*payload)
+                    ),
+                ))
+            }),
+            StaleDeletion::Done(outcome) => outcome,
         }
     }
 }

@@ -80,6 +80,8 @@ pub(super) struct Run<'a> {
     pub(super) result_buffers: Pool<u8>,
     /// The workers' time per instance, which sizes the chunks.
     pub(super) chunk_cost: ChunkCost,
+    /// The deletion of the earlier run's output files this run does not keep.
+    pub(super) stale: Mutex<super::shards::StaleDeletion>,
 }
 
 impl Run<'_> {

@@ -83,8 +83,31 @@ impl<'r, 'a> Writer<'r, 'a> {
         }
     }
 
+    /// Writes and commits the shards as their events come; then, however
+    /// that ended, waits for the stale files' deletion.
     pub(super) fn write(
         mut self,
+        events: Receiver<(u64, Event)>,
+        tokens: SyncSender<()>,
+    ) -> Option<Stop> {
+        let stop = self.write_events(events, tokens);
+        let deleted = Self::stale_deleted(self.run).err();
+        stop.or(deleted)
+    }
+
+    /// Waits for the deletion of the earlier run's stale files (it runs
+    /// beside the first batches): before anything is committed, so that
+    /// it never reaches a file of this run.
+    fn stale_deleted(run: &Run<'_>) -> Result<(), Stop> {
+        run.stale
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .wait()
+            .map_err(|e| Stop::Invalid(super::storage_error(e)))
+    }
+
+    fn write_events(
+        &mut self,
         events: Receiver<(u64, Event)>,
         tokens: SyncSender<()>,
     ) -> Option<Stop> {
@@ -202,6 +225,7 @@ impl<'r, 'a> Writer<'r, 'a> {
                     let header: Vec<String> = map.keys().cloned().collect();
                     let location =
                         join_location(&plan.output_path, &OutputFile::CsvHeader.name(0, 1));
+                    Self::stale_deleted(self.run)?;
                     self.run
                         .executor
                         .storage
@@ -296,6 +320,7 @@ impl<'r, 'a> Writer<'r, 'a> {
     }
 
     pub(super) fn end(&mut self, index: usize) -> Result<(), Stop> {
+        Self::stale_deleted(self.run)?;
         let open = self.open.take().expect("a shard ends after it starts");
         debug_assert_eq!(open.index, index);
         let shard = &self.run.plan.shards[index];

@@ -462,6 +462,8 @@ impl Storage for LocalStorage {
             path,
             dir,
             location: location.to_owned(),
+            written: 0,
+            syncer: None,
         }))
     }
 
@@ -487,6 +489,63 @@ struct LocalWriter {
     path: PathBuf,
     dir: PathBuf,
     location: String,
+    /// Bytes written so far.
+    written: u64,
+    /// Syncs a large file's data as it grows, once it passed [`SYNC_EVERY`].
+    syncer: Option<Syncer>,
+}
+
+/// A large file's data is synced on a thread of its own every this many
+/// bytes, so that the sync at commit, which the caller waits for, finds
+/// little left to write (it syncs everything, as it always did).
+const SYNC_EVERY: u64 = 8 << 20;
+
+/// The thread that syncs a file's data while it is written, and how to
+/// wake it (a full channel means a sync is already due).
+struct Syncer {
+    wake: Option<std::sync::mpsc::SyncSender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Syncer {
+    /// Starts one on its own handle of `file`; `None` if it cannot.
+    fn start(file: &File) -> Option<Syncer> {
+        let file = file.try_clone().ok()?;
+        let (wake, woken) = std::sync::mpsc::sync_channel::<()>(1);
+        let thread = std::thread::Builder::new()
+            .name("bp-sync".into())
+            .spawn(move || {
+                // Errors are the commit's to report: its own sync sees them.
+                while woken.recv().is_ok() {
+                    let _ = file.sync_data();
+                }
+            })
+            .ok()?;
+        Some(Syncer {
+            wake: Some(wake),
+            thread: Some(thread),
+        })
+    }
+
+    fn wake(&self) {
+        if let Some(wake) = &self.wake {
+            let _ = wake.try_send(());
+        }
+    }
+
+    /// Stops it, waiting for a sync under way.
+    fn stop(&mut self) {
+        self.wake.take();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for Syncer {
+    fn drop(&mut self) {
+        self.stop();
+    }
 }
 
 impl LocalWriter {
@@ -495,15 +554,37 @@ impl LocalWriter {
             .as_mut()
             .ok_or_else(|| io::Error::other("write after commit"))
     }
+
+    /// Counts `n` more bytes written; each [`SYNC_EVERY`] of them wakes the syncer.
+    fn wrote(&mut self, n: usize) {
+        let before = self.written;
+        self.written += n as u64;
+        if self.written / SYNC_EVERY == before / SYNC_EVERY {
+            return;
+        }
+        if self.syncer.is_none() {
+            self.syncer = self
+                .file
+                .as_ref()
+                .and_then(|file| Syncer::start(file.get_ref()));
+        }
+        if let Some(syncer) = &self.syncer {
+            syncer.wake();
+        }
+    }
 }
 
 impl Write for LocalWriter {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.file()?.write(buf)
+        let n = self.file()?.write(buf)?;
+        self.wrote(n);
+        Ok(n)
     }
 
     fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
-        self.file()?.write_all(buf)
+        self.file()?.write_all(buf)?;
+        self.wrote(buf.len());
+        Ok(())
     }
 
     fn flush(&mut self) -> io::Result<()> {
@@ -531,6 +612,10 @@ impl LocalWriter {
 
 impl ObjectWriter for LocalWriter {
     fn commit(mut self: Box<Self>) -> Result<ObjectMeta, StorageError> {
+        // No sync of ours under way beside the last one.
+        if let Some(mut syncer) = self.syncer.take() {
+            syncer.stop();
+        }
         let writer = self.file.take().ok_or_else(|| {
             StorageError::new(
                 StorageErrorKind::Other,

@@ -2454,3 +2454,140 @@ fn small_objects_are_fetched_ahead_and_change_nothing() {
     let most = slow.most.load(Ordering::SeqCst);
     assert!((2..=9).contains(&most), "{most} opens at once");
 }
+
+/// A storage whose deletes wait until the job has predicted, and that logs
+/// deletes and commits in order.
+struct SlowDeletes {
+    inner: InMemoryStorage,
+    predicted: Arc<(Mutex<bool>, Condvar)>,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl std::fmt::Debug for SlowDeletes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SlowDeletes")
+    }
+}
+
+struct LoggedWriter {
+    inner: Box<dyn batch_prediction::storage::ObjectWriter>,
+    location: String,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl std::io::Write for LoggedWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.inner.write(buf)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+impl batch_prediction::storage::ObjectWriter for LoggedWriter {
+    fn commit(
+        self: Box<Self>,
+    ) -> Result<batch_prediction::storage::ObjectMeta, batch_prediction::storage::StorageError>
+    {
+        self.log
+            .lock()
+            .unwrap()
+            .push(format!("commit {}", self.location));
+        self.inner.commit()
+    }
+}
+
+impl Storage for SlowDeletes {
+    fn list(
+        &self,
+        prefix: &str,
+    ) -> Result<Vec<batch_prediction::storage::ObjectMeta>, batch_prediction::storage::StorageError>
+    {
+        self.inner.list(prefix)
+    }
+    fn head(
+        &self,
+        location: &str,
+    ) -> Result<batch_prediction::storage::ObjectMeta, batch_prediction::storage::StorageError>
+    {
+        self.inner.head(location)
+    }
+    fn open(
+        &self,
+        location: &str,
+    ) -> Result<Box<dyn std::io::Read + Send>, batch_prediction::storage::StorageError> {
+        self.inner.open(location)
+    }
+    fn create(
+        &self,
+        location: &str,
+    ) -> Result<
+        Box<dyn batch_prediction::storage::ObjectWriter>,
+        batch_prediction::storage::StorageError,
+    > {
+        Ok(Box::new(LoggedWriter {
+            inner: self.inner.create(location)?,
+            location: location.to_owned(),
+            log: Arc::clone(&self.log),
+        }))
+    }
+    fn delete(&self, location: &str) -> Result<(), batch_prediction::storage::StorageError> {
+        let (flag, woken) = &*self.predicted;
+        let guard = flag.lock().unwrap();
+        let _ = woken
+            .wait_timeout_while(guard, Duration::from_secs(30), |predicted| !*predicted)
+            .unwrap();
+        self.log.lock().unwrap().push(format!("delete {location}"));
+        self.inner.delete(location)
+    }
+}
+
+/// The earlier run's output files are deleted while the new run predicts
+/// (a delete here waits for the first prediction, which an executor that
+/// deleted first would never make), and every deletion comes before the
+/// run commits anything: none reaches a file of the new run.
+#[test]
+fn stale_outputs_are_deleted_beside_the_first_batches_and_before_any_commit() {
+    let inner = fixture_storage(&["a.jsonl"]);
+    let run = |storage: Arc<dyn Storage>, predicted: Option<Arc<(Mutex<bool>, Condvar)>>| {
+        let predictor = predictor_fn(move |batch: Vec<Instance>, _: &_| {
+            if let Some(predicted) = &predicted {
+                *predicted.0.lock().unwrap() = true;
+                predicted.1.notify_all();
+            }
+            Ok(batch.iter().map(Instance::to_json).collect())
+        });
+        let mut job = queued_job(DataFormat::Json, &["gs://b/in/*"], 10, 1);
+        BatchExecutor::new(storage, resolver_for(Arc::new(predictor)))
+            .with_config(ExecutorConfig::default().with_resume(ResumeMode::Fresh))
+            .run(&mut job, &CancelHandle::new())
+            .unwrap()
+    };
+    let first = run(Arc::new(inner.clone()), None);
+    assert_eq!(first.state, State::Succeeded);
+    let before = crate::results_and_errors(&inner, "gs://b/out");
+
+    let predicted = Arc::new((Mutex::new(false), Condvar::new()));
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let storage = SlowDeletes {
+        inner: inner.clone(),
+        predicted: Arc::clone(&predicted),
+        log: Arc::clone(&log),
+    };
+    let started = Instant::now();
+    let second = run(Arc::new(storage), Some(predicted));
+    assert_eq!(second.state, State::Succeeded);
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "the deletes waited out their timeout: the run deleted before predicting"
+    );
+    let log = log.lock().unwrap().clone();
+    let deletes = log.iter().filter(|l| l.starts_with("delete ")).count();
+    assert_eq!(deletes, 4, "the earlier run's four files: {log:?}");
+    let first_commit = log.iter().position(|l| l.starts_with("commit ")).unwrap();
+    assert!(
+        log[..first_commit].iter().all(|l| l.starts_with("delete ")) && first_commit == deletes,
+        "{log:?}"
+    );
+    assert_eq!(crate::results_and_errors(&inner, "gs://b/out"), before);
+}

@@ -1,6 +1,7 @@
 //! Storage backends against the contract, and the local file system's
 //! location rules.
 
+use std::io::Write;
 use std::sync::Arc;
 
 use batch_prediction::storage::{DynStorage, StorageErrorKind};
@@ -253,4 +254,42 @@ fn an_expansion_gives_up_when_its_caller_stops() {
     let stop = || asked.fetch_add(1, std::sync::atomic::Ordering::SeqCst) >= 2;
     let err = storage.expand_until(&patterns, &stop).unwrap_err();
     assert_eq!(err.location(), "gs://b/in/a.json");
+}
+
+/// A local file larger than the background sync's step (8 MiB) is synced
+/// while it is written: it still reads back exactly, commits as one, and,
+/// abandoned, leaves nothing behind.
+#[test]
+fn large_local_files_write_synced_in_the_background_and_read_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = LocalStorage::new();
+    let data: Vec<u8> = (0..20u32 << 20).map(|i| (i % 251) as u8).collect();
+    let location = dir.path().join("big.bin").to_str().unwrap().to_owned();
+    let mut writer = storage.create(&location).unwrap();
+    for chunk in data.chunks(1 << 20) {
+        writer.write_all(chunk).unwrap();
+    }
+    assert!(
+        !std::path::Path::new(&location).exists(),
+        "not before the commit"
+    );
+    assert_eq!(writer.commit().unwrap().size, data.len() as u64);
+    assert!(storage.read_bytes(&location).unwrap() == data);
+
+    let abandoned = dir
+        .path()
+        .join("abandoned.bin")
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let mut writer = storage.create(&abandoned).unwrap();
+    for chunk in data.chunks(1 << 20) {
+        writer.write_all(chunk).unwrap();
+    }
+    drop(writer);
+    let left: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(left, ["big.bin"]);
 }
