@@ -20,7 +20,7 @@ machine's drift falls on all of them alike, it times:
   each record and writes it as the echo's {"b64": ...} line, and its 2w/1w
   speedup against the bound `compare_helper phases` computes for an
   executor that cost nothing (issue #15 §3: at least 0.9 of it); the JSON
-  echo job's 2w/1w against its own such bound too, beside its fixed goal;
+  echo job's 2w/1w against its own such bound too (#31 §1: at least 0.9 of it);
 - the same job with a CPU-bound predictor, 1 and 2 workers (on N/10 lines);
 - this crate framing every TFRecord (and gzip TFRecord) record, against
   `cat FILE > /dev/null` and `gzip -dc FILE > /dev/null`, and, if
@@ -355,7 +355,7 @@ def main():
         bound = float(phases.stdout.split()[0])
         print(phases.stderr.strip(), file=sys.stderr)
         # The same bound for the JSON echo job, with its own work (the echo
-        # predictor's JSON-lines path): context for its fixed 1.6 goal.
+        # predictor's JSON-lines path), its goal since #31 §1.
         phases = subprocess.run([helper, "phases", "json", jsonl, os.path.join(work, "phases.jsonl")],
                                 check=True, capture_output=True, text=True)
         json_bound = float(phases.stdout.split()[0])
@@ -386,8 +386,10 @@ def main():
     speed = lambda name: 1 / med[name]
     goal("echo job 2w vs Python executor", speed("echo job, 2 workers") / speed("Python executor"), 20)
     goal("#15: echo job 1w vs bare serde_json", speed("echo job, 1 worker") / speed("bare serde_json loop"), 1.3)
-    goal("echo job 2w vs 1w", speed("echo job, 2 workers") / speed("echo job, 1 worker"), 1.6)
+    # #31 §1: the JSON echo job is held, as the TFRecord one, to the speedup
+    # an executor that cost nothing could reach here, not to a fixed 1.6.
     json_scaling = speed("echo job, 2 workers") / speed("echo job, 1 worker") / json_bound
+    goal(f"#31: echo job 2w/1w vs bound {json_bound:.2f}", json_scaling, 0.9)
     goal("cpu job 2w vs 1w", speed("cpu job, 2 workers") / speed("cpu job, 1 worker"), 1.8)
     # Issue #4's own targets: the executor adds under 25% to the bare cost, on JSON and TFRecord.
     goal("#4: echo job 1w vs bare loop, JSON", speed("echo job, 1 worker") / speed("bare serde_json loop"), 0.8)
@@ -416,8 +418,6 @@ def main():
     for label, value, target in goals:
         verdict = "PASS" if value >= target else "MISS"
         print(f"  {label:<36} {value:7.2f}  (goal >= {target})  {verdict}")
-    print(f"  {'echo job 2w/1w vs bound ' + format(json_bound, '.2f'):<36} {json_scaling:7.2f}  (no goal: the "
-          f"zero-cost bound of the JSON echo job's own parts, as #15 §3 holds TFRecord to it)")
     if tf_python:
         ratio = speed("read gzip TFRecord") / speed("tf.data gzip batch(1024)")
         print(f"  {'gzip TFRecord read vs tf.data':<36} {ratio:7.2f}  (no goal)")
