@@ -960,24 +960,6 @@ fn gzip_encoded_objects_on_cloud_storage_are_read_decompressed_and_never_by_rang
     );
 }
 
-/// Sends an HTTP request with curl; the body of the answer as JSON.
-#[cfg(feature = "rest")]
-fn curl(method: &str, url: &str, body: Option<&serde_json::Value>) -> serde_json::Value {
-    let mut command = std::process::Command::new("curl");
-    command.args(["-s", "-X", method, url]);
-    if let Some(body) = body {
-        command.args([
-            "-H",
-            "Content-Type: application/json",
-            "-d",
-            &body.to_string(),
-        ]);
-    }
-    let out = command.output().unwrap();
-    serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|_| panic!("{method} {url}: {}", String::from_utf8_lossy(&out.stdout)))
-}
-
 // The emulator is `batch-prediction serve`, of the `cli` feature.
 #[cfg(feature = "cli")]
 #[test]
@@ -996,7 +978,7 @@ fn the_emulator_runs_jobs_on_real_buckets() {
         .put_bytes(&format!("{input}/a.jsonl"), b"{\"x\": 1}\n{\"x\": 2}\n")
         .unwrap();
     let api = format!("http://127.0.0.1:{port}/v1/projects/bucket-test/jobs");
-    let created = curl(
+    let created = crate::curl(
         "POST",
         &api,
         Some(&json!({
@@ -1009,7 +991,7 @@ fn the_emulator_runs_jobs_on_real_buckets() {
     );
     assert_eq!(created["state"], "QUEUED", "{created}");
     let done = loop {
-        let job = curl("GET", &format!("{api}/on_buckets"), None);
+        let job = crate::curl("GET", &format!("{api}/on_buckets"), None);
         if matches!(job["state"].as_str(), Some("SUCCEEDED" | "FAILED")) {
             break job;
         }

@@ -309,3 +309,22 @@ pub fn required<T>(started: &'static Result<T, String>, what: &str) -> Option<&'
         }
     }
 }
+
+/// Sends an HTTP request with curl (no HTTP client among the test
+/// dependencies); the body of the answer as JSON.
+#[cfg(any(feature = "cli", feature = "rest"))]
+pub fn curl(method: &str, url: &str, body: Option<&serde_json::Value>) -> serde_json::Value {
+    let mut command = std::process::Command::new("curl");
+    command.args(["-s", "-X", method, url]);
+    if let Some(body) = body {
+        command.args([
+            "-H",
+            "Content-Type: application/json",
+            "-d",
+            &body.to_string(),
+        ]);
+    }
+    let out = command.output().unwrap();
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|_| panic!("{method} {url}: {}", String::from_utf8_lossy(&out.stdout)))
+}

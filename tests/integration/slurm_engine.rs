@@ -63,19 +63,7 @@ fn call(emulator: &Emulator, method: &str, path: &str, body: Option<&Value>) -> 
         "http://127.0.0.1:{}/v1/projects/slurm-test/{path}",
         emulator.port
     );
-    let mut command = Command::new("curl");
-    command.args(["-s", "-X", method, &url]);
-    if let Some(body) = body {
-        command.args([
-            "-H",
-            "Content-Type: application/json",
-            "-d",
-            &body.to_string(),
-        ]);
-    }
-    let out = command.output().unwrap();
-    serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|_| panic!("{method} {url}: {}", String::from_utf8_lossy(&out.stdout)))
+    crate::curl(method, &url, body)
 }
 
 /// Polls the job until `done` says so (at most 5 minutes); the job.
