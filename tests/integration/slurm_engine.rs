@@ -194,6 +194,21 @@ fn a_cancelled_job_leaves_nothing_on_the_cluster() {
         j["state"] != "QUEUED" && j["state"] != "PREPARING"
     });
     assert_eq!(running["state"], "RUNNING", "{running}");
+    // The merge waits in Slurm's queue for the parts.
+    let merge = kept(&emulator, "cancelled")["merge"]
+        .as_str()
+        .expect("the merge is submitted with the parts")
+        .to_owned();
+    let shown = slurm(
+        cluster,
+        "scontrol",
+        &["show", "job", "--oneliner", &merge],
+        &[],
+    );
+    assert!(
+        shown.contains("JobState=PENDING") && shown.contains("Reason=Dependency"),
+        "{shown}"
+    );
     let answer = call(&emulator, "POST", "jobs/cancelled:cancel", Some(&json!({})));
     assert_eq!(answer, json!({}));
     let done = wait_until(&emulator, "cancelled", ended);
@@ -204,7 +219,9 @@ fn a_cancelled_job_leaves_nothing_on_the_cluster() {
         .to_owned();
     let left = queue(cluster);
     assert!(
-        !left.lines().any(|l| l.starts_with(&format!("{array}_"))),
+        !left
+            .lines()
+            .any(|l| l.starts_with(&format!("{array}_")) || l.starts_with(&format!("{merge} "))),
         "{left}"
     );
 }

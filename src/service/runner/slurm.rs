@@ -161,11 +161,14 @@ impl SlurmOptions {
 ///   run again alone up to [`SlurmOptions::retries`] times, then ends the
 ///   job `FAILED`, naming the part, its Slurm job, Slurm's state, reason
 ///   and exit code, and the end of its log;
-/// - once every part completed, the merge is submitted (the runner
-///   submits it, rather than a Slurm dependency: a part run again would
-///   leave an `afterok` merge waiting forever); its printed job gives the
-///   end: `SUCCEEDED` with the counts and the node hours the parts
-///   measured, or `FAILED` with its message;
+/// - the merge is submitted with the parts, to wait for them in Slurm's
+///   queue (`--dependency=afterok:ARRAY --kill-on-invalid-dep=yes`), so
+///   it starts as soon as they are done; when a part is run again, the
+///   runner cancels that merge (its dependency can no longer be met) and
+///   submits another once every part completed. The job it prints gives
+///   the end, seen within 100 ms of being written (the runner reads the
+///   file between its Slurm queries): `SUCCEEDED` with the counts and the
+///   node hours the parts measured, or `FAILED` with its message;
 /// - a cancel runs `scancel` on every Slurm job of the job, which is
 ///   `CANCELLED` once none of them is left pending or running.
 ///
@@ -224,7 +227,14 @@ pub struct SlurmRunner {
     options: SlurmOptions,
     /// When the followed jobs were last asked about.
     last_poll: std::sync::Mutex<Option<Instant>>,
+    /// The followed jobs whose merge was submitted, as last seen: their
+    /// printed end is looked for at every call, not once per poll.
+    merging: std::sync::Mutex<std::collections::HashMap<JobName, Followed>>,
 }
+
+/// How often a submitted merge's output is looked at for the job's end
+/// (a file read, not a Slurm query).
+const MERGE_WATCH: Duration = Duration::from_millis(100);
 
 impl fmt::Debug for SlurmRunner {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -245,6 +255,7 @@ impl SlurmRunner {
             planner,
             options,
             last_poll: std::sync::Mutex::new(None),
+            merging: std::sync::Mutex::default(),
         }
     }
 
@@ -273,12 +284,35 @@ impl Runner for SlurmRunner {
             due
         };
         if due {
+            let mut merging = std::collections::HashMap::new();
             for record in service.followed_jobs(Self::NAME)? {
+                if let Ok(followed) = Followed::of(&record)
+                    && followed.merge.is_some()
+                {
+                    merging.insert(record.name.clone(), followed);
+                }
                 unreachable = unreachable.or(self.advance(service, record)?);
             }
+            *crate::service::lock(&self.merging) = merging;
+        } else {
+            // Between polls: a merge that printed the job's end ends it now.
+            let ended: Vec<JobName> = crate::service::lock(&self.merging)
+                .iter()
+                .filter(|(_, followed)| self.printed(followed).is_some())
+                .map(|(name, _)| name.clone())
+                .collect();
+            for name in ended {
+                crate::service::lock(&self.merging).remove(&name);
+                if let Some(record) = service.store().get(&name)? {
+                    unreachable = unreachable.or(self.advance(service, record)?);
+                }
+            }
         }
-        let next = crate::service::lock(&self.last_poll)
+        let mut next = crate::service::lock(&self.last_poll)
             .map_or(Duration::ZERO, |at| poll.saturating_sub(at.elapsed()));
+        if !crate::service::lock(&self.merging).is_empty() {
+            next = next.min(MERGE_WATCH);
+        }
         service.wait_for_change(seen, wait.min(next));
         match unreachable {
             Some(why) => Err(Error::external(
@@ -670,8 +704,12 @@ impl SlurmRunner {
         trace::event!(info, job = %name, slurm_job = %id, parts, "submitted to Slurm");
         followed.dir = Some(path_text(&dir));
         followed.parts = parts;
-        followed.array = Some(id);
-        store(service, name, &followed)
+        followed.array = Some(id.clone());
+        store(service, name, &followed)?;
+        // The merge waits for the parts in Slurm's queue, so it starts
+        // the moment they are done; a part that fails makes Slurm cancel
+        // it, and the runner submits another once the part was run again.
+        self.submit_merge(service, name, followed, Some(&id))
     }
 
     /// `sbatch`'s arguments for the parts `tasks` (`0-3`, `2`) of `name`.
@@ -770,6 +808,14 @@ impl SlurmRunner {
         mut followed: Followed,
     ) -> Result<(), Trouble> {
         let name = &record.name;
+        // The merge printed the finished job: that is the end, whatever
+        // Slurm says of its process yet.
+        if let Some(done) = self.printed(&followed) {
+            return service
+                .record_end(name, &done)
+                .map(drop)
+                .map_err(Trouble::Store);
+        }
         let array = followed.array.clone().expect("submitted");
         let tasks = self.query(&array).map_err(Trouble::Slurm)?;
         let mut standings = Vec::with_capacity(followed.parts);
@@ -825,6 +871,12 @@ impl SlurmRunner {
             match self.sbatch(&self.part_args(name, &dir, &index.to_string()))? {
                 Ok(id) => {
                     trace::event!(info, job = %name, part = index, slurm_job = %id, "part submitted again");
+                    // A merge waiting on the array can no longer start
+                    // (Slurm cancels it): one is submitted once all parts are done.
+                    if let Some(merge) = followed.merge.take() {
+                        followed.merge_attempts = followed.merge_attempts.saturating_sub(1);
+                        let _ = self.command("scancel", &[&merge]);
+                    }
                     followed.reruns.insert(
                         index,
                         Rerun {
@@ -858,7 +910,7 @@ impl SlurmRunner {
             return Ok(());
         }
         let Some(merge) = followed.merge.clone() else {
-            return self.submit_merge(service, name, followed);
+            return self.submit_merge(service, name, followed, None);
         };
         let standing = self
             .query(&merge)
@@ -869,12 +921,7 @@ impl SlurmRunner {
             return Ok(());
         }
         // The merge printed the finished job, whatever its exit.
-        let printed = self.log_path(&followed, &format!("merge.{merge}.out"));
-        if let Some(done) = std::fs::read_to_string(&printed)
-            .ok()
-            .and_then(|text| Job::from_json(&text).ok())
-            .filter(|job| job.state().is_terminal())
-        {
+        if let Some(done) = self.printed(&followed) {
             return service
                 .record_end(name, &done)
                 .map(drop)
@@ -882,7 +929,7 @@ impl SlurmRunner {
         }
         let log = self.log_path(&followed, &format!("merge.{merge}.err"));
         if followed.merge_attempts <= self.options.retries {
-            return self.submit_merge(service, name, followed);
+            return self.submit_merge(service, name, followed, None);
         }
         let what = match standing {
             Standing::Failed(task) => task.describe(),
@@ -899,15 +946,23 @@ impl SlurmRunner {
         )
     }
 
+    /// Submits the merge: after the array `after` completes (so that it
+    /// starts as soon as the parts are done, and Slurm cancels it if one
+    /// fails), or, with `None`, now.
     fn submit_merge(
         &self,
         service: &JobService,
         name: &JobName,
         mut followed: Followed,
+        after: Option<&str>,
     ) -> Result<(), Trouble> {
         let dir = PathBuf::from(followed.dir.clone().unwrap_or_default());
         let mut args = self.common_args(name, &dir, "merge.%j");
         args.push("--cpus-per-task=1".to_owned());
+        if let Some(array) = after {
+            args.push(format!("--dependency=afterok:{array}"));
+            args.push("--kill-on-invalid-dep=yes".to_owned());
+        }
         args.push(path_text(&dir.join("merge.sh")));
         match self.sbatch(&args)? {
             Ok(id) => {
@@ -970,6 +1025,16 @@ impl SlurmRunner {
             Ok(()) => message,
             Err(why) => format!("{message} (and its other Slurm jobs may still run: {why})"),
         }
+    }
+
+    /// The finished job the merge printed, once it printed it whole.
+    fn printed(&self, followed: &Followed) -> Option<Job> {
+        let merge = followed.merge.as_deref()?;
+        let text =
+            std::fs::read_to_string(self.log_path(followed, &format!("merge.{merge}.out"))).ok()?;
+        Job::from_json(&text)
+            .ok()
+            .filter(|job| job.state().is_terminal())
     }
 
     fn log_path(&self, followed: &Followed, file: &str) -> PathBuf {
