@@ -355,9 +355,8 @@ impl BatchExecutor {
         let (resumed, stale) = self
             .prepare_output(plan, &settings)
             .map_err(Stop::Invalid)?;
-        // Deleted while the first batches run; the writer waits for it
-        // before it commits anything.
-        let stale = Mutex::new(self.delete_stale(stale));
+        // Deleted while the first batches run (see `delete_stale`).
+        let stale = self.delete_stale(plan, stale);
         trace::event!(
             info,
             files = plan.inputs.len(),

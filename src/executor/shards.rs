@@ -2,7 +2,7 @@
 //! stale output deleted, shard summaries, and [`BatchExecutor::merge`].
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Instant;
 
 use serde_json::{Value, json};
@@ -91,23 +91,51 @@ impl BatchExecutor {
 
     /// Deletes the output files `prepare_output` named, on a thread of its
     /// own, so that the run's first batches need not wait for it (a large
-    /// file takes a while to unlink, a bucket a request per object). The
-    /// run's writer waits for it before it commits anything, so no
-    /// deletion can reach a file this run wrote.
-    pub(super) fn delete_stale(&self, stale: Vec<String>) -> StaleDeletion {
+    /// file takes a while to unlink, a bucket a request per object): first
+    /// those this run writes again, in the order it writes them. The
+    /// run's writer waits for each of those before it creates it, so no
+    /// deletion reaches a file of this run, nor an upload under way to its
+    /// location; and for the whole deletion before the run ends.
+    pub(super) fn delete_stale(&self, plan: &Plan, mut stale: Vec<String>) -> StaleDeletion {
+        let order: std::collections::HashMap<&str, usize> = plan
+            .shards
+            .iter()
+            .flat_map(|s| {
+                [
+                    s.results_file.as_str(),
+                    s.errors_file.as_str(),
+                    s.errors_stats_file.as_str(),
+                    s.summary_file.as_str(),
+                ]
+            })
+            .enumerate()
+            .map(|(i, location)| (location, i))
+            .collect();
+        stale.sort_by_key(|location| order.get(location.as_str()).copied().unwrap_or(usize::MAX));
+        let shared = Arc::new(StaleShared {
+            pending: Mutex::new(stale.iter().cloned().collect()),
+            deleted: Condvar::new(),
+        });
+        let deletion = StaleDeletion {
+            shared: Arc::clone(&shared),
+            thread: Mutex::new(None),
+            outcome: Mutex::new(None),
+        };
         if stale.is_empty() {
-            return StaleDeletion::Done(Ok(()));
+            return deletion;
         }
-        let (storage, stale) = (Arc::clone(&self.storage), Arc::new(stale));
+        let storage = Arc::clone(&self.storage);
         let spawned = std::thread::Builder::new().name("bp-stale".into()).spawn({
-            let (storage, stale) = (Arc::clone(&storage), Arc::clone(&stale));
-            move || delete_all(&*storage, &stale)
+            let (storage, shared, stale) =
+                (Arc::clone(&storage), Arc::clone(&shared), stale.clone());
+            move || delete_all(&*storage, &stale, &shared)
         });
         match spawned {
-            Ok(thread) => StaleDeletion::Running(thread),
+            Ok(thread) => *lock(&deletion.thread) = Some(thread),
             // No thread: here and now.
-            Err(_) => StaleDeletion::Done(delete_all(&*storage, &stale)),
+            Err(_) => *lock(&deletion.outcome) = Some(delete_all(&*storage, &stale, &shared)),
         }
+        deletion
     }
 }
 
@@ -232,31 +260,70 @@ impl BatchExecutor {
     }
 }
 
-/// Deletes `stale`, one after another; a file already gone is no error.
-fn delete_all(storage: &dyn Storage, stale: &[String]) -> Result<(), StorageError> {
+/// Deletes `stale`, one after another, each then no longer pending; a
+/// file already gone is no error. However it ends (an error, a panic), no
+/// location is left pending, so that no writer waits forever.
+fn delete_all(
+    storage: &dyn Storage,
+    stale: &[String],
+    shared: &StaleShared,
+) -> Result<(), StorageError> {
+    struct Release<'a>(&'a StaleShared);
+    impl Drop for Release<'_> {
+        fn drop(&mut self) {
+            lock(&self.0.pending).clear();
+            self.0.deleted.notify_all();
+        }
+    }
+    let _release = Release(shared);
     for location in stale {
         match storage.delete(location) {
             // Another part of the job deleted it first.
             Err(e) if e.kind() == StorageErrorKind::NotFound => {}
             other => other?,
         }
+        lock(&shared.pending).remove(location);
+        shared.deleted.notify_all();
     }
     Ok(())
 }
 
-/// The deletion of a run's stale output files: running, or done.
-pub(super) enum StaleDeletion {
-    /// On its thread.
-    Running(std::thread::JoinHandle<Result<(), StorageError>>),
-    /// Done, with its outcome (or nothing to do).
-    Done(Result<(), StorageError>),
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// What the deleting thread and the writer share: the locations still to
+/// delete.
+pub(super) struct StaleShared {
+    pending: Mutex<std::collections::HashSet<String>>,
+    deleted: Condvar,
+}
+
+/// The deletion of a run's stale output files.
+pub(super) struct StaleDeletion {
+    shared: Arc<StaleShared>,
+    thread: Mutex<Option<std::thread::JoinHandle<Result<(), StorageError>>>>,
+    /// Its outcome, when it ran on the calling thread.
+    outcome: Mutex<Option<Result<(), StorageError>>>,
 }
 
 impl StaleDeletion {
-    /// Waits for it to end; its outcome (taken once: `Ok` after that).
-    pub(super) fn wait(&mut self) -> Result<(), StorageError> {
-        match std::mem::replace(self, StaleDeletion::Done(Ok(()))) {
-            StaleDeletion::Running(thread) => thread.join().unwrap_or_else(|payload| {
+    /// Waits until `location` is no longer to be deleted (deleted, or the
+    /// deletion ended early: its error comes from [`wait`](Self::wait)).
+    pub(super) fn wait_for(&self, location: &str) {
+        let pending = lock(&self.shared.pending);
+        let _unused = self
+            .shared
+            .deleted
+            .wait_while(pending, |pending| pending.contains(location))
+            .unwrap_or_else(|e| e.into_inner());
+    }
+
+    /// Waits for the whole deletion to end; its outcome (taken once: `Ok`
+    /// after that).
+    pub(super) fn wait(&self) -> Result<(), StorageError> {
+        if let Some(thread) = lock(&self.thread).take() {
+            return thread.join().unwrap_or_else(|payload| {
                 Err(StorageError::new(
                     StorageErrorKind::Other,
                     "",
@@ -265,9 +332,9 @@ impl StaleDeletion {
                         super::panic_message(&*payload)
                     ),
                 ))
-            }),
-            StaleDeletion::Done(outcome) => outcome,
+            });
         }
+        lock(&self.outcome).take().unwrap_or(Ok(()))
     }
 }
 

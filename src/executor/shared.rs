@@ -81,7 +81,7 @@ pub(super) struct Run<'a> {
     /// The workers' time per instance, which sizes the chunks.
     pub(super) chunk_cost: ChunkCost,
     /// The deletion of the earlier run's output files this run does not keep.
-    pub(super) stale: Mutex<super::shards::StaleDeletion>,
+    pub(super) stale: super::shards::StaleDeletion,
 }
 
 impl Run<'_> {

@@ -95,13 +95,10 @@ impl<'r, 'a> Writer<'r, 'a> {
         stop.or(deleted)
     }
 
-    /// Waits for the deletion of the earlier run's stale files (it runs
-    /// beside the first batches): before anything is committed, so that
-    /// it never reaches a file of this run.
+    /// Waits for the whole deletion of the earlier run's stale files (it
+    /// runs beside the first batches); its error, if it failed.
     fn stale_deleted(run: &Run<'_>) -> Result<(), Stop> {
         run.stale
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
             .wait()
             .map_err(|e| Stop::Invalid(super::storage_error(e)))
     }
@@ -173,6 +170,9 @@ impl<'r, 'a> Writer<'r, 'a> {
         let shard = &self.run.plan.shards[index];
         let storage = &self.run.executor.storage;
         let create = |location: &str| {
+            // Its stale namesake deleted first: on a bucket, a deletion
+            // could otherwise reach the upload under way.
+            self.run.stale.wait_for(location);
             storage
                 .create(location)
                 .map_err(|e| Stop::Failed(format!("cannot write output: {e}")))
@@ -225,7 +225,7 @@ impl<'r, 'a> Writer<'r, 'a> {
                     let header: Vec<String> = map.keys().cloned().collect();
                     let location =
                         join_location(&plan.output_path, &OutputFile::CsvHeader.name(0, 1));
-                    Self::stale_deleted(self.run)?;
+                    self.run.stale.wait_for(&location);
                     self.run
                         .executor
                         .storage
@@ -320,7 +320,6 @@ impl<'r, 'a> Writer<'r, 'a> {
     }
 
     pub(super) fn end(&mut self, index: usize) -> Result<(), Stop> {
-        Self::stale_deleted(self.run)?;
         let open = self.open.take().expect("a shard ends after it starts");
         debug_assert_eq!(open.index, index);
         let shard = &self.run.plan.shards[index];
@@ -339,6 +338,8 @@ impl<'r, 'a> Writer<'r, 'a> {
         let mut summary = summary;
         // The summary goes last: a shard counts as done only when all its files are.
         let mut committed: Vec<&str> = Vec::new();
+        self.run.stale.wait_for(&shard.errors_stats_file);
+        self.run.stale.wait_for(&shard.summary_file);
         let result = (|| {
             summary.sizes[1] = open.errors.commit()?.size;
             committed.push(&shard.errors_file);

@@ -504,7 +504,7 @@ const SYNC_EVERY: u64 = 8 << 20;
 /// wake it (a full channel means a sync is already due).
 struct Syncer {
     wake: Option<std::sync::mpsc::SyncSender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    thread: Option<std::thread::JoinHandle<Option<io::Error>>>,
 }
 
 impl Syncer {
@@ -515,10 +515,15 @@ impl Syncer {
         let thread = std::thread::Builder::new()
             .name("bp-sync".into())
             .spawn(move || {
-                // Errors are the commit's to report: its own sync sees them.
+                // The first error is the commit's to report: the kernel
+                // tells a write-back error once, to this sync, not again
+                // to the commit's.
                 while woken.recv().is_ok() {
-                    let _ = file.sync_data();
+                    if let Err(e) = file.sync_data() {
+                        return Some(e);
+                    }
                 }
+                None
             })
             .ok()?;
         Some(Syncer {
@@ -533,18 +538,19 @@ impl Syncer {
         }
     }
 
-    /// Stops it, waiting for a sync under way.
-    fn stop(&mut self) {
+    /// Stops it, waiting for a sync under way; the error one met.
+    fn stop(&mut self) -> Option<io::Error> {
         self.wake.take();
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
+        let thread = self.thread.take()?;
+        thread
+            .join()
+            .unwrap_or_else(|_| Some(io::Error::other("the background sync panicked")))
     }
 }
 
 impl Drop for Syncer {
     fn drop(&mut self) {
-        self.stop();
+        let _ = self.stop();
     }
 }
 
@@ -612,9 +618,10 @@ impl LocalWriter {
 
 impl ObjectWriter for LocalWriter {
     fn commit(mut self: Box<Self>) -> Result<ObjectMeta, StorageError> {
-        // No sync of ours under way beside the last one.
-        if let Some(mut syncer) = self.syncer.take() {
-            syncer.stop();
+        // No sync of ours under way beside the last one; an error one met
+        // fails the commit, as the commit's own sync would have.
+        if let Some(error) = self.syncer.take().and_then(|mut syncer| syncer.stop()) {
+            return Err(StorageError::io(self.location.as_str(), "sync", error));
         }
         let writer = self.file.take().ok_or_else(|| {
             StorageError::new(

@@ -1401,5 +1401,11 @@ fn an_object_replaced_by_another_writer_after_the_listing_fails_its_read() {
             reader.read_bytes(&location).unwrap(),
             b"{\"v\": 2, \"longer\": true}\n"
         );
+        // Listed, replaced, then looked at with `head` (as a job's plan
+        // looks at an input named without a wildcard): read as seen last.
+        reader.list(&format!("{prefix}/")).unwrap();
+        writer.put_bytes(&location, b"{\"v\": 3}\n").unwrap();
+        assert_eq!(reader.head(&location).unwrap().size, 9);
+        assert_eq!(reader.read_bytes(&location).unwrap(), b"{\"v\": 3}\n");
     }
 }

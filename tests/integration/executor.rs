@@ -2525,6 +2525,7 @@ impl Storage for SlowDeletes {
         Box<dyn batch_prediction::storage::ObjectWriter>,
         batch_prediction::storage::StorageError,
     > {
+        self.log.lock().unwrap().push(format!("create {location}"));
         Ok(Box::new(LoggedWriter {
             inner: self.inner.create(location)?,
             location: location.to_owned(),
@@ -2544,10 +2545,10 @@ impl Storage for SlowDeletes {
 
 /// The earlier run's output files are deleted while the new run predicts
 /// (a delete here waits for the first prediction, which an executor that
-/// deleted first would never make), and every deletion comes before the
-/// run commits anything: none reaches a file of the new run.
+/// deleted first would never make), each before the new run creates a file
+/// of that name: no deletion reaches a file, or an upload, of the new run.
 #[test]
-fn stale_outputs_are_deleted_beside_the_first_batches_and_before_any_commit() {
+fn stale_outputs_are_deleted_beside_the_first_batches_before_their_names_are_written() {
     let inner = fixture_storage(&["a.jsonl"]);
     let run = |storage: Arc<dyn Storage>, predicted: Option<Arc<(Mutex<bool>, Condvar)>>| {
         let predictor = predictor_fn(move |batch: Vec<Instance>, _: &_| {
@@ -2584,10 +2585,11 @@ fn stale_outputs_are_deleted_beside_the_first_batches_and_before_any_commit() {
     let log = log.lock().unwrap().clone();
     let deletes = log.iter().filter(|l| l.starts_with("delete ")).count();
     assert_eq!(deletes, 4, "the earlier run's four files: {log:?}");
-    let first_commit = log.iter().position(|l| l.starts_with("commit ")).unwrap();
-    assert!(
-        log[..first_commit].iter().all(|l| l.starts_with("delete ")) && first_commit == deletes,
-        "{log:?}"
-    );
+    for (i, entry) in log.iter().enumerate() {
+        if let Some(location) = entry.strip_prefix("delete ") {
+            let created = log.iter().position(|l| *l == format!("create {location}"));
+            assert!(created.is_some_and(|c| c > i), "{location}: {log:?}");
+        }
+    }
     assert_eq!(crate::results_and_errors(&inner, "gs://b/out"), before);
 }

@@ -709,7 +709,30 @@ impl SlurmRunner {
         // The merge waits for the parts in Slurm's queue, so it starts
         // the moment they are done; a part that fails makes Slurm cancel
         // it, and the runner submits another once the part was run again.
-        self.submit_merge(service, name, followed, Some(&id))
+        match self.sbatch(&self.merge_args(name, &dir, Some(&id)))? {
+            Ok(merge) => {
+                trace::event!(info, job = %name, slurm_job = %merge, "merge submitted");
+                followed.merge = Some(merge);
+                followed.merge_attempts += 1;
+                store(service, name, &followed)
+            }
+            // Refused now (a limit on queued jobs, say): it is submitted
+            // once the parts are done, as after a rerun.
+            Err(_) => Ok(()),
+        }
+    }
+
+    /// `sbatch`'s arguments for the merge of `name`: after the array
+    /// `after` completes, or now.
+    fn merge_args(&self, name: &JobName, dir: &Path, after: Option<&str>) -> Vec<String> {
+        let mut args = self.common_args(name, dir, "merge.%j");
+        args.push("--cpus-per-task=1".to_owned());
+        if let Some(array) = after {
+            args.push(format!("--dependency=afterok:{array}"));
+            args.push("--kill-on-invalid-dep=yes".to_owned());
+        }
+        args.push(path_text(&dir.join("merge.sh")));
+        args
     }
 
     /// `sbatch`'s arguments for the parts `tasks` (`0-3`, `2`) of `name`.
@@ -910,7 +933,7 @@ impl SlurmRunner {
             return Ok(());
         }
         let Some(merge) = followed.merge.clone() else {
-            return self.submit_merge(service, name, followed, None);
+            return self.submit_merge(service, name, followed);
         };
         let standing = self
             .query(&merge)
@@ -929,7 +952,7 @@ impl SlurmRunner {
         }
         let log = self.log_path(&followed, &format!("merge.{merge}.err"));
         if followed.merge_attempts <= self.options.retries {
-            return self.submit_merge(service, name, followed, None);
+            return self.submit_merge(service, name, followed);
         }
         let what = match standing {
             Standing::Failed(task) => task.describe(),
@@ -946,32 +969,25 @@ impl SlurmRunner {
         )
     }
 
-    /// Submits the merge: after the array `after` completes (so that it
-    /// starts as soon as the parts are done, and Slurm cancels it if one
-    /// fails), or, with `None`, now.
+    /// Submits the merge now (the parts are done).
     fn submit_merge(
         &self,
         service: &JobService,
         name: &JobName,
         mut followed: Followed,
-        after: Option<&str>,
     ) -> Result<(), Trouble> {
         let dir = PathBuf::from(followed.dir.clone().unwrap_or_default());
-        let mut args = self.common_args(name, &dir, "merge.%j");
-        args.push("--cpus-per-task=1".to_owned());
-        if let Some(array) = after {
-            args.push(format!("--dependency=afterok:{array}"));
-            args.push("--kill-on-invalid-dep=yes".to_owned());
-        }
-        args.push(path_text(&dir.join("merge.sh")));
-        match self.sbatch(&args)? {
+        match self.sbatch(&self.merge_args(name, &dir, None))? {
             Ok(id) => {
                 trace::event!(info, job = %name, slurm_job = %id, "merge submitted");
                 followed.merge = Some(id);
                 followed.merge_attempts += 1;
                 store(service, name, &followed)
             }
-            Err(why) => fail(service, name, format!("Slurm refused the merge: {why}")),
+            Err(why) => {
+                let message = format!("Slurm refused the merge: {why}");
+                fail(service, name, self.cancel_rest(&followed, message))
+            }
         }
     }
 

@@ -364,6 +364,9 @@ impl Storage for GcsStorage {
     fn head(&self, location: &str) -> Result<ObjectMeta, StorageError> {
         let (bucket, _) = split_location(location, "gs", false)?;
         let object = self.head_object(location)?;
+        // What a caller just saw is what its read will read.
+        self.listed
+            .remember(location.to_owned(), Known::of(&object));
         let mut found = meta(bucket, &object);
         found.location = location.to_owned();
         Ok(found)

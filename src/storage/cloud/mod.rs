@@ -48,14 +48,17 @@ const READ_AHEAD_CHUNKS: usize = 16;
 /// 256 KiB (GCS's resumable chunk unit) and at least 5 MiB (S3's smallest part).
 pub(crate) const UPLOAD_PART_BYTES: usize = 8 << 20;
 
-/// What the last listings told about each object, so that reading an
-/// object just listed (as a job reads its inputs) takes one request, not
+/// What the last listing or `head` told about each object, so that reading
+/// an object just listed (as a job reads its inputs) takes one request, not
 /// a metadata request and then the read: on a store tens of milliseconds
 /// away, that halves the wait before each small object's first byte.
-/// An entry is used once (a later open asks again), and the whole map is
-/// dropped when it reaches [`Listed::MAX`] entries, so it stays small.
-/// Reads from an entry are pinned to the listed version, as those from a
-/// metadata request are to the version it saw.
+/// An entry is used once (a later open asks again), replaced by every
+/// listing or `head` of the object (so a read follows the caller's last
+/// look, as a job's plan does), forgotten when this storage writes or
+/// deletes the object, and the whole map is dropped when it reaches
+/// [`Listed::MAX`] entries, so it stays small. Reads from an entry are
+/// pinned to that version, as those from a metadata request are to the
+/// version it saw.
 #[derive(Debug)]
 pub(crate) struct Listed<T> {
     entries: Arc<Mutex<std::collections::HashMap<String, T>>>,

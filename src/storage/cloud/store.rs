@@ -287,6 +287,9 @@ impl Storage for Stores {
 
     fn head(&self, location: &str) -> Result<ObjectMeta, StorageError> {
         let o = self.head_object(location)?;
+        // What a caller just saw is what its read will read.
+        self.listed
+            .remember(location.to_owned(), (o.size, o.e_tag.clone()));
         Ok(ObjectMeta {
             location: location.to_owned(),
             size: o.size,
