@@ -473,6 +473,10 @@ impl<S: Storage> Storage for FaultyStorage<S> {
     fn object_key(&self, location: &str) -> String {
         self.inner.object_key(location)
     }
+
+    fn upload_survives_delete(&self, location: &str) -> bool {
+        self.inner.upload_survives_delete(location)
+    }
 }
 
 struct FailingRead {

@@ -93,9 +93,11 @@ impl BatchExecutor {
     /// own, so that the run's first batches need not wait for it (a large
     /// file takes a while to unlink, a bucket a request per object): first
     /// those this run writes again, in the order it writes them. The
-    /// run's writer waits for each of those before it creates it, so no
-    /// deletion reaches a file of this run, nor an upload under way to its
-    /// location; and for the whole deletion before the run ends.
+    /// run's writer waits for each of those before it commits it, and,
+    /// where a deletion could reach an upload under way
+    /// ([`Storage::upload_survives_delete`]), before it creates it, so no
+    /// deletion reaches a file of this run; and for the whole deletion
+    /// before the run ends.
     pub(super) fn delete_stale(&self, plan: &Plan, mut stale: Vec<String>) -> StaleDeletion {
         let order: std::collections::HashMap<&str, usize> = plan
             .shards

@@ -170,9 +170,11 @@ impl<'r, 'a> Writer<'r, 'a> {
         let shard = &self.run.plan.shards[index];
         let storage = &self.run.executor.storage;
         let create = |location: &str| {
-            // Its stale namesake deleted first: on a bucket, a deletion
-            // could otherwise reach the upload under way.
-            self.run.stale.wait_for(location);
+            // Its stale namesake deleted first where a deletion could
+            // reach the upload under way (Azure's blocks).
+            if !storage.upload_survives_delete(location) {
+                self.run.stale.wait_for(location);
+            }
             storage
                 .create(location)
                 .map_err(|e| Stop::Failed(format!("cannot write output: {e}")))
@@ -338,8 +340,15 @@ impl<'r, 'a> Writer<'r, 'a> {
         let mut summary = summary;
         // The summary goes last: a shard counts as done only when all its files are.
         let mut committed: Vec<&str> = Vec::new();
-        self.run.stale.wait_for(&shard.errors_stats_file);
-        self.run.stale.wait_for(&shard.summary_file);
+        // No deletion may reach a file once committed.
+        for location in [
+            &shard.errors_file,
+            &shard.errors_stats_file,
+            &shard.results_file,
+            &shard.summary_file,
+        ] {
+            self.run.stale.wait_for(location);
+        }
         let result = (|| {
             summary.sizes[1] = open.errors.commit()?.size;
             committed.push(&shard.errors_file);

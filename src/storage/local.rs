@@ -481,6 +481,11 @@ impl Storage for LocalStorage {
             .and_then(|p| canonical_key(&p))
             .unwrap_or_else(|| location.to_owned())
     }
+
+    /// A temporary file, renamed into place at commit.
+    fn upload_survives_delete(&self, _location: &str) -> bool {
+        true
+    }
 }
 
 struct LocalWriter {

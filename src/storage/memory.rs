@@ -141,6 +141,11 @@ impl Storage for InMemoryStorage {
         }))
     }
 
+    /// Written to a buffer, stored at commit.
+    fn upload_survives_delete(&self, _location: &str) -> bool {
+        true
+    }
+
     fn delete(&self, location: &str) -> Result<(), StorageError> {
         self.inner
             .write()

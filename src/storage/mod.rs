@@ -200,6 +200,18 @@ pub trait Storage: Send + Sync + fmt::Debug + 'static {
     fn object_key(&self, location: &str) -> String {
         location.to_owned()
     }
+
+    /// Whether an object being written at `location` (created, not yet
+    /// committed) survives a [`delete`](Storage::delete) of the object
+    /// already there, so that a caller may run the two at once. The
+    /// default, `false`, is right for stores that tie an upload under way
+    /// to the name (Azure's uncommitted blocks go with the blob); a store
+    /// that writes aside and publishes at commit (a temporary file and a
+    /// rename, a resumable or multipart upload) answers `true`.
+    fn upload_survives_delete(&self, location: &str) -> bool {
+        let _ = location;
+        false
+    }
 }
 
 /// A storage behind dynamic dispatch.
@@ -239,6 +251,9 @@ macro_rules! forward_storage {
             }
             fn object_key(&self, location: &str) -> String {
                 (**self).object_key(location)
+            }
+            fn upload_survives_delete(&self, location: &str) -> bool {
+                (**self).upload_survives_delete(location)
             }
         }
     )*};

@@ -1409,3 +1409,21 @@ fn an_object_replaced_by_another_writer_after_the_listing_fails_its_read() {
         assert_eq!(reader.read_bytes(&location).unwrap(), b"{\"v\": 3}\n");
     }
 }
+
+/// Which stores let a deletion run beside an upload to the same name:
+/// all but Azure, whose uncommitted blocks go with the blob.
+#[test]
+fn uploads_survive_deletes_everywhere_but_on_azure() {
+    let Some(servers) = servers() else { return };
+    let storage = cloud(servers);
+    for (scheme, _) in schemes(servers) {
+        let location = format!("{scheme}://{}/x", servers.bucket);
+        assert_eq!(
+            storage.upload_survives_delete(&location),
+            scheme != "az",
+            "{location}"
+        );
+    }
+    assert!(storage.upload_survives_delete("/tmp/x"));
+    assert!(batch_prediction::InMemoryStorage::new().upload_survives_delete("gs://b/x"));
+}

@@ -458,6 +458,11 @@ impl Storage for GcsStorage {
         })))
     }
 
+    /// One request at commit, or a resumable session finalized then.
+    fn upload_survives_delete(&self, _location: &str) -> bool {
+        true
+    }
+
     fn delete(&self, location: &str) -> Result<(), StorageError> {
         self.listed.take(location);
         let (bucket, name) = split_location(location, "gs", false)?;

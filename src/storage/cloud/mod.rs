@@ -733,6 +733,11 @@ impl Storage for CloudStorage {
             Err(_) => location.to_owned(),
         }
     }
+
+    fn upload_survives_delete(&self, location: &str) -> bool {
+        self.route(location)
+            .is_ok_and(|storage| storage.upload_survives_delete(location))
+    }
 }
 
 #[cfg(test)]

@@ -102,6 +102,9 @@ macro_rules! backend_over_stores {
             fn delete(&self, location: &str) -> Result<(), crate::storage::StorageError> {
                 self.0.delete(location)
             }
+            fn upload_survives_delete(&self, location: &str) -> bool {
+                self.0.upload_survives_delete(location)
+            }
         }
     };
 }
@@ -361,6 +364,12 @@ impl Storage for Stores {
             path,
             location: location.to_owned(),
         })))
+    }
+
+    /// S3's multipart upload is its own until completed; Azure's
+    /// uncommitted blocks belong to the blob and go with it.
+    fn upload_survives_delete(&self, _location: &str) -> bool {
+        self.scheme == "s3"
     }
 
     fn delete(&self, location: &str) -> Result<(), StorageError> {
