@@ -397,8 +397,13 @@ fn an_unreachable_controller_is_waited_for_and_slurm_is_polled_once_a_second() {
     let seconds = started.elapsed().as_secs_f64();
     assert_eq!(done["state"], "SUCCEEDED", "{done}");
     assert!(failed.exists(), "the first sbatch failed");
-    // Each round asks about the array and, once submitted, the merge.
-    let asked = std::fs::read_to_string(&calls).unwrap().lines().count();
+    // Each round asks about the array and, once submitted, the merge (a
+    // job over before the next round asks nothing: the runner reads the
+    // merge's printed end between rounds).
+    let asked = std::fs::read_to_string(&calls)
+        .unwrap_or_default()
+        .lines()
+        .count();
     assert!(
         (asked as f64) <= 2.0 * seconds + 3.0,
         "scontrol ran {asked} times in {seconds:.1} s"
