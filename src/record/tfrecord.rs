@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use flate2::bufread::MultiGzDecoder;
 
+use super::crc::{Crc32c, Portable, WithCrc32c, with_crc32c};
 use super::lines::READ_BUFFER;
 use super::{Position, ReadOptions, RecordError, RecordErrorKind};
 
@@ -51,9 +52,10 @@ fn mask(crc: u32) -> u32 {
 struct AlignedLength([u8; 8]);
 
 /// The masked checksum of a frame's 8 length bytes.
-fn length_checksum(length: [u8; 8]) -> u32 {
+#[inline(always)]
+fn length_checksum(crc: impl Crc32c, length: [u8; 8]) -> u32 {
     let aligned = AlignedLength(length);
-    mask(crc32c::crc32c(&aligned.0))
+    mask(crc.one(&aligned.0))
 }
 
 /// Checks frame headers (length and its checksum), remembering the last
@@ -69,13 +71,13 @@ struct HeaderCheck {
 impl HeaderCheck {
     /// `Ok(length)` when `header`'s stored checksum matches its length;
     /// else `Err((stored, computed))`.
-    #[inline]
-    fn check(&mut self, header: [u8; 12]) -> Result<u64, (u32, u32)> {
+    #[inline(always)]
+    fn check(&mut self, crc: impl Crc32c, header: [u8; 12]) -> Result<u64, (u32, u32)> {
         let (length, stored) = header.split_at(8);
         let length: [u8; 8] = length.try_into().expect("8 bytes");
         if self.last_good != Some(header) {
             let stored = u32::from_le_bytes(stored.try_into().expect("4 bytes"));
-            let computed = length_checksum(length);
+            let computed = length_checksum(crc, length);
             if stored != computed {
                 return Err((stored, computed));
             }
@@ -91,6 +93,7 @@ impl HeaderCheck {
 /// cut by the buffer's end, a bad checksum, a length over `limit`.
 #[inline(always)]
 fn whole_frame(
+    crc: impl Crc32c,
     headers: &mut HeaderCheck,
     limit: usize,
     verify: bool,
@@ -98,17 +101,43 @@ fn whole_frame(
     at: usize,
 ) -> Option<(std::ops::Range<usize>, u32)> {
     let header = avail.get(at..)?.first_chunk::<12>()?;
-    let len = headers.check(*header).ok()?;
+    let len = headers.check(crc, *header).ok()?;
     let left = (avail.len() - at - 12) as u64;
     if len > limit as u64 || len.checked_add(4).is_none_or(|frame| left < frame) {
         return None;
     }
     let data = at + 12..at + 12 + len as usize;
     let stored = u32::from_le_bytes(avail[data.end..data.end + 4].try_into().ok()?);
-    if verify && masked_crc32c(&avail[data.clone()]) != stored {
+    if verify && mask(crc.one(&avail[data.clone()])) != stored {
         return None;
     }
     Some((data, stored))
+}
+
+/// [`TfRecordReader::read_run`]'s arguments, for [`with_crc32c`] to run
+/// with the CPU's checksums compiled in.
+struct Run<'a, P> {
+    reader: &'a mut TfRecordReader,
+    buf: &'a mut Vec<u8>,
+    max_records: usize,
+    max_bytes: usize,
+    push: &'a mut P,
+}
+
+impl<P: FnMut(Position, std::ops::Range<usize>, Option<u32>)> WithCrc32c for Run<'_, P> {
+    type Output = usize;
+
+    #[inline(always)]
+    fn run<C: Crc32c>(self, crc: C) -> usize {
+        let Run {
+            reader,
+            buf,
+            max_records,
+            max_bytes,
+            push,
+        } = self;
+        reader.read_run_with(crc, buf, max_records, max_bytes, push)
+    }
 }
 
 /// Counts the bytes read through it, and notes whether the underlying
@@ -352,7 +381,8 @@ impl TfRecordReader {
     fn read_buffered(&mut self, buf: &mut Vec<u8>) -> bool {
         let avail = self.inner.buffer();
         let verify = !self.defer_data_crc;
-        let Some((data, stored)) = whole_frame(&mut self.headers, self.limit, verify, avail, 0)
+        let Some((data, stored)) =
+            whole_frame(Portable, &mut self.headers, self.limit, verify, avail, 0)
         else {
             return false;
         };
@@ -377,20 +407,39 @@ impl TfRecordReader {
         max_bytes: usize,
         push: &mut impl FnMut(Position, std::ops::Range<usize>, Option<u32>),
     ) -> usize {
+        with_crc32c(Run {
+            reader: self,
+            buf,
+            max_records,
+            max_bytes,
+            push,
+        })
+    }
+
+    /// [`read_run`](Self::read_run)'s work, with the checksums of `crc`.
+    #[inline(always)]
+    fn read_run_with(
+        &mut self,
+        crc: impl Crc32c,
+        buf: &mut Vec<u8>,
+        max_records: usize,
+        max_bytes: usize,
+        push: &mut impl FnMut(Position, std::ops::Range<usize>, Option<u32>),
+    ) -> usize {
         self.deferred = None;
         let avail = self.inner.buffer();
         let verify = !self.defer_data_crc;
         let base = buf.len();
         let (mut at, mut n, mut bytes) = (0, 0, 0);
         // Frames go in groups of up to four, whose data checksums are
-        // computed side by side ([`super::crc::crc32c_4`]); the run ends
-        // before the first frame that is not whole and sound.
+        // computed side by side ([`Crc32c::four`]); the run ends before the
+        // first frame that is not whole and sound.
         'run: loop {
             let mut group = [(0, 0, 0u32); 4]; // data's start and end, checksum
             let (mut size, mut next) = (0, at);
             while size < 4 && n + size < max_records && bytes < max_bytes {
                 let Some((data, stored)) =
-                    whole_frame(&mut self.headers, self.limit, false, avail, next)
+                    whole_frame(crc, &mut self.headers, self.limit, false, avail, next)
                 else {
                     break;
                 };
@@ -402,7 +451,7 @@ impl TfRecordReader {
             let mut computed = [0; 4];
             if verify && size == 4 {
                 let [a, b, c, d] = group;
-                computed = super::crc::crc32c_4([
+                computed = crc.four([
                     &avail[a.0..a.1],
                     &avail[b.0..b.1],
                     &avail[c.0..c.1],
@@ -410,7 +459,7 @@ impl TfRecordReader {
                 ]);
             } else if verify {
                 for (c, (start, end, _)) in computed.iter_mut().zip(&group[..size]) {
-                    *c = crc32c::crc32c(&avail[*start..*end]);
+                    *c = crc.one(&avail[*start..*end]);
                 }
             }
             for (k, (start, end, stored)) in group.into_iter().take(size).enumerate() {
@@ -465,7 +514,7 @@ impl TfRecordReader {
                 None,
             ));
         }
-        let len = match self.headers.check(header) {
+        let len = match self.headers.check(Portable, header) {
             Ok(len) => len,
             Err((stored, computed)) => {
                 // The framing is lost: count what is left (up to any read error), without keeping it.
