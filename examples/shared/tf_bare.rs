@@ -3,8 +3,9 @@
 //! loop, with no executor and no instance contract. Each line is parsed
 //! into a typed struct (its `key`, its `x` straight into four `f32`s),
 //! gathered into batches of 64, fed to the SavedModel's `serving_default`
-//! session (one intra-op and one inter-op thread, as the predictor's), and
-//! each instance's key and output written as a JSON line.
+//! session (one intra-op thread, and each run's ops in the calling thread,
+//! as the predictor's), and each instance's key and output written as a
+//! JSON line.
 
 use std::ffi::{CString, c_char, c_int, c_void};
 use std::io::{BufRead, BufReader, BufWriter, Write};
@@ -118,9 +119,10 @@ pub fn tf_bare(model: &str, input: &str, output: &str) -> (f64, u64) {
     let (session, input_op, output_op, status) = unsafe {
         let status = (api.new_status)();
         let options = (api.new_session_options)();
-        // intra 1, inter 1, per-session pools.
+        // intra 1, inter -1 (ops in the calling thread; TensorFlow honors
+        // it only without per-session pools).
         let config = [
-            0x10u8, 1, 0x28, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01, 0x48, 1,
+            0x10u8, 1, 0x28, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01,
         ];
         (api.set_config)(options, config.as_ptr().cast(), config.len(), status);
         let graph = (api.new_graph)();

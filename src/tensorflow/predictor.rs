@@ -19,16 +19,24 @@ use crate::tensor::{self, Column, InputSpec, Kind, OutColumn, OutValues, f32_jso
 
 /// How SavedModels run: sessions, their threads, the tags to load.
 ///
-/// By default every worker thread of a job gets a session of its own with
-/// one intra-op and one inter-op thread, in pools of its own, so that a
-/// job's `maxWorkerCount` stays its CPU budget. Results do not depend on
-/// these settings.
+/// By default every worker thread of a job gets a session of its own that
+/// runs each step's operations one after another in that worker's thread,
+/// each operation on one thread, so that a job's `maxWorkerCount` stays
+/// its CPU budget. Results do not depend on these settings.
+///
+/// TensorFlow keeps one intra-op pool per process, made with the first
+/// session: [`intra_threads`](Self::intra_threads) takes effect for the
+/// first session a process makes, and later sessions share its pool.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct TensorflowOptions {
-    /// Threads one operation may use (`intra_op_parallelism_threads`).
+    /// Threads one operation may use (`intra_op_parallelism_threads`), in
+    /// the process's one intra-op pool (see above). Default 1.
     pub intra_threads: u32,
-    /// Operations run at once (`inter_op_parallelism_threads`).
+    /// Operations run at once (`inter_op_parallelism_threads`): 0, the
+    /// default, runs them one after another in the thread that calls the
+    /// session, with no hand-off; N runs them on a pool of N threads of the
+    /// session's own.
     pub inter_threads: u32,
     /// One session shared by every worker instead of one each (less
     /// memory for a large model; the session's threads then serve all).

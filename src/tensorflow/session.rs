@@ -85,12 +85,17 @@ impl Session {
         let tag_ptrs: Vec<*const std::ffi::c_char> = tags_c.iter().map(|t| t.as_ptr()).collect();
         let status = Status::new(api);
         // 0: each run's ops in the calling thread (TensorFlow's negative
-        // inter_op_parallelism_threads), no hand-off to a pool.
+        // inter_op_parallelism_threads), no hand-off to a pool. TensorFlow
+        // honors that only without per-session pools (`DirectSession`: with
+        // `use_per_session_threads` it makes a pool of its own, of as many
+        // threads as CPUs, whatever the sign), which then handed every step
+        // to another thread and waited for it: the MLP job took twice as
+        // long. N: a pool of N threads of the session's own.
         let inter = match inter_threads {
             0 => -1,
             n => i32::try_from(n).unwrap_or(i32::MAX),
         };
-        let config = config_proto(intra_threads, inter, true);
+        let config = config_proto(intra_threads, inter, inter > 0);
         // SAFETY: every pointer passed is live for the calls; the graph,
         // options and buffer are deleted below or owned by the session.
         unsafe {

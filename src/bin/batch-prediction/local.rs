@@ -77,7 +77,8 @@ pub struct RunOptions {
     /// is the model directory.
     #[arg(long, value_name = "DIR|URL", env = "BATCH_PREDICTION_MODELS")]
     models: Option<String>,
-    /// With `ort` and `tensorflow`: threads per worker's session.
+    /// With `ort` and `tensorflow`: threads one operation may use (`ort`:
+    /// per worker's session; `tensorflow`: in the process's one pool).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
     intra_threads: u32,
     /// At most this many worker threads (default: all cores).
