@@ -610,3 +610,101 @@ fn results_written_through_storage_read_back() {
         b"('Unexpected tensor name: x', 3)\n"
     );
 }
+
+/// Every item of `location` (read from `offset` on) through `storage`, as
+/// text: records with their positions, and errors.
+fn items_through(
+    storage: &batch_prediction::LocalStorage,
+    format: DataFormat,
+    location: &str,
+    offset: u64,
+) -> Vec<String> {
+    use batch_prediction::Storage;
+    let source = storage.open_at(location, offset).unwrap();
+    InstanceReader::new(format, location, source, ReadOptions::default())
+        .unwrap()
+        .map(|item| format!("{item:?}"))
+        .collect()
+}
+
+/// Files of 1 MiB and more are read ahead on a thread of their own: the
+/// same records, positions and errors as read in the calling thread, for
+/// plain and gzip TFRecords (a damaged record, a record larger than a
+/// read-ahead chunk, a truncated end) and JSON lines, from the start and
+/// from an offset.
+#[test]
+fn files_read_ahead_give_what_files_read_in_place_give() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut tfrecord = Vec::new();
+    for i in 0..40_000usize {
+        let len = if i == 20_000 { 300_000 } else { 20 + i % 97 };
+        let data: Vec<u8> = (0..len).map(|j| (i * 31 + j * 7) as u8).collect();
+        tfrecord.extend_from_slice(&frame(&data));
+    }
+    // A flipped data byte in a record past the first megabyte, and a cut
+    // last frame.
+    let damaged = frame_offsets(&tfrecord)[30_000] + 12 + 5;
+    tfrecord[damaged] ^= 0x40;
+    tfrecord.truncate(tfrecord.len() - 9);
+    assert!(tfrecord.len() > 2 << 20);
+    let mut lines = Vec::new();
+    for i in 0..60_000 {
+        writeln!(lines, "{{\"key\": {i}, \"x\": [{}, 2.5, -1]}}", i % 1000).unwrap();
+    }
+    lines.extend_from_slice(b"{\"broken\": \n");
+    // From the start, and from a later frame or the middle of a line.
+    let later = frame_offsets(&tfrecord)[1_000] as u64;
+    let files = [
+        (
+            "data.tfrecord",
+            DataFormat::TfRecord,
+            tfrecord.clone(),
+            later,
+        ),
+        (
+            "data.tfrecord.gz",
+            DataFormat::TfRecordGzip,
+            gzip(&tfrecord),
+            0,
+        ),
+        ("data.jsonl", DataFormat::Json, lines, 777),
+    ];
+    let ahead = batch_prediction::LocalStorage::new();
+    let in_place = batch_prediction::LocalStorage::new().without_read_ahead();
+    for (name, format, bytes, later) in files {
+        let path = dir.path().join(name);
+        std::fs::write(&path, &bytes).unwrap();
+        let location = path.to_str().unwrap();
+        for offset in [0, later] {
+            let want = items_through(&in_place, format, location, offset);
+            let got = items_through(&ahead, format, location, offset);
+            assert!(want.len() >= 39_000, "{name}: {} items", want.len());
+            assert_eq!(got.len(), want.len(), "{name} from {offset}");
+            for (i, (got, want)) in got.iter().zip(&want).enumerate() {
+                assert_eq!(got, want, "{name} from {offset}, item {i}");
+            }
+            assert!(want.iter().any(|item| item.starts_with("Err")), "{name}");
+        }
+    }
+    // The default reads ahead: a thread of that name runs while a large
+    // file is open (Linux shows it).
+    #[cfg(target_os = "linux")]
+    {
+        use batch_prediction::Storage;
+        let threads = || {
+            std::fs::read_dir("/proc/self/task")
+                .unwrap()
+                .filter(|t| {
+                    std::fs::read_to_string(t.as_ref().unwrap().path().join("comm"))
+                        .is_ok_and(|name| name.trim() == "bp-read-ahead")
+                })
+                .count()
+        };
+        let mut open = ahead
+            .open(dir.path().join("data.jsonl").to_str().unwrap())
+            .unwrap();
+        let mut first = [0; 1];
+        std::io::Read::read_exact(&mut open, &mut first).unwrap();
+        assert!(threads() >= 1, "no read-ahead thread");
+    }
+}
