@@ -56,13 +56,7 @@ const TEMP_MARKER: &str = ".bp-tmp.";
 pub struct LocalStorage {
     root: Option<PathBuf>,
     confined: bool,
-    /// Files are read without a read-ahead thread.
-    no_read_ahead: bool,
 }
-
-/// Files of at least this many bytes left to read are read a few chunks
-/// ahead on a thread of their own (see [`LocalStorage::without_read_ahead`]).
-const READ_AHEAD_MIN: u64 = 1 << 20;
 
 impl LocalStorage {
     /// Plain paths and `file://` URIs; `gs://` locations are refused.
@@ -75,7 +69,6 @@ impl LocalStorage {
         LocalStorage {
             root: Some(root.into()),
             confined: false,
-            no_read_ahead: false,
         }
     }
 
@@ -88,39 +81,6 @@ impl LocalStorage {
         LocalStorage {
             root: Some(root.into()),
             confined: true,
-            no_read_ahead: false,
-        }
-    }
-
-    /// The same storage, reading every file in the calling thread.
-    ///
-    /// By default a file with 1 MiB or more left to read is read a few
-    /// chunks of 256 KiB ahead of its reader on a thread of its own (at
-    /// most 768 KiB held), so that the kernel's copy of the file runs beside
-    /// the framing of its records instead of adding to it: reading 1 M small
-    /// TFRecords from the page cache took about a quarter less time. The
-    /// bytes, their order and the errors are the same either way.
-    #[must_use]
-    pub fn without_read_ahead(mut self) -> Self {
-        self.no_read_ahead = true;
-        self
-    }
-
-    /// `file`, positioned `offset` bytes into an object of `size` bytes,
-    /// read ahead on a thread of its own when enough is left to read.
-    fn reader(&self, file: File, size: u64, offset: u64) -> Box<dyn Read + Send> {
-        if self.no_read_ahead || size.saturating_sub(offset) < READ_AHEAD_MIN {
-            return Box::new(file);
-        }
-        // Without a thread (the system refused one), a plain read through a
-        // second handle, at the same position, as the failed start dropped
-        // the first.
-        let Ok(spare) = file.try_clone() else {
-            return Box::new(file);
-        };
-        match super::read_ahead::ReadAhead::start(file) {
-            Ok(ahead) => Box::new(ahead),
-            Err(_) => Box::new(spare),
         }
     }
 
@@ -379,9 +339,8 @@ fn push_entry(
 }
 
 impl LocalStorage {
-    /// The file of `location`, open for reading (a regular file only), and
-    /// its size.
-    fn open_file(&self, location: &str) -> Result<(File, u64), StorageError> {
+    /// The file of `location`, open for reading: a regular file only.
+    fn open_file(&self, location: &str) -> Result<File, StorageError> {
         let path = self.resolve(location)?;
         let file = File::open(&path).map_err(|e| StorageError::io(location, "open", e))?;
         let meta = file
@@ -394,7 +353,7 @@ impl LocalStorage {
                 "no object (a directory or special file) at",
             ));
         }
-        Ok((file, meta.len()))
+        Ok(file)
     }
 }
 
@@ -463,17 +422,16 @@ impl Storage for LocalStorage {
     }
 
     fn open(&self, location: &str) -> Result<Box<dyn Read + Send>, StorageError> {
-        let (file, size) = self.open_file(location)?;
-        Ok(self.reader(file, size, 0))
+        Ok(Box::new(self.open_file(location)?))
     }
 
     fn open_at(&self, location: &str, offset: u64) -> Result<Box<dyn Read + Send>, StorageError> {
         use std::io::{Seek, SeekFrom};
-        let (mut file, size) = self.open_file(location)?;
+        let mut file = self.open_file(location)?;
         // Past the end, reads find nothing.
         file.seek(SeekFrom::Start(offset))
             .map_err(|e| StorageError::io(location, "seek in", e))?;
-        Ok(self.reader(file, size, offset))
+        Ok(Box::new(file))
     }
 
     fn create(&self, location: &str) -> Result<Box<dyn ObjectWriter>, StorageError> {

@@ -52,7 +52,6 @@ mod cloud;
 pub(crate) mod glob;
 mod local;
 mod memory;
-mod read_ahead;
 
 use std::collections::BTreeMap;
 use std::fmt;
