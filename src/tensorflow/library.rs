@@ -179,20 +179,22 @@ fn open(library: Option<&Path>) -> Result<Api, String> {
     let flags = libloading::os::unix::RTLD_NOW | libloading::os::unix::RTLD_LOCAL | RTLD_NODELETE;
     // SAFETY: opening TensorFlow runs its static initializers, which only
     // register kernels and ops; the library is never unloaded (see below).
-    let library =
-        unsafe { libloading::os::unix::Library::open(Some(&target), flags) }.map_err(|e| {
-            match &given {
-                Some(_) => format!(
-                    "cannot open TensorFlow's library at {DYLIB_VARIABLE}={}: {e}",
-                    target.display()
-                ),
-                None => format!(
-                    "TensorFlow's library {DYLIB_NAME} is not on the library search path and \
+    // Its lines from loading are hidden as TF_CPP_MIN_LOG_LEVEL asks,
+    // which TensorFlow itself applies only later (see `quiet`).
+    let library = super::quiet::while_loading(|| unsafe {
+        libloading::os::unix::Library::open(Some(&target), flags)
+    })
+    .map_err(|e| match &given {
+        Some(_) => format!(
+            "cannot open TensorFlow's library at {DYLIB_VARIABLE}={}: {e}",
+            target.display()
+        ),
+        None => format!(
+            "TensorFlow's library {DYLIB_NAME} is not on the library search path and \
                  {DYLIB_VARIABLE} is not set ({e}); {}",
-                    how_to_get()
-                ),
-            }
-        })?;
+            how_to_get()
+        ),
+    })?;
     let shown = target.display().to_string();
     macro_rules! get {
         ($name:literal) => {{

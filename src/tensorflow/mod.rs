@@ -4,7 +4,9 @@
 //! - [`library`](library_version): TensorFlow's C API, opened at run time
 //!   from `libtensorflow_cc.so.2` (`TENSORFLOW_DYLIB_PATH`, else the
 //!   library search path), as the PyPI wheel `tensorflow-cpu` ships it;
-//!   nothing is downloaded at build time, no Python runs.
+//!   nothing is downloaded at build time, no Python runs. With
+//!   `TF_CPP_MIN_LOG_LEVEL` set, the lines TensorFlow logs while it loads
+//!   (before it reads that variable) are hidden as the variable asks.
 //! - [`Signature`]: a SavedModel's signatures, read from the MetaGraphDef
 //!   TensorFlow hands back when it loads the model, never guessed.
 //! - [`TensorflowPredictor`] and [`TensorflowResolver`]: instances in, as
@@ -21,6 +23,7 @@
 #[allow(unsafe_code)]
 mod library;
 mod predictor;
+mod quiet;
 #[allow(unsafe_code)]
 mod session;
 mod signature;

@@ -633,6 +633,7 @@ fn the_command_line_runs_savedmodels_and_names_a_missing_library() {
             .arg(&job_file)
             .args(args)
             .env_remove("TENSORFLOW_DYLIB_PATH")
+            .env_remove("TF_CPP_MIN_LOG_LEVEL")
             .envs(env.iter().copied())
             .output()
             .unwrap()
@@ -642,8 +643,23 @@ fn the_command_line_runs_savedmodels_and_names_a_missing_library() {
     assert_eq!(out.status.code(), Some(0), "{stderr}");
     let done: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(done["predictionOutput"]["predictionCount"], "100");
-    // TensorFlow's INFO lines are quiet by default.
+    // TensorFlow's INFO lines are quiet by default, those it prints while
+    // its library loads (before it reads TF_CPP_MIN_LOG_LEVEL) too.
     assert!(!stderr.contains("Reading SavedModel"), "{stderr}");
+    assert!(!stderr.contains("oneDNN"), "{stderr}");
+    assert!(!stderr.contains("absl::InitializeLog"), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "only the summary: {stderr}");
+    // Asked for, they show.
+    let out = run(
+        &[
+            ("TENSORFLOW_DYLIB_PATH", library.as_os_str()),
+            ("TF_CPP_MIN_LOG_LEVEL", "0".as_ref()),
+        ],
+        &["--fresh"],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("Reading SavedModel"), "{stderr}");
 
     let missing = dir.path().join("no-such-library.so");
     let out = run(
