@@ -12,9 +12,9 @@
 //! call), so the framing loop itself is compiled for SSE 4.2 through
 //! [`with_crc32c`], which hands it a [`Crc32c`] whose methods inline.
 //!
-//! This module holds the crate's only `unsafe`: calling the SSE 4.2 code
-//! after the CPU has been seen to support it. Everything else is safe Rust,
-//! and other CPUs take the `crc32c` crate's path.
+//! This module's `unsafe` is calling the SSE 4.2 code after the CPU has
+//! been seen to support it (the crate's other `unsafe` is TensorFlow's C
+//! API); other CPUs take the `crc32c` crate's path.
 
 /// The CRC-32C (not masked) of each of `data`, as `crc32c::crc32c` computes
 /// it, with the four computations interleaved where the CPU allows.
@@ -54,7 +54,7 @@ pub(super) fn with_crc32c<W: WithCrc32c>(code: W) -> W::Output {
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("sse4.2") {
         #[allow(unsafe_code)]
-        // SAFETY: `run_sse42` needs SSE 4.2 only, and the line above has
+        // SAFETY: `sse42::run` needs SSE 4.2 only, and the line above has
         // just seen that this CPU has it.
         return unsafe { sse42::run(code) };
     }

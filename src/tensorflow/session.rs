@@ -87,8 +87,8 @@ impl Session {
         // 0: each run's ops in the calling thread (TensorFlow's negative
         // inter_op_parallelism_threads), no hand-off to a pool. TensorFlow
         // honors that only without per-session pools (`DirectSession`: with
-        // `use_per_session_threads` it makes a pool of its own, of as many
-        // threads as CPUs, whatever the sign), which then handed every step
+        // `use_per_session_threads` it makes a pool of its own whatever
+        // the sign), which then handed every step
         // to another thread and waited for it: the MLP job took twice as
         // long. N: a pool of N threads of the session's own.
         let inter = match inter_threads {
