@@ -98,7 +98,8 @@ impl Capture {
         // fd 2 is only duplicated, then replaced by dup2, which the drop
         // undoes.
         unsafe {
-            let saved = libc::dup(2);
+            // A copy of standard error that no child process inherits.
+            let saved = libc::fcntl(2, libc::F_DUPFD_CLOEXEC, 0);
             if saved < 0 {
                 return None;
             }
