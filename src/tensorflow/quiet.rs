@@ -6,20 +6,21 @@
 //! before that, at every level, as `import tensorflow` shows them too
 //! (TensorFlow 2.21: absl's "All log messages before absl::InitializeLog()
 //! is called…" and an INFO line saying oneDNN is on). So while the library
-//! loads, standard error goes through a pipe: a thread passes every line on to it
-//! except TensorFlow's log lines below the level asked for (and absl's
-//! notice with them). Another thread's output in that window passes through
-//! unchanged, in order. Without the variable (or at 0), nothing changes.
+//! loads, standard error goes to an in-memory file; then every line caught
+//! is passed on, in order, except TensorFlow's log lines below the level
+//! asked for (and absl's notice with them). Another thread's output in that
+//! window comes out at its end. A crash during the load (TensorFlow aborts
+//! on a CPU it was not built for, with a FATAL line saying why) passes on
+//! everything caught before the process dies. Without the variable (or at
+//! 0), nothing changes.
 
 #[cfg(target_os = "linux")]
-use std::io::{Read, Write};
+use std::io::{Read, Seek, SeekFrom, Write};
 #[cfg(target_os = "linux")]
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::OnceLock;
 #[cfg(target_os = "linux")]
-use std::sync::mpsc;
-#[cfg(target_os = "linux")]
-use std::time::Duration;
+use std::sync::atomic::{AtomicI32, Ordering};
 
 /// The level `TF_CPP_MIN_LOG_LEVEL` asks for (1 hides INFO, 2 also
 /// WARNING, 3 also ERROR); `None` when unset, 0 or not a level.
@@ -64,7 +65,7 @@ pub(super) fn hidden(line: &[u8], level: u8) -> bool {
 }
 
 /// Runs `load` with standard error filtered as the module says, when
-/// `TF_CPP_MIN_LOG_LEVEL` asks for it and the pipe can be set up; else
+/// `TF_CPP_MIN_LOG_LEVEL` asks for it and the capture can be set up; else
 /// plainly.
 pub(super) fn while_loading<T>(load: impl FnOnce() -> T) -> T {
     let Some(level) = min_level() else {
@@ -80,23 +81,71 @@ pub(super) fn while_loading<T>(load: impl FnOnce() -> T) -> T {
     out
 }
 
-/// Standard error redirected into a pipe whose filter thread writes to
-/// `saved`, the original; put back on drop.
+/// Standard error redirected into an in-memory file for the load; on drop
+/// put back, and what the file caught passed on, filtered. A crash in the
+/// meantime (TensorFlow aborts while loading on a CPU it was not built
+/// for, saying why) passes on everything caught, unfiltered, first.
 #[cfg(target_os = "linux")]
 struct Capture {
     saved: OwnedFd,
-    done: mpsc::Receiver<()>,
+    caught: OwnedFd,
+    level: u8,
+    old: [libc::sigaction; CRASHES.len()],
+}
+
+/// The signals a crash during the load raises.
+#[cfg(target_os = "linux")]
+const CRASHES: [libc::c_int; 4] = [libc::SIGABRT, libc::SIGSEGV, libc::SIGILL, libc::SIGBUS];
+
+/// The saved standard error and the in-memory file, for [`on_crash`]; -1
+/// outside a capture.
+#[cfg(target_os = "linux")]
+static SAVED: AtomicI32 = AtomicI32::new(-1);
+#[cfg(target_os = "linux")]
+static CAUGHT: AtomicI32 = AtomicI32::new(-1);
+
+/// Puts standard error back, copies to it all that was caught, and dies
+/// of the signal as it would have. Only async-signal-safe calls.
+#[cfg(target_os = "linux")]
+extern "C" fn on_crash(signal: libc::c_int) {
+    let (saved, caught) = (SAVED.load(Ordering::SeqCst), CAUGHT.load(Ordering::SeqCst));
+    #[allow(unsafe_code)]
+    // SAFETY: dup2, lseek, read, write, signal and raise are
+    // async-signal-safe; the descriptors stay open while a capture is on
+    // (the handler is removed before they close), and -1 skips the copy.
+    unsafe {
+        if saved >= 0 && caught >= 0 {
+            libc::dup2(saved, 2);
+            libc::lseek(caught, 0, libc::SEEK_SET);
+            let mut buf = [0u8; 4096];
+            loop {
+                let n = libc::read(caught, buf.as_mut_ptr().cast(), buf.len());
+                if n <= 0 {
+                    break;
+                }
+                let mut at = 0;
+                while at < n {
+                    let w = libc::write(2, buf.as_ptr().add(at as usize).cast(), (n - at) as usize);
+                    if w <= 0 {
+                        break;
+                    }
+                    at += w;
+                }
+            }
+        }
+        libc::signal(signal, libc::SIG_DFL);
+        libc::raise(signal);
+    }
 }
 
 #[cfg(target_os = "linux")]
 impl Capture {
     fn start(level: u8) -> Option<Capture> {
-        let mut fds = [0; 2];
         #[allow(unsafe_code)]
         // SAFETY: plain calls on descriptors this function owns from here
         // on (each wrapped in an OwnedFd at once, so closed exactly once);
         // fd 2 is only duplicated, then replaced by dup2, which the drop
-        // undoes.
+        // undoes; the handlers replaced are saved and put back by the drop.
         unsafe {
             // A copy of standard error that no child process inherits.
             let saved = libc::fcntl(2, libc::F_DUPFD_CLOEXEC, 0);
@@ -104,24 +153,32 @@ impl Capture {
                 return None;
             }
             let saved = OwnedFd::from_raw_fd(saved);
-            if libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) != 0 {
+            let caught = libc::memfd_create(c"bp-tf-log".as_ptr(), libc::MFD_CLOEXEC);
+            if caught < 0 {
                 return None;
             }
-            let (read, write) = (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1]));
-            let out = saved.try_clone().ok()?;
-            let (tell, done) = mpsc::channel();
-            std::thread::Builder::new()
-                .name("bp-tf-log".into())
-                .spawn(move || {
-                    filter(std::fs::File::from(read), std::fs::File::from(out), level);
-                    let _ = tell.send(());
-                })
-                .ok()?;
-            if libc::dup2(write.as_raw_fd(), 2) < 0 {
-                // The thread ends when `write` closes here.
+            let caught = OwnedFd::from_raw_fd(caught);
+            SAVED.store(saved.as_raw_fd(), Ordering::SeqCst);
+            CAUGHT.store(caught.as_raw_fd(), Ordering::SeqCst);
+            let mut old: [libc::sigaction; CRASHES.len()] = std::mem::zeroed();
+            let mut action: libc::sigaction = std::mem::zeroed();
+            action.sa_sigaction = on_crash as *const () as libc::sighandler_t;
+            action.sa_flags = libc::SA_NODEFER | libc::SA_RESETHAND;
+            libc::sigemptyset(&mut action.sa_mask);
+            for (signal, old) in CRASHES.iter().zip(old.iter_mut()) {
+                libc::sigaction(*signal, &action, old);
+            }
+            let capture = Capture {
+                saved,
+                caught,
+                level,
+                old,
+            };
+            if libc::dup2(capture.caught.as_raw_fd(), 2) < 0 {
+                // The drop puts the handlers back; fd 2 is unchanged.
                 return None;
             }
-            Some(Capture { saved, done })
+            Some(capture)
         }
     }
 }
@@ -131,48 +188,107 @@ impl Drop for Capture {
     fn drop(&mut self) {
         #[allow(unsafe_code)]
         // SAFETY: `saved` is a live descriptor of the original standard
-        // error; dup2 puts it back on fd 2, closing the pipe's end there.
+        // error; dup2 puts it back on fd 2 (a no-op if it never left); the
+        // handlers put back are those `start` saved.
         unsafe {
             libc::dup2(self.saved.as_raw_fd(), 2);
+            for (signal, old) in CRASHES.iter().zip(self.old.iter()) {
+                libc::sigaction(*signal, old, std::ptr::null_mut());
+            }
         }
-        // The filter ends once no one holds the pipe's write end: wait for
-        // it, so its lines come before what follows, but not forever (a
-        // child started meanwhile may hold that end as its own stderr).
-        let _ = self.done.recv_timeout(Duration::from_secs(2));
+        SAVED.store(-1, Ordering::SeqCst);
+        CAUGHT.store(-1, Ordering::SeqCst);
+        let mut caught = Vec::new();
+        if let Ok(mut file) = self.caught.try_clone().map(std::fs::File::from) {
+            let _ = file.seek(SeekFrom::Start(0));
+            let _ = file.read_to_end(&mut caught);
+        }
+        let _ = std::io::stderr().write_all(&filtered(&caught, self.level));
     }
 }
 
-/// Copies `from` to `to` line by line, leaving out the lines `level` hides.
+/// The lines of `text` that `level` does not hide, in order.
 #[cfg(target_os = "linux")]
-fn filter(mut from: std::fs::File, mut to: std::fs::File, level: u8) {
-    let mut pending = Vec::new();
-    let mut chunk = [0u8; 8192];
-    loop {
-        let n = match from.read(&mut chunk) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(_) => break,
-        };
-        pending.extend_from_slice(&chunk[..n]);
-        let mut start = 0;
-        while let Some(end) = pending[start..].iter().position(|&b| b == b'\n') {
-            let line = &pending[start..start + end + 1];
-            if !hidden(&line[..line.len() - 1], level) {
-                let _ = to.write_all(line);
-            }
-            start += end + 1;
+fn filtered(text: &[u8], level: u8) -> Vec<u8> {
+    let mut out = Vec::with_capacity(text.len());
+    for line in text.split_inclusive(|&b| b == b'\n') {
+        let bare = line.strip_suffix(b"\n").unwrap_or(line);
+        if !hidden(bare, level) {
+            out.extend_from_slice(line);
         }
-        pending.drain(..start);
     }
-    if !pending.is_empty() && !hidden(&pending, level) {
-        let _ = to.write_all(&pending);
-    }
+    out
 }
 
 #[cfg(test)]
 mod tests {
     use super::hidden;
+
+    /// Runs this test binary again for the test `name` alone, with
+    /// `TF_CPP_MIN_LOG_LEVEL=2` and `BP_QUIET_CHILD` set; its exit and
+    /// standard error.
+    #[cfg(target_os = "linux")]
+    fn child(name: &str) -> (std::process::ExitStatus, String) {
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([name, "--exact", "--nocapture", "--test-threads=1"])
+            .env("BP_QUIET_CHILD", "1")
+            .env("TF_CPP_MIN_LOG_LEVEL", "2")
+            .output()
+            .unwrap();
+        (
+            out.status,
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    const INFO: &str = "I0000 00:00:1796647044.843044     571 port.cc:153] an INFO line to hide";
+    const FATAL: &str = "F0000 00:00:1796647044.843044     571 guard.cc:1] a FATAL line: no AVX";
+
+    /// What the load writes comes out filtered, in order, before what
+    /// follows it.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn lines_from_the_load_come_out_filtered_and_in_order() {
+        if std::env::var_os("BP_QUIET_CHILD").is_some() {
+            super::while_loading(|| {
+                eprintln!("first kept");
+                eprintln!("{INFO}");
+                eprintln!("second kept");
+            });
+            eprintln!("after the load");
+            return;
+        }
+        let (status, stderr) =
+            child("tensorflow::quiet::tests::lines_from_the_load_come_out_filtered_and_in_order");
+        assert!(status.success(), "{stderr}");
+        assert!(!stderr.contains("an INFO line to hide"), "{stderr}");
+        let at = |s: &str| {
+            stderr
+                .find(s)
+                .unwrap_or_else(|| panic!("{s:?} missing: {stderr}"))
+        };
+        assert!(at("first kept") < at("second kept"), "{stderr}");
+        assert!(at("second kept") < at("after the load"), "{stderr}");
+    }
+
+    /// A crash during the load (TensorFlow aborts on a CPU it was not
+    /// built for) still shows what it wrote, FATAL line included.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_crash_during_the_load_shows_what_it_wrote() {
+        if std::env::var_os("BP_QUIET_CHILD").is_some() {
+            super::while_loading(|| {
+                eprintln!("{INFO}");
+                eprintln!("{FATAL}");
+                std::process::abort();
+            });
+            return;
+        }
+        let (status, stderr) =
+            child("tensorflow::quiet::tests::a_crash_during_the_load_shows_what_it_wrote");
+        assert!(!status.success(), "{stderr}");
+        assert!(stderr.contains("a FATAL line: no AVX"), "{stderr}");
+    }
 
     #[test]
     fn tensorflow_log_lines_are_hidden_below_the_level_and_nothing_else() {
