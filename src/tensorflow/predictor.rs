@@ -36,7 +36,9 @@ pub struct TensorflowOptions {
     /// Operations run at once (`inter_op_parallelism_threads`): 0, the
     /// default, runs them one after another in the thread that calls the
     /// session, with no hand-off; N runs them on a pool of N threads of the
-    /// session's own.
+    /// session's own. A graph whose step needs two operations running at
+    /// once (a queue's dequeue waiting for an enqueue in the same step;
+    /// serving signatures do not do this) needs N of 2 or more.
     pub inter_threads: u32,
     /// One session shared by every worker instead of one each (less
     /// memory for a large model; the session's threads then serve all).
