@@ -144,6 +144,12 @@ mod trace;
 mod transcode;
 pub mod validate;
 
+/// Locks `m`, taking the data as it is if a thread panicked holding it
+/// (every user of this keeps its data consistent at each step).
+pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{Error, ErrorKind, Result};
 pub use executor::{BatchExecutor, ExecutorConfig, RunSummary};

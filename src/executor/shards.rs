@@ -11,6 +11,7 @@ use super::names::{OUTPUT_FILE_PREFIX, OutputFile, is_output_file_name};
 use super::plan::{settings, shard_identity};
 use super::{BatchExecutor, Plan, ResumeMode, RunSummary, Stop, storage_error};
 use crate::error::{Error, InvalidTransition};
+use crate::lock;
 use crate::model::{DataFormat, Job, State};
 use crate::record::ErrorStats;
 use crate::state::Transition;
@@ -288,10 +289,6 @@ fn delete_all(
         shared.deleted.notify_all();
     }
     Ok(())
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// What the deleting thread and the writer share: the locations still to

@@ -958,9 +958,7 @@ fn modify(
     Err(store::conflict(name))
 }
 
-pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
+pub(crate) use crate::lock;
 
 pub(crate) fn job_resource(name: &JobName) -> String {
     format!("job {:?}", name.to_string())

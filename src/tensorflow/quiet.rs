@@ -286,8 +286,19 @@ mod tests {
         }
         let (status, stderr) =
             child("tensorflow::quiet::tests::a_crash_during_the_load_shows_what_it_wrote");
-        assert!(!status.success(), "{stderr}");
-        assert!(stderr.contains("a FATAL line: no AVX"), "{stderr}");
+        // It died of the abort, having shown everything it wrote,
+        // unfiltered, in order.
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(status.signal(), Some(libc::SIGABRT), "{stderr}");
+        let at = |s: &str| {
+            stderr
+                .find(s)
+                .unwrap_or_else(|| panic!("{s:?} missing: {stderr}"))
+        };
+        assert!(
+            at("an INFO line to hide") < at("a FATAL line: no AVX"),
+            "{stderr}"
+        );
     }
 
     #[test]

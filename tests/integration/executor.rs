@@ -2455,12 +2455,14 @@ fn small_objects_are_fetched_ahead_and_change_nothing() {
     assert!((2..=9).contains(&most), "{most} opens at once");
 }
 
-/// A storage whose deletes wait until the job has predicted, and that logs
-/// deletes and commits in order.
+/// A storage whose deletes wait until the job has predicted, that logs
+/// creates, deletes and commits in order, and that says `survives` of
+/// [`Storage::upload_survives_delete`].
 struct SlowDeletes {
     inner: InMemoryStorage,
     predicted: Arc<(Mutex<bool>, Condvar)>,
     log: Arc<Mutex<Vec<String>>>,
+    survives: bool,
 }
 
 impl std::fmt::Debug for SlowDeletes {
@@ -2538,15 +2540,36 @@ impl Storage for SlowDeletes {
         let _ = woken
             .wait_timeout_while(guard, Duration::from_secs(30), |predicted| !*predicted)
             .unwrap();
+        if self.survives {
+            // Where the executor may create first, give a commit that
+            // does not wait for this deletion the time to happen before it
+            // (a run that waits as it must commits nothing meanwhile).
+            let until = Instant::now() + Duration::from_millis(500);
+            while Instant::now() < until
+                && !self
+                    .log
+                    .lock()
+                    .unwrap()
+                    .iter()
+                    .any(|l| l.starts_with("commit "))
+            {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
         self.log.lock().unwrap().push(format!("delete {location}"));
         self.inner.delete(location)
+    }
+    fn upload_survives_delete(&self, _location: &str) -> bool {
+        self.survives
     }
 }
 
 /// The earlier run's output files are deleted while the new run predicts
 /// (a delete here waits for the first prediction, which an executor that
-/// deleted first would never make), each before the new run creates a file
-/// of that name: no deletion reaches a file, or an upload, of the new run.
+/// deleted first would never make), each before the new run commits a file
+/// of that name, and, where an upload would not survive the deletion,
+/// before it creates one: no deletion reaches a file, or an upload, of the
+/// new run.
 #[test]
 fn stale_outputs_are_deleted_beside_the_first_batches_before_their_names_are_written() {
     let inner = fixture_storage(&["a.jsonl"]);
@@ -2568,28 +2591,39 @@ fn stale_outputs_are_deleted_beside_the_first_batches_before_their_names_are_wri
     assert_eq!(first.state, State::Succeeded);
     let before = crate::results_and_errors(&inner, "gs://b/out");
 
-    let predicted = Arc::new((Mutex::new(false), Condvar::new()));
-    let log = Arc::new(Mutex::new(Vec::new()));
-    let storage = SlowDeletes {
-        inner: inner.clone(),
-        predicted: Arc::clone(&predicted),
-        log: Arc::clone(&log),
-    };
-    let started = Instant::now();
-    let second = run(Arc::new(storage), Some(predicted));
-    assert_eq!(second.state, State::Succeeded);
-    assert!(
-        started.elapsed() < Duration::from_secs(20),
-        "the deletes waited out their timeout: the run deleted before predicting"
-    );
-    let log = log.lock().unwrap().clone();
-    let deletes = log.iter().filter(|l| l.starts_with("delete ")).count();
-    assert_eq!(deletes, 4, "the earlier run's four files: {log:?}");
-    for (i, entry) in log.iter().enumerate() {
-        if let Some(location) = entry.strip_prefix("delete ") {
-            let created = log.iter().position(|l| *l == format!("create {location}"));
-            assert!(created.is_some_and(|c| c > i), "{location}: {log:?}");
+    for survives in [false, true] {
+        let predicted = Arc::new((Mutex::new(false), Condvar::new()));
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let storage = SlowDeletes {
+            inner: inner.clone(),
+            predicted: Arc::clone(&predicted),
+            log: Arc::clone(&log),
+            survives,
+        };
+        let started = Instant::now();
+        let second = run(Arc::new(storage), Some(predicted));
+        assert_eq!(second.state, State::Succeeded);
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the deletes waited out their timeout: the run deleted before predicting"
+        );
+        let log = log.lock().unwrap().clone();
+        let deletes = log.iter().filter(|l| l.starts_with("delete ")).count();
+        assert_eq!(deletes, 4, "the earlier run's four files: {log:?}");
+        // Before the name's commit always; before its create unless an
+        // upload survives the deletion.
+        let first_write = if survives { "commit" } else { "create" };
+        for (i, entry) in log.iter().enumerate() {
+            if let Some(location) = entry.strip_prefix("delete ") {
+                let written = log
+                    .iter()
+                    .position(|l| *l == format!("{first_write} {location}"));
+                assert!(
+                    written.is_some_and(|w| w > i),
+                    "survives {survives}, {location}: {log:?}"
+                );
+            }
         }
+        assert_eq!(crate::results_and_errors(&inner, "gs://b/out"), before);
     }
-    assert_eq!(crate::results_and_errors(&inner, "gs://b/out"), before);
 }
