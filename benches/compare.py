@@ -262,10 +262,16 @@ def timed_to_null(cmd):
 
 def alternate(cases, rounds):
     """Runs every case once per round, in turn, so that the machine's
-    drift falls on all of them alike; the median time of each."""
+    drift falls on all of them alike; the median time of each.
+
+    Dirty pages are written out before each case (`os.sync`), so that no
+    case pays for another's writes: the jobs and the bare loops sync their
+    own output, but the Python peers do not, and the kernel writes theirs
+    back 30 s later, into whichever case runs then."""
     times = {name: [] for name in cases}
     for r in range(rounds):
         for name, run in cases.items():
+            os.sync()
             times[name].append(run())
         print(f"round {r + 1}/{rounds} done", file=sys.stderr)
     return {name: statistics.median(v) for name, v in times.items()}
