@@ -241,7 +241,17 @@ mod tests {
         )
     }
 
+    /// Where `s` first shows in `stderr`; a failure naming it if nowhere.
+    #[cfg(target_os = "linux")]
+    fn position(stderr: &str, s: &str) -> usize {
+        stderr
+            .find(s)
+            .unwrap_or_else(|| panic!("{s:?} missing: {stderr}"))
+    }
+
+    #[cfg(target_os = "linux")]
     const INFO: &str = "I0000 00:00:1796647044.843044     571 port.cc:153] an INFO line to hide";
+    #[cfg(target_os = "linux")]
     const FATAL: &str = "F0000 00:00:1796647044.843044     571 guard.cc:1] a FATAL line: no AVX";
 
     /// What the load writes comes out filtered, in order, before what
@@ -262,11 +272,7 @@ mod tests {
             child("tensorflow::quiet::tests::lines_from_the_load_come_out_filtered_and_in_order");
         assert!(status.success(), "{stderr}");
         assert!(!stderr.contains("an INFO line to hide"), "{stderr}");
-        let at = |s: &str| {
-            stderr
-                .find(s)
-                .unwrap_or_else(|| panic!("{s:?} missing: {stderr}"))
-        };
+        let at = |s: &str| position(&stderr, s);
         assert!(at("first kept") < at("second kept"), "{stderr}");
         assert!(at("second kept") < at("after the load"), "{stderr}");
     }
@@ -290,11 +296,7 @@ mod tests {
         // unfiltered, in order.
         use std::os::unix::process::ExitStatusExt;
         assert_eq!(status.signal(), Some(libc::SIGABRT), "{stderr}");
-        let at = |s: &str| {
-            stderr
-                .find(s)
-                .unwrap_or_else(|| panic!("{s:?} missing: {stderr}"))
-        };
+        let at = |s: &str| position(&stderr, s);
         assert!(
             at("an INFO line to hide") < at("a FATAL line: no AVX"),
             "{stderr}"
