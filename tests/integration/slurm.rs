@@ -33,8 +33,8 @@ pub(crate) struct Cluster {
     pub(crate) dir: PathBuf,
 }
 
-/// Brings a cluster up in `dir`; a watchdog brings it down when this
-/// process is gone, whichever way it ends.
+/// Brings a cluster up in `dir`; a watchdog brings it down and removes
+/// `dir` when this process is gone, whichever way it ends.
 fn start_cluster(dir: &Path) -> Result<Cluster, String> {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/slurm/cluster.sh");
     let out = Command::new("bash")
@@ -62,7 +62,7 @@ fn start_cluster(dir: &Path) -> Result<Cluster, String> {
             "bash",
             "-c",
             &format!(
-                "while kill -0 {} 2>/dev/null; do sleep 1; done; bash {script} down {}",
+                "while kill -0 {} 2>/dev/null; do sleep 1; done; bash '{script}' down '{1}'; rm -rf '{1}'",
                 std::process::id(),
                 dir.display()
             ),
