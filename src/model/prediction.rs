@@ -21,8 +21,11 @@ pub enum DataFormat {
     Unspecified,
     /// `JSON`: one JSON value per line.
     Json,
-    /// `TEXT`: deprecated, use JSON; as input each line is one string instance,
-    /// as output it means JSON lines.
+    /// `TEXT`: deprecated, use JSON; read as `JSON` is (each line a JSON
+    /// instance), except that a model that takes records as they are
+    /// ([`Predictor::takes_raw_records`](crate::predict::Predictor::takes_raw_records),
+    /// such as a TensorFlow signature of one string input) gets each line
+    /// as its text, as AI Platform read it; as output it means JSON lines.
     Text,
     /// `TF_RECORD`: TFRecord files; input only.
     TfRecord,

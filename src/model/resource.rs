@@ -5,7 +5,7 @@
 //! Both are kept as the JSON objects clients send (every field the API
 //! defines, and any other, is written back as given), with typed access to
 //! the fields this crate uses and a check of every known field's JSON type
-//! against the API's discovery document.
+//! (and of `framework`'s value) against the API's discovery document.
 
 use std::collections::BTreeMap;
 
@@ -20,17 +20,28 @@ enum Kind {
     Str,
     Bool,
     Object,
-    Array,
+    /// An array of strings (`regions`, `packageUris`).
+    Strings,
     /// A map of string to string (`labels`).
     Labels,
+    /// A string, one of the API's enum values.
+    Enum(&'static [&'static str]),
 }
+
+/// The values of `GoogleCloudMlV1__Version.framework`.
+const FRAMEWORKS: &[&str] = &[
+    "FRAMEWORK_UNSPECIFIED",
+    "TENSORFLOW",
+    "SCIKIT_LEARN",
+    "XGBOOST",
+];
 
 /// The fields of `GoogleCloudMlV1__Model` and their types.
 const MODEL_FIELDS: &[(&str, Kind)] = &[
     ("name", Kind::Str),
     ("description", Kind::Str),
     ("defaultVersion", Kind::Object),
-    ("regions", Kind::Array),
+    ("regions", Kind::Strings),
     ("onlinePredictionLogging", Kind::Bool),
     ("onlinePredictionConsoleLogging", Kind::Bool),
     ("labels", Kind::Labels),
@@ -50,12 +61,12 @@ const VERSION_FIELDS: &[(&str, Kind)] = &[
     ("state", Kind::Str),
     ("errorMessage", Kind::Str),
     ("pythonVersion", Kind::Str),
-    ("framework", Kind::Str),
+    ("framework", Kind::Enum(FRAMEWORKS)),
     ("labels", Kind::Labels),
     ("etag", Kind::Str),
     ("serviceAccount", Kind::Str),
     ("predictionClass", Kind::Str),
-    ("packageUris", Kind::Array),
+    ("packageUris", Kind::Strings),
     ("autoScaling", Kind::Object),
     ("manualScaling", Kind::Object),
     ("acceleratorConfig", Kind::Object),
@@ -81,18 +92,20 @@ fn checked(value: Value, what: &str, fields: &[(&str, Kind)]) -> Result<Map<Stri
             Kind::Str => v.is_string(),
             Kind::Bool => v.is_boolean(),
             Kind::Object => v.is_object(),
-            Kind::Array => v.is_array(),
+            Kind::Strings => v.as_array().is_some_and(|a| a.iter().all(Value::is_string)),
+            Kind::Enum(values) => v.as_str().is_some_and(|v| values.contains(&v)),
             Kind::Labels => v
                 .as_object()
                 .is_some_and(|m| m.values().all(Value::is_string)),
         };
         if !ok && !v.is_null() {
             let expected = match kind {
-                Kind::Str => "a string",
-                Kind::Bool => "a boolean",
-                Kind::Object => "an object",
-                Kind::Array => "an array",
-                Kind::Labels => "an object of strings",
+                Kind::Str => "a string".to_owned(),
+                Kind::Bool => "a boolean".to_owned(),
+                Kind::Object => "an object".to_owned(),
+                Kind::Strings => "an array of strings".to_owned(),
+                Kind::Labels => "an object of strings".to_owned(),
+                Kind::Enum(values) => format!("one of {}", values.join(", ")),
             };
             return Err(Error::invalid_argument(
                 format!("{what}.{name}"),
@@ -115,7 +128,8 @@ macro_rules! resource {
             ///
             /// # Errors
             /// `INVALID_ARGUMENT` when it is not an object, or a field the
-            /// API defines has another JSON type.
+            /// API defines has another JSON type (or, for an enum, another
+            /// value).
             pub fn from_json(value: Value) -> Result<Self, Error> {
                 checked(value, $what, $fields).map($name)
             }
@@ -183,6 +197,7 @@ resource!(
     /// assert_eq!(model.name(), Some("census"));
     /// assert_eq!(model.to_json()["x-kept"], 1);
     /// assert!(Model::from_json(json!({"name": 7})).is_err());
+    /// assert!(Model::from_json(json!({"regions": "us-central1"})).is_err());
     /// # Ok::<(), batch_prediction::Error>(())
     /// ```
     Model,
@@ -201,6 +216,9 @@ resource!(
     /// let v = Version::from_json(json!({"name": "v1", "deploymentUri": "gs://b/model", "framework": "TENSORFLOW"}))?;
     /// assert_eq!(v.deployment_uri(), Some("gs://b/model"));
     /// assert_eq!(v.framework(), Some("TENSORFLOW"));
+    /// // `framework` is one of the API's values.
+    /// let err = Version::from_json(json!({"framework": "PYTORCH"})).unwrap_err();
+    /// assert!(err.to_string().contains("TENSORFLOW, SCIKIT_LEARN, XGBOOST"), "{err}");
     /// # Ok::<(), batch_prediction::Error>(())
     /// ```
     Version,
@@ -208,13 +226,25 @@ resource!(
     VERSION_FIELDS
 );
 
+impl Model {
+    /// `regions` (the API allows one).
+    pub fn regions(&self) -> Vec<&str> {
+        self.0
+            .get("regions")
+            .and_then(Value::as_array)
+            .map(|a| a.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default()
+    }
+}
+
 impl Version {
     /// `deploymentUri`: the model directory.
     pub fn deployment_uri(&self) -> Option<&str> {
         self.field("deploymentUri")
     }
 
-    /// `framework` (`TENSORFLOW`, `SCIKIT_LEARN`, `XGBOOST`, …).
+    /// `framework`: `FRAMEWORK_UNSPECIFIED`, `TENSORFLOW`, `SCIKIT_LEARN` or
+    /// `XGBOOST` (the API's values; [`Version::from_json`] refuses others).
     pub fn framework(&self) -> Option<&str> {
         self.field("framework")
     }

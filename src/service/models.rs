@@ -22,6 +22,9 @@ use crate::predict::{ModelResolver, PredictError, Predictor};
 /// How many finished operations a service keeps for `operations.get`.
 const KEPT_OPERATIONS: usize = 1000;
 
+/// A model's region when its `create` names none, as the API's reference says.
+const DEFAULT_REGION: &str = "us-central1";
+
 /// A `models.list` page.
 #[derive(Debug, Clone, PartialEq, Default)]
 #[non_exhaustive]
@@ -47,7 +50,7 @@ impl ListModelsResponse {
 #[derive(Debug, Clone, PartialEq, Default)]
 #[non_exhaustive]
 pub struct ListVersionsResponse {
-    /// The versions, oldest first.
+    /// The versions, by name.
     pub versions: Vec<Version>,
     /// The next page's token, if there is one.
     pub next_page_token: Option<String>,
@@ -137,11 +140,13 @@ fn page<T: Clone>(
 
 impl JobService {
     /// `models.create`: a model named by `model.name` (its ID, `census`, or
-    /// its full name) under `parent`. Its other fields are kept as given;
-    /// `defaultVersion` is the service's.
+    /// its full name) under `parent`. Its other fields are kept as given,
+    /// except that `regions` is `["us-central1"]` when it names none, as the
+    /// API's is; `defaultVersion` is the service's.
     ///
     /// # Errors
-    /// `INVALID_ARGUMENT` for a name that breaks the rules, `ALREADY_EXISTS`,
+    /// `INVALID_ARGUMENT` for a name that breaks the rules or more than one
+    /// region, `ALREADY_EXISTS`,
     /// or the store's errors (`UNIMPLEMENTED` for a store that keeps no models).
     pub fn create_model(&self, parent: &ProjectName, model: Model) -> Result<Model, Error> {
         self.create_model_as(None, parent, model)
@@ -201,7 +206,7 @@ impl JobService {
         self.get_version_as(None, name)
     }
 
-    /// `versions.list`: the model's versions, oldest first.
+    /// `versions.list`: the model's versions, by name.
     ///
     /// # Errors
     /// `NOT_FOUND` for the model, `INVALID_ARGUMENT` for a bad page size or
@@ -333,14 +338,21 @@ impl JobService {
         version: Option<&Version>,
         response: Value,
     ) -> Value {
-        let now = wire::format_timestamp(&self.clock.now());
-        let id = format!(
-            "{}_{}-{}",
-            kind.to_ascii_lowercase(),
-            model.model(),
-            self.clock.now().timestamp_nanos_opt().unwrap_or_default()
-        );
-        let name = format!("{project}/operations/{id}");
+        let now = self.clock.now();
+        let mut kept = lock(&self.operations);
+        // The time in nanoseconds names the operation; where a kept one
+        // already has that name (a coarse clock, or a fake one that has not
+        // moved), the next free nanosecond does, so no two share a name.
+        let mut nanos = now.timestamp_nanos_opt().unwrap_or_default();
+        let name = loop {
+            let id = format!("{}_{}-{nanos}", kind.to_ascii_lowercase(), model.model());
+            let name = format!("{project}/operations/{id}");
+            if !kept.iter().any(|(n, _)| *n == name) {
+                break name;
+            }
+            nanos += 1;
+        };
+        let now = wire::format_timestamp(&now);
         let mut metadata = json!({
             "@type": "type.googleapis.com/google.cloud.ml.v1.OperationMetadata",
             "createTime": now,
@@ -358,7 +370,6 @@ impl JobService {
             "done": true,
             "response": response,
         });
-        let mut kept = lock(&self.operations);
         if kept.len() >= KEPT_OPERATIONS {
             kept.pop_front();
         }
@@ -409,6 +420,18 @@ impl JobService {
         model.set("name", json!(name.to_string()));
         model.set("defaultVersion", Value::Null);
         model.set("etag", Value::Null);
+        // "Only one region per model is supported. Defaults to
+        // 'us-central1' if nothing is set." (the API's reference)
+        match model.regions().as_slice() {
+            [] => model.set("regions", json!([DEFAULT_REGION])),
+            [_] => {}
+            many => {
+                return Err(Error::invalid_argument(
+                    "model.regions",
+                    format!("only one region per model is supported, not {}", many.len()),
+                ));
+            }
+        }
         let stored = self.store().put_model(ModelRecord::new(name, model))?;
         Ok(Self::present_model(&stored))
     }

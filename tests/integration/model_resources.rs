@@ -468,3 +468,120 @@ fn the_rest_api_serves_models_versions_and_operations() {
     let (status, _) = call("GET", "/v1/projects/my-proj/operations/none", None);
     assert_eq!(status, 404);
 }
+
+/// What the API's reference says of the fields the service checks: a
+/// model's `regions` (one at most; `us-central1` when it names none) and a
+/// version's `framework` (one of the enum's values), on the service and
+/// over REST; and operations named apart even when the clock stands still.
+#[test]
+fn regions_frameworks_and_operation_names_follow_the_reference() {
+    use batch_prediction::ManualClock;
+    use batch_prediction::RestApi;
+    use batch_prediction::rest::RestRequest;
+    let clock = Arc::new(ManualClock::new("2026-01-01T00:00:00Z".parse().unwrap()));
+    let service = Arc::new(
+        JobService::builder(InMemoryJobStore::new())
+            .with_clock(clock)
+            .build()
+            .unwrap(),
+    );
+    let create = |body: Value| service.create_model(&project(), Model::from_json(body).unwrap());
+    for (id, regions, kept) in [
+        ("none", None, json!(["us-central1"])),
+        ("empty", Some(json!([])), json!(["us-central1"])),
+        (
+            "europe",
+            Some(json!(["europe-west1"])),
+            json!(["europe-west1"]),
+        ),
+    ] {
+        let mut body = json!({"name": id});
+        if let Some(regions) = regions {
+            body["regions"] = regions;
+        }
+        assert_eq!(create(body).unwrap().to_json()["regions"], kept, "{id}");
+        let stored = service.get_model(&model_name(id)).unwrap().to_json();
+        assert_eq!(stored["regions"], kept, "{id}");
+    }
+    let two = create(json!({"name": "two", "regions": ["us-central1", "europe-west1"]}));
+    let err = two.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.to_string().contains("one region"), "{err}");
+    assert_eq!(code(service.get_model(&model_name("two"))), Code::NotFound);
+    assert_eq!(
+        Model::from_json(json!({"regions": [1]}))
+            .unwrap_err()
+            .code(),
+        Code::InvalidArgument
+    );
+
+    for framework in [
+        "FRAMEWORK_UNSPECIFIED",
+        "TENSORFLOW",
+        "SCIKIT_LEARN",
+        "XGBOOST",
+    ] {
+        let v = Version::from_json(json!({"framework": framework})).unwrap();
+        assert_eq!(v.framework(), Some(framework));
+    }
+    for bad in [json!("PYTORCH"), json!("tensorflow"), json!(3)] {
+        let err = Version::from_json(json!({"framework": bad})).unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{bad}");
+        assert!(err.to_string().contains("version.framework"), "{err}");
+    }
+    let api = RestApi::new(Arc::clone(&service));
+    let post = |path: &str, body: Value| {
+        let response = api.handle(&RestRequest::new("POST", path).with_body(body.to_string()));
+        let value: Value = serde_json::from_slice(&response.body).unwrap();
+        (response.status, value)
+    };
+    let (status, error) = post(
+        "/v1/projects/my-proj/models/none/versions",
+        json!({"name": "v1", "deploymentUri": "gs://b/m", "framework": "PYTORCH"}),
+    );
+    assert_eq!(status, 400, "{error}");
+    assert_eq!(error["error"]["status"], "INVALID_ARGUMENT", "{error}");
+    assert!(
+        error["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("SCIKIT_LEARN"),
+        "{error}"
+    );
+    let (status, error) = post(
+        "/v1/projects/my-proj/models",
+        json!({"name": "rest_two", "regions": ["a", "b"]}),
+    );
+    assert_eq!(
+        (status, &error["error"]["status"]),
+        (400, &json!("INVALID_ARGUMENT"))
+    );
+
+    // The clock stands still: each operation still has a name of its own,
+    // which `operations.get` serves.
+    let none = model_name("none");
+    let mut operations = vec![
+        service
+            .create_version(&none, version("v1", "gs://b/1"))
+            .unwrap(),
+        service
+            .create_version(&none, version("v2", "gs://b/2"))
+            .unwrap(),
+        service.delete_version(&version_name("none", "v2")).unwrap(),
+        service
+            .create_version(&none, version("v2", "gs://b/2"))
+            .unwrap(),
+    ];
+    operations.push(service.delete_version(&version_name("none", "v2")).unwrap());
+    let names: std::collections::BTreeSet<&str> = operations
+        .iter()
+        .map(|op| op["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names.len(), operations.len(), "{names:?}");
+    for op in &operations {
+        assert_eq!(
+            &service.get_operation(op["name"].as_str().unwrap()).unwrap(),
+            op
+        );
+    }
+}
