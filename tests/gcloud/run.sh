@@ -113,7 +113,7 @@ ok() { steps=$((steps + 1)); echo "ok: $1"; }
 # Models and versions (gcloud prefixes the host of any other --region).
 g ai-platform models create iris --region global --description "ONNX iris" --labels team=ml
 g ai-platform models describe iris --region global --format json
-check "j['name'] == 'projects/bp-gcloud-test/models/iris' and j['labels'] == {'team': 'ml'}" "models describe"
+check "j['name'] == 'projects/bp-gcloud-test/models/iris' and j['labels'] == {'team': 'ml'} and j['regions'] == ['us-central1']" "models describe"
 g ai-platform versions create v1 --model iris --region global --origin gs://bucket/models/iris \
   --framework scikit-learn --runtime-version 2.11 --python-version 3.7
 g ai-platform versions create v2 --model iris --region global --origin gs://bucket/models/iris \
