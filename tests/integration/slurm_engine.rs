@@ -342,6 +342,63 @@ fn a_failing_part_is_retried_then_fails_the_job_naming_it() {
 /// `sbatch` that cannot reach the controller is tried again in the next
 /// round (the job waits, PREPARING), not taken for a refusal; and Slurm
 /// is asked about a job once per second, however often the runner runs.
+/// An `sbatch` that times out after Slurm took the parts (the controller
+/// was slow to answer) loses their ID: the next round finds the array in
+/// the queue by the job's name and folder and follows it, rather than
+/// submitting the parts again to run twice over the same files.
+#[test]
+fn parts_whose_submission_answer_was_lost_are_found_not_submitted_again() {
+    let Some((cluster, _turn)) = cluster() else {
+        return;
+    };
+    let scratch = tempfile::tempdir_in(&cluster.dir).unwrap();
+    let out = Command::new("sh")
+        .args(["-c", "command -v sbatch"])
+        .output()
+        .unwrap();
+    let sbatch = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    let bin = scratch.path().join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    let (lost, arrays) = (scratch.path().join("lost"), scratch.path().join("arrays"));
+    // Every submission of parts is logged; the first is made, its answer
+    // kept aside, and sbatch says it timed out.
+    let wrapper = bin.join("sbatch");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\ncase \"$*\" in *--array=*)\n  echo \"$*\" >> '{arrays}'\n  if [ ! -e '{lost}' ]; then\n    '{sbatch}' \"$@\" > '{lost}' || exit 1\n    echo 'sbatch: error: Batch job submission failed: Socket timed out on send/recv operation' >&2\n    exit 1\n  fi;;\nesac\nexec '{sbatch}' \"$@\"\n",
+            arrays = arrays.display(),
+            lost = lost.display(),
+        ),
+    )
+    .unwrap();
+    let mut permissions = std::fs::metadata(&wrapper).unwrap().permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut permissions, 0o755);
+    std::fs::set_permissions(&wrapper, permissions).unwrap();
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
+    let root = tempfile::tempdir_in(&cluster.dir).unwrap();
+    write_inputs(&root.path().join("b/in"));
+    let env = [
+        ("SLURM_CONF", std::ffi::OsStr::new(&cluster.conf)),
+        ("PATH", std::ffi::OsStr::new(&path)),
+    ];
+    let emulator = Emulator::start(root, &args(&[]), &env);
+    call(
+        &emulator,
+        "POST",
+        "jobs",
+        Some(&create_request("lost_answer", "gs://b/out", 2)),
+    );
+    let done = wait_until(&emulator, "lost_answer", ended);
+    assert_eq!(done["state"], "SUCCEEDED", "{done}");
+    assert_eq!(done["predictionOutput"]["predictionCount"], "240", "{done}");
+    let lost_id = std::fs::read_to_string(&lost).expect("the first sbatch ran");
+    let lost_id = lost_id.trim().split(';').next().unwrap();
+    let submitted = std::fs::read_to_string(&arrays).unwrap();
+    assert_eq!(submitted.lines().count(), 1, "parts submitted: {submitted}");
+    assert_eq!(kept(&emulator, "lost_answer")["array"], lost_id);
+}
+
 #[test]
 fn an_unreachable_controller_is_waited_for_and_slurm_is_polled_once_a_second() {
     let Some((cluster, _turn)) = cluster() else {

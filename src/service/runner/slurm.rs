@@ -157,7 +157,9 @@ impl SlurmOptions {
 ///
 /// - `PREPARING` once submitted, `RUNNING` when a part runs;
 /// - a part that ended other than `COMPLETED` (failed, timed out, out of
-///   memory, its node failed for good, or held after a failed launch) is
+///   memory, its node failed for good, held after a failed launch, or
+///   pending on a limit it can never meet, such as a per-job limit of its
+///   partition, QOS or association) is
 ///   run again alone up to [`SlurmOptions::retries`] times, then ends the
 ///   job `FAILED`, naming the part, its Slurm job, Slurm's state, reason
 ///   and exit code, and the end of its log;
@@ -190,10 +192,14 @@ impl SlurmOptions {
 /// reach the controller, or took longer than
 /// [`SlurmOptions::command_timeout`], is tried again in the next round,
 /// and [`Runner::run_once`] returns `UNAVAILABLE` saying why meanwhile.
-/// Should the service die between an `sbatch` and the write that records
-/// its ID (or that `sbatch` time out after Slurm took the job), the
-/// submission is made again: the lost one's parts then run beside the new
-/// ones, writing the same files, unfollowed.
+/// Should the service die between the parts' `sbatch` and the write that
+/// records its ID (or that `sbatch` time out after Slurm took the job),
+/// the next round finds the array in Slurm's queue by the job's Slurm name
+/// (`bp-PROJECT-JOB`) and folder and follows it instead of submitting the
+/// parts again (`squeue --states=all`, so parts that already ended count,
+/// for as long as the cluster's `MinJobAge` keeps them). A merge whose
+/// answer was lost the same way is submitted again, after the parts:
+/// merges only read the parts' files and print the job's end.
 ///
 /// A job that names its model by `modelName` or `versionName` is given to
 /// the parts with the version's `deploymentUri` as its `uri`, when the
@@ -417,8 +423,11 @@ enum Standing {
     Unknown,
 }
 
-/// Reasons of a pending job that will not run unless someone steps in.
-const STUCK_REASONS: [&str; 9] = [
+/// Reasons of a pending job that will not run unless someone steps in:
+/// among them the per-job limits of a QOS or an association, which a
+/// job's own request breaks (waiting frees nothing), unlike the group and
+/// per-user limits, which other jobs' ending lifts.
+const STUCK_REASONS: [&str; 15] = [
     "launch_failed_requeued_held",
     "DependencyNeverSatisfied",
     "BadConstraints",
@@ -428,6 +437,12 @@ const STUCK_REASONS: [&str; 9] = [
     "QOSNotAllowed",
     "PartitionTimeLimit",
     "QOSMaxWallDurationPerJobLimit",
+    "QOSMaxCpuPerJobLimit",
+    "QOSMaxNodePerJobLimit",
+    "AssocMaxWallDurationPerJobLimit",
+    "AssocMaxCpuPerJobLimit",
+    "AssocMaxNodePerJobLimit",
+    "AssocMaxMemPerJob",
 ];
 
 /// Slurm's answers that say it could not be reached now, not that it
@@ -691,14 +706,20 @@ impl SlurmRunner {
                 format!("cannot write the job's files in {}: {e}", dir.display()),
             );
         }
-        let id = match self.sbatch(&self.part_args(name, &dir, &format!("0-{}", parts - 1)))? {
-            Ok(id) => id,
-            Err(why) => {
-                return fail(
-                    service,
-                    name,
-                    format!("Slurm refused the job's {parts} parts: {why}"),
-                );
+        let queued = self.queued_parts(name, &dir)?;
+        let id = if let Some(id) = queued {
+            trace::event!(info, job = %name, slurm_job = %id, "found its parts queued from a submission whose answer was lost");
+            id
+        } else {
+            match self.sbatch(&self.part_args(name, &dir, &format!("0-{}", parts - 1)))? {
+                Ok(id) => id,
+                Err(why) => {
+                    return fail(
+                        service,
+                        name,
+                        format!("Slurm refused the job's {parts} parts: {why}"),
+                    );
+                }
             }
         };
         trace::event!(info, job = %name, slurm_job = %id, parts, "submitted to Slurm");
@@ -720,6 +741,63 @@ impl SlurmRunner {
             // once the parts are done, as after a rerun.
             Err(_) => Ok(()),
         }
+    }
+
+    /// The ID of the array of `name`'s parts when Slurm holds one that
+    /// this runner never recorded: submitted by an `sbatch` that timed out
+    /// (or met a controller that stopped answering) after Slurm took the
+    /// job, or by a service that died before it stored the ID. Such an
+    /// array is followed rather than submitted again, which would run each
+    /// part twice, side by side, over the same files. It is found by the
+    /// job's Slurm name and folder, which no other job's submissions
+    /// share, in every state Slurm still remembers (parts that already
+    /// ended included); should there be several, the oldest is followed
+    /// and the others cancelled. `None` when Slurm knows none (an array
+    /// that ended longer ago than the cluster's `MinJobAge` is submitted
+    /// again: its parts find their shards committed and resume them).
+    fn queued_parts(&self, name: &JobName, dir: &Path) -> Result<Option<String>, Trouble> {
+        let job_name = slurm_name(name);
+        let ran = self
+            .command(
+                "squeue",
+                &[
+                    "--noheader",
+                    "--states=all",
+                    "--name",
+                    &job_name,
+                    "--format=%F|%K|%Z",
+                ],
+            )
+            .map_err(Trouble::Slurm)?;
+        if !ran.ok {
+            return Err(Trouble::Slurm(format!("squeue: {}", ran.stderr)));
+        }
+        // Slurm shows the folder made absolute.
+        let mut folders = vec![path_text(dir)];
+        folders.extend(std::path::absolute(dir).ok().map(|d| path_text(&d)));
+        folders.extend(std::fs::canonicalize(dir).ok().map(|d| path_text(&d)));
+        let mut arrays: Vec<u64> = ran
+            .stdout
+            .lines()
+            .filter_map(|line| {
+                let mut fields = line.splitn(3, '|');
+                let (id, task, folder) = (fields.next()?, fields.next()?, fields.next()?);
+                // The merge is the job of that name that is no array.
+                (task.trim() != "N/A" && folders.iter().any(|f| f == folder.trim()))
+                    .then(|| id.trim().parse().ok())
+                    .flatten()
+            })
+            .collect();
+        arrays.sort_unstable();
+        arrays.dedup();
+        let Some((oldest, others)) = arrays.split_first() else {
+            return Ok(None);
+        };
+        for other in others {
+            trace::event!(warn, job = %name, slurm_job = other, "cancelling a second array of the job's parts");
+            let _ = self.command("scancel", &[&other.to_string()]);
+        }
+        Ok(Some(oldest.to_string()))
     }
 
     /// `sbatch`'s arguments for the merge of `name`: after the array
@@ -756,7 +834,7 @@ impl SlurmRunner {
         let o = &self.options;
         let mut args = vec![
             "--parsable".to_owned(),
-            format!("--job-name=bp-{}-{}", name.project(), name.job()),
+            format!("--job-name={}", slurm_name(name)),
             format!("--chdir={}", path_text(dir)),
             format!("--output={}", path_text(&dir.join(format!("{log}.out")))),
             format!("--error={}", path_text(&dir.join(format!("{log}.err")))),
@@ -1132,6 +1210,11 @@ fn count(n: u32, what: &str) -> String {
     format!("{n} {what}{}", if n == 1 { "" } else { "s" })
 }
 
+/// The name of `name`'s Slurm jobs (its parts and its merge).
+fn slurm_name(name: &JobName) -> String {
+    format!("bp-{}-{}", name.project(), name.job())
+}
+
 fn path_text(path: &Path) -> String {
     path.to_string_lossy().into_owned()
 }
@@ -1180,6 +1263,14 @@ mod tests {
             "cannot run (PENDING) (reason launch_failed_requeued_held)"
         );
         assert!(matches!(tasks[3].standing(), Standing::Failed(_)));
+        // A per-job limit of the user's association is never lifted by
+        // waiting; a group limit is.
+        let over = parse_jobs(
+            "JobId=15 JobState=PENDING Reason=AssocMaxWallDurationPerJobLimit ExitCode=0:0\n\
+             JobId=16 JobState=PENDING Reason=AssocGrpCpuLimit ExitCode=0:0\n",
+        );
+        assert!(matches!(over[0].standing(), Standing::Failed(_)));
+        assert_eq!(over[1].standing(), Standing::Pending);
         let stepped = Task {
             array_tasks: Some("0-9:3".into()),
             ..tasks[2].clone()
