@@ -186,10 +186,14 @@ impl JobService {
 
     /// `versions.create`: a version of `parent` named by `version.name`,
     /// with its `deploymentUri` (required: the model directory) and the rest
-    /// kept as given (`framework`, `runtimeVersion`, `pythonVersion`,
-    /// `machineType`…); `createTime`, `state` (`READY`) and `isDefault` are
-    /// the service's. A model's first version becomes its default. The
-    /// answer is a finished long-running operation holding the version.
+    /// kept as given (`framework`, one of the API's values;
+    /// `runtimeVersion`, `pythonVersion`, `machineType`…); `createTime`,
+    /// `state` (`READY`) and `isDefault` are the service's. The runtime is
+    /// chosen by the model directory's contents, never by `framework` (the
+    /// API has no value for ONNX: leave it out, or say
+    /// `FRAMEWORK_UNSPECIFIED`). A model's first version becomes its
+    /// default. The answer is a finished long-running operation holding
+    /// the version.
     ///
     /// # Errors
     /// `NOT_FOUND` for the model, `INVALID_ARGUMENT`, `ALREADY_EXISTS`, or

@@ -551,8 +551,9 @@ fn jobs_naming_models_run_on_serve_and_with_run_models() {
         "POST",
         &format!("{v1}/models/iris/versions"),
         Some(
+            // An ONNX model: the API has no `framework` for it.
             json!({"name": "v1", "deploymentUri": "gs://bucket/models/iris/v1",
-                    "framework": "ONNX", "runtimeVersion": "2.11"}),
+                    "framework": "FRAMEWORK_UNSPECIFIED", "runtimeVersion": "2.11"}),
         ),
     );
     assert_eq!((status, &op["done"]), (200, &json!(true)), "{op}");
