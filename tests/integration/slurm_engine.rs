@@ -96,18 +96,28 @@ fn kept(emulator: &Emulator, job_id: &str) -> Value {
 /// A program for the nodes that runs `before` (shell), then the real one.
 fn wrapper(dir: &Path, name: &str, before: &str) -> PathBuf {
     let path = dir.join(name);
-    std::fs::write(
+    script(
         &path,
-        format!(
-            "#!/bin/sh\n{before}\nexec '{}' \"$@\"\n",
-            crate::cli_program().display()
-        ),
-    )
-    .unwrap();
-    let mut permissions = std::fs::metadata(&path).unwrap().permissions();
-    std::os::unix::fs::PermissionsExt::set_mode(&mut permissions, 0o755);
-    std::fs::set_permissions(&path, permissions).unwrap();
+        &format!("{before}\nexec '{}' \"$@\"", crate::cli_program().display()),
+    );
     path
+}
+
+/// Writes the shell script `body` to `path`, executable.
+fn script(path: &Path, body: &str) {
+    std::fs::write(path, format!("#!/bin/sh\n{body}\n")).unwrap();
+    let mut permissions = std::fs::metadata(path).unwrap().permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut permissions, 0o755);
+    std::fs::set_permissions(path, permissions).unwrap();
+}
+
+/// Where the Slurm command `name` is on `PATH`.
+fn real(name: &str) -> String {
+    let out = Command::new("sh")
+        .args(["-c", &format!("command -v {name}")])
+        .output()
+        .unwrap();
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
 }
 
 /// The cluster's jobs still pending or running.
@@ -352,29 +362,20 @@ fn parts_whose_submission_answer_was_lost_are_found_not_submitted_again() {
         return;
     };
     let scratch = tempfile::tempdir_in(&cluster.dir).unwrap();
-    let out = Command::new("sh")
-        .args(["-c", "command -v sbatch"])
-        .output()
-        .unwrap();
-    let sbatch = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    let sbatch = real("sbatch");
     let bin = scratch.path().join("bin");
     std::fs::create_dir(&bin).unwrap();
     let (lost, arrays) = (scratch.path().join("lost"), scratch.path().join("arrays"));
     // Every submission of parts is logged; the first is made, its answer
     // kept aside, and sbatch says it timed out.
-    let wrapper = bin.join("sbatch");
-    std::fs::write(
-        &wrapper,
-        format!(
-            "#!/bin/sh\ncase \"$*\" in *--array=*)\n  echo \"$*\" >> '{arrays}'\n  if [ ! -e '{lost}' ]; then\n    '{sbatch}' \"$@\" > '{lost}' || exit 1\n    echo 'sbatch: error: Batch job submission failed: Socket timed out on send/recv operation' >&2\n    exit 1\n  fi;;\nesac\nexec '{sbatch}' \"$@\"\n",
+    script(
+        &bin.join("sbatch"),
+        &format!(
+            "case \"$*\" in *--array=*)\n  echo \"$*\" >> '{arrays}'\n  if [ ! -e '{lost}' ]; then\n    '{sbatch}' \"$@\" > '{lost}' || exit 1\n    echo 'sbatch: error: Batch job submission failed: Socket timed out on send/recv operation' >&2\n    exit 1\n  fi;;\nesac\nexec '{sbatch}' \"$@\"",
             arrays = arrays.display(),
             lost = lost.display(),
         ),
-    )
-    .unwrap();
-    let mut permissions = std::fs::metadata(&wrapper).unwrap().permissions();
-    std::os::unix::fs::PermissionsExt::set_mode(&mut permissions, 0o755);
-    std::fs::set_permissions(&wrapper, permissions).unwrap();
+    );
     let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
     let root = tempfile::tempdir_in(&cluster.dir).unwrap();
     write_inputs(&root.path().join("b/in"));
@@ -405,35 +406,21 @@ fn an_unreachable_controller_is_waited_for_and_slurm_is_polled_once_a_second() {
         return;
     };
     let scratch = tempfile::tempdir_in(&cluster.dir).unwrap();
-    let real = |name: &str| {
-        let out = Command::new("sh")
-            .args(["-c", &format!("command -v {name}")])
-            .output()
-            .unwrap();
-        String::from_utf8(out.stdout).unwrap().trim().to_owned()
-    };
     let (sbatch, scontrol) = (real("sbatch"), real("scontrol"));
     let bin = scratch.path().join("bin");
     std::fs::create_dir(&bin).unwrap();
     let (failed, calls) = (scratch.path().join("failed"), scratch.path().join("calls"));
-    let script = |name: &str, body: String| {
-        let path = bin.join(name);
-        std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
-        let mut permissions = std::fs::metadata(&path).unwrap().permissions();
-        std::os::unix::fs::PermissionsExt::set_mode(&mut permissions, 0o755);
-        std::fs::set_permissions(&path, permissions).unwrap();
-    };
     // The first submission meets a controller that does not answer.
     script(
-        "sbatch",
-        format!(
+        &bin.join("sbatch"),
+        &format!(
             "if [ \"$1\" != --version ] && [ ! -e '{0}' ]; then touch '{0}'; echo 'sbatch: error: Batch job submission failed: Unable to contact slurm controller (connect failure)' >&2; exit 1; fi\nexec '{sbatch}' \"$@\"",
             failed.display()
         ),
     );
     script(
-        "scontrol",
-        format!("echo >> '{}'\nexec '{scontrol}' \"$@\"", calls.display()),
+        &bin.join("scontrol"),
+        &format!("echo >> '{}'\nexec '{scontrol}' \"$@\"", calls.display()),
     );
     let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
     let root = tempfile::tempdir_in(&cluster.dir).unwrap();
