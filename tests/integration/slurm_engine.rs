@@ -453,3 +453,41 @@ fn an_unreachable_controller_is_waited_for_and_slurm_is_polled_once_a_second() {
         "scontrol ran {asked} times in {seconds:.1} s"
     );
 }
+
+/// A work folder whose name holds `%`, which Slurm reads in log file names
+/// as its patterns (`%j`, the job's ID): the parts' logs and the merge's
+/// printed job are still written where the runner reads them.
+#[test]
+fn a_work_folder_with_percent_signs_keeps_its_logs() {
+    let Some((cluster, _turn)) = cluster() else {
+        return;
+    };
+    let root = tempfile::Builder::new()
+        .prefix("pct%j-")
+        .tempdir_in(&cluster.dir)
+        .unwrap();
+    write_inputs(&root.path().join("b/in"));
+    let env = [("SLURM_CONF", std::ffi::OsStr::new(&cluster.conf))];
+    let emulator = Emulator::start(root, &args(&[]), &env);
+    call(
+        &emulator,
+        "POST",
+        "jobs",
+        Some(&create_request("percent", "gs://b/out", 2)),
+    );
+    let done = wait_until(&emulator, "percent", ended);
+    assert_eq!(done["state"], "SUCCEEDED", "{done}");
+    assert_eq!(done["predictionOutput"]["predictionCount"], "240", "{done}");
+    let runner = kept(&emulator, "percent");
+    let dir = Path::new(runner["dir"].as_str().unwrap());
+    assert!(dir.to_string_lossy().contains("pct%j-"), "{runner}");
+    let merge = runner["merge"].as_str().unwrap();
+    assert!(dir.join(format!("merge.{merge}.out")).exists(), "{runner}");
+    let array = runner["array"].as_str().unwrap();
+    for part in 0..2 {
+        assert!(
+            dir.join(format!("part-{part}.{array}.err")).exists(),
+            "part {part}'s log"
+        );
+    }
+}

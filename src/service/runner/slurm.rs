@@ -33,6 +33,9 @@ pub struct SlurmOptions {
     pub program: PathBuf,
     /// The folder, on a file system every node shares, where each job's
     /// files go (`DIR/PROJECT/JOB/`: the job file, the scripts, the logs).
+    /// Its `%` signs are passed to Slurm doubled, so that Slurm takes them
+    /// as they are in log names; a backslash in it would make Slurm take
+    /// the parts' log names without their patterns, so that they share one.
     pub work_dir: PathBuf,
     /// Flags given to every part and the merge after `run JOB`, e.g.
     /// `--gcs-root ROOT` or `--predictor onnx` (the same for all, since
@@ -832,12 +835,15 @@ impl SlurmRunner {
     /// (`LOG.out`, `LOG.err` in `dir`), folder, partition, account and time.
     fn common_args(&self, name: &JobName, dir: &Path, log: &str) -> Vec<String> {
         let o = &self.options;
+        // Slurm reads `%` in log names as its patterns (`log`'s `%a`, `%A`,
+        // `%j`): the folder's own are doubled, which Slurm reads as `%`.
+        let logs = PathBuf::from(path_text(dir).replace('%', "%%"));
         let mut args = vec![
             "--parsable".to_owned(),
             format!("--job-name={}", slurm_name(name)),
             format!("--chdir={}", path_text(dir)),
-            format!("--output={}", path_text(&dir.join(format!("{log}.out")))),
-            format!("--error={}", path_text(&dir.join(format!("{log}.err")))),
+            format!("--output={}", path_text(&logs.join(format!("{log}.out")))),
+            format!("--error={}", path_text(&logs.join(format!("{log}.err")))),
         ];
         args.extend(o.partition.iter().map(|p| format!("--partition={p}")));
         args.extend(o.account.iter().map(|a| format!("--account={a}")));
