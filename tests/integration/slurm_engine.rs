@@ -349,9 +349,6 @@ fn a_failing_part_is_retried_then_fails_the_job_naming_it() {
     assert_eq!(kept(&emulator, "flaky")["reruns"]["0"]["attempts"], 2);
 }
 
-/// `sbatch` that cannot reach the controller is tried again in the next
-/// round (the job waits, PREPARING), not taken for a refusal; and Slurm
-/// is asked about a job once per second, however often the runner runs.
 /// An `sbatch` that times out after Slurm took the parts (the controller
 /// was slow to answer) loses their ID: the next round finds the array in
 /// the queue by the job's name and folder and follows it, rather than
@@ -400,6 +397,9 @@ fn parts_whose_submission_answer_was_lost_are_found_not_submitted_again() {
     assert_eq!(kept(&emulator, "lost_answer")["array"], lost_id);
 }
 
+/// An `sbatch` that cannot reach the controller is tried again in the next
+/// round (the job waits, PREPARING), not taken for a refusal; and Slurm
+/// is asked about a job once per second, however often the runner runs.
 #[test]
 fn an_unreachable_controller_is_waited_for_and_slurm_is_polled_once_a_second() {
     let Some((cluster, _turn)) = cluster() else {
