@@ -15,8 +15,24 @@ use crate::slurm::{Cluster, cluster, slurm};
 /// echo predictions, shards of about 300 bytes, and `extra` flags.
 fn serve(cluster: &Cluster, extra: &[&str]) -> Emulator {
     let root = tempfile::tempdir_in(&cluster.dir).unwrap();
+    serve_in(cluster, root, None, extra)
+}
+
+/// [`serve`] over `root`, with `bin` (wrappers of Slurm's commands) first
+/// on its `PATH`.
+fn serve_in(
+    cluster: &Cluster,
+    root: tempfile::TempDir,
+    bin: Option<&Path>,
+    extra: &[&str],
+) -> Emulator {
     write_inputs(&root.path().join("b/in"));
-    let env = [("SLURM_CONF", std::ffi::OsStr::new(&cluster.conf))];
+    let mut env = vec![("SLURM_CONF", std::ffi::OsString::from(&cluster.conf))];
+    if let Some(bin) = bin {
+        let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
+        env.push(("PATH", path.into()));
+    }
+    let env: Vec<(&str, &std::ffi::OsStr)> = env.iter().map(|(k, v)| (*k, v.as_os_str())).collect();
     Emulator::start(root, &args(extra), &env)
 }
 
@@ -373,14 +389,8 @@ fn parts_whose_submission_answer_was_lost_are_found_not_submitted_again() {
             lost = lost.display(),
         ),
     );
-    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
     let root = tempfile::tempdir_in(&cluster.dir).unwrap();
-    write_inputs(&root.path().join("b/in"));
-    let env = [
-        ("SLURM_CONF", std::ffi::OsStr::new(&cluster.conf)),
-        ("PATH", std::ffi::OsStr::new(&path)),
-    ];
-    let emulator = Emulator::start(root, &args(&[]), &env);
+    let emulator = serve_in(cluster, root, Some(&bin), &[]);
     call(
         &emulator,
         "POST",
@@ -422,14 +432,8 @@ fn an_unreachable_controller_is_waited_for_and_slurm_is_polled_once_a_second() {
         &bin.join("scontrol"),
         &format!("echo >> '{}'\nexec '{scontrol}' \"$@\"", calls.display()),
     );
-    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
     let root = tempfile::tempdir_in(&cluster.dir).unwrap();
-    write_inputs(&root.path().join("b/in"));
-    let env = [
-        ("SLURM_CONF", std::ffi::OsStr::new(&cluster.conf)),
-        ("PATH", std::ffi::OsStr::new(&path)),
-    ];
-    let emulator = Emulator::start(root, &args(&[]), &env);
+    let emulator = serve_in(cluster, root, Some(&bin), &[]);
     let started = Instant::now();
     call(
         &emulator,
@@ -466,9 +470,7 @@ fn a_work_folder_with_percent_signs_keeps_its_logs() {
         .prefix("pct%j-")
         .tempdir_in(&cluster.dir)
         .unwrap();
-    write_inputs(&root.path().join("b/in"));
-    let env = [("SLURM_CONF", std::ffi::OsStr::new(&cluster.conf))];
-    let emulator = Emulator::start(root, &args(&[]), &env);
+    let emulator = serve_in(cluster, root, None, &[]);
     call(
         &emulator,
         "POST",
